@@ -55,7 +55,8 @@ fn dump_into(graph: &Graph, depth: usize, out: &mut String) {
     let order = graph.topo_order().unwrap_or_else(|_| graph.node_ids());
     for id in order {
         let node = graph.node(id);
-        let outs: Vec<String> = node.outputs().iter().map(|o| format!("%{o}")).collect();
+        let outs: Vec<String> =
+            node.outputs().iter().map(|o| if o.is_empty() { "_".to_string() } else { format!("%{o}") }).collect();
         let ins: Vec<String> =
             node.inputs().iter().map(|i| if i.is_empty() { "_".to_string() } else { format!("%{i}") }).collect();
         let mut attrs = Vec::new();

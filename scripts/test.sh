@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): fetch the ONNX backend test data from PyPI,
+# then lint and run every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fetch-test-data.sh
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod inspect;
+pub mod passes;
+pub mod rewrite;
