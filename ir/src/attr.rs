@@ -1,6 +1,6 @@
 //! Node attributes, typed.
 
-use onnx_protobuf as pb;
+use crate::onnx::proto as pb;
 
 use crate::graph::Graph;
 use crate::metadata::Extras;
@@ -14,7 +14,7 @@ pub struct SparseTensor(pub(crate) Box<pb::SparseTensorProto>);
 impl SparseTensor {
     /// The value name (the name of its `values` tensor).
     pub fn name(&self) -> &str {
-        &self.0.values.name
+        self.0.values.name()
     }
 
     /// The dense shape.
@@ -59,13 +59,21 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn new(name: impl Into<String>, value: AttrValue) -> Attribute {
+        use crate::onnx::presence::bit;
+        // A fresh scalar attribute writes its value even when it is 0 or empty.
+        let explicit = match value {
+            AttrValue::Float(_) => bit::F,
+            AttrValue::Int(_) => bit::I,
+            AttrValue::String(_) => bit::S,
+            _ => 0,
+        };
         Attribute {
             name: name.into(),
             value,
             ref_attr_name: String::new(),
             doc_string: String::new(),
             explicit_type: true,
-            extras: Extras::default(),
+            extras: Extras::default().with_explicit(explicit | bit::NAME),
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::cmp::Reverse;
 
 use indexmap::IndexMap;
-use onnx_protobuf as pb;
+use crate::onnx::proto as pb;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;

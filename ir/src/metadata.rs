@@ -29,19 +29,30 @@ impl Metadata {
     }
 }
 
-/// Protobuf fields of a message that this version of the schema does not know (fields added by
-/// newer ONNX releases). They are re-emitted verbatim so that newer models survive a rewrite.
+/// What the file format carries for a message beyond the modelled fields: protobuf fields of
+/// a newer schema (re-emitted verbatim so that newer models survive a rewrite), and which
+/// optional fields were *present with their default value* (proto2 tells `i: 0` from an
+/// absent `i`; a lossless round trip must too). See `onnx::presence`.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Extras(pub(crate) protobuf::UnknownFields);
+pub(crate) struct Extras {
+    pub(crate) unknown: protobuf::UnknownFields,
+    pub(crate) explicit: u32,
+}
 
 impl Extras {
     pub(crate) fn from_special(fields: &protobuf::SpecialFields) -> Extras {
-        Extras(fields.unknown_fields().clone())
+        Extras { unknown: fields.unknown_fields().clone(), explicit: 0 }
     }
 
     pub(crate) fn to_special(&self) -> protobuf::SpecialFields {
         let mut special = protobuf::SpecialFields::new();
-        *special.mut_unknown_fields() = self.0.clone();
+        *special.mut_unknown_fields() = self.unknown.clone();
         special
+    }
+
+    /// Marks optional fields (bits of `onnx::presence::bit`) as written even when default.
+    pub(crate) fn with_explicit(mut self, bits: u32) -> Extras {
+        self.explicit |= bits;
+        self
     }
 }

@@ -1,15 +1,23 @@
 //! A model: the main graph plus the file-level fields that travel with it.
 
-use onnx_protobuf as pb;
+use crate::onnx::proto as pb;
 
 use crate::graph::Graph;
 use crate::metadata::{Extras, Metadata};
 
 /// An operator set a model imports (`domain` `""` is the default ONNX domain).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OpsetImport {
     pub domain: String,
     pub version: i64,
+    pub(crate) extras: Extras,
+}
+
+impl OpsetImport {
+    pub fn new(domain: impl Into<String>, version: i64) -> OpsetImport {
+        let explicit = crate::onnx::presence::bit::DOMAIN | crate::onnx::presence::bit::VERSION;
+        OpsetImport { domain: domain.into(), version, extras: Extras::default().with_explicit(explicit) }
+    }
 }
 
 /// A model. Fields adaptc does not rewrite (local functions, training info) are carried
@@ -27,6 +35,8 @@ pub struct Model {
     pub graph: Graph,
     pub(crate) functions: Vec<pb::FunctionProto>,
     pub(crate) training_info: Vec<pb::TrainingInfoProto>,
+    /// `ModelProto.configuration` (multi-device configurations), carried verbatim.
+    pub(crate) configuration: Vec<pb::DeviceConfigurationProto>,
     pub(crate) extras: Extras,
     /// Whether any tensor of the loaded file lived in external data.
     pub(crate) had_external_data: bool,
@@ -37,7 +47,7 @@ impl Model {
     pub fn new(graph: Graph, opset: i64) -> Model {
         Model {
             ir_version: 10,
-            opset_imports: vec![OpsetImport { domain: String::new(), version: opset }],
+            opset_imports: vec![OpsetImport::new("", opset)],
             producer_name: "adaptc".to_string(),
             graph,
             ..Model::default()
@@ -57,13 +67,13 @@ impl Model {
     pub fn set_opset(&mut self, domain: &str, version: i64) {
         match self.opset_imports.iter_mut().find(|o| o.domain == domain) {
             Some(o) => o.version = version,
-            None => self.opset_imports.push(OpsetImport { domain: domain.to_string(), version }),
+            None => self.opset_imports.push(OpsetImport::new(domain, version)),
         }
     }
 
     /// Names (`domain::name`) of the model-local functions.
     pub fn function_names(&self) -> Vec<String> {
-        self.functions.iter().map(|f| format!("{}::{}", f.domain, f.name)).collect()
+        self.functions.iter().map(|f| format!("{}::{}", f.domain(), f.name())).collect()
     }
 
     /// Whether the model was loaded from a file that used external data.

@@ -58,6 +58,8 @@ pub struct Node {
     pub(crate) attrs: Vec<Attribute>,
     pub doc_string: String,
     pub metadata: Metadata,
+    /// `NodeProto.device_configurations`, carried verbatim.
+    pub(crate) device_configurations: Vec<crate::onnx::proto::NodeDeviceConfigurationProto>,
     pub(crate) extras: Extras,
 }
 
@@ -72,6 +74,7 @@ impl Node {
             attrs: Vec::new(),
             doc_string: String::new(),
             metadata: Metadata::default(),
+            device_configurations: Vec::new(),
             extras: Extras::default(),
         }
     }

@@ -56,7 +56,7 @@ pub(crate) enum Encoding {
     External { extra: Vec<(String, String)> },
     /// Typed fields written in a non-canonical way (e.g. an int8 stored zero-extended); kept
     /// as they came so that an untouched tensor is written back identically.
-    Verbatim(Box<onnx_protobuf::TensorProto>),
+    Verbatim(Box<crate::onnx::proto::TensorProto>),
 }
 
 /// A constant tensor.

@@ -1,6 +1,6 @@
 //! Typed values: the `ValueInfoProto` of graph inputs, outputs and intermediate annotations.
 
-use onnx_protobuf as pb;
+use crate::onnx::proto as pb;
 use std::fmt;
 
 use crate::dtype::DataType;
@@ -36,7 +36,7 @@ impl TypeInfo {
     /// A dense tensor type; `dims = None` means rank unknown.
     pub fn tensor(dtype: DataType, dims: Option<Vec<Dim>>) -> TypeInfo {
         let mut tensor = pb::type_proto::Tensor::new();
-        tensor.elem_type = dtype.code();
+        tensor.elem_type = Some(dtype.code());
         if let Some(dims) = dims {
             let mut shape = pb::TensorShapeProto::new();
             for d in dims {
@@ -69,7 +69,7 @@ impl TypeInfo {
 
     /// Element type of a dense tensor type (`None` for other kinds or an unknown code).
     pub fn dtype(&self) -> Option<DataType> {
-        self.tensor_proto().and_then(|t| DataType::from_code(t.elem_type))
+        self.tensor_proto().and_then(|t| DataType::from_code(t.elem_type()))
     }
 
     /// Shape of a dense tensor type; `None` when the rank is unknown or this is not a tensor.
@@ -93,9 +93,9 @@ impl fmt::Display for TypeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0.value {
             Some(pb::type_proto::Value::TensorType(t)) => {
-                match DataType::from_code(t.elem_type) {
+                match DataType::from_code(t.elem_type()) {
                     Some(d) => write!(f, "{d}")?,
-                    None => write!(f, "dtype{}", t.elem_type)?,
+                    None => write!(f, "dtype{}", t.elem_type())?,
                 }
                 match self.dims() {
                     Some(dims) => {
@@ -126,7 +126,8 @@ pub struct ValueInfo {
 
 impl ValueInfo {
     pub fn new(name: impl Into<String>, ty: Option<TypeInfo>) -> ValueInfo {
-        ValueInfo { name: name.into(), ty, doc_string: String::new(), metadata: Metadata::default(), extras: Extras::default() }
+        let extras = Extras::default().with_explicit(crate::onnx::presence::bit::NAME);
+        ValueInfo { name: name.into(), ty, doc_string: String::new(), metadata: Metadata::default(), extras }
     }
 
     /// A dense tensor value.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use adaptc_ir::{onnx, Model, TypeInfo};
 use adaptc_passes::pattern::{find_linear_layers, LinearLayer};
 use serde_json::json;
@@ -59,8 +59,7 @@ fn ty(t: &Option<TypeInfo>) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = onnx::load_with(&args.input, &Bar::new())
-        .with_context(|| format!("cannot load {}", args.input.display()))?;
+    let model = onnx::load_with(&args.input, &Bar::new())?;
     let s = summarize(&model);
     let g = &model.graph;
     if args.json {

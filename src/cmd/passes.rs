@@ -35,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
     for p in infos {
         println!("{:<22} {}", p.name, p.summary);
         for o in &p.options {
-            let default = o.default.as_deref().map_or(String::new(), |d| format!(" (default: {d})"));
+            let default = o.default.map_or(String::new(), |d| format!(" (default: {d})"));
             println!("    {:<18} {:<14} {}{default}", o.name, o.kind, o.help);
         }
         println!("    example: {}", p.example);

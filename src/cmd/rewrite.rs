@@ -68,8 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let bar = Bar::new();
-    let mut model =
-        onnx::load_with(&args.input, &bar).with_context(|| format!("cannot load {}", args.input.display()))?;
+    let mut model = onnx::load_with(&args.input, &bar)?;
     adaptc_ir::verify(&model.graph).with_context(|| format!("{} is not a valid model", args.input.display()))?;
     if let Some(manager) = manager {
         let report = manager.run(&mut model)?;
@@ -94,8 +93,7 @@ pub fn run(args: Args) -> Result<()> {
         progress: &bar,
         ..SaveOptions::default()
     };
-    let saved = onnx::save(&model, &args.output, &options)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let saved = onnx::save(&model, &args.output, &options)?;
     if let Some(data) = &saved.data_path {
         eprintln!(
             "wrote {} ({} bytes) and {} ({} bytes; {} tensors copied file-to-file, {} written)",

@@ -1,6 +1,6 @@
 //! `ModelProto` → [`Model`]: every field is either modelled or carried verbatim.
 
-use onnx_protobuf as pb;
+use super::proto as pb;
 use pb::attribute_proto::AttributeType as AT;
 
 use crate::attr::{AttrValue, Attribute, SparseTensor};
@@ -12,6 +12,7 @@ use crate::model::{Model, OpsetImport};
 use crate::node::{Node, OpKey};
 use crate::value::{TypeInfo, ValueInfo};
 
+use super::presence::{bit, take_f32, take_i64, take_str};
 use super::tensor_codec::{decode_tensor, metadata_from};
 
 pub(crate) struct Decoder {
@@ -31,36 +32,43 @@ impl Decoder {
             Some(g) => self.graph(g)?,
             None => Graph::default(),
         };
-        let opset_imports = proto
-            .opset_import
-            .iter()
-            .map(|o| OpsetImport { domain: o.domain.clone(), version: o.version })
+        let opset_imports = std::mem::take(&mut proto.opset_import)
+            .into_iter()
+            .map(|mut o| {
+                let mut extras = Extras::from_special(&o.special_fields);
+                let domain = take_str(o.domain.take(), &mut extras, bit::DOMAIN);
+                let version = take_i64(o.version.take(), &mut extras, bit::VERSION);
+                OpsetImport { domain, version, extras }
+            })
             .collect();
+        let mut extras = Extras::from_special(&proto.special_fields);
         Ok(Model {
-            ir_version: proto.ir_version,
+            ir_version: take_i64(proto.ir_version.take(), &mut extras, bit::IR_VERSION),
             opset_imports,
-            producer_name: std::mem::take(&mut proto.producer_name),
-            producer_version: std::mem::take(&mut proto.producer_version),
-            domain: std::mem::take(&mut proto.domain),
-            model_version: proto.model_version,
-            doc_string: std::mem::take(&mut proto.doc_string),
+            producer_name: take_str(proto.producer_name.take(), &mut extras, bit::PRODUCER_NAME),
+            producer_version: take_str(proto.producer_version.take(), &mut extras, bit::PRODUCER_VERSION),
+            domain: take_str(proto.domain.take(), &mut extras, bit::DOMAIN),
+            model_version: take_i64(proto.model_version.take(), &mut extras, bit::MODEL_VERSION),
+            doc_string: take_str(proto.doc_string.take(), &mut extras, bit::DOC_STRING),
             metadata: metadata_from(&proto.metadata_props),
             graph,
             functions: std::mem::take(&mut proto.functions),
             training_info: std::mem::take(&mut proto.training_info),
-            extras: Extras::from_special(&proto.special_fields),
+            configuration: std::mem::take(&mut proto.configuration),
+            extras,
             had_external_data: self.had_external,
         })
     }
 
     fn graph(&mut self, mut proto: pb::GraphProto) -> Result<Graph, IrError> {
-        let mut graph = Graph::new(std::mem::take(&mut proto.name));
-        graph.doc_string = std::mem::take(&mut proto.doc_string);
+        let mut extras = Extras::from_special(&proto.special_fields);
+        let mut graph = Graph::new(take_str(proto.name.take(), &mut extras, bit::NAME));
+        graph.doc_string = take_str(proto.doc_string.take(), &mut extras, bit::DOC_STRING);
         graph.metadata = metadata_from(&proto.metadata_props);
-        graph.extras = Extras::from_special(&proto.special_fields);
-        graph.inputs = proto.input.iter().map(value_info).collect();
-        graph.outputs = proto.output.iter().map(value_info).collect();
-        graph.value_info = proto.value_info.iter().map(value_info).collect();
+        graph.extras = extras;
+        graph.inputs = std::mem::take(&mut proto.input).into_iter().map(value_info).collect();
+        graph.outputs = std::mem::take(&mut proto.output).into_iter().map(value_info).collect();
+        graph.value_info = std::mem::take(&mut proto.value_info).into_iter().map(value_info).collect();
         graph.quantization_annotation = std::mem::take(&mut proto.quantization_annotation);
         for t in std::mem::take(&mut proto.initializer) {
             let tensor = self.tensor(t)?;
@@ -90,22 +98,23 @@ impl Decoder {
             }
         }
         if proto.dims.iter().any(|&d| d < 0) {
-            return Err(IrError::tensor(&proto.values.name, format!("sparse shape {:?} has a negative dimension", proto.dims)));
+            return Err(IrError::tensor(proto.values.name(), format!("sparse shape {:?} has a negative dimension", proto.dims)));
         }
         Ok(SparseTensor(Box::new(proto)))
     }
 
     fn node(&mut self, mut proto: pb::NodeProto) -> Result<Node, IrError> {
-        let mut node = Node::new(
-            OpKey { domain: std::mem::take(&mut proto.domain), op_type: std::mem::take(&mut proto.op_type) },
-            std::mem::take(&mut proto.input),
-            std::mem::take(&mut proto.output),
-        );
-        node.name = std::mem::take(&mut proto.name);
-        node.overload = std::mem::take(&mut proto.overload);
-        node.doc_string = std::mem::take(&mut proto.doc_string);
+        let mut extras = Extras::from_special(&proto.special_fields);
+        let domain = take_str(proto.domain.take(), &mut extras, bit::DOMAIN);
+        let op_type = take_str(proto.op_type.take(), &mut extras, bit::OP_TYPE);
+        let mut node =
+            Node::new(OpKey { domain, op_type }, std::mem::take(&mut proto.input), std::mem::take(&mut proto.output));
+        node.name = take_str(proto.name.take(), &mut extras, bit::NAME);
+        node.overload = take_str(proto.overload.take(), &mut extras, bit::OVERLOAD);
+        node.doc_string = take_str(proto.doc_string.take(), &mut extras, bit::DOC_STRING);
         node.metadata = metadata_from(&proto.metadata_props);
-        node.extras = Extras::from_special(&proto.special_fields);
+        node.device_configurations = std::mem::take(&mut proto.device_configurations);
+        node.extras = extras;
         for a in std::mem::take(&mut proto.attribute) {
             let attr = self.attr(a).map_err(|e| IrError::Node {
                 node: node.label(),
@@ -118,16 +127,35 @@ impl Decoder {
     }
 
     fn attr(&mut self, mut a: pb::AttributeProto) -> Result<Attribute, IrError> {
-        let declared = a.type_.enum_value().map_err(|code| IrError::Invalid {
-            graph: String::new(),
-            reason: format!("attribute `{}` has unknown type code {code}", a.name),
-        })?;
-        let explicit_type = declared != AT::UNDEFINED;
-        let ty = if explicit_type { declared } else { infer_attr_type(&a) };
+        let mut extras = Extras::from_special(&a.special_fields);
+        let name = take_str(a.name.take(), &mut extras, bit::NAME);
+        let explicit_type = a.type_.is_some();
+        let declared = match a.type_ {
+            Some(t) => t.enum_value().map_err(|code| IrError::Invalid {
+                graph: String::new(),
+                reason: format!("attribute `{name}` has unknown type code {code}"),
+            })?,
+            None => AT::UNDEFINED,
+        };
+        let ty = if declared != AT::UNDEFINED { declared } else { infer_attr_type(&a) };
+        // Scalars are taken whatever the type, so their presence survives either way.
+        let f = take_f32(a.f.take(), &mut extras, bit::F);
+        let i = take_i64(a.i.take(), &mut extras, bit::I);
+        let s = match a.s.take() {
+            Some(s) => {
+                if s.is_empty() {
+                    extras.explicit |= bit::S;
+                }
+                s
+            }
+            None => Vec::new(),
+        };
+        let ref_attr_name = take_str(a.ref_attr_name.take(), &mut extras, bit::REF_ATTR_NAME);
+        let doc_string = take_str(a.doc_string.take(), &mut extras, bit::DOC_STRING);
         let value = match ty {
-            AT::FLOAT => AttrValue::Float(a.f),
-            AT::INT => AttrValue::Int(a.i),
-            AT::STRING => AttrValue::String(std::mem::take(&mut a.s)),
+            AT::FLOAT => AttrValue::Float(f),
+            AT::INT => AttrValue::Int(i),
+            AT::STRING => AttrValue::String(s),
             AT::TENSOR => match a.t.take() {
                 Some(t) => AttrValue::Tensor(self.tensor(t)?),
                 None => AttrValue::Tensor(self.tensor(pb::TensorProto::new())?),
@@ -152,14 +180,7 @@ impl Decoder {
             ),
             AT::UNDEFINED => AttrValue::Undefined,
         };
-        Ok(Attribute {
-            name: std::mem::take(&mut a.name),
-            value,
-            ref_attr_name: std::mem::take(&mut a.ref_attr_name),
-            doc_string: std::mem::take(&mut a.doc_string),
-            explicit_type,
-            extras: Extras::from_special(&a.special_fields),
-        })
+        Ok(Attribute { name, value, ref_attr_name, doc_string, explicit_type, extras })
     }
 }
 
@@ -187,23 +208,24 @@ fn infer_attr_type(a: &pb::AttributeProto) -> AT {
         AT::SPARSE_TENSORS
     } else if !a.type_protos.is_empty() {
         AT::TYPE_PROTOS
-    } else if !a.s.is_empty() {
+    } else if a.s.is_some() {
         AT::STRING
-    } else if a.f != 0.0 {
+    } else if a.f.is_some() {
         AT::FLOAT
-    } else if a.i != 0 {
+    } else if a.i.is_some() {
         AT::INT
     } else {
         AT::UNDEFINED
     }
 }
 
-fn value_info(v: &pb::ValueInfoProto) -> ValueInfo {
+fn value_info(mut v: pb::ValueInfoProto) -> ValueInfo {
+    let mut extras = Extras::from_special(&v.special_fields);
     ValueInfo {
-        name: v.name.clone(),
-        ty: v.type_.as_ref().map(|t| TypeInfo(Box::new(t.clone()))),
-        doc_string: v.doc_string.clone(),
+        name: take_str(v.name.take(), &mut extras, bit::NAME),
+        ty: v.type_.take().map(|t| TypeInfo(Box::new(t))),
+        doc_string: take_str(v.doc_string.take(), &mut extras, bit::DOC_STRING),
         metadata: metadata_from(&v.metadata_props),
-        extras: Extras::from_special(&v.special_fields),
+        extras,
     }
 }

@@ -1,7 +1,7 @@
 //! [`Model`] → `ModelProto`. Where each tensor's bytes go is decided by a caller-supplied
 //! placement function (inline, or a range of an external data file it has just written).
 
-use onnx_protobuf as pb;
+use super::proto as pb;
 use pb::attribute_proto::AttributeType as AT;
 use protobuf::{EnumOrUnknown, MessageField};
 
@@ -12,6 +12,7 @@ use crate::model::Model;
 use crate::tensor::Tensor;
 use crate::value::ValueInfo;
 
+use super::presence::{bit, put_bytes, put_f32, put_i64, put_str};
 use super::tensor_codec::{encode_tensor, metadata_to, Placement};
 
 /// Decides, for each tensor in encoding order, where its bytes go.
@@ -19,22 +20,25 @@ pub(crate) type Place<'a> = dyn FnMut(&Tensor) -> Result<Placement, IrError> + '
 
 pub(crate) fn encode_model(model: &Model, place: &mut Place<'_>) -> Result<pb::ModelProto, IrError> {
     let mut proto = pb::ModelProto::new();
-    proto.ir_version = model.ir_version;
     proto.opset_import = model
         .opset_imports
         .iter()
         .map(|o| {
             let mut p = pb::OperatorSetIdProto::new();
-            p.domain = o.domain.clone();
-            p.version = o.version;
+            p.domain = put_str(&o.domain, &o.extras, bit::DOMAIN);
+            p.version = put_i64(o.version, &o.extras, bit::VERSION);
+            p.special_fields = o.extras.to_special();
             p
         })
         .collect();
-    proto.producer_name = model.producer_name.clone();
-    proto.producer_version = model.producer_version.clone();
-    proto.domain = model.domain.clone();
-    proto.model_version = model.model_version;
-    proto.doc_string = model.doc_string.clone();
+    let x = &model.extras;
+    proto.ir_version = put_i64(model.ir_version, x, bit::IR_VERSION);
+    proto.producer_name = put_str(&model.producer_name, x, bit::PRODUCER_NAME);
+    proto.producer_version = put_str(&model.producer_version, x, bit::PRODUCER_VERSION);
+    proto.domain = put_str(&model.domain, x, bit::DOMAIN);
+    proto.model_version = put_i64(model.model_version, x, bit::MODEL_VERSION);
+    proto.doc_string = put_str(&model.doc_string, x, bit::DOC_STRING);
+    proto.configuration = model.configuration.clone();
     proto.metadata_props = metadata_to(&model.metadata);
     proto.graph = MessageField::some(encode_graph(&model.graph, place)?);
     proto.functions = model.functions.clone();
@@ -45,8 +49,8 @@ pub(crate) fn encode_model(model: &Model, place: &mut Place<'_>) -> Result<pb::M
 
 fn encode_graph(graph: &Graph, place: &mut Place<'_>) -> Result<pb::GraphProto, IrError> {
     let mut proto = pb::GraphProto::new();
-    proto.name = graph.name.clone();
-    proto.doc_string = graph.doc_string.clone();
+    proto.name = put_str(&graph.name, &graph.extras, bit::NAME);
+    proto.doc_string = put_str(&graph.doc_string, &graph.extras, bit::DOC_STRING);
     proto.metadata_props = metadata_to(&graph.metadata);
     proto.input = graph.inputs.iter().map(value_info).collect();
     proto.output = graph.outputs.iter().map(value_info).collect();
@@ -64,12 +68,14 @@ fn encode_graph(graph: &Graph, place: &mut Place<'_>) -> Result<pb::GraphProto, 
         let mut n = pb::NodeProto::new();
         n.input = node.inputs().to_vec();
         n.output = node.outputs().to_vec();
-        n.name = node.name.clone();
-        n.op_type = node.op().op_type.clone();
-        n.domain = node.op().domain.clone();
-        n.overload = node.overload.clone();
-        n.doc_string = node.doc_string.clone();
+        let x = &node.extras;
+        n.name = put_str(&node.name, x, bit::NAME);
+        n.op_type = put_str(&node.op().op_type, x, bit::OP_TYPE);
+        n.domain = put_str(&node.op().domain, x, bit::DOMAIN);
+        n.overload = put_str(&node.overload, x, bit::OVERLOAD);
+        n.doc_string = put_str(&node.doc_string, x, bit::DOC_STRING);
         n.metadata_props = metadata_to(&node.metadata);
+        n.device_configurations = node.device_configurations.clone();
         n.special_fields = node.extras.to_special();
         for a in node.attrs() {
             n.attribute.push(encode_attr(a, place)?);
@@ -82,20 +88,25 @@ fn encode_graph(graph: &Graph, place: &mut Place<'_>) -> Result<pb::GraphProto, 
 
 fn encode_attr(a: &Attribute, place: &mut Place<'_>) -> Result<pb::AttributeProto, IrError> {
     let mut p = pb::AttributeProto::new();
-    p.name = a.name.clone();
-    p.ref_attr_name = a.ref_attr_name.clone();
-    p.doc_string = a.doc_string.clone();
+    let x = &a.extras;
+    p.name = put_str(&a.name, x, bit::NAME);
+    p.ref_attr_name = put_str(&a.ref_attr_name, x, bit::REF_ATTR_NAME);
+    p.doc_string = put_str(&a.doc_string, x, bit::DOC_STRING);
+    // Default-valued scalars that were present in the file (whatever the type) come back.
+    p.f = put_f32(0.0, x, bit::F);
+    p.i = put_i64(0, x, bit::I);
+    p.s = put_bytes(&[], x, bit::S);
     let ty = match &a.value {
         AttrValue::Float(v) => {
-            p.f = *v;
+            p.f = put_f32(*v, x, bit::F);
             AT::FLOAT
         }
         AttrValue::Int(v) => {
-            p.i = *v;
+            p.i = put_i64(*v, x, bit::I);
             AT::INT
         }
         AttrValue::String(v) => {
-            p.s = v.clone();
+            p.s = put_bytes(v, x, bit::S);
             AT::STRING
         }
         AttrValue::Tensor(t) => {
@@ -151,7 +162,7 @@ fn encode_attr(a: &Attribute, place: &mut Place<'_>) -> Result<pb::AttributeProt
         AttrValue::Undefined => AT::UNDEFINED,
     };
     if a.explicit_type {
-        p.type_ = EnumOrUnknown::new(ty);
+        p.type_ = Some(EnumOrUnknown::new(ty));
     }
     p.special_fields = a.extras.to_special();
     Ok(p)
@@ -159,11 +170,11 @@ fn encode_attr(a: &Attribute, place: &mut Place<'_>) -> Result<pb::AttributeProt
 
 fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
     let mut p = pb::ValueInfoProto::new();
-    p.name = v.name.clone();
+    p.name = put_str(&v.name, &v.extras, bit::NAME);
     if let Some(ty) = &v.ty {
         p.type_ = MessageField::some((*ty.0).clone());
     }
-    p.doc_string = v.doc_string.clone();
+    p.doc_string = put_str(&v.doc_string, &v.extras, bit::DOC_STRING);
     p.metadata_props = metadata_to(&v.metadata);
     p.special_fields = v.extras.to_special();
     p

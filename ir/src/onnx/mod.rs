@@ -4,9 +4,16 @@
 //! external tensors are opened and range-checked but their bytes are not read. Saving writes
 //! the model (and its external data file, when it has one) to temporary files in the output's
 //! folder and renames them into place, so a failure never leaves a partial output.
+//!
+//! [`proto`] holds the raw ONNX messages generated from ONNX 1.22's `onnx.proto` (proto2, so
+//! field presence is kept); it is public for tests and tools that need an independent view of
+//! a file, and nothing else in adaptc should use it.
 
 mod decode;
 mod encode;
+pub(crate) mod presence;
+#[allow(clippy::all, missing_docs, rustdoc::all)]
+pub mod proto;
 mod tensor_codec;
 mod writer;
 
@@ -14,7 +21,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use onnx_protobuf as pb;
+use self::proto as pb;
 use protobuf::{CodedInputStream, Message};
 
 use crate::error::IrError;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use onnx_protobuf as pb;
+use super::proto as pb;
 use pb::tensor_proto::DataLocation;
 use protobuf::{EnumOrUnknown, MessageField};
 
@@ -15,6 +15,8 @@ use crate::error::IrError;
 use crate::external::ExternalResolver;
 use crate::metadata::{Extras, Metadata};
 use crate::tensor::{expected_bytes, numel_of, Encoding, Tensor, TensorData};
+
+use super::presence::{bit, put_bytes, put_str, take_bytes, take_str};
 
 /// Which typed repeated field holds a dtype's values.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -52,19 +54,18 @@ fn is_signed_int(dtype: DataType) -> bool {
 }
 
 pub(crate) fn metadata_from(entries: &[pb::StringStringEntryProto]) -> Metadata {
-    Metadata(entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+    Metadata(entries.iter().map(|e| (e.key().to_string(), e.value().to_string())).collect())
+}
+
+pub(crate) fn entry(key: &str, value: &str) -> pb::StringStringEntryProto {
+    let mut e = pb::StringStringEntryProto::new();
+    e.key = Some(key.to_string());
+    e.value = Some(value.to_string());
+    e
 }
 
 pub(crate) fn metadata_to(meta: &Metadata) -> Vec<pb::StringStringEntryProto> {
-    meta.0
-        .iter()
-        .map(|(k, v)| {
-            let mut e = pb::StringStringEntryProto::new();
-            e.key = k.clone();
-            e.value = v.clone();
-            e
-        })
-        .collect()
+    meta.0.iter().map(|(k, v)| entry(k, v)).collect()
 }
 
 /// Decodes a tensor. `resolver` is `None` where external data is not allowed.
@@ -72,10 +73,12 @@ pub(crate) fn decode_tensor(
     mut proto: pb::TensorProto,
     resolver: Option<&mut ExternalResolver>,
 ) -> Result<Tensor, IrError> {
-    let name = proto.name.clone();
+    let mut extras = Extras::from_special(&proto.special_fields);
+    let name = take_str(proto.name.take(), &mut extras, bit::NAME);
+    let doc_string = take_str(proto.doc_string.take(), &mut extras, bit::DOC_STRING);
     let label = if name.is_empty() { "<unnamed>".to_string() } else { name.clone() };
-    let dtype = DataType::from_code(proto.data_type)
-        .ok_or_else(|| IrError::tensor(&label, format!("has unknown data type code {}", proto.data_type)))?;
+    let dtype = DataType::from_code(proto.data_type())
+        .ok_or_else(|| IrError::tensor(&label, format!("has unknown data type code {}", proto.data_type())))?;
     let mut dims = Vec::with_capacity(proto.dims.len());
     for &d in &proto.dims {
         if d < 0 {
@@ -87,14 +90,22 @@ pub(crate) fn decode_tensor(
         .ok_or_else(|| IrError::tensor(&label, format!("shape {:?} has more elements than fit in 64 bits", proto.dims)))?;
     let expected = expected_bytes(&label, dtype, &dims)?;
 
-    let external = proto.data_location.enum_value() == Ok(DataLocation::EXTERNAL);
+    let location = proto.data_location.map(|l| l.value());
+    if location == Some(DataLocation::DEFAULT as i32) {
+        extras.explicit |= bit::DATA_LOCATION;
+    }
+    let external = location == Some(DataLocation::EXTERNAL as i32);
+    if !matches!(location, None | Some(0) | Some(1)) {
+        return Err(IrError::tensor(&label, format!("has unknown data_location {}", location.unwrap_or(0))));
+    }
+    let raw = take_bytes(proto.raw_data.take(), &mut extras, bit::RAW_DATA);
     let has_typed = !(proto.float_data.is_empty()
         && proto.int32_data.is_empty()
         && proto.int64_data.is_empty()
         && proto.double_data.is_empty()
         && proto.uint64_data.is_empty()
         && proto.string_data.is_empty());
-    let has_raw = !proto.raw_data.is_empty();
+    let has_raw = !raw.is_empty();
 
     let (data, encoding) = if external {
         if has_raw || has_typed {
@@ -109,11 +120,11 @@ pub(crate) fn decode_tensor(
         let (mut offset, mut length) = (None, None);
         let mut extra = Vec::new();
         for e in &proto.external_data {
-            match e.key.as_str() {
-                "location" => location = Some(e.value.as_str()),
-                "offset" => offset = Some(e.value.as_str()),
-                "length" => length = Some(e.value.as_str()),
-                _ => extra.push((e.key.clone(), e.value.clone())),
+            match e.key() {
+                "location" => location = Some(e.value()),
+                "offset" => offset = Some(e.value()),
+                "length" => length = Some(e.value()),
+                key => extra.push((key.to_string(), e.value().to_string())),
             }
         }
         let location = location.ok_or_else(|| IrError::ExternalData {
@@ -132,17 +143,17 @@ pub(crate) fn decode_tensor(
         if dtype == DataType::String {
             return Err(IrError::tensor(&label, "is a STRING tensor but stores raw_data"));
         }
-        if proto.raw_data.len() as u64 != expected {
+        if raw.len() as u64 != expected {
             return Err(IrError::tensor(
                 &label,
                 format!(
                     "raw_data has {} bytes but {numel} {dtype} elements of shape {:?} need {expected}",
-                    proto.raw_data.len(),
+                    raw.len(),
                     proto.dims
                 ),
             ));
         }
-        (TensorData::Bytes(Arc::new(std::mem::take(&mut proto.raw_data))), Encoding::Raw)
+        (TensorData::Bytes(Arc::new(raw)), Encoding::Raw)
     } else if dtype == DataType::String {
         if proto.string_data.len() as u64 != numel {
             return Err(IrError::tensor(
@@ -156,11 +167,11 @@ pub(crate) fn decode_tensor(
     };
 
     let mut tensor = Tensor::with_data(name, dtype, dims, data);
-    tensor.doc_string = std::mem::take(&mut proto.doc_string);
+    tensor.doc_string = doc_string;
     tensor.metadata = metadata_from(&proto.metadata_props);
     tensor.encoding = encoding;
-    tensor.segment = proto.segment.as_ref().map(|s| (s.begin, s.end));
-    tensor.extras = Extras::from_special(&proto.special_fields);
+    tensor.segment = proto.segment.as_ref().map(|s| (s.begin(), s.end()));
+    tensor.extras = extras;
     Ok(tensor)
 }
 
@@ -303,34 +314,34 @@ pub(crate) enum Placement {
 pub(crate) fn encode_tensor(tensor: &Tensor, placement: Placement) -> Result<pb::TensorProto, IrError> {
     let mut proto = pb::TensorProto::new();
     proto.dims = tensor.dims().iter().map(|&d| d as i64).collect();
-    proto.data_type = tensor.dtype().code();
-    proto.name = tensor.name.clone();
-    proto.doc_string = tensor.doc_string.clone();
+    proto.data_type = Some(tensor.dtype().code());
+    proto.name = put_str(&tensor.name, &tensor.extras, bit::NAME);
+    proto.doc_string = put_str(&tensor.doc_string, &tensor.extras, bit::DOC_STRING);
+    if tensor.extras.explicit & bit::DATA_LOCATION != 0 {
+        proto.data_location = Some(EnumOrUnknown::new(DataLocation::DEFAULT));
+    }
+    // `raw_data: ""` present on an empty tensor.
+    proto.raw_data = put_bytes(&[], &tensor.extras, bit::RAW_DATA);
     proto.metadata_props = metadata_to(&tensor.metadata);
     if let Some((begin, end)) = tensor.segment {
         let mut seg = pb::tensor_proto::Segment::new();
-        seg.begin = begin;
-        seg.end = end;
+        seg.begin = Some(begin);
+        seg.end = Some(end);
         proto.segment = MessageField::some(seg);
     }
     proto.special_fields = tensor.extras.to_special();
     match placement {
         Placement::External { location, offset, length } => {
-            let mut entry = |k: &str, v: String| {
-                let mut e = pb::StringStringEntryProto::new();
-                e.key = k.to_string();
-                e.value = v;
-                proto.external_data.push(e);
-            };
-            entry("location", location);
-            entry("offset", offset.to_string());
-            entry("length", length.to_string());
+            proto.raw_data = None;
+            proto.external_data.push(entry("location", &location));
+            proto.external_data.push(entry("offset", &offset.to_string()));
+            proto.external_data.push(entry("length", &length.to_string()));
             if let Encoding::External { extra } = &tensor.encoding {
                 for (k, v) in extra {
-                    entry(k, v.clone());
+                    proto.external_data.push(entry(k, v));
                 }
             }
-            proto.data_location = EnumOrUnknown::new(DataLocation::EXTERNAL);
+            proto.data_location = Some(EnumOrUnknown::new(DataLocation::EXTERNAL));
         }
         Placement::Inline => match (&tensor.encoding, tensor.data()) {
             (_, TensorData::Strings(s)) => proto.string_data = s.as_ref().clone(),
@@ -342,7 +353,9 @@ pub(crate) fn encode_tensor(tensor: &Tensor, placement: Placement) -> Result<pb:
                 proto.uint64_data = fields.uint64_data.clone();
             }
             (Encoding::Typed, _) => encode_typed(&mut proto, tensor.dtype(), &tensor.bytes()?),
-            _ => proto.raw_data = tensor.bytes()?.into_owned(),
+            (Encoding::Raw | Encoding::Fresh | Encoding::External { .. }, _) => {
+                proto.raw_data = Some(tensor.bytes()?.into_owned())
+            }
         },
     }
     Ok(proto)

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protobuf as pb;
+use adaptc_ir::onnx::proto as pb;
 use protobuf::Message;
 
 /// Root of the ONNX backend test data (`scripts/fetch-test-data.sh` puts it there).
@@ -58,17 +58,17 @@ fn internalize_graph(g: &mut pb::GraphProto, dir: &Path) -> Result<(), String> {
 }
 
 fn internalize(t: &mut pb::TensorProto, dir: &Path) -> Result<(), String> {
-    if t.data_location.value() != 1 {
+    if t.data_location.map(|l| l.value()) != Some(1) {
         return Ok(());
     }
-    let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone());
+    let get = |k: &str| t.external_data.iter().find(|e| e.key() == k).map(|e| e.value().to_string());
     let loc = get("location").ok_or("external tensor without location")?;
     let offset: usize = get("offset").map_or(Ok(0), |v| v.parse()).map_err(|e| format!("{e}"))?;
     let data = std::fs::read(dir.join(&loc)).map_err(|e| format!("{loc}: {e}"))?;
     let length: usize = get("length").map_or(Ok(data.len() - offset), |v| v.parse()).map_err(|e| format!("{e}"))?;
-    t.raw_data = data[offset..offset + length].to_vec();
+    t.raw_data = Some(data[offset..offset + length].to_vec());
     t.external_data.clear();
-    t.data_location = protobuf::EnumOrUnknown::from_i32(0);
+    t.data_location = None;
     Ok(())
 }
 
@@ -85,7 +85,7 @@ pub fn assert_same_model(a: &Path, b: &Path) -> Result<(), String> {
 
 fn first_difference(a: &pb::ModelProto, b: &pb::ModelProto) -> String {
     if a.ir_version != b.ir_version {
-        return format!("ir_version {} vs {}", a.ir_version, b.ir_version);
+        return format!("ir_version {:?} vs {:?}", a.ir_version, b.ir_version);
     }
     if a.opset_import != b.opset_import {
         return "opset_import differs".into();
@@ -101,7 +101,7 @@ fn first_difference(a: &pb::ModelProto, b: &pb::ModelProto) -> String {
     }
     for (ta, tb) in ga.initializer.iter().zip(&gb.initializer) {
         if ta.write_to_bytes().ok() != tb.write_to_bytes().ok() {
-            return format!("initializer {} differs", ta.name);
+            return format!("initializer {} differs", ta.name());
         }
     }
     for (field, x, y) in [

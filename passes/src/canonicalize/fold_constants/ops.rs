@@ -81,6 +81,13 @@ pub(crate) fn eval(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         "Add" | "Sub" | "Mul" | "Div" => arithmetic(cx),
         "Neg" => neg(cx),
         "Equal" => equal(cx),
+        "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => compare(cx),
+        "Max" | "Min" => max_min(cx),
+        "And" | "Or" | "Xor" => logical(cx),
+        "Not" => not(cx),
+        "IsNaN" => is_nan(cx),
+        "Expand" => expand(cx),
+        "GatherND" => gather_nd(cx),
         "Where" => where_(cx),
         _ => Err(Skip::Unsupported),
     }
@@ -620,4 +627,186 @@ fn where_(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         .collect();
     let both = Data::concat(&[&x.data, &y.data]).ok_or_else(|| invalid("X and Y have different types"))?;
     cx.finish(Arr::new(dims, both.take(&map)))
+}
+
+/// `Less`, `Greater`, `LessOrEqual`, `GreaterOrEqual` with broadcasting.
+fn compare(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    cx.expect_inputs(2, 2)?;
+    let (a, b) = (cx.arr(0)?, cx.arr(1)?);
+    if a.data.dtype() != b.data.dtype() {
+        return Err(invalid("inputs have different types"));
+    }
+    let (dims, maps) = broadcast(cx, &[&a, &b])?;
+    cx.check_size(&dims, DataType::Bool)?;
+    let (ia, ib) = (&maps[0], &maps[1]);
+    let op = cx.node.op().op_type.as_str();
+    fn cmp<T: PartialOrd + Copy>(op: &str, p: T, q: T) -> bool {
+        match op {
+            "Less" => p < q,
+            "Greater" => p > q,
+            "LessOrEqual" => p <= q,
+            _ => p >= q,
+        }
+    }
+    let out = match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => zip_with(x, y, ia, ib, |p, q| Some(cmp(op, p, q))),
+        (Data::I64(x), Data::I64(y)) => zip_with(x, y, ia, ib, |p, q| Some(cmp(op, p, q))),
+        (Data::I32(x), Data::I32(y)) => zip_with(x, y, ia, ib, |p, q| Some(cmp(op, p, q))),
+        _ => None,
+    }
+    .ok_or(Skip::Unsupported)?;
+    cx.finish(Arr::new(dims, Data::Bool(out)))
+}
+
+/// Variadic `Max` / `Min` with broadcasting (NaN propagates for floats, as in ONNX).
+fn max_min(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    if cx.inputs.is_empty() {
+        return Err(invalid("has no inputs"));
+    }
+    let arrs: Vec<Arr> = (0..cx.inputs.len()).map(|i| cx.arr(i)).collect::<Result<_, _>>()?;
+    if arrs.iter().any(|a| a.data.dtype() != arrs[0].data.dtype()) {
+        return Err(invalid("inputs have different types"));
+    }
+    let is_max = cx.node.op().op_type == "Max";
+    let refs: Vec<&Arr> = arrs.iter().collect();
+    let (dims, maps) = broadcast(cx, &refs)?;
+    cx.check_size(&dims, arrs[0].data.dtype())?;
+    let n = numel(&dims).ok_or(Skip::TooLarge)?;
+    macro_rules! fold {
+        ($variant:ident, $pick:expr) => {{
+            let vals: Vec<&Vec<_>> = arrs
+                .iter()
+                .map(|a| match &a.data {
+                    Data::$variant(v) => Ok(v),
+                    _ => Err(Skip::Unsupported),
+                })
+                .collect::<Result<_, _>>()?;
+            Data::$variant(
+                (0..n)
+                    .map(|k| {
+                        let mut acc = vals[0][maps[0][k]];
+                        for (v, m) in vals.iter().zip(&maps).skip(1) {
+                            acc = $pick(acc, v[m[k]]);
+                        }
+                        acc
+                    })
+                    .collect(),
+            )
+        }};
+    }
+    let pick_f = |p: f32, q: f32| {
+        if p.is_nan() || q.is_nan() {
+            f32::NAN
+        } else if (q > p) == is_max {
+            q
+        } else {
+            p
+        }
+    };
+    let data = match arrs[0].data {
+        Data::F32(_) => fold!(F32, pick_f),
+        Data::I64(_) => fold!(I64, |p: i64, q: i64| if is_max { p.max(q) } else { p.min(q) }),
+        Data::I32(_) => fold!(I32, |p: i32, q: i32| if is_max { p.max(q) } else { p.min(q) }),
+        _ => return Err(Skip::Unsupported),
+    };
+    cx.finish(Arr::new(dims, data))
+}
+
+fn logical(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    cx.expect_inputs(2, 2)?;
+    let (a, b) = (cx.arr(0)?, cx.arr(1)?);
+    let (Data::Bool(x), Data::Bool(y)) = (&a.data, &b.data) else {
+        return Err(invalid("inputs are not bool tensors"));
+    };
+    let (dims, maps) = broadcast(cx, &[&a, &b])?;
+    cx.check_size(&dims, DataType::Bool)?;
+    let op = cx.node.op().op_type.as_str();
+    let out = zip_with(x, y, &maps[0], &maps[1], |p, q| {
+        Some(match op {
+            "And" => p && q,
+            "Or" => p || q,
+            _ => p != q,
+        })
+    })
+    .ok_or(Skip::Unsupported)?;
+    cx.finish(Arr::new(dims, Data::Bool(out)))
+}
+
+fn not(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    cx.expect_inputs(1, 1)?;
+    let x = cx.arr(0)?;
+    let Data::Bool(v) = &x.data else { return Err(invalid("input is not a bool tensor")) };
+    let out = v.iter().map(|b| !b).collect();
+    cx.finish(Arr::new(x.dims, Data::Bool(out)))
+}
+
+fn is_nan(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    cx.expect_inputs(1, 1)?;
+    let x = cx.arr(0)?;
+    let Data::F32(v) = &x.data else { return Err(Skip::Unsupported) };
+    let out = v.iter().map(|f| f.is_nan()).collect();
+    cx.finish(Arr::new(x.dims, Data::Bool(out)))
+}
+
+/// `Expand(x, shape)`: bidirectional broadcast of `x` to `shape`.
+fn expand(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    cx.expect_inputs(2, 2)?;
+    let x = cx.arr(0)?;
+    let shape = cx.ints(1)?;
+    let mut target = Vec::with_capacity(shape.len());
+    for s in shape {
+        target.push(usize::try_from(s).map_err(|_| invalid(format!("shape has the negative dimension {s}")))?);
+    }
+    let dims = broadcast_shape(&[x.dims.as_slice(), target.as_slice()])?;
+    cx.check_size(&dims, x.data.dtype())?;
+    let map = broadcast_index(&dims, &x.dims);
+    cx.finish(Arr::new(dims, x.data.take(&map)))
+}
+
+/// `GatherND(data, indices)` with `batch_dims`.
+fn gather_nd(cx: &Cx<'_>) -> Result<Tensor, Skip> {
+    cx.expect_inputs(2, 2)?;
+    let data = cx.arr(0)?;
+    let idx_arr = cx.arr(1)?;
+    let indices = idx_arr.ints().ok_or_else(|| invalid("indices are not integers"))?;
+    let b = usize::try_from(cx.node.attr_int("batch_dims", 0)).map_err(|_| invalid("negative batch_dims"))?;
+    let (r, q) = (data.dims.len(), idx_arr.dims.len());
+    if q == 0 || b >= q || b >= r {
+        return Err(invalid("batch_dims must be smaller than the ranks of data and indices"));
+    }
+    let k = idx_arr.dims[q - 1];
+    if k == 0 || b + k > r || data.dims[..b] != idx_arr.dims[..b] {
+        return Err(invalid("indices do not fit the data's shape"));
+    }
+    let mut out_dims: Vec<usize> = idx_arr.dims[..q - 1].to_vec();
+    out_dims.extend_from_slice(&data.dims[b + k..]);
+    cx.check_size(&out_dims, data.data.dtype())?;
+    let inner: usize = data.dims[b + k..].iter().product();
+    let batch: usize = data.dims[..b].iter().product();
+    let per_batch_tuples: usize = idx_arr.dims[b..q - 1].iter().product();
+    let data_strides = strides(&data.dims);
+    let mut map = Vec::with_capacity(numel(&out_dims).unwrap_or(0));
+    for bi in 0..batch {
+        // Offset of this batch in `data`.
+        let mut base = 0;
+        let mut rem = bi;
+        for d in (0..b).rev() {
+            base += (rem % data.dims[d]) * data_strides[d];
+            rem /= data.dims[d];
+        }
+        for t in 0..per_batch_tuples {
+            let tuple = &indices[(bi * per_batch_tuples + t) * k..(bi * per_batch_tuples + t + 1) * k];
+            let mut off = base;
+            for (j, &ix) in tuple.iter().enumerate() {
+                let dim = data.dims[b + j] as i64;
+                let ix = if ix < 0 { ix + dim } else { ix };
+                if !(0..dim).contains(&ix) {
+                    return Err(invalid(format!("index {ix} is out of range for a dimension of {dim}")));
+                }
+                off += ix as usize * data_strides[b + j];
+            }
+            map.extend(off..off + inner);
+        }
+    }
+    cx.finish(Arr::new(out_dims, data.data.take(&map)))
 }
