@@ -199,7 +199,7 @@ model ir_version=10 opsets=[ai.onnx=17]
 graph g {
   input %x: f32[4]
   %s1 = Split(%x)
-  %s2, % = Split(%x)
+  %s2, _ = Split(%x)
   %k1 = Constant() {value=tensor f32[1]}
   %k3 = Constant() {value=tensor f32[1]}
   %y = Sum(%s1, %s2, %k1, %k1, %k3)
