@@ -29,8 +29,8 @@ echo "|---|---|---|---|"
 a_times=(); b_times=()
 for i in $(seq "$runs"); do
   rm -f "$work"/adaptc/* "$work"/onnx_ir/*
-  t=$( { /usr/bin/time -f "%e %M" target/release/adaptc rewrite "$in" -o "$work/adaptc/out.onnx" 2>/dev/null; } 2>&1 | tail -n1 )
-  set -- $t; echo "| $i | adaptc rewrite | $1 | $(( $2 / 1024 )) |"; a_times+=("$1")
+  /usr/bin/time -o "$work/time.txt" -f "%e %M" target/release/adaptc rewrite "$in" -o "$work/adaptc/out.onnx" 2>/dev/null
+  set -- $(tail -n1 "$work/time.txt"); echo "| $i | adaptc rewrite | $1 | $(( $2 / 1024 )) |"; a_times+=("$1")
   j=$("$venv/bin/python" bench/onnx_ir_baseline.py "$in" "$work/onnx_ir/out.onnx")
   w=$(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["total_s"], d["peak_rss_mib"])')
   set -- $w; echo "| $i | onnx_ir load+save | $1 | $2 |"; b_times+=("$1")
