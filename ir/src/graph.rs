@@ -261,6 +261,34 @@ impl Graph {
         Ok(())
     }
 
+    /// Renames output `slot` of `id` to the fresh name `new`, leaving the uses of the old name
+    /// in place: they (and a graph output of that name) now wait for another producer. This is
+    /// how a rewrite slots nodes in after a value while keeping its name for every consumer:
+    /// rename the producer's output, then add nodes that produce the old name again.
+    pub fn rename_output(&mut self, id: NodeId, slot: usize, new: &str) -> Result<String, IrError> {
+        let node = self.node(id);
+        let old = match node.outputs.get(slot) {
+            Some(o) if !o.is_empty() => o.clone(),
+            _ => return Err(self.node_error(node, format!("has no output in slot {slot}"))),
+        };
+        if self.name_taken(new) {
+            return Err(self.node_error(node, format!("cannot rename `{old}` to `{new}`: the name is taken")));
+        }
+        let stale: Vec<_> = self
+            .dag
+            .edges_directed(id.0, Direction::Outgoing)
+            .filter(|e| e.weight().src_slot == slot)
+            .map(|e| e.id())
+            .collect();
+        for e in stale {
+            self.dag.remove_edge(e);
+        }
+        self.producers.remove(&old);
+        self.dag[id.0].outputs[slot] = new.to_string();
+        self.producers.insert(new.to_string(), (id, slot));
+        Ok(old)
+    }
+
     /// Adds or replaces an attribute; subgraph captures are recomputed.
     pub fn set_attr(&mut self, id: NodeId, attr: Attribute) {
         self.unlink_inputs(id);
@@ -526,4 +554,40 @@ fn node_captures(node: &Node) -> BTreeSet<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::OpKey;
+
+    fn chain() -> (Graph, NodeId) {
+        let mut g = Graph::new("g");
+        g.inputs.push(ValueInfo::new("x", None));
+        g.outputs.push(ValueInfo::new("z", None));
+        let a = g.add_node(Node::new(OpKey::onnx("Relu"), vec!["x".into()], vec!["y".into()])).unwrap();
+        g.add_node(Node::new(OpKey::onnx("Neg"), vec!["y".into()], vec!["z".into()])).unwrap();
+        (g, a)
+    }
+
+    #[test]
+    fn rename_output_then_reproduce_the_old_name() {
+        let (mut g, a) = chain();
+        assert_eq!(g.rename_output(a, 0, "y_base").unwrap(), "y");
+        assert!(g.producer("y").is_none());
+        assert_eq!(g.uses("y").len(), 1, "the consumer still reads `y`");
+        assert!(crate::verify(&g).is_err(), "`y` is dangling until something produces it");
+        g.add_node(Node::new(OpKey::onnx("Sigmoid"), vec!["y_base".into()], vec!["y".into()])).unwrap();
+        crate::verify(&g).unwrap();
+        let order: Vec<String> = g.topo_order().unwrap().iter().map(|&n| g.node(n).op().op_type.clone()).collect();
+        assert_eq!(order, ["Relu", "Sigmoid", "Neg"]);
+        assert!(g.rename_output(a, 0, "x").is_err(), "taken names are refused");
+    }
+
+    #[test]
+    fn removal_refuses_live_outputs() {
+        let (mut g, a) = chain();
+        let err = g.remove_node(a).unwrap_err().to_string();
+        assert!(err.contains("used by"), "{err}");
+    }
 }

@@ -20,7 +20,8 @@
 //! - [`manager`]: [`PassManager`] runs a pipeline with verify-each, print-after-change,
 //!   per-pass timing and statistics, and stop-after-N for bisecting;
 //! - [`pattern`]: matchers for the structures passes rewrite (linear layers);
-//! - [`canonicalize`]: `dce`, `cse`, `fold-constants`.
+//! - [`canonicalize`]: `dce`, `cse`, `fold-constants`;
+//! - [`adapters`]: adapter insertion, merging and the records they leave in the model.
 //!
 //! # Adding a pass in three steps
 //!
@@ -36,6 +37,7 @@
 //!    before/after, a numeric check where the rewrite preserves meaning, and negative tests
 //!    (the failure reason, and that nothing changed).
 
+pub mod adapters;
 pub mod canonicalize;
 pub mod manager;
 pub mod options;

@@ -1,0 +1,10 @@
+//! Adapter passes: insert trainable adapters into linear layers (LoRA and its family, IA3,
+//! bottleneck adapters, prompt tuning, trainable subsets), fold them back, and expose them as
+//! graph inputs. Shared pieces: [`record`] (what was inserted, persisted in the model's
+//! metadata) and [`targets`] (choosing layers by module path as PEFT does).
+
+pub mod record;
+pub mod targets;
+
+pub use record::{AdapterRecord, AdapterState, Layout, Method};
+pub use targets::{Selection, Target};
