@@ -4,7 +4,9 @@
 //! metadata) and [`targets`] (choosing layers by module path as PEFT does).
 
 pub mod record;
+pub mod rewriter;
 pub mod targets;
 
 pub use record::{AdapterRecord, AdapterState, Layout, Method};
+pub use rewriter::Rewriter;
 pub use targets::{Selection, Target};
