@@ -496,3 +496,217 @@ fn uses_inside_subgraphs_follow_the_folded_value() {
     check_f32(m.graph.initializer("y").unwrap(), &[1], &[-2.0]);
     assert!(m.graph.initializer("y.folded").is_none());
 }
+
+/// Like [`check_f32`], with NaN equal to NaN.
+fn check_f32_nan(t: &Tensor, dims: &[u64], values: &[f32]) {
+    assert_eq!((t.dtype(), t.dims()), (DataType::Float, dims), "{}", t.name);
+    let got = t.to_f32().unwrap();
+    let same = got.len() == values.len() && got.iter().zip(values).all(|(g, e)| g == e || (g.is_nan() && e.is_nan()));
+    assert!(same, "got {got:?}, expected {values:?}");
+}
+
+#[test]
+fn comparisons_broadcast_and_are_false_on_nan() {
+    let a = || f(0, &[2, 1], &[1.0, 5.0]);
+    let b = || f(1, &[3], &[0.0, 5.0, 9.0]);
+    // [[1], [5]] against [0, 5, 9]: a [2, 3] result.
+    check_bool(&fold_one(13, vec![a(), b()], op("Less", 2, vec![])), &[2, 3], &[false, true, true, false, false, true]);
+    check_bool(
+        &fold_one(13, vec![a(), b()], op("Greater", 2, vec![])),
+        &[2, 3],
+        &[true, false, false, true, false, false],
+    );
+    check_bool(
+        &fold_one(13, vec![a(), b()], op("LessOrEqual", 2, vec![])),
+        &[2, 3],
+        &[false, true, true, false, true, true],
+    );
+    check_bool(
+        &fold_one(13, vec![a(), b()], op("GreaterOrEqual", 2, vec![])),
+        &[2, 3],
+        &[true, false, false, true, true, false],
+    );
+    // A scalar on either side; int64 and int32.
+    let t = fold_one(13, vec![l(0, &[3], &[1, 2, 3]), l(1, &[], &[2])], op("LessOrEqual", 2, vec![]));
+    check_bool(&t, &[3], &[true, true, false]);
+    let t = fold_one(13, vec![l(0, &[], &[2]), l(1, &[3], &[1, 2, 3])], op("Less", 2, vec![]));
+    check_bool(&t, &[3], &[false, false, true]);
+    // [-1, 4] against [[4], [-1]].
+    let t = fold_one(
+        13,
+        vec![i32s("in0", &[2], &[-1, 4]), i32s("in1", &[2, 1], &[4, -1])],
+        op("GreaterOrEqual", 2, vec![]),
+    );
+    check_bool(&t, &[2, 2], &[false, true, true, true]);
+    let t = fold_one(13, vec![l(0, &[2], &[i64::MIN, 7]), l(1, &[2], &[i64::MAX, 7])], op("Greater", 2, vec![]));
+    check_bool(&t, &[2], &[false, false]);
+    // Every comparison with NaN is false.
+    let nan = || vec![f(0, &[3], &[f32::NAN, 1.0, f32::NAN]), f(1, &[3], &[1.0, f32::NAN, f32::NAN])];
+    for name in ["Less", "Greater", "LessOrEqual", "GreaterOrEqual"] {
+        check_bool(&fold_one(13, nan(), op(name, 2, vec![])), &[3], &[false, false, false]);
+    }
+
+    let notes = not_folded(13, vec![l(0, &[1], &[1]), f(1, &[1], &[1.0])], op("Less", 2, vec![]));
+    assert!(notes[0].contains("different types"), "{notes:?}");
+    let notes = not_folded(13, vec![l(0, &[2], &[1, 2]), l(1, &[3], &[1, 2, 3])], op("Greater", 2, vec![]));
+    assert!(notes[0].contains("do not broadcast"), "{notes:?}");
+    // Bool is not an ordered type here: left alone without a note.
+    let bb = || vec![bools("in0", &[1], &[true]), bools("in1", &[1], &[false])];
+    assert!(not_folded(13, bb(), op("Greater", 2, vec![])).is_empty());
+}
+
+#[test]
+fn max_and_min_are_variadic_broadcast_and_propagate_nan() {
+    // Three f32 inputs [2, 2], [2], []; the NaN wins wherever it is.
+    let inputs = || vec![f(0, &[2, 2], &[1.0, 5.0, f32::NAN, -2.0]), f(1, &[2], &[3.0, 4.0]), f(2, &[], &[0.0])];
+    check_f32_nan(&fold_one(13, inputs(), op("Max", 3, vec![])), &[2, 2], &[3.0, 5.0, f32::NAN, 4.0]);
+    check_f32_nan(&fold_one(13, inputs(), op("Min", 3, vec![])), &[2, 2], &[0.0, 0.0, f32::NAN, -2.0]);
+    // A NaN in a later input, and in the last one.
+    let inputs =
+        || vec![f(0, &[3], &[1.0, 2.0, 3.0]), f(1, &[3], &[f32::NAN, 0.0, 5.0]), f(2, &[3], &[2.0, 2.0, f32::NAN])];
+    check_f32_nan(&fold_one(13, inputs(), op("Min", 3, vec![])), &[3], &[f32::NAN, 0.0, f32::NAN]);
+    check_f32_nan(&fold_one(13, inputs(), op("Max", 3, vec![])), &[3], &[f32::NAN, 2.0, f32::NAN]);
+
+    // Three int64 inputs [2, 1], [3], [2, 3].
+    let inputs = || vec![l(0, &[2, 1], &[1, 10]), l(1, &[3], &[5, -3, 12]), l(2, &[2, 3], &[0, 0, 0, 11, 11, 11])];
+    check_i64(&fold_one(13, inputs(), op("Max", 3, vec![])), &[2, 3], &[5, 1, 12, 11, 11, 12]);
+    check_i64(&fold_one(13, inputs(), op("Min", 3, vec![])), &[2, 3], &[0, -3, 0, 5, -3, 10]);
+    let t = fold_one(13, vec![i32s("in0", &[2], &[3, -7]), i32s("in1", &[], &[0])], op("Min", 2, vec![]));
+    check_i32(&t, &[2], &[0, -7]);
+    // One input is a copy.
+    check_i64(&fold_one(13, vec![l(0, &[2], &[4, -4])], op("Max", 1, vec![])), &[2], &[4, -4]);
+
+    let notes = not_folded(13, vec![l(0, &[1], &[1]), l(1, &[1], &[2]), f(2, &[1], &[3.0])], op("Max", 3, vec![]));
+    assert!(notes[0].contains("different types"), "{notes:?}");
+    let notes = not_folded(13, vec![l(0, &[2], &[1, 2]), l(1, &[3], &[1, 2, 3])], op("Min", 2, vec![]));
+    assert!(notes[0].contains("do not broadcast"), "{notes:?}");
+    // Max-6/Min-6 (opsets 6 and 7) need equal shapes; broadcasting comes with opset 8.
+    let notes = not_folded(7, vec![l(0, &[2], &[1, 5]), l(1, &[1], &[3])], op("Max", 2, vec![]));
+    assert!(notes[0].contains("broadcasting needs opset 8"), "{notes:?}");
+    check_i64(&fold_one(7, vec![l(0, &[2], &[1, 5]), l(1, &[2], &[3, 3])], op("Max", 2, vec![])), &[2], &[3, 5]);
+    check_i64(&fold_one(8, vec![l(0, &[2], &[1, 5]), l(1, &[1], &[3])], op("Min", 2, vec![])), &[2], &[1, 3]);
+}
+
+#[test]
+fn and_or_xor_not_and_is_nan() {
+    // [[T, T], [F, F]] against [T, F].
+    let ab = || vec![bools("in0", &[2, 2], &[true, true, false, false]), bools("in1", &[2], &[true, false])];
+    check_bool(&fold_one(13, ab(), op("And", 2, vec![])), &[2, 2], &[true, false, false, false]);
+    check_bool(&fold_one(13, ab(), op("Or", 2, vec![])), &[2, 2], &[true, true, true, false]);
+    check_bool(&fold_one(13, ab(), op("Xor", 2, vec![])), &[2, 2], &[false, true, true, false]);
+    // A scalar against a [2, 1].
+    let t = fold_one(13, vec![bools("in0", &[], &[true]), bools("in1", &[2, 1], &[true, false])], op("Xor", 2, vec![]));
+    check_bool(&t, &[2, 1], &[false, true]);
+    let notes = not_folded(13, vec![l(0, &[2], &[1, 0]), l(1, &[2], &[1, 1])], op("And", 2, vec![]));
+    assert!(notes[0].contains("not bool tensors"), "{notes:?}");
+    let notes = not_folded(13, vec![bools("in0", &[1], &[true]), l(1, &[1], &[1])], op("Or", 2, vec![]));
+    assert!(notes[0].contains("not bool tensors"), "{notes:?}");
+    let notes =
+        not_folded(13, vec![bools("in0", &[2], &[true, false]), bools("in1", &[3], &[true; 3])], op("And", 2, vec![]));
+    assert!(notes[0].contains("do not broadcast"), "{notes:?}");
+
+    check_bool(
+        &fold_one(13, vec![bools("in0", &[2, 2], &[true, false, false, true])], op("Not", 1, vec![])),
+        &[2, 2],
+        &[false, true, true, false],
+    );
+    check_bool(&fold_one(13, vec![bools("in0", &[], &[false])], op("Not", 1, vec![])), &[], &[true]);
+    let notes = not_folded(13, vec![f(0, &[1], &[0.0])], op("Not", 1, vec![]));
+    assert!(notes[0].contains("not a bool tensor"), "{notes:?}");
+
+    let t = fold_one(13, vec![f(0, &[2, 2], &[f32::NAN, 1.0, f32::INFINITY, -f32::NAN])], op("IsNaN", 1, vec![]));
+    check_bool(&t, &[2, 2], &[true, false, false, true]);
+    check_bool(&fold_one(13, vec![f(0, &[0], &[])], op("IsNaN", 1, vec![])), &[0], &[]);
+    // Integers are never NaN, but IsNaN is not defined on them: left alone.
+    assert!(not_folded(13, vec![l(0, &[1], &[1])], op("IsNaN", 1, vec![])).is_empty());
+}
+
+#[test]
+fn expand_broadcasts_both_ways() {
+    // [3, 1] to [2, 1, 4]: the input's 1 grows to 4, the shape's 1 takes the input's 3.
+    let t = fold_one(13, vec![f(0, &[3, 1], &[0.0, 1.0, 2.0]), l(1, &[3], &[2, 1, 4])], op("Expand", 2, vec![]));
+    let block = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0];
+    check_f32(&t, &[2, 3, 4], &[block, block].concat());
+    // A shape of lower rank than the input: the input's shape is kept.
+    let x = || l(0, &[2, 3], &[1, 2, 3, 4, 5, 6]);
+    check_i64(&fold_one(13, vec![x(), l(1, &[1], &[3])], op("Expand", 2, vec![])), &[2, 3], &[1, 2, 3, 4, 5, 6]);
+    check_i64(&fold_one(13, vec![x(), l(1, &[1], &[1])], op("Expand", 2, vec![])), &[2, 3], &[1, 2, 3, 4, 5, 6]);
+    check_i64(&fold_one(13, vec![x(), l(1, &[0], &[])], op("Expand", 2, vec![])), &[2, 3], &[1, 2, 3, 4, 5, 6]);
+    // 1-dims of the shape do not shrink the input.
+    check_i64(&fold_one(13, vec![x(), l(1, &[2], &[2, 1])], op("Expand", 2, vec![])), &[2, 3], &[1, 2, 3, 4, 5, 6]);
+    // [1, 3] and [2, 1] broadcast up to [2, 3]; a scalar expands to any shape.
+    let t = fold_one(13, vec![l(0, &[1, 3], &[7, 8, 9]), l(1, &[2], &[2, 1])], op("Expand", 2, vec![]));
+    check_i64(&t, &[2, 3], &[7, 8, 9, 7, 8, 9]);
+    check_bool(
+        &fold_one(13, vec![bools("in0", &[], &[true]), l(1, &[2], &[1, 2])], op("Expand", 2, vec![])),
+        &[1, 2],
+        &[true, true],
+    );
+    // A zero in the shape gives an empty result.
+    check_f32(&fold_one(13, vec![f(0, &[1], &[1.0]), l(1, &[2], &[0, 1])], op("Expand", 2, vec![])), &[0, 1], &[]);
+    // Raw (u8) data.
+    let bytes = Tensor::from_bytes("in0", DataType::Uint8, vec![2], vec![7, 9]).unwrap();
+    let t = fold_one(13, vec![bytes, l(1, &[2], &[3, 1])], op("Expand", 2, vec![]));
+    assert_eq!(
+        (t.dtype(), t.dims(), t.bytes().unwrap().to_vec()),
+        (DataType::Uint8, &[3u64, 2][..], vec![7, 9, 7, 9, 7, 9])
+    );
+
+    let notes = not_folded(13, vec![x(), l(1, &[2], &[2, -1])], op("Expand", 2, vec![]));
+    assert!(notes[0].contains("negative dimension -1"), "{notes:?}");
+    let notes = not_folded(13, vec![x(), l(1, &[1], &[4])], op("Expand", 2, vec![]));
+    assert!(notes[0].contains("do not broadcast"), "{notes:?}");
+    let notes = not_folded(13, vec![x(), f(1, &[1], &[3.0])], op("Expand", 2, vec![]));
+    assert!(notes[0].contains("not an integer tensor"), "{notes:?}");
+}
+
+#[test]
+fn gather_nd_with_negative_indices_and_batch_dims() {
+    let data2 = || l(0, &[2, 2], &[0, 1, 2, 3]);
+    // Full tuples pick elements, shorter ones pick slices.
+    check_i64(&fold_one(13, vec![data2(), l(1, &[2, 2], &[0, 0, 1, 1])], op("GatherND", 2, vec![])), &[2], &[0, 3]);
+    check_i64(&fold_one(13, vec![data2(), l(1, &[2, 1], &[1, 0])], op("GatherND", 2, vec![])), &[2, 2], &[2, 3, 0, 1]);
+    let data3 = || f(0, &[2, 2, 2], &iota_f32(8));
+    let t = fold_one(13, vec![data3(), l(1, &[2, 2], &[0, 1, 1, 0])], op("GatherND", 2, vec![]));
+    check_f32(&t, &[2, 2], &[2.0, 3.0, 4.0, 5.0]);
+    let t = fold_one(13, vec![data3(), l(1, &[2, 1, 2], &[0, 1, 1, 0])], op("GatherND", 2, vec![]));
+    check_f32(&t, &[2, 1, 2], &[2.0, 3.0, 4.0, 5.0]);
+    // Negative indices count from the end: [-1, -1] is [1, 2], [0, -3] is [0, 0].
+    let t = fold_one(13, vec![l(0, &[2, 3], &iota_i64(6)), l(1, &[2, 2], &[-1, -1, 0, -3])], op("GatherND", 2, vec![]));
+    check_i64(&t, &[2], &[5, 0]);
+    // int32 indices.
+    let t = fold_one(13, vec![l(0, &[3], &[10, 20, 30]), i32s("in1", &[2, 1], &[2, -3])], op("GatherND", 2, vec![]));
+    check_i64(&t, &[2], &[30, 10]);
+
+    // batch_dims=1: each batch of the indices reads its own batch of the data.
+    let batch = vec![Attribute::int("batch_dims", 1)];
+    let t = fold_one(13, vec![data3(), l(1, &[2, 1], &[1, 0])], op("GatherND", 2, batch.clone()));
+    check_f32(&t, &[2, 2], &[2.0, 3.0, 4.0, 5.0]);
+    // data[b][i][j] = 6 b + 3 i + j; batch 0 reads [0, 2] and [1, -1], batch 1 reads [1, 0] and [0, 1].
+    let t = fold_one(
+        13,
+        vec![l(0, &[2, 2, 3], &iota_i64(12)), l(1, &[2, 2, 2], &[0, 2, 1, -1, 1, 0, 0, 1])],
+        op("GatherND", 2, batch.clone()),
+    );
+    check_i64(&t, &[2, 2], &[2, 5, 9, 7]);
+
+    // Out of range (positive and negative): left alone, the note names the node and the index.
+    let gnd = || op("GatherND", 2, vec![]).named("gnd");
+    let notes = not_folded(13, vec![l(0, &[2, 3], &iota_i64(6)), l(1, &[1, 2], &[0, 3])], gnd());
+    assert!(notes[0].contains("left `gnd` (GatherND) alone"), "{notes:?}");
+    assert!(notes[0].contains("index 3 is out of range"), "{notes:?}");
+    let notes = not_folded(13, vec![l(0, &[2, 3], &iota_i64(6)), l(1, &[1, 2], &[-3, 0])], gnd());
+    assert!(notes[0].contains("index -3 is out of range"), "{notes:?}");
+    let notes = not_folded(13, vec![l(0, &[2, 3], &iota_i64(6)), l(1, &[1, 2], &[0, -4])], gnd());
+    assert!(notes[0].contains("index -4 is out of range"), "{notes:?}");
+    // Tuples longer than the data's rank, batch dimensions that differ, batch_dims too large.
+    let notes = not_folded(13, vec![data2(), l(1, &[1, 3], &[0, 0, 0])], op("GatherND", 2, vec![]));
+    assert!(notes[0].contains("do not fit"), "{notes:?}");
+    let notes = not_folded(13, vec![data3(), l(1, &[3, 1], &[0, 0, 0])], op("GatherND", 2, batch));
+    assert!(notes[0].contains("do not fit"), "{notes:?}");
+    let notes =
+        not_folded(13, vec![data2(), l(1, &[2, 1], &[0, 0])], op("GatherND", 2, vec![Attribute::int("batch_dims", 2)]));
+    assert!(notes[0].contains("batch_dims must be smaller"), "{notes:?}");
+    let notes = not_folded(13, vec![data2(), f(1, &[1, 1], &[0.0])], op("GatherND", 2, vec![]));
+    assert!(notes[0].contains("not integers"), "{notes:?}");
+}

@@ -12,8 +12,10 @@
 //! input from 13), Reshape (shape input, `allowzero` from opset 14), Concat, Gather, Slice
 //! (attributes before opset 10, inputs with optional axes and steps from 10), Transpose, Range,
 //! Add/Sub/Mul/Div (f32, i64, i32; numpy broadcasting from opset 7; integer division truncates
-//! toward zero), Neg, Equal, Where. Data-movement ops (Reshape, (Un)Squeeze, Concat, Gather,
-//! Slice, Transpose, Where, Identity) accept any byte-aligned numeric type.
+//! toward zero), Neg, Equal, Less/Greater/LessOrEqual/GreaterOrEqual, Max/Min (variadic, NaN
+//! propagates, broadcasting from opset 8), And/Or/Xor/Not, IsNaN, Expand, GatherND (with
+//! `batch_dims`), Where. Data-movement ops (Reshape, (Un)Squeeze, Concat, Gather, GatherND,
+//! Expand, Slice, Transpose, Where, Identity) accept any byte-aligned numeric type.
 //!
 //! Left alone: unknown ops and domains, ops on other types, nodes holding subgraphs (subgraphs
 //! are not searched), nodes producing a graph output (the output must stay produced by a

@@ -667,6 +667,10 @@ fn max_min(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     if arrs.iter().any(|a| a.data.dtype() != arrs[0].data.dtype()) {
         return Err(invalid("inputs have different types"));
     }
+    // Max-6/Min-6 (and older) need equal shapes; broadcasting comes with opset 8.
+    if cx.opset < 8 && arrs.iter().any(|a| a.dims != arrs[0].dims) {
+        return Err(invalid("shapes differ and broadcasting needs opset 8"));
+    }
     let is_max = cx.node.op().op_type == "Max";
     let refs: Vec<&Arr> = arrs.iter().collect();
     let (dims, maps) = broadcast(cx, &refs)?;
@@ -799,11 +803,11 @@ fn gather_nd(cx: &Cx<'_>) -> Result<Tensor, Skip> {
             let mut off = base;
             for (j, &ix) in tuple.iter().enumerate() {
                 let dim = data.dims[b + j] as i64;
-                let ix = if ix < 0 { ix + dim } else { ix };
-                if !(0..dim).contains(&ix) {
+                let n = if ix < 0 { ix + dim } else { ix };
+                if !(0..dim).contains(&n) {
                     return Err(invalid(format!("index {ix} is out of range for a dimension of {dim}")));
                 }
-                off += ix as usize * data_strides[b + j];
+                off += n as usize * data_strides[b + j];
             }
             map.extend(off..off + inner);
         }
