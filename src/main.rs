@@ -3,6 +3,7 @@
 
 mod cmd;
 mod progress;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,9 @@ Examples:
   adaptc rewrite model.onnx -o copy.onnx         lossless copy through the IR
   adaptc rewrite model.onnx -p dce,cse -o out.onnx
   adaptc passes                                  every pass with its options
+  adaptc export adapted.onnx --peft adapter/     LoRA adapters as a PEFT folder (or --merged out.onnx)
+  adaptc import-peft model.onnx --adapter adapter/ -o adapted.onnx
+  adaptc verify model.onnx out.onnx              same outputs on the same random inputs (tract)
 
 Pipelines are MLIR-style text: passes separated by commas, options in braces separated by
 spaces, list values separated by commas:  \"fold-constants,cse,dce\"";
@@ -31,6 +35,9 @@ enum Command {
     Rewrite(cmd::rewrite::Args),
     Inspect(cmd::inspect::Args),
     Passes(cmd::passes::Args),
+    Export(cmd::export::Args),
+    ImportPeft(cmd::import_peft::Args),
+    Verify(cmd::verify::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +46,9 @@ fn main() -> ExitCode {
         Command::Rewrite(args) => cmd::rewrite::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Passes(args) => cmd::passes::run(args),
+        Command::Export(args) => cmd::export::run(args),
+        Command::ImportPeft(args) => cmd::import_peft::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

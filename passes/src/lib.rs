@@ -21,7 +21,12 @@
 //!   per-pass timing and statistics, and stop-after-N for bisecting;
 //! - [`pattern`]: matchers for the structures passes rewrite (linear layers);
 //! - [`canonicalize`]: `dce`, `cse`, `fold-constants`;
-//! - [`adapters`]: adapter insertion, merging and the records they leave in the model.
+//! - [`adapters`]: adapter insertion, merging and the records they leave in the model;
+//! - [`peft`]: LoRA adapters to and from Hugging Face PEFT folders (safetensors + config);
+//! - [`lower`]: `specialize-shapes`, `decompose` (concrete shapes and a smaller op set for a
+//!   runtime);
+//! - [`compress`]: `quantize-weights`, `dequantize-weights` (int8/int4 weights as
+//!   DequantizeLinear or MatMulNBits, and back).
 //!
 //! # Adding a pass in three steps
 //!
@@ -39,10 +44,13 @@
 
 pub mod adapters;
 pub mod canonicalize;
+pub mod compress;
+pub mod lower;
 pub mod manager;
 pub mod options;
 mod pass;
 pub mod pattern;
+pub mod peft;
 pub mod pipeline;
 pub mod registry;
 

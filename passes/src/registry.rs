@@ -52,6 +52,17 @@ impl Registry {
         r.register(crate::canonicalize::dce::info());
         r.register(crate::canonicalize::cse::info());
         r.register(crate::canonicalize::fold_constants::info());
+        r.register(crate::adapters::lora::info());
+        r.register(crate::adapters::merge::info());
+        r.register(crate::adapters::as_inputs::info());
+        r.register(crate::adapters::ia3::info());
+        r.register(crate::adapters::bottleneck::info());
+        r.register(crate::adapters::prompt::info());
+        r.register(crate::adapters::trainable::info());
+        r.register(crate::lower::specialize_shapes::info());
+        r.register(crate::lower::decompose::info());
+        r.register(crate::compress::quantize::info());
+        r.register(crate::compress::dequantize::info());
         r
     }
 
@@ -144,7 +155,11 @@ mod tests {
     #[test]
     fn builtin_passes_are_listed_sorted_and_well_formed() {
         let r = Registry::builtin();
-        assert_eq!(r.names(), vec!["cse", "dce", "fold-constants"]);
+        let names = r.names();
+        for expected in ["cse", "dce", "decompose", "fold-constants", "specialize-shapes"] {
+            assert!(names.contains(&expected), "{expected} is not registered: {names:?}");
+        }
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let infos = r.infos();
         assert_eq!(infos.iter().map(|i| i.name).collect::<Vec<_>>(), r.names());
         for info in infos {
@@ -176,7 +191,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        match r.lookup("insert-lora") {
+        match r.lookup("no-such-pass") {
             Err(PassError::UnknownPass { suggestion, .. }) => assert_eq!(suggestion, None),
             other => panic!("{other:?}"),
         }

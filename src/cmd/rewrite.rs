@@ -13,10 +13,17 @@ Examples:
   adaptc rewrite model.onnx -o copy.onnx                 lossless copy (no pipeline)
   adaptc rewrite model.onnx -p \"fold-constants,cse,dce\" -o clean.onnx --stats
   adaptc rewrite big.onnx -o out.onnx --external always  weights into out.onnx.data
+  adaptc rewrite model.onnx -p dce -o out.onnx --verify  then check OUTPUT against INPUT
 
 Models whose input used external data are written with external data next to the output
 (OUT.onnx.data, relative location); so is any model over 2 GiB. The output appears only when
-everything succeeded: nothing is left half-written.";
+everything succeeded: nothing is left half-written.
+
+--verify runs `adaptc verify INPUT OUTPUT` in-process once OUTPUT is written: the same random
+inputs through tract for both models, every output compared (--rtol, --atol, --seed, --dims,
+--shape, --runs as for `adaptc verify`), the table printed. Beyond tolerance (or when tract
+cannot run a model) the command fails with exit status 1, but OUTPUT stays written so that it
+can be inspected.";
 
 /// Run a pass pipeline over a model and write the result (no pipeline: a lossless copy).
 #[derive(clap::Args)]
@@ -45,6 +52,12 @@ pub struct Args {
     /// Where weights go: auto (external if the input used it or >2 GiB), always, never.
     #[arg(long, value_enum, default_value_t = External::Auto)]
     external: External,
+    /// After writing OUTPUT, check numerically that it computes what INPUT does (tract, same
+    /// random inputs); beyond tolerance exit 1, OUTPUT is kept.
+    #[arg(long)]
+    verify: bool,
+    #[command(flatten, next_help_heading = "Numerical check (with --verify)")]
+    check: crate::verify::CheckArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -67,6 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let check = if args.verify { Some(args.check.settings()?) } else { None };
     let bar = Bar::new();
     let mut model = onnx::load_with(&args.input, &bar)?;
     adaptc_ir::verify(&model.graph).with_context(|| format!("{} is not a valid model", args.input.display()))?;
@@ -106,6 +120,16 @@ pub fn run(args: Args) -> Result<()> {
         );
     } else {
         eprintln!("wrote {} ({} bytes)", args.output.display(), saved.model_bytes);
+    }
+    if let Some(settings) = check {
+        let kept = || format!("--verify: {} was written and is kept", args.output.display());
+        let before = onnx::load_with(&args.input, &bar).with_context(kept)?;
+        let after = onnx::load_with(&args.output, &bar).with_context(kept)?;
+        let report = crate::verify::check(&before, &args.input, &after, &args.output, &settings).with_context(kept)?;
+        eprintln!("{report}");
+        if let Some(reason) = report.failure() {
+            anyhow::bail!("{}: {reason}", kept());
+        }
     }
     Ok(())
 }

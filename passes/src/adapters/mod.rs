@@ -3,9 +3,18 @@
 //! graph inputs. Shared pieces: [`record`] (what was inserted, persisted in the model's
 //! metadata) and [`targets`] (choosing layers by module path as PEFT does).
 
+pub mod as_inputs;
+pub mod bottleneck;
+pub mod ia3;
+pub mod init;
+pub mod linalg;
+pub mod lora;
+pub mod merge;
+pub mod prompt;
 pub mod record;
 pub mod rewriter;
 pub mod targets;
+pub mod trainable;
 
 pub use record::{AdapterRecord, AdapterState, Layout, Method};
 pub use rewriter::Rewriter;

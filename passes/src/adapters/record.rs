@@ -13,8 +13,17 @@ use crate::pass::PassError;
 /// The `metadata_props` key holding the adapter state.
 pub const METADATA_KEY: &str = "adaptc.adapters";
 
+/// Initializer metadata marking a trainable tensor (`adaptc.trainable=true`), kept in step with
+/// [`AdapterState::trainable`] by [`AdapterState::store`]. Canonical passes read it: a trainable
+/// initializer is not a constant, so `fold-constants` never folds it and `cse` never ties it.
+pub const TRAINABLE: &str = "adaptc.trainable";
+
 /// The metadata key every node inserted by a pass carries, with the pass name as value.
 pub const CREATED_BY: &str = "adaptc.pass";
+
+/// Node metadata marking a value that autodiff must treat as a constant (its producer's output
+/// gets no gradient), e.g. DoRA's weight norm: `adaptc.stop_gradient=true`.
+pub const STOP_GRADIENT: &str = "adaptc.stop_gradient";
 
 /// Which method an adapter implements (`methods.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +44,15 @@ pub enum Layout {
     InOut,
     /// `[out, in]`: `y = x · Wᵀ` (Gemm transB=1, MatMul over Transpose(W); PyTorch's Linear).
     OutIn,
+}
+
+impl From<crate::pattern::WeightLayout> for Layout {
+    fn from(l: crate::pattern::WeightLayout) -> Layout {
+        match l {
+            crate::pattern::WeightLayout::InOut => Layout::InOut,
+            crate::pattern::WeightLayout::OutIn => Layout::OutIn,
+        }
+    }
 }
 
 /// One inserted adapter.
@@ -84,8 +102,20 @@ impl AdapterState {
         }
     }
 
-    /// Writes the state into the model's metadata (removing the key when empty).
+    /// Writes the state into the model's metadata (removing the key when empty) and marks the
+    /// trainable initializers (see [`TRAINABLE`]).
     pub fn store(&self, model: &mut Model) {
+        let names: Vec<String> = model.graph.initializers().map(|t| t.name.clone()).collect();
+        for name in names {
+            let trainable = self.trainable.contains(&name);
+            if let Some(t) = model.graph.initializer_mut(&name) {
+                if trainable {
+                    t.metadata.set(TRAINABLE, "true");
+                } else if t.metadata.get(TRAINABLE).is_some() {
+                    t.metadata.0.retain(|(k, _)| k != TRAINABLE);
+                }
+            }
+        }
         if self.adapters.is_empty() && self.trainable.is_empty() {
             model.metadata.0.retain(|(k, _)| k != METADATA_KEY);
         } else {

@@ -9,6 +9,7 @@
 
 use regex::Regex;
 
+use super::record::CREATED_BY;
 use crate::pass::PassError;
 use crate::pattern::{block_index, find_linear_layers, LinearLayer};
 
@@ -95,10 +96,12 @@ impl Selection {
     }
 
     /// The linear layers of `graph` this selection picks, in graph order. Layers without a
-    /// module path cannot be targeted by name and are skipped.
+    /// module path cannot be targeted by name and are skipped, and so are the MatMuls adapter
+    /// passes inserted themselves (tagged [`CREATED_BY`]: `MatMul(x, Transpose(lora_A))` has
+    /// the shape of a linear layer but is part of an adapter).
     pub fn select(&self, graph: &adaptc_ir::Graph) -> Vec<LinearLayer> {
         let all_linear = self.targets.iter().any(|t| matches!(t, Target::AllLinear));
-        find_linear_layers(graph)
+        base_linear_layers(graph)
             .into_iter()
             .filter(|l| {
                 let Some(path) = l.module_path.as_deref() else { return false };
@@ -113,6 +116,29 @@ impl Selection {
             .collect()
     }
 
+    /// The error for a selection that matched nothing in `graph`: names the pass and the
+    /// selection, and lists the module paths that could have been chosen (the first 20).
+    pub fn no_match(&self, pass: &str, graph: &adaptc_ir::Graph, described: &str) -> PassError {
+        let layers = base_linear_layers(graph);
+        let paths: Vec<&str> = layers.iter().filter_map(|l| l.module_path.as_deref()).collect();
+        let unnamed = layers.len() - paths.len();
+        let mut reason = format!("no linear layer matches {described}");
+        if paths.is_empty() {
+            reason += &format!("; the graph has {} linear layer(s), none with a module path", layers.len());
+        } else {
+            const SHOWN: usize = 20;
+            let shown = paths[..paths.len().min(SHOWN)].join(", ");
+            reason += &format!("; available module paths ({}): {shown}", paths.len());
+            if paths.len() > SHOWN {
+                reason += &format!(", … and {} more", paths.len() - SHOWN);
+            }
+            if unnamed > 0 {
+                reason += &format!(" ({unnamed} more without a module path)");
+            }
+        }
+        PassError::failed(pass, reason)
+    }
+
     /// Text describing the selection, for "nothing matched" errors.
     pub fn describe(targets: &[String], exclude: &[String], layers: &[String]) -> String {
         let mut s = format!("targets={}", targets.join(","));
@@ -124,6 +150,11 @@ impl Selection {
         }
         s
     }
+}
+
+/// The linear layers of `graph` that are not part of an inserted adapter.
+fn base_linear_layers(graph: &adaptc_ir::Graph) -> Vec<LinearLayer> {
+    find_linear_layers(graph).into_iter().filter(|l| graph.node(l.node).metadata.get(CREATED_BY).is_none()).collect()
 }
 
 #[cfg(test)]

@@ -16,9 +16,13 @@ use std::collections::HashSet;
 use adaptc_ir::{Graph, IrError, NodeId, Tensor};
 
 /// Whether `value` is a constant of `graph`: an initializer that is not also a graph input (a
-/// graph input may be overridden at run time, so its initializer is only a default).
+/// graph input may be overridden at run time, so its initializer is only a default) and is not
+/// trainable (training changes it; see `adapters::record::TRAINABLE`).
 pub(crate) fn is_constant(graph: &Graph, value: &str) -> bool {
-    graph.initializer(value).is_some() && !graph.is_graph_input(value)
+    graph
+        .initializer(value)
+        .is_some_and(|t| t.metadata.get(crate::adapters::record::TRAINABLE) != Some("true"))
+        && !graph.is_graph_input(value)
 }
 
 /// Removes `value_info` entries for values that no longer exist.

@@ -17,6 +17,13 @@
 //! `batch_dims`), Where. Data-movement ops (Reshape, (Un)Squeeze, Concat, Gather, GatherND,
 //! Expand, Slice, Transpose, Where, Identity) accept any byte-aligned numeric type.
 //!
+//! `Shape` also folds when its input is not a constant but has a declared type
+//! ([`Graph::value_type`]: a graph input, a graph output or a `value_info` entry) whose every
+//! dimension is known: once `specialize-shapes` has made the inputs concrete, the dynamo
+//! exporter's `Shape → Gather → Range/Concat` chains fold. A declared type is a contract of
+//! the model (a runtime refuses inputs that do not match it), so the folded value is what the
+//! node computes on every valid input.
+//!
 //! Left alone: unknown ops and domains, ops on other types, nodes holding subgraphs (subgraphs
 //! are not searched), nodes producing a graph output (the output must stay produced by a
 //! node), results over `max-bytes` (folding must not bloat the model; counted in
@@ -32,7 +39,7 @@
 mod array;
 mod ops;
 
-use adaptc_ir::{is_default_domain, AttrValue, Graph, Model, NodeId, Tensor};
+use adaptc_ir::{is_default_domain, AttrValue, Dim, Graph, Model, NodeId, Tensor};
 
 use crate::canonicalize::{is_constant, replace_node_with_initializers};
 use crate::options::{OptionInfo, OptionKind, Options};
@@ -124,6 +131,15 @@ fn evaluate(graph: &Graph, id: NodeId, opset: i64, max_bytes: u64) -> Result<Vec
     if node.op().op_type == "Constant" {
         return constant_value(node).map(|t| vec![t]);
     }
+    if node.op().op_type == "Shape" {
+        if let [x] = node.inputs() {
+            if !x.is_empty() && !is_constant(graph, x) {
+                let dims = declared_dims(graph, x).ok_or(Skip::Unsupported)?;
+                let cx = ops::Cx { node, inputs: &[None], opset, max_bytes };
+                return ops::shape_of(&cx, &dims).map(|t| vec![t]);
+            }
+        }
+    }
     let mut inputs = Vec::with_capacity(node.inputs().len());
     for v in node.inputs() {
         if v.is_empty() {
@@ -136,6 +152,17 @@ fn evaluate(graph: &Graph, id: NodeId, opset: i64, max_bytes: u64) -> Result<Vec
     }
     let cx = ops::Cx { node, inputs: &inputs, opset, max_bytes };
     ops::eval(&cx).map(|t| vec![t])
+}
+
+/// The dims of `value`'s declared tensor type, when its rank and every dimension are known.
+fn declared_dims(graph: &Graph, value: &str) -> Option<Vec<u64>> {
+    let dims = graph.value_type(value)?.dims()?;
+    dims.iter()
+        .map(|d| match d {
+            Dim::Known(n) => u64::try_from(*n).ok(),
+            Dim::Symbol(_) | Dim::Unknown => None,
+        })
+        .collect()
 }
 
 /// The tensor a `Constant` node holds.

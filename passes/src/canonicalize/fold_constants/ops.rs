@@ -164,7 +164,12 @@ fn cast(cx: &Cx<'_>) -> Result<Tensor, Skip> {
 
 fn shape(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     cx.expect_inputs(1, 1)?;
-    let dims = cx.required(0)?.dims();
+    shape_of(cx, cx.required(0)?.dims())
+}
+
+/// `Shape` of a tensor with the given dims (a constant's, or a declared type's when every
+/// dimension is known).
+pub(crate) fn shape_of(cx: &Cx<'_>, dims: &[u64]) -> Result<Tensor, Skip> {
     let rank = dims.len() as i64;
     let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
     let (start, end) = if cx.opset >= 15 {

