@@ -94,8 +94,14 @@ def main() -> int:
             big = tmp / "big"
             subprocess.run([sys.executable, str(REPO / "bench/make_big_model.py"), str(big), "--gib", str(args.big_gib)],
                            check=True, capture_output=True)
-            # The chain's last MatMul writes the graph output: target everything so that both
-            # tools quantize the same weights.
+            # Name the MatMuls like an exporter would (`/layers.3/proj/MatMul`) so that they
+            # have module paths; the weights stay where they are in model.onnx.data.
+            m = onnx.load(str(big / "model.onnx"), load_external_data=False)
+            for i, n in enumerate(m.graph.node):
+                n.name = f"/layers.{i}/proj/MatMul"
+            onnx.save(m, str(big / "model.onnx"))
+            # The chain's last MatMul writes the graph output (a head, which all-linear leaves
+            # out): target every layer so that both tools quantize the same weights.
             models.append((f"chain of f32 [4096, 4096] MatMuls, {args.big_gib} GiB external", big / "model.onnx", "re:.*"))
 
         rows = []

@@ -407,7 +407,10 @@ fn gather_nd_that_cannot_be_decomposed_is_left_alone_with_a_reason() {
         g.outputs.push(output("y"));
     });
     let notes = notes_of(m);
-    assert!(notes[0].contains("dimension 0 of `data` is batch, not a number (run specialize-shapes first)"), "{notes:?}");
+    assert!(
+        notes[0].contains("dimension 0 of `data` is batch, not a number (run specialize-shapes first)"),
+        "{notes:?}"
+    );
     // Out of range.
     let m = gather_nd_model(f32s("data", &[2, 3], &[0.0; 6]), false, i64s("idx", &[1, 2], &[0, 3]), 0);
     assert!(notes_of(m)[0].contains("index 3 is out of range for a dimension of 3"));

@@ -2,8 +2,8 @@
 //! with files written by Python, hostile headers), adapter_config.json as PEFT writes it, and
 //! export → import of adapters on the bert6 fixture.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use adaptc_passes::adapters::{AdapterState, Method};
 use adaptc_passes::peft::safetensors::{pt_metadata, serialize, Dtype, OwnedTensor, SafeTensors, MAX_HEADER_BYTES};
@@ -27,7 +27,11 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("adaptc-peft-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let p = std::env::temp_dir().join(format!(
+            "adaptc-peft-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -61,7 +65,12 @@ fn safetensors_round_trip_all_float_kinds() {
         OwnedTensor { name: "a.half".into(), dtype: Dtype::F16, shape: vec![3], data: f16 },
         OwnedTensor { name: "c.bf".into(), dtype: Dtype::BF16, shape: vec![1, 2], data: bf16 },
         OwnedTensor::f32("empty", vec![0, 4], &[]),
-        OwnedTensor { name: "ids".into(), dtype: Dtype::I64, shape: vec![2], data: vec![1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0] },
+        OwnedTensor {
+            name: "ids".into(),
+            dtype: Dtype::I64,
+            shape: vec![2],
+            data: vec![1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+        },
     ];
     let bytes = serialize(&tensors, Some(&pt_metadata())).unwrap();
     let st = SafeTensors::parse(bytes.clone(), "mem").unwrap();
@@ -136,7 +145,10 @@ fn hostile_headers_are_refused_with_the_reason() {
     // Offsets out of bounds.
     let e = hostile(file(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4));
     assert!(e.contains("tensor `a`") && e.contains("out of bounds"), "{e}");
-    let e = hostile(file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551616]}}"#, 4));
+    let e = hostile(file(
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551616]}}"#,
+        4,
+    ));
     assert!(e.contains("tensor `a`"), "{e}");
     // Overlapping tensors.
     let e = hostile(file(
@@ -247,9 +259,17 @@ fn export_writes_peft_names_layouts_and_patterns() {
     assert!((c.scaling("encoder.layer.1.attention.self.value") - 3.0 / 2f64.sqrt()).abs() < 1e-6);
     assert_eq!(c.rank_alpha("encoder.layer.5.attention.self.query"), (4, 8.0));
     assert_eq!(adapter.tensors.len(), 2 * 8);
-    let a = adapter.tensors.iter().find(|t| t.name == "base_model.model.encoder.layer.0.attention.self.value.lora_A.weight").unwrap();
+    let a = adapter
+        .tensors
+        .iter()
+        .find(|t| t.name == "base_model.model.encoder.layer.0.attention.self.value.lora_A.weight")
+        .unwrap();
     assert_eq!(a.shape, vec![2, 64]);
-    let b = adapter.tensors.iter().find(|t| t.name == "base_model.model.encoder.layer.3.attention.self.query.lora_B.weight").unwrap();
+    let b = adapter
+        .tensors
+        .iter()
+        .find(|t| t.name == "base_model.model.encoder.layer.3.attention.self.query.lora_B.weight")
+        .unwrap();
     assert_eq!(b.shape, vec![64, 4]);
     // Values are the model's initializers, unchanged.
     let init = m.graph.initializer("encoder.layer.3.attention.self.query.lora_B.weight").unwrap();
@@ -326,7 +346,8 @@ fn import_errors_list_matched_and_unmatched_and_change_nothing() {
         adapter_dir(&dir, cfg, &tensors);
         let mut m = bert6();
         let nodes = m.graph.num_nodes();
-        let e = import_adapter(&mut m, &read_adapter(&dir).unwrap(), &ImportOptions::default()).unwrap_err().to_string();
+        let e =
+            import_adapter(&mut m, &read_adapter(&dir).unwrap(), &ImportOptions::default()).unwrap_err().to_string();
         for w in want {
             assert!(e.contains(w), "{name}: `{w}` not in: {e}");
         }
@@ -341,7 +362,11 @@ fn import_errors_list_matched_and_unmatched_and_change_nothing() {
         "unknown",
         cfg,
         t,
-        &["1 of 2 adapter modules", "not found: `encoder.layer.0.attention.self.qkv`", "found: `encoder.layer.0.attention.self.query`"],
+        &[
+            "1 of 2 adapter modules",
+            "not found: `encoder.layer.0.attention.self.qkv`",
+            "found: `encoder.layer.0.attention.self.query`",
+        ],
     );
     // Shape mismatch: lora_A with the wrong input width; rank disagreeing with the config.
     check("shape", cfg, pair(Q, 2, 32, 64), &["lora_A is [2, 32], expected [r, in] = [2, 64]"]);

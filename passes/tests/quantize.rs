@@ -339,6 +339,31 @@ graph g {
 }
 "#,
     );
+    // And back: MatMul(x, W[K, N]) under the MatMulNBits node's name; a Gemm's bias stays an Add.
+    let report = run("dequantize-weights", &mut m);
+    assert_eq!(stat(&report, "dequant.matmulnbits"), 3);
+    assert_dump(
+        &m,
+        r#"
+model ir_version=10 opsets=[ai.onnx=20, com.microsoft=1]
+graph g {
+  input %x: f32[batch, 32]
+  init %layer.0.query.bias: f32[16]
+  init %layer.0.key.bias: f32[16]
+  init %layer.0.query.weight: f32[32, 16]
+  init %layer.0.key.weight: f32[32, 16]
+  init %layer.0.value.weight: f32[32, 16]
+  %q0 = MatMul(%x, %layer.0.query.weight)  # /layer.0/query/MatMul
+  %q = Add(%q0, %layer.0.query.bias)  # /layer.0/query/Add
+  %k/matmulnbits = MatMul(%x, %layer.0.key.weight)  # /layer.0/key/Gemm
+  %k = Add(%k/matmulnbits, %layer.0.key.bias)  # layer.0.key/bias/Add
+  %qk = Add(%q, %k)  # /sum/Add
+  %v = MatMul(%x, %layer.0.value.weight)  # /layer.0/value/MatMul
+  %y = Add(%qk, %v)  # /sum/Add_1
+  output %y: ?
+}
+"#,
+    );
 }
 
 // ----- numbers --------------------------------------------------------------------------------
@@ -690,6 +715,54 @@ fn pipeline_with_open_brace(p: &str) -> String {
     }
 }
 
+#[test]
+fn every_linear_form_quantizes_and_comes_back() {
+    // The exporter spellings of tests/fixtures/models/linear_forms (MatMul, MatMul + Add either
+    // order, Gemm transB 0/1, MatMul(Transpose(W))): quantize, verify, write and read back,
+    // dequantize, and compare the weight with the original (as [in, out], within one step).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/linear_forms");
+    let scratch = scratch("forms");
+    let as_in_out = |m: &Model| -> Vec<f32> {
+        let layers = find_linear_layers(&m.graph);
+        assert_eq!(layers.len(), 1);
+        let l = &layers[0];
+        let w = l.weight_tensor(&m.graph).unwrap().to_f32_lossy().unwrap();
+        match l.layout {
+            adaptc_passes::pattern::WeightLayout::InOut => w,
+            adaptc_passes::pattern::WeightLayout::OutIn => {
+                transpose(&w, l.out_features as usize, l.in_features as usize)
+            }
+        }
+    };
+    for file in ["matmul.onnx", "matmul_add.onnx", "gemm_transb.onnx", "gemm_notrans.onnx", "matmul_transpose.onnx"] {
+        let base = adaptc_ir::onnx::load(&dir.join(file)).unwrap();
+        let original = as_in_out(&base);
+        let (lo, hi) = original.iter().fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        for (options, bits) in [
+            ("", 8),
+            ("bits=4 block=16 scheme=asym", 4),
+            ("bits=4 block=16 scheme=sym-full format=matmulnbits", 4),
+            ("format=matmulnbits", 8),
+        ] {
+            let what = format!("{file} {options}");
+            let mut m = base.clone();
+            let report = run(&format!("quantize-weights{{targets=re:.* {options}}}"), &mut m);
+            assert_eq!(stat(&report, "quant.layers"), 1, "{what}");
+            adaptc_ir::verify(&m.graph).unwrap();
+            let path = scratch.join("q.onnx");
+            adaptc_ir::onnx::save(&m, &path, &Default::default()).unwrap();
+            let mut back = adaptc_ir::onnx::load(&path).unwrap();
+            let report = run("dequantize-weights,dce", &mut back);
+            assert_eq!(stat(&report, "dequant.qdq") + stat(&report, "dequant.matmulnbits"), 1, "{what}");
+            let step = (hi - lo) / ((1 << bits) - 1) as f32;
+            for (a, b) in original.iter().zip(as_in_out(&back)) {
+                assert!((a - b).abs() <= step * 1.0001, "{what}: {a} → {b} (step {step})");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 // ----- refusals -------------------------------------------------------------------------------
 
 #[test]
@@ -799,6 +872,23 @@ fn opset_raise_is_refused_when_an_operator_would_change() {
     let mut m = tiny(32, 17);
     run("quantize-weights{bits=4 block=16}", &mut m);
     assert_eq!(m.opset(""), Some(21));
+}
+
+#[test]
+fn lora_adapted_models_quantize_the_base_only() {
+    // QLoRA's layout: the frozen base weights quantized, the trainable adapters left in float.
+    let mut m = tiny(32, 20);
+    let report = run("insert-lora{rank=4 targets=query,value},quantize-weights{bits=4 block=16}", &mut m);
+    adaptc_ir::verify(&m.graph).unwrap();
+    assert_eq!(stat(&report, "quant.layers"), 3);
+    for w in WEIGHTS {
+        decode_qdq(&m, w);
+    }
+    let trainable = adaptc_passes::adapters::AdapterState::load(&m).unwrap().trainable;
+    assert_eq!(trainable.len(), 4, "{trainable:?}");
+    for name in &trainable {
+        assert_eq!(m.graph.initializer(name).map(Tensor::dtype), Some(DataType::Float), "{name}");
+    }
 }
 
 #[test]

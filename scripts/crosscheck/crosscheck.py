@@ -18,6 +18,7 @@ Models (generated here, into the git-ignored tests/data/, reused on later runs):
 
 Checks per model (onnxruntime with graph optimisations disabled, CPU):
 
+  a  the exported base: opset 20, onnxruntime vs PyTorch within 1e-4 relative;
   b  insert-lora (targets query,value / all 7 Llama projections), default init: the trainable
      parameter count added is exactly r·(in+out) per layer (73,728 for MiniLM at r=8), and
      the outputs are unchanged (≤ 1e-6 relative);
@@ -349,6 +350,18 @@ def out_dir(spec, name) -> Path:
     return d
 
 
+def check_a(spec: Spec, res: Results):
+    """The exported base model: opset, inputs, and onnxruntime vs PyTorch."""
+    m = load_meta(spec.onnx)
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    inputs = [i.name for i in m.graph.input]
+    r = worst_rel(spec.torch_out(spec.hf(), spec.feeds()), ort_run(spec.onnx, spec.feeds()))
+    external = spec.onnx.with_name(spec.onnx.name + ".data").exists()
+    res.add(spec.name, "a. exported base: ORT vs PyTorch", f"{r:.2e}", "≤ 1e-4", r <= 1e-4 and opset == 20,
+            f"(opset {opset}; inputs {', '.join(inputs)}; {len(m.graph.node)} nodes; "
+            f"{'external data' if external else 'weights inline'})")
+
+
 def check_b(spec: Spec, res: Results):
     d = out_dir(spec, "b")
     adapted = d / "adapted.onnx"
@@ -517,6 +530,10 @@ def main() -> int:
             res.error(name, "export the model", e)
             continue
         adapted = None
+        try:
+            check_a(spec, res)
+        except Exception as e:  # noqa: BLE001
+            res.error(name, "a.", e)
         try:
             check_b(spec, res)
         except Exception as e:  # noqa: BLE001

@@ -28,4 +28,4 @@ cargo build --release --locked --bin adaptc
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "== cross-checks"
-exec "$VENV/bin/python" scripts/crosscheck/crosscheck.py --adaptc target/release/adaptc "$@"
+exec "$VENV/bin/python" scripts/crosscheck/crosscheck.py --adaptc "${CARGO_TARGET_DIR:-target}/release/adaptc" "$@"

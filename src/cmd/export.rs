@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
 use adaptc_ir::onnx::{self, SaveOptions};
 use adaptc_passes::peft::{self, ExportOptions};
 use adaptc_passes::{ManagerOptions, PassManager, Registry};
+use anyhow::{bail, Context, Result};
 
 use crate::progress::Bar;
 
@@ -51,10 +51,11 @@ pub fn run(args: Args) -> Result<()> {
     let bar = Bar::new();
     // Build the merge pipeline first: a missing pass fails before loading.
     let merge = match &args.merged {
-        Some(_) => Some(
-            PassManager::new(&Registry::builtin(), "merge-lora")?
-                .with_options(ManagerOptions { verify_each: true, print_after_change: false, stop_after: None }),
-        ),
+        Some(_) => Some(PassManager::new(&Registry::builtin(), "merge-lora")?.with_options(ManagerOptions {
+            verify_each: true,
+            print_after_change: false,
+            stop_after: None,
+        })),
         None => None,
     };
     let mut model = onnx::load_with(&args.input, &bar)?;
@@ -68,14 +69,21 @@ pub fn run(args: Args) -> Result<()> {
                 base_model_name_or_path: args.base_model.clone(),
                 task_type: args.task_type.clone(),
             };
-            Some(peft::adapter_from_model(&model, &opts).with_context(|| format!("exporting {}", args.input.display()))?)
+            Some(
+                peft::adapter_from_model(&model, &opts)
+                    .with_context(|| format!("exporting {}", args.input.display()))?,
+            )
         }
         None => None,
     };
     if let (Some(out), Some(manager)) = (&args.merged, merge) {
         let report = manager.run(&mut model)?;
         if !report.runs.iter().any(|r| r.changed) {
-            bail!("{} has no adapters that merge-lora can fold; nothing written to {}", args.input.display(), out.display());
+            bail!(
+                "{} has no adapters that merge-lora can fold; nothing written to {}",
+                args.input.display(),
+                out.display()
+            );
         }
         for run in &report.runs {
             for note in &run.notes {
@@ -92,10 +100,10 @@ pub fn run(args: Args) -> Result<()> {
         let c = &adapter.config;
         let mut extra = String::new();
         if !c.rank_pattern.is_empty() {
-            extra += &format!(", rank_pattern for {} modules", c.rank_pattern.entries().count());
+            extra += &format!(", rank_pattern for {}", plural(c.rank_pattern.entries().count(), "module"));
         }
         if !c.alpha_pattern.is_empty() {
-            extra += &format!(", alpha_pattern for {} modules", c.alpha_pattern.entries().count());
+            extra += &format!(", alpha_pattern for {}", plural(c.alpha_pattern.entries().count(), "module"));
         }
         let targets = match &c.target_modules {
             Some(peft::TargetModules::List(l)) => l.join(","),
@@ -103,9 +111,9 @@ pub fn run(args: Args) -> Result<()> {
             None => String::new(),
         };
         eprintln!(
-            "wrote {} ({} modules, {} tensors; r={} lora_alpha={}{}{}{}; target_modules={targets})",
+            "wrote {} ({}, {} tensors; r={} lora_alpha={}{}{}{}; target_modules={targets})",
             dir.display(),
-            adapter.modules.len(),
+            plural(adapter.modules.len(), "module"),
             adapter.tensors.len(),
             c.r,
             c.lora_alpha,
@@ -119,4 +127,12 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("wrote {} ({} bytes)", out.display(), saved.model_bytes);
     }
     Ok(())
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

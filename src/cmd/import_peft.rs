@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use adaptc_ir::onnx::{self, ExternalMode, SaveOptions};
 use adaptc_passes::peft::{self, ImportOptions};
+use anyhow::{Context, Result};
 
 use crate::progress::Bar;
 

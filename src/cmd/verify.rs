@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
 use adaptc_ir::onnx;
+use anyhow::{bail, Context, Result};
 
 use crate::progress::Bar;
 use crate::verify::{self, CheckArgs};
@@ -44,6 +44,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let settings = args.check.settings()?;
+    for (which, path) in [("A", &args.a), ("B", &args.b)] {
+        if !path.is_file() {
+            bail!("{which}: {} does not exist or is not a file", path.display());
+        }
+    }
     let bar = Bar::new();
     let a = onnx::load_with(&args.a, &bar).with_context(|| format!("cannot load A ({})", args.a.display()))?;
     let b = onnx::load_with(&args.b, &bar).with_context(|| format!("cannot load B ({})", args.b.display()))?;

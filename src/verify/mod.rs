@@ -217,7 +217,13 @@ pub fn check(a: &Model, a_name: &Path, b: &Model, b_name: &Path, s: &Settings) -
             }
         }
     }
-    Ok(Report { a: a_name.display().to_string(), b: b_name.display().to_string(), inputs: specs, rows, settings: s.clone() })
+    Ok(Report {
+        a: a_name.display().to_string(),
+        b: b_name.display().to_string(),
+        inputs: specs,
+        rows,
+        settings: s.clone(),
+    })
 }
 
 /// The elements of an output as f64.
@@ -285,5 +291,38 @@ fn merge(worst: &mut Row, row: Row) {
     worst.pass &= row.pass;
     if worst.problem.is_none() {
         worst.problem = row.problem;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings { rtol: 1e-3, atol: 1e-5, seed: 0, dims: BTreeMap::new(), shapes: Vec::new(), runs: 1 }
+    }
+
+    fn t(v: &[f32]) -> TractTensor {
+        TractTensor::from_shape(&[v.len()], v).unwrap()
+    }
+
+    #[test]
+    fn tolerance_is_atol_plus_rtol_times_max_abs_a() {
+        let r = compare("y", &t(&[10.0, -2.0]), &t(&[10.0, -2.005]), &settings()).unwrap();
+        assert!((r.max_abs_diff - 0.005).abs() < 1e-6 && (r.max_rel_diff - 0.0005).abs() < 1e-6);
+        assert!(r.pass, "0.005 <= 1e-5 + 1e-3 * 10");
+        let r = compare("y", &t(&[1.0, -2.0]), &t(&[1.0, -2.005]), &settings()).unwrap();
+        assert!(!r.pass && r.problem.is_none());
+    }
+
+    #[test]
+    fn nan_in_one_model_only_fails_and_shapes_must_match() {
+        let r = compare("y", &t(&[f32::NAN, 1.0]), &t(&[f32::NAN, 1.0]), &settings()).unwrap();
+        assert!(r.pass && r.max_abs_diff == 0.0);
+        let r = compare("y", &t(&[0.0, 1.0]), &t(&[f32::NAN, 1.0]), &settings()).unwrap();
+        assert!(!r.pass);
+        assert_eq!(r.problem.as_deref(), Some("1 elements are NaN in one model only"));
+        let r = compare("y", &t(&[0.0, 1.0]), &t(&[0.0, 1.0, 2.0]), &settings()).unwrap();
+        assert_eq!(r.problem.as_deref(), Some("shape [2] in A, [3] in B"));
     }
 }

@@ -7,7 +7,7 @@ use adaptc_ir::{onnx, DataType, Model, TypeInfo};
 use adaptc_passes::{ManagerOptions, OptionValue, PassManager, PassSpec, Pipeline, Registry};
 use anyhow::{anyhow, bail, Context, Result};
 use tract_onnx::prelude::{
-    Framework, InferenceFact, InferenceModelExt, IntoTensor, TVec, TValue, Tensor as TractTensor, TypedModel,
+    Framework, InferenceFact, InferenceModelExt, IntoTensor, TValue, TVec, Tensor as TractTensor, TypedModel,
     TypedRunnableModel,
 };
 

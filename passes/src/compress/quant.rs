@@ -250,26 +250,52 @@ impl QuantizedMatrix {
         grid: Grid,
         dtype: DataType,
     ) -> QuantizedMatrix {
+        Self::quantize_with_errors(values, k, n, in_out, block, grid, dtype).0
+    }
+
+    /// [`QuantizedMatrix::quantize`], and how far the dequantized weights are from `values`.
+    pub fn quantize_with_errors(
+        values: &[f32],
+        k: usize,
+        n: usize,
+        in_out: bool,
+        block: usize,
+        grid: Grid,
+        dtype: DataType,
+    ) -> (QuantizedMatrix, Errors) {
         debug_assert_eq!(values.len(), k * n);
         let block = if block == 0 { k.max(1) } else { block };
         let n_blocks = k.div_ceil(block);
+        // Channel-major values, so that every group is contiguous.
+        let transposed;
+        let cm: &[f32] = if in_out {
+            transposed = transpose(values, k, n);
+            &transposed
+        } else {
+            values
+        };
         let mut codes = vec![0u8; k * n];
         let mut params = Vec::with_capacity(n * n_blocks);
-        let mut buf = Vec::with_capacity(block);
+        let mut errors = Errors::default();
         for ch in 0..n {
             for b in 0..n_blocks {
-                let (start, end) = (b * block, ((b + 1) * block).min(k));
-                buf.clear();
-                if in_out {
-                    buf.extend((start..end).map(|kk| values[kk * n + ch]));
-                } else {
-                    buf.extend_from_slice(&values[ch * k + start..ch * k + end]);
+                let (start, end) = (ch * k + b * block, ch * k + ((b + 1) * block).min(k));
+                let (group, out) = (&cm[start..end], &mut codes[start..end]);
+                let p = quantize_group(group, grid, dtype, out);
+                let step = f64::from(p.scale.abs());
+                for (&v, &c) in group.iter().zip(out.iter()) {
+                    let e = (f64::from(v) - f64::from(dequantize_code(c, p, dtype))).abs();
+                    errors.max_abs = errors.max_abs.max(e);
+                    errors.sum_abs += e;
+                    if step > 0.0 {
+                        errors.max_steps = errors.max_steps.max(e / step);
+                    }
                 }
-                let out = &mut codes[ch * k + start..ch * k + end];
-                params.push(quantize_group(&buf, grid, dtype, out));
+                params.push(p);
             }
         }
-        QuantizedMatrix { k, n, block, n_blocks, grid, dtype, codes, params }
+        errors.count = (k * n) as u64;
+        (QuantizedMatrix { k, n, block, n_blocks, grid, dtype, codes, params }, errors)
     }
 
     /// The group parameters of element `(ch, kk)`.
@@ -299,15 +325,14 @@ impl QuantizedMatrix {
     /// The quantized tensor's bytes in the weight's stored layout: signed levels for the
     /// symmetric schemes, codes for `asym`; sub-byte types packed low nibble first.
     pub fn qdq_data(&self, in_out: bool) -> Vec<u8> {
-        let mut levels = vec![0u8; self.k * self.n];
-        let mid = self.grid.mid();
-        for ch in 0..self.n {
-            for kk in 0..self.k {
-                let c = self.codes[ch * self.k + kk];
-                let v = if self.grid.signed() { (i32::from(c) - mid) as u8 } else { c };
-                levels[if in_out { kk * self.n + ch } else { ch * self.k + kk }] = v;
-            }
-        }
+        let mid = self.grid.mid() as u8;
+        let levels: Vec<u8> = if self.grid.signed() {
+            self.codes.iter().map(|&c| c.wrapping_sub(mid)).collect()
+        } else {
+            self.codes.clone()
+        };
+        // Codes are channel-major ([N, K]); a `[K, N]` weight needs them transposed.
+        let levels = if in_out { transpose(&levels, self.n, self.k) } else { levels };
         pack_bits(&levels, self.grid.bits)
     }
 
@@ -355,13 +380,14 @@ impl QuantizedMatrix {
     /// first; the tail of a short last block is zero.
     pub fn matmulnbits_b(&self) -> Vec<u8> {
         let blob = self.blob_size();
-        let mut out = Vec::with_capacity(self.n * self.n_blocks * blob);
+        let bits = self.grid.bits as usize;
+        let per_byte = 8 / bits;
+        let mut out = vec![0u8; self.n * self.n_blocks * blob];
         for ch in 0..self.n {
-            for b in 0..self.n_blocks {
-                let (start, end) = (b * self.block, ((b + 1) * self.block).min(self.k));
-                let mut packed = pack_bits(&self.codes[ch * self.k + start..ch * self.k + end], self.grid.bits);
-                packed.resize(blob, 0);
-                out.extend_from_slice(&packed);
+            let row = &mut out[ch * self.n_blocks * blob..(ch + 1) * self.n_blocks * blob];
+            for (kk, &c) in self.codes[ch * self.k..(ch + 1) * self.k].iter().enumerate() {
+                let (b, j) = (kk / self.block, kk % self.block);
+                row[b * blob + j / per_byte] |= c << ((j % per_byte) * bits);
             }
         }
         out
@@ -388,16 +414,40 @@ impl QuantizedMatrix {
     }
 }
 
-/// Max and mean absolute difference between two equally long slices.
-pub fn abs_errors(a: &[f32], b: &[f32]) -> (f64, f64) {
-    let mut max = 0f64;
-    let mut sum = 0f64;
-    for (x, y) in a.iter().zip(b) {
-        let d = (f64::from(*x) - f64::from(*y)).abs();
-        max = max.max(d);
-        sum += d;
+/// How far dequantized weights are from the originals.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Errors {
+    pub max_abs: f64,
+    pub sum_abs: f64,
+    /// The largest error in units of its group's `|scale|`.
+    pub max_steps: f64,
+    pub count: u64,
+}
+
+impl Errors {
+    pub fn mean_abs(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_abs / self.count as f64
+        }
     }
-    (max, if a.is_empty() { 0.0 } else { sum / a.len() as f64 })
+}
+
+/// `src` stored `[rows, cols]` row-major, transposed to `[cols, rows]` (in cache-sized tiles).
+pub fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    let mut out = vec![T::default(); rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -48,6 +48,17 @@
 //! `report=path.json`, a JSON file with, for every quantized weight, its module, nodes, shape,
 //! bytes before/after and the max/mean absolute error of the dequantized weight, and the totals.
 //!
+//! Running QDQ models in onnxruntime: with its graph optimizations on (the default), onnxruntime
+//! rewrites `DequantizeLinear` + `MatMul` into kernels that quantize the activations too, which
+//! costs a little accuracy on top of the weights' (all-MiniLM-L6-v2, int8 per channel: cosine
+//! 0.99956 with optimizations disabled, 0.99934 enabled; `bench/results/quantize.md`). Disable
+//! them (`ORT_DISABLE_ALL`) to measure weight-only quantization, or use `format=matmulnbits`,
+//! which onnxruntime runs as a weight-only kernel either way.
+//!
+//! After `quantize-weights{format=qdq}` a layer reads `DequantizeLinear`'s output, so the linear
+//! matcher (and adapter or merge passes) no longer sees it as a linear layer with a constant
+//! weight: run `dequantize-weights` first to merge adapters into a quantized base.
+//!
 //! Preconditions: none beyond a verified graph. Preserves: graph inputs and outputs, value names
 //! (the weight's name in QDQ, the layer's output in both), every unselected weight.
 //!
@@ -60,7 +71,7 @@ use adaptc_ir::{Attribute, DataType, Graph, Model, Node, NodeId, OpKey, Tensor};
 use serde::Serialize;
 
 use super::opset::{raise_problems, set_default_opset};
-use super::quant::{abs_errors, encode_floats, Grid, QuantizedMatrix, Scheme};
+use super::quant::{encode_floats, Grid, QuantizedMatrix, Scheme};
 use crate::adapters::record::{AdapterState, CREATED_BY, TRAINABLE};
 use crate::adapters::targets::Selection;
 use crate::options::{OptionInfo, OptionKind, Options};
@@ -227,6 +238,23 @@ pub struct Report {
     pub mean_abs_err: f64,
 }
 
+/// One weight, checked.
+struct Checked {
+    weight: String,
+    constant_node: Option<NodeId>,
+    layers: Vec<LinearLayer>,
+    module: String,
+    dtype: DataType,
+    dims: [u64; 2],
+    in_out: bool,
+    k: usize,
+    n: usize,
+    /// Group length (0: per channel).
+    block: usize,
+    shared_with: Vec<String>,
+    bytes_before: u64,
+}
+
 /// One weight's quantization, computed before anything changes.
 struct Plan {
     weight: String,
@@ -239,6 +267,15 @@ struct Plan {
     in_out: bool,
     quant: QuantizedMatrix,
     report: LayerReport,
+}
+
+/// What makes a `DequantizeLinear` need opset `need`.
+fn qdq_feature(need: i64) -> &'static str {
+    match need {
+        21.. => "with 4-bit data or block_size",
+        19 | 20 => "with float16/bfloat16 scales",
+        _ => "with a per-channel axis",
+    }
 }
 
 fn fail(module: &str, reason: impl std::fmt::Display) -> PassError {
@@ -273,15 +310,15 @@ impl Pass for QuantizeWeights {
                 None => by_weight.push((layer.weight.clone(), vec![layer])),
             }
         }
-        let mut plans = Vec::with_capacity(by_weight.len());
+        let mut checked = Vec::with_capacity(by_weight.len());
         for (weight, layers) in by_weight {
-            plans.push(self.plan(graph, &state, weight, layers)?);
+            checked.push(self.check(graph, &state, weight, layers)?);
         }
 
         // The opset DequantizeLinear needs, and whether raising to it is safe.
         let mut opset_raised = None;
         if self.format == Format::Qdq {
-            let need = plans.iter().map(|p| self.qdq_opset(p.dtype)).max().unwrap_or(13);
+            let need = checked.iter().map(|c| self.qdq_opset(c.dtype)).max().unwrap_or(13);
             let have = model.opset("");
             if have.is_some_and(|h| h < need) {
                 let have = have.unwrap_or(need);
@@ -292,7 +329,7 @@ impl Pass for QuantizeWeights {
                         format!(
                             "DequantizeLinear {} needs opset {need}, but the model imports opset {have} and raising it \
                              would change: {} (re-export the model at opset {need}, or use format=matmulnbits)",
-                            self.qdq_feature(),
+                            qdq_feature(need),
                             problems.join("; ")
                         ),
                     ));
@@ -303,6 +340,7 @@ impl Pass for QuantizeWeights {
             }
         }
 
+        let plans = self.quantize_all(graph, checked)?;
         let report = self.report(&plans, opset_raised);
         if let Some(path) = &self.report {
             write_report(path, &report)?;
@@ -327,7 +365,7 @@ impl Pass for QuantizeWeights {
         }
         if let Some([_, new]) = opset_raised {
             set_default_opset(model, new);
-            cx.note(format!("raised the default-domain opset to {new} for DequantizeLinear {}", self.qdq_feature()));
+            cx.note(format!("raised the default-domain opset to {new} for DequantizeLinear {}", qdq_feature(new)));
         }
         if self.format == Format::MatMulNBits && model.opset(MS_DOMAIN).is_none() {
             model.opset_imports.push(adaptc_ir::OpsetImport::new(MS_DOMAIN, 1));
@@ -355,22 +393,14 @@ impl QuantizeWeights {
         }
     }
 
-    fn qdq_feature(&self) -> &'static str {
-        match (self.grid.bits, self.block) {
-            (4, _) => "with 4-bit data",
-            (_, 0) => "with a per-channel axis",
-            _ => "with block_size",
-        }
-    }
-
-    /// Checks one weight and quantizes it.
-    fn plan(
+    /// Checks one weight (everything but its values).
+    fn check(
         &self,
         graph: &Graph,
         state: &AdapterState,
         weight: String,
         layers: Vec<LinearLayer>,
-    ) -> Result<Plan, PassError> {
+    ) -> Result<Checked, PassError> {
         let first = &layers[0];
         let module = first.module_path.clone().unwrap_or_else(|| weight.clone());
         let tensor = first
@@ -407,12 +437,8 @@ impl QuantizeWeights {
         let dims = [tensor.dims()[0], tensor.dims()[1]];
         let (k, n) = (first.in_features as usize, first.out_features as usize);
         let in_out = first.layout == WeightLayout::InOut;
-        let values = tensor.to_f32_lossy().map_err(|e| fail(&module, e))?;
-        if values.len() != k * n {
+        if tensor.numel() != (k * n) as u64 {
             return Err(fail(&module, format!("the weight `{weight}` {dims:?} does not hold {k}×{n} values")));
-        }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(fail(&module, format!("the weight `{weight}` has a non-finite value at element {i}")));
         }
         let constant_node =
             if graph.initializer(&weight).is_some() { None } else { graph.producer(&weight).map(|(id, _)| id) };
@@ -472,19 +498,84 @@ impl QuantizeWeights {
             Format::Qdq => self.block,
         };
 
-        let quant = QuantizedMatrix::quantize(&values, k, n, in_out, block, self.grid, dtype);
-        let deq = quant.dequantized(in_out);
-        let (max_abs_err, mean_abs_err) = abs_errors(&values, &deq);
-        let mut max_err_steps = 0f64;
-        for ch in 0..n {
-            for kk in 0..k {
-                let idx = if in_out { kk * n + ch } else { ch * k + kk };
-                let step = f64::from(quant.params_of(ch, kk).scale.abs());
-                if step > 0.0 {
-                    max_err_steps = max_err_steps.max((f64::from(values[idx]) - f64::from(deq[idx])).abs() / step);
-                }
-            }
+        let bytes_before = tensor.byte_len();
+        Ok(Checked {
+            weight,
+            constant_node,
+            layers,
+            module,
+            dtype,
+            dims,
+            in_out,
+            k,
+            n,
+            block,
+            shared_with,
+            bytes_before,
+        })
+    }
+
+    /// Quantizes the checked weights, several at a time (one thread per core).
+    fn quantize_all(&self, graph: &Graph, checked: Vec<Checked>) -> Result<Vec<Plan>, PassError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(checked.len()).max(1);
+        if threads == 1 {
+            return checked.into_iter().map(|c| self.quantize_one(graph, c)).collect();
         }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<std::sync::Mutex<Option<Checked>>> =
+            checked.into_iter().map(|c| std::sync::Mutex::new(Some(c))).collect();
+        let mut done: Vec<(usize, Result<Plan, PassError>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(slot) = slots.get(i) else { break };
+                            let c = slot.lock().ok().and_then(|mut g| g.take());
+                            if let Some(c) = c {
+                                out.push((i, self.quantize_one(graph, c)));
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Reads one checked weight and quantizes it.
+    fn quantize_one(&self, graph: &Graph, c: Checked) -> Result<Plan, PassError> {
+        let Checked {
+            weight,
+            constant_node,
+            layers,
+            module,
+            dtype,
+            dims,
+            in_out,
+            k,
+            n,
+            block,
+            shared_with,
+            bytes_before,
+        } = c;
+        let first = &layers[0];
+        let tensor = first
+            .weight_tensor(graph)
+            .ok_or_else(|| fail(&module, format!("the weight `{weight}` is not a constant")))?;
+        let values = tensor.to_f32_lossy().map_err(|e| fail(&module, e))?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(fail(&module, format!("the weight `{weight}` has a non-finite value at element {i}")));
+        }
+        let (quant, errors) = QuantizedMatrix::quantize_with_errors(&values, k, n, in_out, block, self.grid, dtype);
+        drop(values);
         let groups = (n * quant.n_blocks) as u64;
         let float_bytes = dtype.storage_bytes(groups).unwrap_or(0);
         let bytes_after = match self.format {
@@ -510,11 +601,11 @@ impl QuantizeWeights {
             in_features: first.in_features,
             out_features: first.out_features,
             block: quant.block,
-            bytes_before: tensor.byte_len(),
+            bytes_before,
             bytes_after,
-            max_abs_err,
-            mean_abs_err,
-            max_err_steps,
+            max_abs_err: errors.max_abs,
+            mean_abs_err: errors.mean_abs(),
+            max_err_steps: errors.max_steps,
             shared_with,
         };
         Ok(Plan { weight, constant_node, layers, module, dtype, dims, in_out, quant, report })

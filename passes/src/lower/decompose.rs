@@ -56,7 +56,12 @@ pub(crate) fn info() -> PassInfo {
     PassInfo {
         name: NAME,
         summary: "rewrite Gelu and constant-index GatherND into simpler equivalent ONNX ops",
-        options: vec![OptionInfo::new("ops", OptionKind::List, Some("Gelu,GatherND"), "ops to rewrite: Gelu, GatherND")],
+        options: vec![OptionInfo::new(
+            "ops",
+            OptionKind::List,
+            Some("Gelu,GatherND"),
+            "ops to rewrite: Gelu, GatherND",
+        )],
         example: "decompose{ops=Gelu,GatherND},fold-constants,dce",
         build: |o: &Options| {
             let mut pass = Decompose { gelu: false, gather_nd: false };
@@ -199,7 +204,10 @@ fn decompose_gelu(graph: &mut Graph, id: NodeId) -> Result<(), Skip> {
         match typed {
             Some(d) => Ok(b.constant(what, scalar(d, v).ok_or_else(|| because("no constant"))?)?),
             None => {
-                let c = b.constant(&format!("{what}_f32"), scalar(DataType::Float, v).ok_or_else(|| because("no constant"))?)?;
+                let c = b.constant(
+                    &format!("{what}_f32"),
+                    scalar(DataType::Float, v).ok_or_else(|| because("no constant"))?,
+                )?;
                 Ok(b.node("CastLike", &[&c, &x], vec![], what)?)
             }
         }

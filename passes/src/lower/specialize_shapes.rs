@@ -123,7 +123,10 @@ impl Pass for SpecializeShapes {
         for (name, shape) in &self.inputs {
             let Some(pos) = graph.inputs.iter().position(|v| &v.name == name) else {
                 let names: Vec<&str> = graph.inputs.iter().map(|v| v.name.as_str()).collect();
-                return Err(fail(format!("`inputs` names `{name}`, which is not a graph input ({})", names.join(", "))));
+                return Err(fail(format!(
+                    "`inputs` names `{name}`, which is not a graph input ({})",
+                    names.join(", ")
+                )));
             };
             let ty = graph.inputs[pos].ty.as_ref();
             let dtype = ty
@@ -177,20 +180,21 @@ impl Pass for SpecializeShapes {
             cx.note(format!("{NAME}: symbol `{symbol}` does not appear in the graph's declared types"));
         }
         for v in &graph.inputs {
-            let free: Vec<String> = v
-                .ty
-                .as_ref()
-                .and_then(TypeInfo::dims)
-                .unwrap_or_default()
-                .iter()
-                .filter(|d| !matches!(d, Dim::Known(_)))
-                .map(ToString::to_string)
-                .collect();
+            let free: Vec<String> =
+                v.ty.as_ref()
+                    .and_then(TypeInfo::dims)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|d| !matches!(d, Dim::Known(_)))
+                    .map(ToString::to_string)
+                    .collect();
             if !free.is_empty() {
                 cx.note(format!("{NAME}: input `{}` still has free dimensions: {}", v.name, free.join(", ")));
             }
         }
-        Ok(PassOutcome::changed(retyped > 0).stat("specialize.dims_set", dims_set).stat("specialize.values_retyped", retyped))
+        Ok(PassOutcome::changed(retyped > 0)
+            .stat("specialize.dims_set", dims_set)
+            .stat("specialize.values_retyped", retyped))
     }
 }
 
@@ -210,19 +214,14 @@ fn show(dims: &[Dim]) -> String {
 
 /// How many dimensions of `new` are concrete where `old` was not.
 fn count_unknown(old: Option<&TypeInfo>, new: &TypeInfo) -> i64 {
-    let new = new.dims().unwrap_or_default();
     match old.and_then(TypeInfo::dims) {
         Some(old) => old.iter().filter(|d| !matches!(d, Dim::Known(_))).count() as i64,
-        None => new.len() as i64,
+        None => new.dims().map_or(0, |d| d.len() as i64),
     }
 }
 
 /// Replaces bound symbols in `v`'s type; the number of dimensions replaced, if any.
-fn substitute(
-    v: &mut ValueInfo,
-    bindings: &BTreeMap<String, i64>,
-    used: &mut BTreeSet<String>,
-) -> Option<i64> {
+fn substitute(v: &mut ValueInfo, bindings: &BTreeMap<String, i64>, used: &mut BTreeSet<String>) -> Option<i64> {
     let ty = v.ty.as_ref()?;
     let dtype = ty.dtype()?;
     let mut dims = ty.dims()?;

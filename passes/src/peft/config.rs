@@ -255,7 +255,9 @@ impl LoraAdapterConfig {
         let raw: Raw = serde_json::from_str(text).map_err(|e| format!("not a valid adapter config: {e}"))?;
         match raw.peft_type.as_deref() {
             Some("LORA") => {}
-            Some(other) => return Err(format!("peft_type is `{other}`; only LORA adapters (LoRA, rsLoRA, DoRA) can be imported")),
+            Some(other) => {
+                return Err(format!("peft_type is `{other}`; only LORA adapters (LoRA, rsLoRA, DoRA) can be imported"))
+            }
             None => return Err("no `peft_type` key: not a PEFT adapter config".into()),
         }
         let r = raw.r.ok_or("no `r` key")?;
@@ -416,8 +418,10 @@ mod tests {
 
     #[test]
     fn target_modules_as_regex_string() {
-        let c = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 4, "target_modules": ".*\\.(q|v)_proj", "unknown_key": [1]}"#)
-            .unwrap();
+        let c = LoraAdapterConfig::parse(
+            r#"{"peft_type": "LORA", "r": 4, "target_modules": ".*\\.(q|v)_proj", "unknown_key": [1]}"#,
+        )
+        .unwrap();
         let t = c.target_modules.unwrap();
         assert!(t.matches("model.layers.0.self_attn.q_proj"));
         assert!(!t.matches("model.layers.0.self_attn.k_proj"));

@@ -94,7 +94,8 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
     }
     let others_text = others.iter().map(|(m, n)| format!("{n} {m}")).collect::<Vec<_>>().join(", ");
     if loras.is_empty() {
-        let has = if others.is_empty() { "no adapters at all".to_string() } else { format!("only {others_text} adapters") };
+        let has =
+            if others.is_empty() { "no adapters at all".to_string() } else { format!("only {others_text} adapters") };
         return Err(mismatch(format!(
             "the model has no LoRA or DoRA adapters to export ({has}); insert them with `insert-lora` or `import-peft`"
         )));
@@ -217,10 +218,8 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
         .collect();
     let target_modules = target_modules_for(&modules, &left_alone);
 
-    let dropout = entries
-        .iter()
-        .filter_map(|e| e.rec.extra.get("dropout").and_then(|v| v.as_f64()))
-        .fold(0.0f64, f64::max);
+    let dropout =
+        entries.iter().filter_map(|e| e.rec.extra.get("dropout").and_then(|v| v.as_f64())).fold(0.0f64, f64::max);
     let config = LoraAdapterConfig {
         r,
         lora_alpha: alpha,
@@ -241,7 +240,10 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
         let m = &e.rec.module;
         let got = config.rank_alpha(m);
         let scale = scaling(config.use_rslora, got.0, got.1);
-        if !targets.matches(m) || got.0 != e.rec.rank || (scale - f64::from(e.rec.scale)).abs() > 1e-6 * scale.abs().max(1.0) {
+        if !targets.matches(m)
+            || got.0 != e.rec.rank
+            || (scale - f64::from(e.rec.scale)).abs() > 1e-6 * scale.abs().max(1.0)
+        {
             return Err(mismatch(format!(
                 "internal check failed for `{m}`: the derived config gives targeted={}, r={}, scaling={scale}, the \
                  model has r={}, scaling={}",
@@ -394,11 +396,17 @@ mod tests {
 
     #[test]
     fn shortest_safe_suffixes() {
-        let adapted: Vec<String> = ["l.0.attention.self.query", "l.1.attention.self.query", "l.0.attention.output.dense"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let alone = set(&["l.0.attention.self.key", "l.0.output.dense", "l.1.attention.output.dense", "l.0.intermediate.dense"]);
+        let adapted: Vec<String> =
+            ["l.0.attention.self.query", "l.1.attention.self.query", "l.0.attention.output.dense"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let alone = set(&[
+            "l.0.attention.self.key",
+            "l.0.output.dense",
+            "l.1.attention.output.dense",
+            "l.0.intermediate.dense",
+        ]);
         match target_modules_for(&adapted, &alone) {
             TargetModules::List(l) => assert_eq!(l, vec!["l.0.attention.output.dense".to_string(), "query".into()]),
             other => panic!("{other:?}"),

@@ -155,7 +155,11 @@ fn list(items: &[String]) -> String {
 }
 
 /// Inserts the adapter's LoRA/DoRA modules into `model` (see the module docs).
-pub fn import_adapter(model: &mut Model, adapter: &LoadedAdapter, opts: &ImportOptions) -> Result<ImportReport, PeftError> {
+pub fn import_adapter(
+    model: &mut Model,
+    adapter: &LoadedAdapter,
+    opts: &ImportOptions,
+) -> Result<ImportReport, PeftError> {
     let cfg = &adapter.config;
     let origin = adapter.weights.origin().to_string();
     let mismatch = |msg: String| PeftError::Mismatch(format!("{origin}: {msg}"));
@@ -290,7 +294,8 @@ pub fn import_adapter(model: &mut Model, adapter: &LoadedAdapter, opts: &ImportO
         let (r, alpha) = cfg.rank_alpha(m);
         let (inp, out) = (layer.in_features, layer.out_features);
         let parts = &modules[m];
-        let view = |name: Option<&str>| adapter.weights.get(name.expect("checked complete")).expect("name from the file");
+        let view =
+            |name: Option<&str>| adapter.weights.get(name.expect("checked complete")).expect("name from the file");
         let (va, vb) = (view(parts.a), view(parts.b));
         let mut bad = Vec::new();
         if va.shape != [r as u64, inp] {

@@ -167,7 +167,9 @@ impl TensorView<'_> {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
                 .collect(),
-            other => return Err(format!("tensor `{}` is {other}, expected a float tensor (F32, F16, BF16, F64)", self.name)),
+            other => {
+                return Err(format!("tensor `{}` is {other}, expected a float tensor (F32, F16, BF16, F64)", self.name))
+            }
         })
     }
 }
@@ -207,12 +209,16 @@ impl SafeTensors {
     /// Reads and validates a file.
     pub fn read(path: &Path) -> Result<SafeTensors, SafetensorsError> {
         let origin = path.display().to_string();
-        let mut file = std::fs::File::open(path).map_err(|e| SafetensorsError::new(&origin, format!("cannot open: {e}")))?;
+        let mut file =
+            std::fs::File::open(path).map_err(|e| SafetensorsError::new(&origin, format!("cannot open: {e}")))?;
         let len = file.metadata().map_err(|e| SafetensorsError::new(&origin, format!("cannot stat: {e}")))?.len();
         // Check the header length against the file size before reading everything.
         let mut prefix = [0u8; 8];
         if len < 8 {
-            return Err(SafetensorsError::new(&origin, format!("truncated: {len} bytes, shorter than the 8-byte header length")));
+            return Err(SafetensorsError::new(
+                &origin,
+                format!("truncated: {len} bytes, shorter than the 8-byte header length"),
+            ));
         }
         file.read_exact(&mut prefix).map_err(|e| SafetensorsError::new(&origin, format!("cannot read: {e}")))?;
         check_header_len(&origin, u64::from_le_bytes(prefix), len)?;
@@ -236,7 +242,8 @@ impl SafeTensors {
             return Err(err("the header does not start with `{`".into()));
         }
         let text = std::str::from_utf8(header).map_err(|e| err(format!("the header is not UTF-8: {e}")))?;
-        let raw: RawHeader = serde_json::from_str(text).map_err(|e| err(format!("the header is not valid JSON: {e}")))?;
+        let raw: RawHeader =
+            serde_json::from_str(text).map_err(|e| err(format!("the header is not valid JSON: {e}")))?;
 
         let data_len = bytes.len() - data_start;
         let mut metadata = BTreeMap::new();
@@ -259,7 +266,8 @@ impl SafeTensors {
             let t_err = |reason: String| err(format!("tensor `{name}`: {reason}"));
             let entry: RawEntry = serde_json::from_value(value)
                 .map_err(|e| t_err(format!("bad header entry (expected dtype, shape, data_offsets): {e}")))?;
-            let dtype = Dtype::from_name(&entry.dtype).ok_or_else(|| t_err(format!("unsupported dtype `{}`", entry.dtype)))?;
+            let dtype =
+                Dtype::from_name(&entry.dtype).ok_or_else(|| t_err(format!("unsupported dtype `{}`", entry.dtype)))?;
             let (begin, end) = entry.data_offsets;
             if begin > end {
                 return Err(t_err(format!("data_offsets [{begin}, {end}] run backwards")));
@@ -274,7 +282,8 @@ impl SafeTensors {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| t_err(format!("shape {:?} overflows", entry.shape)))?;
-            let size = numel.checked_mul(dtype.size()).ok_or_else(|| t_err(format!("shape {:?} overflows", entry.shape)))?;
+            let size =
+                numel.checked_mul(dtype.size()).ok_or_else(|| t_err(format!("shape {:?} overflows", entry.shape)))?;
             if size != end - begin {
                 return Err(t_err(format!(
                     "shape {:?} of {dtype} needs {size} bytes, but data_offsets [{begin}, {end}] hold {}",
@@ -397,7 +406,10 @@ impl OwnedTensor {
 
 /// Serialises `tensors` as the Python library does (`safetensors.torch.save`): dtype order,
 /// then name order; `metadata` becomes `__metadata__` (omitted when `None`).
-pub fn serialize(tensors: &[OwnedTensor], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>, SafetensorsError> {
+pub fn serialize(
+    tensors: &[OwnedTensor],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, SafetensorsError> {
     let origin = "<serialize>";
     let mut order: Vec<&OwnedTensor> = tensors.iter().collect();
     order.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
@@ -433,7 +445,8 @@ pub fn serialize(tensors: &[OwnedTensor], metadata: Option<&BTreeMap<String, Str
         first = false;
         let name = serde_json::to_string(&t.name).map_err(|e| SafetensorsError::new(origin, e.to_string()))?;
         let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        header += &format!("{name}:{{\"dtype\":\"{}\",\"shape\":[{shape}],\"data_offsets\":[{offset},{end}]}}", t.dtype);
+        header +=
+            &format!("{name}:{{\"dtype\":\"{}\",\"shape\":[{shape}],\"data_offsets\":[{offset},{end}]}}", t.dtype);
         offset = end;
     }
     header.push('}');
@@ -460,7 +473,10 @@ mod tests {
 
     #[test]
     fn dtype_names_round_trip() {
-        for name in ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"] {
+        for name in [
+            "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
+            "U64",
+        ] {
             assert_eq!(Dtype::from_name(name).unwrap().name(), name);
         }
         assert_eq!(Dtype::from_name("F4"), None);
@@ -476,7 +492,13 @@ mod tests {
             data: vec![0; (n * Dtype::size(dtype)) as usize],
         };
         let bytes = serialize(
-            &[t("b", Dtype::F16, 3), t("a", Dtype::BF16, 1), t("c", Dtype::F32, 2), t("i", Dtype::I64, 2), t("e", Dtype::F32, 0)],
+            &[
+                t("b", Dtype::F16, 3),
+                t("a", Dtype::BF16, 1),
+                t("c", Dtype::F32, 2),
+                t("i", Dtype::I64, 2),
+                t("e", Dtype::F32, 0),
+            ],
             Some(&pt_metadata()),
         )
         .unwrap();
