@@ -136,9 +136,11 @@ def main() -> int:
             f"- command: `python bench/quantize_bench.py --adaptc {args.adaptc} --runs {args.runs} --big-gib {args.big_gib}`",
             f"- machine: {cpu or platform.processor()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
             f"onnxruntime {ort.__version__}, onnx {onnx.__version__}; adaptc release build",
-            f"- medians of {args.runs} runs, the tools alternating; seconds (quantized weights per second)",
-            "- adaptc pass: the `quantize-weights` pass alone (single-threaded Rust: quantize, pack, and the",
-            "  per-layer error report); ORT process: `MatMulNBitsQuantizer.process()` (MLAS, multi-threaded),",
+            f"- medians of {args.runs} runs, the tools alternating; seconds (quantized weights per second); "
+            f"load average at the end {os.getloadavg()[0]:.1f} (a shared machine: expect ±30% noise)",
+            "- adaptc pass: the `quantize-weights` pass alone (Rust, one weight per thread, as many threads as",
+            "  CPUs: quantize, pack, and the per-layer error report); ORT process: `MatMulNBitsQuantizer.process()`",
+            "  (MLAS, multi-threaded),",
             "  model already in memory. End-to-end: adaptc's whole process (mmap load, pass, save) vs Python",
             "  `onnx.load` + process + `onnx.save` (interpreter start and imports not counted for onnxruntime).",
             "",

@@ -273,7 +273,8 @@ def check_model(name: str, binary: str, work: Path, lines: list[str]) -> bool:
     lines.append(
         "\n\"adaptc only\": weights adaptc quantizes and onnxruntime does not (its quantizer takes MatMul "
         "nodes only; adaptc also converts Gemm, e.g. BERT's pooler). ORT s: `MatMulNBitsQuantizer.process()` "
-        "(multi-threaded C++); adaptc pass s: the `quantize-weights` pass alone (single thread).\n"
+        "(multi-threaded C++); adaptc pass s: the `quantize-weights` pass alone (one weight per thread). "
+        "Speed is measured properly by `bench/quantize_bench.py` (`bench/results/quantize-speed.md`).\n"
     )
 
     # 2. Accuracy and size.
@@ -320,6 +321,12 @@ def check_model(name: str, binary: str, work: Path, lines: list[str]) -> bool:
         onnx.save(ref_model, str(out), save_as_external_data=external)
         c = cosine(ref_out, run_model(out, feeds, kind))
         lines.append(f"| {label} (reference) | | | {c.mean():.5f} | {c.min():.5f} | | |")
+    lines.append(
+        "\nThe reference quantizes every MatMul with a constant weight, an output head (lm_head) included; "
+        "adaptc's `all-linear` leaves the head in float (and converts Gemm layers too). A block larger than "
+        "a layer's input features (block 128 on K = 64) pads MatMulNBits' B to whole blocks, as onnxruntime "
+        "does; QDQ stores ceil(K/block) scales and no padding.\n"
+    )
     # 3. Dequantization back to float.
     lines.append("\n### dequantize-weights: the float model computes what the quantized one does\n")
     lines.append("| quantized by | DequantizeLinear / MatMulNBits turned back | max rel. output difference |")
