@@ -133,16 +133,17 @@ def main() -> int:
         [
             "# Quantization speed: adaptc quantize-weights vs onnxruntime MatMulNBitsQuantizer",
             "",
-            f"- command: `python bench/quantize_bench.py --adaptc {args.adaptc} --runs {args.runs} --big-gib {args.big_gib}`",
+            f"- command: `python bench/quantize_bench.py --adaptc {os.path.relpath(args.adaptc, REPO)} --runs {args.runs} "
+            f"--big-gib {args.big_gib}`",
             f"- machine: {cpu or platform.processor()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
             f"onnxruntime {ort.__version__}, onnx {onnx.__version__}; adaptc release build",
             f"- medians of {args.runs} runs, the tools alternating; seconds (quantized weights per second); "
             f"load average at the end {os.getloadavg()[0]:.1f} (a shared machine: expect ±30% noise)",
             "- adaptc pass: the `quantize-weights` pass alone (Rust, one weight per thread, as many threads as",
-            "  CPUs: quantize, pack, and the per-layer error report); ORT process: `MatMulNBitsQuantizer.process()`",
-            "  (MLAS, multi-threaded),",
-            "  model already in memory. End-to-end: adaptc's whole process (mmap load, pass, save) vs Python",
-            "  `onnx.load` + process + `onnx.save` (interpreter start and imports not counted for onnxruntime).",
+            "  CPUs: quantize, pack, and the per-layer error report). ORT process: `MatMulNBitsQuantizer.process()`",
+            "  (MLAS, multi-threaded), the model already in memory. End-to-end: adaptc's whole process (mmap",
+            "  load, pass, save) vs Python `onnx.load` + process + `onnx.save` (interpreter start and imports",
+            "  not counted for onnxruntime).",
             "",
             "| model | configuration | weights quantized adaptc / ORT | adaptc pass s | ORT process s | adaptc end-to-end s | ORT end-to-end s |",
             "|---|---|---|---|---|---|---|",

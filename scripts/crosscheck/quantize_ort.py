@@ -395,7 +395,8 @@ def main() -> int:
         "Written by `scripts/crosscheck/quantize_ort.py` (see its docstring for what is checked).",
         "",
         versions(),
-        f"- command: `python scripts/crosscheck/quantize_ort.py --adaptc {args.adaptc} --models {args.models}`",
+        f"- command: `python scripts/crosscheck/quantize_ort.py --adaptc {os.path.relpath(args.adaptc, REPO)} "
+        f"--models {args.models}` (Python from a venv with scripts/crosscheck/requirements-quantize.txt)",
     ]
     ok = True
     with tempfile.TemporaryDirectory(prefix="adaptc-quant-") as tmp:

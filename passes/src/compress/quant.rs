@@ -112,6 +112,7 @@ pub struct GroupParams {
 }
 
 /// Rounds an `f32` to a float storage type and back (identity for `f32`).
+#[inline]
 pub fn round_to(dtype: DataType, v: f32) -> f32 {
     match dtype {
         DataType::Float16 => half::f16::from_f32(v).to_f32(),
@@ -186,6 +187,7 @@ pub fn quantize_group(values: &[f32], grid: Grid, dtype: DataType, codes: &mut [
 }
 
 /// The value of a storage code: `(c − z) · scale`, rounded to `dtype`.
+#[inline]
 pub fn dequantize_code(code: u8, params: GroupParams, dtype: DataType) -> f32 {
     round_to(dtype, (i32::from(code) - i32::from(params.zero_point)) as f32 * params.scale)
 }
@@ -282,14 +284,17 @@ impl QuantizedMatrix {
                 let (start, end) = (ch * k + b * block, ch * k + ((b + 1) * block).min(k));
                 let (group, out) = (&cm[start..end], &mut codes[start..end]);
                 let p = quantize_group(group, grid, dtype, out);
-                let step = f64::from(p.scale.abs());
+                let (mut group_max, mut group_sum) = (0f64, 0f64);
                 for (&v, &c) in group.iter().zip(out.iter()) {
                     let e = (f64::from(v) - f64::from(dequantize_code(c, p, dtype))).abs();
-                    errors.max_abs = errors.max_abs.max(e);
-                    errors.sum_abs += e;
-                    if step > 0.0 {
-                        errors.max_steps = errors.max_steps.max(e / step);
-                    }
+                    group_max = group_max.max(e);
+                    group_sum += e;
+                }
+                errors.max_abs = errors.max_abs.max(group_max);
+                errors.sum_abs += group_sum;
+                let step = f64::from(p.scale.abs());
+                if step > 0.0 {
+                    errors.max_steps = errors.max_steps.max(group_max / step);
                 }
                 params.push(p);
             }
@@ -380,14 +385,19 @@ impl QuantizedMatrix {
     /// first; the tail of a short last block is zero.
     pub fn matmulnbits_b(&self) -> Vec<u8> {
         let blob = self.blob_size();
-        let bits = self.grid.bits as usize;
-        let per_byte = 8 / bits;
+        let bits = self.grid.bits;
         let mut out = vec![0u8; self.n * self.n_blocks * blob];
-        for ch in 0..self.n {
-            let row = &mut out[ch * self.n_blocks * blob..(ch + 1) * self.n_blocks * blob];
-            for (kk, &c) in self.codes[ch * self.k..(ch + 1) * self.k].iter().enumerate() {
-                let (b, j) = (kk / self.block, kk % self.block);
-                row[b * blob + j / per_byte] |= c << ((j % per_byte) * bits);
+        for (ch, row) in out.chunks_exact_mut(self.n_blocks * blob).enumerate() {
+            let codes = &self.codes[ch * self.k..(ch + 1) * self.k];
+            for (dst, block) in row.chunks_exact_mut(blob).zip(codes.chunks(self.block)) {
+                if bits == 8 {
+                    dst[..block.len()].copy_from_slice(block);
+                } else {
+                    let per_byte = (8 / bits) as usize;
+                    for (byte, pack) in dst.iter_mut().zip(block.chunks(per_byte)) {
+                        *byte = pack.iter().enumerate().fold(0u8, |b, (i, &c)| b | (c << (i as u32 * bits)));
+                    }
+                }
             }
         }
         out
@@ -434,16 +444,25 @@ impl Errors {
     }
 }
 
-/// `src` stored `[rows, cols]` row-major, transposed to `[cols, rows]` (in cache-sized tiles).
+/// `src` stored `[rows, cols]` row-major, transposed to `[cols, rows]`. Goes through a small
+/// tile so that both sides are read and written in runs (power-of-two strides would otherwise
+/// make every access of a tile land in the same cache set).
 pub fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
     const TILE: usize = 32;
     let mut out = vec![T::default(); rows * cols];
+    let mut tile = [[T::default(); TILE]; TILE];
     for r0 in (0..rows).step_by(TILE) {
+        let h = (rows - r0).min(TILE);
         for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = src[r * cols + c];
+            let w = (cols - c0).min(TILE);
+            for r in 0..h {
+                let row = &src[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + w];
+                for (c, &v) in row.iter().enumerate() {
+                    tile[c][r] = v;
                 }
+            }
+            for (c, t) in tile.iter().enumerate().take(w) {
+                out[(c0 + c) * rows + r0..(c0 + c) * rows + r0 + h].copy_from_slice(&t[..h]);
             }
         }
     }
@@ -588,6 +607,20 @@ mod tests {
 
     fn n_blocks_index(ch: usize, b: usize, nb: usize) -> usize {
         ch * nb + b
+    }
+
+    #[test]
+    fn transpose_handles_ragged_tiles() {
+        for (r, c) in [(1, 1), (3, 70), (33, 31), (64, 64), (65, 2)] {
+            let src: Vec<u32> = (0..(r * c) as u32).collect();
+            let t = transpose(&src, r, c);
+            for i in 0..r {
+                for j in 0..c {
+                    assert_eq!(t[j * r + i], src[i * c + j], "{r}x{c}");
+                }
+            }
+            assert_eq!(transpose(&t, c, r), src);
+        }
     }
 
     #[test]
