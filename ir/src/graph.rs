@@ -104,18 +104,7 @@ impl Graph {
 
     /// Registers the uses (explicit inputs and subgraph captures) of node `id`.
     fn link_inputs(&mut self, id: NodeId) {
-        let node = &self.dag[id.0];
-        let mut links: Vec<(String, Option<usize>)> = node
-            .inputs
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(slot, v)| (v.clone(), Some(slot)))
-            .collect();
-        for captured in node_captures(node) {
-            links.push((captured, None));
-        }
-        for (value, slot) in links {
+        for (value, slot) in node_links(&self.dag[id.0]) {
             self.add_use(value, Use { node: id, slot });
         }
     }
@@ -149,18 +138,7 @@ impl Graph {
     }
 
     fn unlink_inputs(&mut self, id: NodeId) {
-        let node = &self.dag[id.0];
-        let mut links: Vec<(String, Option<usize>)> = node
-            .inputs
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(slot, v)| (v.clone(), Some(slot)))
-            .collect();
-        for captured in node_captures(node) {
-            links.push((captured, None));
-        }
-        for (value, slot) in links {
+        for (value, slot) in node_links(&self.dag[id.0]) {
             self.remove_use(&value, Use { node: id, slot });
         }
     }
@@ -543,6 +521,19 @@ impl Graph {
     fn node_error(&self, node: &Node, reason: String) -> IrError {
         IrError::Node { node: node.label(), op: node.op.to_string(), reason }
     }
+}
+
+/// Every value a node reads: explicit inputs with their slot, then subgraph captures (no slot).
+fn node_links(node: &Node) -> Vec<(String, Option<usize>)> {
+    let mut links: Vec<(String, Option<usize>)> = node
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(slot, v)| (v.clone(), Some(slot)))
+        .collect();
+    links.extend(node_captures(node).into_iter().map(|c| (c, None)));
+    links
 }
 
 /// Outer values captured by the subgraphs of a node.
