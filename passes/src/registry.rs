@@ -63,6 +63,7 @@ impl Registry {
         r.register(crate::lower::decompose::info());
         r.register(crate::compress::quantize::info());
         r.register(crate::compress::dequantize::info());
+        r.register(crate::compress::prune_layers::info());
         r
     }
 
@@ -104,7 +105,10 @@ impl Registry {
 /// The candidate closest to `word`, if it is a likely typo: edit distance (ignoring case) at
 /// most 2, or a third of the word's length for long names; failing that, the only candidate
 /// that starts with `word` (at least 3 characters: `fold` → `fold-constants`).
-pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let candidates: Vec<&str> = candidates.into_iter().collect();
     let lower = word.to_lowercase();
     let limit = (word.chars().count() / 3).max(2);
@@ -117,7 +121,11 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = 
     if closest.is_some() || lower.chars().count() < 3 {
         return closest;
     }
-    match candidates.iter().filter(|c| c.to_lowercase().starts_with(&lower)).collect::<Vec<_>>()[..] {
+    match candidates
+        .iter()
+        .filter(|c| c.to_lowercase().starts_with(&lower))
+        .collect::<Vec<_>>()[..]
+    {
         [only] => Some(only.to_string()),
         _ => None,
     }
@@ -156,17 +164,34 @@ mod tests {
     fn builtin_passes_are_listed_sorted_and_well_formed() {
         let r = Registry::builtin();
         let names = r.names();
-        for expected in ["cse", "dce", "decompose", "fold-constants", "specialize-shapes"] {
-            assert!(names.contains(&expected), "{expected} is not registered: {names:?}");
+        for expected in [
+            "cse",
+            "dce",
+            "decompose",
+            "fold-constants",
+            "specialize-shapes",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} is not registered: {names:?}"
+            );
         }
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let infos = r.infos();
         assert_eq!(infos.iter().map(|i| i.name).collect::<Vec<_>>(), r.names());
         for info in infos {
             check_schema(info.name, &info.options).unwrap();
-            assert!(!info.summary.is_empty() && !info.summary.contains('\n'), "{}", info.name);
+            assert!(
+                !info.summary.is_empty() && !info.summary.contains('\n'),
+                "{}",
+                info.name
+            );
             let example = crate::Pipeline::parse(info.example).unwrap();
-            assert!(example.passes.iter().any(|p| p.name == info.name), "{}", info.example);
+            assert!(
+                example.passes.iter().any(|p| p.name == info.name),
+                "{}",
+                info.example
+            );
             for p in &example.passes {
                 r.build(p).unwrap();
             }
@@ -187,7 +212,9 @@ mod tests {
         }
         for (typo, expected) in [("DCE", "dce"), ("fold", "fold-constants"), ("cse ", "cse")] {
             match r.lookup(typo) {
-                Err(PassError::UnknownPass { suggestion, .. }) => assert_eq!(suggestion.as_deref(), Some(expected)),
+                Err(PassError::UnknownPass { suggestion, .. }) => {
+                    assert_eq!(suggestion.as_deref(), Some(expected))
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -195,7 +222,13 @@ mod tests {
             Err(PassError::UnknownPass { suggestion, .. }) => assert_eq!(suggestion, None),
             other => panic!("{other:?}"),
         }
-        let e = r.build(&PassSpec::new("dce").with("bogus", "1")).err().map(|e| e.to_string());
-        assert_eq!(e.as_deref(), Some("pass `dce`: option `bogus`: unknown option; `dce` takes no options"));
+        let e = r
+            .build(&PassSpec::new("dce").with("bogus", "1"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("pass `dce`: option `bogus`: unknown option; `dce` takes no options")
+        );
     }
 }

@@ -72,7 +72,9 @@ impl Selector {
             _ => match text.strip_prefix("re:") {
                 Some(re) => Regex::new(&format!("^(?:{re})$"))
                     .map(Selector::Regex)
-                    .map_err(|e| PassError::bad_option(PASS, "targets", format!("bad regex `{re}`: {e}"))),
+                    .map_err(|e| {
+                        PassError::bad_option(PASS, "targets", format!("bad regex `{re}`: {e}"))
+                    }),
                 None => Err(PassError::bad_option(
                     PASS,
                     "targets",
@@ -108,9 +110,16 @@ pub(crate) fn info() -> PassInfo {
 fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
     let targets = o.list("targets")?;
     if targets.is_empty() {
-        return Err(PassError::bad_option(PASS, "targets", "no targets given (bias, layernorm, all or re:<regex>)"));
+        return Err(PassError::bad_option(
+            PASS,
+            "targets",
+            "no targets given (bias, layernorm, all or re:<regex>)",
+        ));
     }
-    let selectors = targets.iter().map(|t| Selector::parse(t)).collect::<Result<Vec<_>, _>>()?;
+    let selectors = targets
+        .iter()
+        .map(|t| Selector::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Box::new(MarkTrainable { selectors, targets }))
 }
 
@@ -132,10 +141,17 @@ impl Pass for MarkTrainable {
             chosen.extend(found);
         }
         if chosen.is_empty() {
-            let reasons: Vec<String> = empty.iter().map(|(t, why)| format!("`{t}`: {why}")).collect();
+            let reasons: Vec<String> = empty
+                .iter()
+                .map(|(t, why)| format!("`{t}`: {why}"))
+                .collect();
             return Err(PassError::failed(
                 PASS,
-                format!("nothing matched targets={}: {}", self.targets.join(","), reasons.join("; ")),
+                format!(
+                    "nothing matched targets={}: {}",
+                    self.targets.join(","),
+                    reasons.join("; ")
+                ),
             ));
         }
         for (t, why) in &empty {
@@ -177,7 +193,10 @@ pub fn select(graph: &Graph, sel: &Selector) -> BTreeSet<String> {
             for l in find_linear_layers(graph) {
                 out.extend(l.bias);
             }
-            for (_, n) in graph.nodes().filter(|(_, n)| n.op().is("LayerNormalization")) {
+            for (_, n) in graph
+                .nodes()
+                .filter(|(_, n)| n.op().is("LayerNormalization"))
+            {
                 out.extend(n.input(2).map(str::to_string));
             }
         }
@@ -186,7 +205,10 @@ pub fn select(graph: &Graph, sel: &Selector) -> BTreeSet<String> {
         }
         Selector::All => {
             out.extend(
-                graph.initializers().filter(|t| t.dtype().is_float() && !t.dims().is_empty()).map(|t| t.name.clone()),
+                graph
+                    .initializers()
+                    .filter(|t| t.dtype().is_float() && !t.dims().is_empty())
+                    .map(|t| t.name.clone()),
             );
         }
         Selector::Regex(re) => {
@@ -204,11 +226,22 @@ pub fn select(graph: &Graph, sel: &Selector) -> BTreeSet<String> {
 fn why_empty(graph: &Graph, sel: &Selector) -> String {
     match sel {
         Selector::Bias => "no linear layer or LayerNormalization has a bias initializer".into(),
-        Selector::LayerNorm => "no LayerNormalization, RMSNormalization or decomposed RMSNorm weight found".into(),
-        Selector::All => "the graph has no float initializer of rank ≥ 1 (other than graph inputs)".into(),
+        Selector::LayerNorm => {
+            "no LayerNormalization, RMSNormalization or decomposed RMSNorm weight found".into()
+        }
+        Selector::All => {
+            "the graph has no float initializer of rank ≥ 1 (other than graph inputs)".into()
+        }
         Selector::Regex(_) => {
-            let names: Vec<String> = pytorch_names(graph).into_values().flatten().take(8).collect();
-            format!("no parameter name matches (names look like: {})", names.join(", "))
+            let names: Vec<String> = pytorch_names(graph)
+                .into_values()
+                .flatten()
+                .take(8)
+                .collect();
+            format!(
+                "no parameter name matches (names look like: {})",
+                names.join(", ")
+            )
         }
     }
 }
@@ -224,8 +257,12 @@ fn norm_params(graph: &Graph) -> Vec<(String, NodeId, &'static str)> {
             out.extend(n.input(1).map(|s| (s.to_string(), id, "weight")));
         } else if n.op().is("Mul") && n.inputs().len() == 2 {
             for (w, v) in [(0, 1), (1, 0)] {
-                let (Some(w), Some(v)) = (n.input(w), n.input(v)) else { continue };
-                let Some(t) = graph.initializer(w) else { continue };
+                let (Some(w), Some(v)) = (n.input(w), n.input(v)) else {
+                    continue;
+                };
+                let Some(t) = graph.initializer(w) else {
+                    continue;
+                };
                 let vector = t.dtype().is_float() && t.dims().len() == 1 && t.dims()[0] > 1;
                 if vector && graph.initializer(v).is_none() && from_rsqrt(graph, v, RMS_LOOKBACK) {
                     out.push((w.to_string(), id, "weight"));
@@ -240,7 +277,9 @@ fn norm_params(graph: &Graph) -> Vec<(String, NodeId, &'static str)> {
 /// Whether `value` is computed by `Reciprocal`/`Sqrt`, or from one through at most `depth`
 /// `Mul`/`Div`/`Cast` nodes.
 fn from_rsqrt(graph: &Graph, value: &str, depth: usize) -> bool {
-    let Some((p, _)) = graph.producer(value) else { return false };
+    let Some((p, _)) = graph.producer(value) else {
+        return false;
+    };
     let node = graph.node(p);
     if node.op().is("Reciprocal") || node.op().is("Sqrt") {
         return true;
@@ -248,14 +287,20 @@ fn from_rsqrt(graph: &Graph, value: &str, depth: usize) -> bool {
     if depth == 0 || !(node.op().is("Mul") || node.op().is("Div") || node.op().is("Cast")) {
         return false;
     }
-    node.inputs().iter().filter(|i| !i.is_empty()).any(|i| from_rsqrt(graph, i, depth - 1))
+    node.inputs()
+        .iter()
+        .filter(|i| !i.is_empty())
+        .any(|i| from_rsqrt(graph, i, depth - 1))
 }
 
 /// Every initializer's PyTorch-style names (see the module docs).
 pub fn pytorch_names(graph: &Graph) -> BTreeMap<String, BTreeSet<String>> {
     let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for t in graph.initializers() {
-        names.entry(t.name.clone()).or_default().insert(t.name.clone());
+        names
+            .entry(t.name.clone())
+            .or_default()
+            .insert(t.name.clone());
     }
     let mut add = |init: &str, name: String| {
         if let Some(set) = names.get_mut(init) {
@@ -270,7 +315,8 @@ pub fn pytorch_names(graph: &Graph) -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     for (init, node, role) in norm_params(graph) {
-        let path = node_name_scopes_path(graph, node).or_else(|| path_from_node_name(&graph.node(node).name));
+        let path = node_name_scopes_path(graph, node)
+            .or_else(|| path_from_node_name(&graph.node(node).name));
         if let Some(path) = path {
             add(&init, format!("{path}.{role}"));
         }

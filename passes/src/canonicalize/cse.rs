@@ -30,7 +30,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-use adaptc_ir::{is_default_domain, AttrValue, DataType, Graph, IrError, Model, NodeId, OpKey, Tensor, TensorData};
+use adaptc_ir::{
+    is_default_domain, AttrValue, DataType, Graph, IrError, Model, NodeId, OpKey, Tensor,
+    TensorData,
+};
 
 use crate::canonicalize::{drop_value_info, is_constant};
 use crate::options::{OptionInfo, OptionKind, Options};
@@ -41,8 +44,15 @@ use crate::registry::PassInfo;
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
 
 /// Operators whose results differ from call to call.
-const NONDETERMINISTIC: &[&str] =
-    &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"];
+const NONDETERMINISTIC: &[&str] = &[
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+];
 
 /// The `cse` pass.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +65,10 @@ pub struct Cse {
 
 impl Default for Cse {
     fn default() -> Cse {
-        Cse { initializers: true, max_bytes: DEFAULT_MAX_BYTES }
+        Cse {
+            initializers: true,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
     }
 }
 
@@ -92,7 +105,11 @@ impl Pass for Cse {
     fn run(&self, model: &mut Model, _cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let graph = &mut model.graph;
         let mut gone = HashSet::new();
-        let inits = if self.initializers { merge_initializers(graph, self.max_bytes, &mut gone)? } else { 0 };
+        let inits = if self.initializers {
+            merge_initializers(graph, self.max_bytes, &mut gone)?
+        } else {
+            0
+        };
         let nodes = merge_nodes(graph, self.max_bytes, &mut gone)?;
         drop_value_info(graph, &gone);
         Ok(PassOutcome::changed(inits + nodes > 0)
@@ -101,7 +118,11 @@ impl Pass for Cse {
     }
 }
 
-fn merge_initializers(graph: &mut Graph, max_bytes: u64, gone: &mut HashSet<String>) -> Result<i64, IrError> {
+fn merge_initializers(
+    graph: &mut Graph,
+    max_bytes: u64,
+    gone: &mut HashSet<String>,
+) -> Result<i64, IrError> {
     let candidates: Vec<String> = graph
         .initializers()
         .filter(|t| {
@@ -115,10 +136,19 @@ fn merge_initializers(graph: &mut Graph, max_bytes: u64, gone: &mut HashSet<Stri
     let mut groups: HashMap<(DataType, Vec<u64>, u64), Vec<String>> = HashMap::new();
     let mut merged = 0;
     for name in candidates {
-        let Some(tensor) = graph.initializer(&name) else { continue };
-        let Some(hash) = content_hash(tensor) else { continue };
-        let group = groups.entry((tensor.dtype(), tensor.dims().to_vec(), hash)).or_default();
-        let survivor = group.iter().find(|s| graph.initializer(s).is_some_and(|t| t.same_value(tensor))).cloned();
+        let Some(tensor) = graph.initializer(&name) else {
+            continue;
+        };
+        let Some(hash) = content_hash(tensor) else {
+            continue;
+        };
+        let group = groups
+            .entry((tensor.dtype(), tensor.dims().to_vec(), hash))
+            .or_default();
+        let survivor = group
+            .iter()
+            .find(|s| graph.initializer(s).is_some_and(|t| t.same_value(tensor)))
+            .cloned();
         match survivor {
             Some(survivor) => {
                 graph.replace_all_uses_with(&name, &survivor)?;
@@ -156,7 +186,10 @@ struct NodeKey {
 fn node_key(graph: &Graph, id: NodeId, max_bytes: u64) -> Option<NodeKey> {
     let node = graph.node(id);
     let op = node.op();
-    if !is_default_domain(&op.domain) || NONDETERMINISTIC.contains(&op.op_type.as_str()) || node.has_subgraphs() {
+    if !is_default_domain(&op.domain)
+        || NONDETERMINISTIC.contains(&op.op_type.as_str())
+        || node.has_subgraphs()
+    {
         return None;
     }
     if node.outputs().iter().all(String::is_empty) {
@@ -270,10 +303,18 @@ fn put_tensor(out: &mut Vec<u8>, t: &Tensor, max_bytes: u64) -> Option<()> {
 }
 
 fn produces_graph_output(graph: &Graph, id: NodeId) -> bool {
-    graph.node(id).outputs().iter().any(|o| !o.is_empty() && graph.is_graph_output(o))
+    graph
+        .node(id)
+        .outputs()
+        .iter()
+        .any(|o| !o.is_empty() && graph.is_graph_output(o))
 }
 
-fn merge_nodes(graph: &mut Graph, max_bytes: u64, gone: &mut HashSet<String>) -> Result<i64, IrError> {
+fn merge_nodes(
+    graph: &mut Graph,
+    max_bytes: u64,
+    gone: &mut HashSet<String>,
+) -> Result<i64, IrError> {
     let mut merged = 0;
     loop {
         let mut seen: HashMap<NodeKey, NodeId> = HashMap::new();
@@ -282,7 +323,9 @@ fn merge_nodes(graph: &mut Graph, max_bytes: u64, gone: &mut HashSet<String>) ->
             if !graph.contains_node(id) {
                 continue;
             }
-            let Some(key) = node_key(graph, id, max_bytes) else { continue };
+            let Some(key) = node_key(graph, id, max_bytes) else {
+                continue;
+            };
             let Some(&first) = seen.get(&key) else {
                 seen.insert(key, id);
                 continue;

@@ -56,7 +56,9 @@ pub(crate) fn replace_node_with_initializers(
     }
     graph.remove_node(id)?;
     for (out, tmp) in temps {
-        let Some(mut tensor) = graph.initializer(&tmp).cloned() else { continue };
+        let Some(mut tensor) = graph.initializer(&tmp).cloned() else {
+            continue;
+        };
         tensor.name = out.clone();
         graph.add_initializer(tensor)?;
         graph.replace_all_uses_with(&tmp, &out)?;

@@ -1,4 +1,4 @@
-//! Compression passes: weight quantization and its inverse.
+//! Compression passes: weight quantization and its inverse, pruning.
 //!
 //! - [`quantize`]: `quantize-weights` — round-to-nearest int8/int4 quantization of linear-layer
 //!   weights, per output channel or in blocks along the input features, written as standard
@@ -6,6 +6,8 @@
 //!   per-layer error and size report;
 //! - [`dequantize`]: `dequantize-weights` — QDQ weights and `MatMulNBits` back to float
 //!   weights with the exact dequantized values, reporting what a re-quantization would add;
+//! - [`prune_layers`]: `prune-layers` — removes whole transformer blocks along the residual
+//!   stream;
 //! - [`quant`]: the numbers (grids, rounding, packing, the operand layouts), shared by both;
 //! - [`opset`]: raising a model's default-domain opset (DequantizeLinear with int4 or blocks
 //!   needs opset 21) only when no operator of the graph changes meaning on the way.
@@ -23,9 +25,11 @@ pub mod dequantize;
 pub mod opset;
 #[rustfmt::skip]
 mod opset_history;
+pub mod prune_layers;
 pub mod quant;
 pub mod quantize;
 
 pub use dequantize::DequantizeWeights;
+pub use prune_layers::PruneLayers;
 pub use quant::{Grid, QuantizedMatrix, Scheme};
 pub use quantize::{Format, QuantizeWeights};

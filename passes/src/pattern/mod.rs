@@ -21,14 +21,19 @@
 //! # Ok::<(), adaptc_ir::IrError>(())
 //! ```
 //!
+//! [`find_block_stacks`] finds the repeated transformer blocks and the residual stream value
+//! each one reads and hands on (what `prune-layers` cuts along).
+//!
 //! Passes that target modules PEFT-style (`targets=query,value`) match on the last component
 //! of [`LinearLayer::module_path`].
 
+pub mod blocks;
 pub mod linear;
 pub mod module_path;
 
+pub use blocks::{find_block_stacks, node_block, Block, BlockStack};
 pub use linear::{
-    constant_tensor, find_linear_layers, linear_candidates, match_linear, LinearForm, LinearLayer, NoMatch,
-    WeightLayout,
+    constant_tensor, find_linear_layers, linear_candidates, match_linear, LinearForm, LinearLayer,
+    NoMatch, WeightLayout,
 };
-pub use module_path::{block_index, parse_name_scopes, PathSource};
+pub use module_path::{block_index, block_of, parse_name_scopes, PathSource};
