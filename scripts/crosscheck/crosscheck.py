@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Cross-check adaptc's adapter passes and PEFT interchange against PyTorch, PEFT and
-onnxruntime. Run through scripts/crosscheck/run.sh (venv, pinned packages, release build);
+"""Cross-check adaptc's adapter and compression passes and PEFT interchange against PyTorch,
+PEFT and onnxruntime. Run through scripts/crosscheck/run.sh (venv, pinned packages, release build);
 directly:
 
     HF_HUB_OFFLINE=1 python scripts/crosscheck/crosscheck.py --adaptc target/release/adaptc
@@ -34,8 +34,11 @@ Checks per model (onnxruntime with graph optimisations disabled, CPU):
      `adaptc import-peft`, onnxruntime(imported) vs the PEFT model within 1e-4 relative; a DoRA
      variant.
 
+  f–i  the compression passes (prune-layers, prune-channels, prune-weights, factorize-lowrank)
+     against references built in PyTorch/numpy: scripts/crosscheck/compress_checks.py.
+
 "Relative" is max|a − b| / max|a| over each output tensor (a = the reference). Results go to
-bench/results/crosscheck-peft.md; the exit status is non-zero when any check fails.
+bench/results/crosscheck.md; the exit status is non-zero when any check fails.
 """
 
 from __future__ import annotations
@@ -55,106 +58,16 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data"
-WORK = DATA / "crosscheck"
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import compress_checks  # noqa: E402
+from common import DATA, REPO, WORK, Failed, Results, adaptc, counts, load_meta, ort_run, out_dir, worst_rel  # noqa: E402,F401
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-ADAPTC = None  # set in main
-
-
-# --------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------
-
-
-class Failed(Exception):
-    pass
-
-
-def adaptc(*args) -> tuple[str, float]:
-    """Runs adaptc; returns (stderr, seconds). Raises Failed with its message on error."""
-    t = time.perf_counter()
-    p = subprocess.run([str(ADAPTC), *map(str, args)], capture_output=True, text=True)
-    dt = time.perf_counter() - t
-    if p.returncode != 0:
-        raise Failed(f"adaptc {' '.join(map(str, args))} failed:\n{p.stderr}")
-    return p.stderr, dt
-
-
-def ort_run(path: Path, feeds: dict) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
-
-
-def rel(ref: np.ndarray, got: np.ndarray) -> float:
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    assert ref.shape == got.shape, (ref.shape, got.shape)
-    return float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-12))
-
-
-def worst_rel(refs, gots) -> float:
-    return max(rel(r, g) for r, g in zip(refs, gots))
-
-
-def load_meta(path: Path):
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False)
-
-
-def counts(path: Path) -> dict:
-    m = load_meta(path)
-    numel = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.initializer}
-    meta = {p.key: p.value for p in m.metadata_props}
-    state = json.loads(meta.get("adaptc.adapters", "{}") or "{}")
-    trainable = state.get("trainable", [])
-    return dict(
-        nodes=len(m.graph.node),
-        initializers=len(m.graph.initializer),
-        params=sum(numel.values()),
-        trainable=sum(numel[t] for t in trainable if t in numel),
-        adapters=len(state.get("adapters", [])),
-        state=state,
-    )
-
-
-def check_safetensors_bytes(path: Path) -> None:
-    """The file equals what safetensors.torch.save writes for the same tensors."""
-    from safetensors.torch import load_file, save
-
-    tensors = load_file(str(path))
-    want = save(tensors, metadata={"format": "pt"})
-    got = path.read_bytes()
-    if got != want:
-        raise Failed(f"{path}: bytes differ from safetensors.torch.save ({len(got)} vs {len(want)} bytes)")
-
-
-def check_peft_loaded(peft_model, adapter_dir: Path) -> int:
-    """PEFT's adapter state dict equals the file, key for key (no missing/unexpected keys)."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    want = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    have = get_peft_model_state_dict(peft_model)
-    if set(want) != set(have):
-        raise Failed(f"PEFT state dict keys differ: only in file {sorted(set(want) - set(have))[:5]}, "
-                     f"only in PEFT {sorted(set(have) - set(want))[:5]}")
-    for k, v in want.items():
-        if not torch.equal(v, have[k].detach().to(v.dtype)):
-            raise Failed(f"PEFT loaded different values for {k}")
-    return len(want)
 
 
 # --------------------------------------------------------------------------------------
@@ -322,34 +235,6 @@ class Llama(Spec):
 # --------------------------------------------------------------------------------------
 
 
-class Results:
-    def __init__(self):
-        self.rows = []  # (model, check, figure, limit, ok, note)
-
-    def add(self, model, check, figure, limit, ok, note=""):
-        self.rows.append((model, check, figure, limit, ok, note))
-        mark = "ok  " if ok else "FAIL"
-        print(f"[{mark}] {model:7s} {check:55s} {figure:>14s}  (limit {limit}) {note}", flush=True)
-
-    def error(self, model, check, exc):
-        msg = str(exc).strip().splitlines()
-        self.add(model, check, "error", "-", False, " / ".join(msg[:3])[:300])
-        if not isinstance(exc, Failed):
-            traceback.print_exc()
-
-    @property
-    def failed(self):
-        return [r for r in self.rows if not r[4]]
-
-
-def out_dir(spec, name) -> Path:
-    d = WORK / spec.name / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    return d
-
-
 def check_a(spec: Spec, res: Results):
     """The exported base model: opset, inputs, and onnxruntime vs PyTorch."""
     m = load_meta(spec.onnx)
@@ -410,7 +295,9 @@ def export_and_load(spec: Spec, adapted: Path, d: Path, res: Results, label: str
     res.add(spec.name, f"d. adaptc→PEFT {label}: PEFT vs ORT(adapted)", f"{r:.2e}", "≤ 1e-4", r <= 1e-4, note)
 
 
-def check_d(spec: Spec, res: Results, adapted: Path):
+def check_d(spec: Spec, res: Results, adapted: Path | None):
+    if adapted is None:
+        raise Failed("no adapted model from check c")
     d = out_dir(spec, "d")
     export_and_load(spec, adapted, d / "lora", res, "LoRA r=8 random")
     if spec.name == "minilm":
@@ -479,7 +366,7 @@ def versions() -> dict:
 def write_report(path: Path, res: Results, notes: list[str], elapsed: float):
     v = versions()
     lines = [
-        "# Cross-check: adaptc adapters and PEFT interchange vs PyTorch + PEFT + onnxruntime",
+        "# Cross-check: adaptc adapters, PEFT interchange and compression vs PyTorch + PEFT + onnxruntime",
         "",
         f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `scripts/crosscheck/run.sh` "
         f"({elapsed:.0f} s; {platform.machine()}, {os.cpu_count()} CPUs, CPU only).",
@@ -505,16 +392,16 @@ def write_report(path: Path, res: Results, notes: list[str], elapsed: float):
 
 
 def main() -> int:
-    global ADAPTC
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--adaptc", default=str(REPO / "target" / "release" / "adaptc"))
     ap.add_argument("--models", default="minilm,llama", help="comma-separated subset of minilm,llama")
+    ap.add_argument("--checks", default="abcdefghi", help="which checks to run (letters a–i; default all)")
     ap.add_argument("--refresh", action="store_true", help="re-export the models even if present")
-    ap.add_argument("--report", default=str(REPO / "bench" / "results" / "crosscheck-peft.md"))
+    ap.add_argument("--report", default=str(REPO / "bench" / "results" / "crosscheck.md"))
     args = ap.parse_args()
-    ADAPTC = Path(args.adaptc).resolve()
-    if not ADAPTC.exists():
-        print(f"no adaptc binary at {ADAPTC}", file=sys.stderr)
+    common.ADAPTC = Path(args.adaptc).resolve()
+    if not common.ADAPTC.exists():
+        print(f"no adaptc binary at {common.ADAPTC}", file=sys.stderr)
         return 2
     import torch
 
@@ -530,28 +417,18 @@ def main() -> int:
             res.error(name, "export the model", e)
             continue
         adapted = None
-        try:
-            check_a(spec, res)
-        except Exception as e:  # noqa: BLE001
-            res.error(name, "a.", e)
-        try:
-            check_b(spec, res)
-        except Exception as e:  # noqa: BLE001
-            res.error(name, "b.", e)
-        try:
-            adapted = check_c(spec, res)
-        except Exception as e:  # noqa: BLE001
-            res.error(name, "c.", e)
-        try:
-            if adapted is None:
-                raise Failed("no adapted model from check c")
-            check_d(spec, res, adapted)
-        except Exception as e:  # noqa: BLE001
-            res.error(name, "d.", e)
-        try:
-            check_e(spec, res)
-        except Exception as e:  # noqa: BLE001
-            res.error(name, "e.", e)
+        steps = [("a", lambda: check_a(spec, res)), ("b", lambda: check_b(spec, res)), ("c", lambda: check_c(spec, res)),
+                 ("d", lambda: check_d(spec, res, adapted)), ("e", lambda: check_e(spec, res))]
+        for letter, step in steps:
+            if letter not in args.checks:
+                continue
+            try:
+                result = step()
+                if letter == "c":
+                    adapted = result
+            except Exception as e:  # noqa: BLE001 - reported, then the next check
+                res.error(name, f"{letter}.", e)
+        compress_checks.run(spec, res, args.checks)
     elapsed = time.perf_counter() - t0
     write_report(Path(args.report), res, notes, elapsed)
     print(f"\n{len(res.rows) - len(res.failed)} of {len(res.rows)} checks passed in {elapsed:.0f} s; "

