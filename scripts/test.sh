@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): fetch the ONNX backend test data from PyPI,
-# then lint and run every test of the workspace.
+# then check formatting (rustfmt.toml), lint and run every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-test-data.sh
+cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

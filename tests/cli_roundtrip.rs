@@ -14,11 +14,7 @@ fn fixture(rel: &str) -> PathBuf {
 
 fn adaptc(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_adaptc")).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "adaptc {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "adaptc {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -66,7 +62,8 @@ fn external_mode_always_and_back_to_inline() {
     let ext = tmp.path().join("bert_ext.onnx");
     rewrite(&fixture("bert6.onnx"), &ext, &["--external", "always"]);
     assert!(tmp.path().join("bert_ext.onnx.data").is_file());
-    let (before, after) = (std::fs::metadata(fixture("bert6.onnx")).unwrap().len(), std::fs::metadata(&ext).unwrap().len());
+    let (before, after) =
+        (std::fs::metadata(fixture("bert6.onnx")).unwrap().len(), std::fs::metadata(&ext).unwrap().len());
     assert!(after + 1_000_000 < before, "weights moved out of the model file ({before} -> {after} bytes)");
     // Same content once the external data is read back inline.
     support::assert_same_model(&fixture("bert6.onnx"), &ext).unwrap();

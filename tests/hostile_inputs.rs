@@ -128,7 +128,12 @@ impl Case {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "expected exit 1 for `{expected}`, got {:?}: {stderr}", output.status);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "expected exit 1 for `{expected}`, got {:?}: {stderr}",
+            output.status
+        );
         assert!(
             stderr.to_lowercase().contains(&expected.to_lowercase()),
             "expected `{expected}` in the error, got: {stderr}"
@@ -149,7 +154,8 @@ fn proto_case(edit: impl FnOnce(&mut pb::ModelProto)) -> Case {
 fn the_base_model_is_accepted() {
     let c = Case::with_proto(&base());
     let out = c.dir.path().join("ok.onnx");
-    let status = Command::new(env!("CARGO_BIN_EXE_adaptc")).arg("rewrite").arg(&c.model).arg("-o").arg(&out).status().unwrap();
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_adaptc")).arg("rewrite").arg(&c.model).arg("-o").arg(&out).status().unwrap();
     assert!(status.success());
     assert!(out.exists());
 }
@@ -360,7 +366,8 @@ fn raw_data_too_short() {
 
 #[test]
 fn raw_data_too_long() {
-    proto_case(|m| graph(m).initializer[0].raw_data.as_mut().unwrap().extend([0, 0, 0, 0])).expect_error("raw_data has 20 bytes");
+    proto_case(|m| graph(m).initializer[0].raw_data.as_mut().unwrap().extend([0, 0, 0, 0]))
+        .expect_error("raw_data has 20 bytes");
 }
 
 #[test]
@@ -539,7 +546,8 @@ fn external_length_mismatch() {
 
 #[test]
 fn external_huge_length() {
-    proto_case(|m| external(m, &[("location", "w.bin"), ("length", "99999999999999999999999")])).expect_error("too large");
+    proto_case(|m| external(m, &[("location", "w.bin"), ("length", "99999999999999999999999")]))
+        .expect_error("too large");
 }
 
 #[test]

@@ -77,7 +77,9 @@ fn decompose_gelu(g: &mut adaptc_ir::Graph) {
     }
     for id in gelus {
         let node = g.node(id).clone();
-        assert!(node.attr("approximate").is_none_or(|a| matches!(&a.value, adaptc_ir::AttrValue::String(s) if s == b"none")));
+        assert!(node
+            .attr("approximate")
+            .is_none_or(|a| matches!(&a.value, adaptc_ir::AttrValue::String(s) if s == b"none")));
         let (x, y) = (node.inputs()[0].clone(), node.outputs()[0].clone());
         let t = |s: &str| format!("{y}__{s}");
         let steps = [
@@ -133,7 +135,11 @@ fn check_folded(model_rel: &str, reference: &str) {
     let after = onnx::load(&folded).unwrap();
     // Without shape inference (the runtime issue) shapes of activations stay symbolic, so
     // only the constant part folds: position ids, token types, the mask arithmetic.
-    assert!(after.graph.num_nodes() + 15 <= before, "folding removed too little: {before} -> {}", after.graph.num_nodes());
+    assert!(
+        after.graph.num_nodes() + 15 <= before,
+        "folding removed too little: {before} -> {}",
+        after.graph.num_nodes()
+    );
     assert!(after.graph.initializer("token_type_ids").is_none(), "the token-type lookup was folded");
 
     let got = run_tract(&folded);

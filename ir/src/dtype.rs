@@ -84,8 +84,7 @@ impl DataType {
         Some(match self {
             Uint2 | Int2 => 2,
             Uint4 | Int4 | Float4E2M1 => 4,
-            Uint8 | Int8 | Bool | Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ
-            | Float8E8M0 => 8,
+            Uint8 | Int8 | Bool | Float8E4M3FN | Float8E4M3FNUZ | Float8E5M2 | Float8E5M2FNUZ | Float8E8M0 => 8,
             Uint16 | Int16 | Float16 | BFloat16 => 16,
             Float | Int32 | Uint32 => 32,
             Int64 | Double | Uint64 | Complex64 => 64,

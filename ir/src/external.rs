@@ -134,11 +134,8 @@ impl ExternalResolver {
         length: Option<&str>,
         expected: u64,
     ) -> Result<ExternalSlice, IrError> {
-        let fail = |reason: String| IrError::ExternalData {
-            tensor: tensor.to_string(),
-            file: location.to_string(),
-            reason,
-        };
+        let fail =
+            |reason: String| IrError::ExternalData { tensor: tensor.to_string(), file: location.to_string(), reason };
         let file = self.open(location).map_err(fail)?;
         let offset = parse_u64(offset, "offset").map_err(fail)?.unwrap_or(0);
         let length = parse_u64(length, "length").map_err(fail)?;
@@ -146,14 +143,9 @@ impl ExternalResolver {
         if len != expected {
             return Err(fail(format!("length is {len} bytes but the tensor's dtype and shape need {expected}")));
         }
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| fail(format!("offset {offset} + length {len} overflows")))?;
+        let end = offset.checked_add(len).ok_or_else(|| fail(format!("offset {offset} + length {len} overflows")))?;
         if end > file.len {
-            return Err(fail(format!(
-                "range {offset}..{end} runs past the end of the file ({} bytes)",
-                file.len
-            )));
+            return Err(fail(format!("range {offset}..{end} runs past the end of the file ({} bytes)", file.len)));
         }
         if end > usize::MAX as u64 {
             return Err(fail("range does not fit in this machine's address space".into()));

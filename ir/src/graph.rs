@@ -9,11 +9,11 @@
 //! output lists; that is why nodes' inputs, outputs and attributes change only through methods
 //! of this type.
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
-use indexmap::IndexMap;
 use crate::onnx::proto as pb;
+use indexmap::IndexMap;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
@@ -126,11 +126,7 @@ impl Graph {
             }
         }
         if let Some(&(p, _)) = self.producers.get(value) {
-            let edge = self
-                .dag
-                .edges_connecting(p.0, u.node.0)
-                .find(|e| e.weight().dst_slot == u.slot)
-                .map(|e| e.id());
+            let edge = self.dag.edges_connecting(p.0, u.node.0).find(|e| e.weight().dst_slot == u.slot).map(|e| e.id());
             if let Some(e) = edge {
                 self.dag.remove_edge(e);
             }
@@ -313,8 +309,7 @@ impl Graph {
     fn rename_free_value(&mut self, old: &str, new: &str) {
         for id in self.node_ids() {
             let node = self.node(id);
-            let slots: Vec<usize> =
-                node.inputs.iter().enumerate().filter(|(_, v)| *v == old).map(|(i, _)| i).collect();
+            let slots: Vec<usize> = node.inputs.iter().enumerate().filter(|(_, v)| *v == old).map(|(i, _)| i).collect();
             for slot in slots {
                 let _ = self.set_input(id, slot, new);
             }
@@ -431,10 +426,9 @@ impl Graph {
                 reason: format!("initializer `{name}` is still used by node `{}`", self.node(u.node).label()),
             });
         }
-        self.initializers.shift_remove(name).ok_or_else(|| IrError::Invalid {
-            graph: self.name.clone(),
-            reason: format!("no initializer `{name}`"),
-        })
+        self.initializers
+            .shift_remove(name)
+            .ok_or_else(|| IrError::Invalid { graph: self.name.clone(), reason: format!("no initializer `{name}`") })
     }
 
     // ----- order -----------------------------------------------------------------------------
@@ -447,12 +441,8 @@ impl Graph {
         for &n in &self.order {
             indegree.insert(n, self.dag.edges_directed(n.0, Direction::Incoming).count());
         }
-        let mut ready: BinaryHeap<Reverse<(usize, NodeId)>> = self
-            .order
-            .iter()
-            .filter(|n| indegree[n] == 0)
-            .map(|&n| Reverse((position[&n], n)))
-            .collect();
+        let mut ready: BinaryHeap<Reverse<(usize, NodeId)>> =
+            self.order.iter().filter(|n| indegree[n] == 0).map(|&n| Reverse((position[&n], n))).collect();
         let mut out = Vec::with_capacity(self.order.len());
         while let Some(Reverse((_, n))) = ready.pop() {
             out.push(n);
@@ -466,13 +456,8 @@ impl Graph {
             }
         }
         if out.len() != self.order.len() {
-            let stuck: BTreeSet<String> = self
-                .order
-                .iter()
-                .filter(|n| indegree[n] > 0)
-                .take(5)
-                .map(|&n| self.node(n).label())
-                .collect();
+            let stuck: BTreeSet<String> =
+                self.order.iter().filter(|n| indegree[n] > 0).take(5).map(|&n| self.node(n).label()).collect();
             return Err(IrError::Invalid {
                 graph: self.name.clone(),
                 reason: format!(

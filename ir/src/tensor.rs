@@ -113,12 +113,7 @@ impl Tensor {
     }
 
     /// A tensor whose bytes are produced by `f` when first read or when the model is saved.
-    pub fn lazy(
-        name: impl Into<String>,
-        dtype: DataType,
-        dims: Vec<u64>,
-        f: Arc<LazyFn>,
-    ) -> Result<Tensor, IrError> {
+    pub fn lazy(name: impl Into<String>, dtype: DataType, dims: Vec<u64>, f: Arc<LazyFn>) -> Result<Tensor, IrError> {
         let name = name.into();
         expected_bytes(&name, dtype, &dims)?;
         Ok(Tensor::with_data(name, dtype, dims, TensorData::Lazy(f)))
@@ -198,9 +193,7 @@ impl Tensor {
                 }
                 Ok(Cow::Owned(bytes))
             }
-            TensorData::Strings(_) => {
-                Err(IrError::tensor(&self.name, "is a STRING tensor and has no raw bytes"))
-            }
+            TensorData::Strings(_) => Err(IrError::tensor(&self.name, "is a STRING tensor and has no raw bytes")),
         }
     }
 
@@ -229,7 +222,9 @@ impl Tensor {
     pub fn to_f32_lossy(&self) -> Result<Vec<f32>, IrError> {
         let bytes = self.bytes()?;
         match self.dtype {
-            DataType::Float => Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            DataType::Float => {
+                Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
             DataType::Float16 => {
                 Ok(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
             }

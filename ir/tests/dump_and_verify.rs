@@ -64,12 +64,18 @@ fn subgraph_captures_order_and_verify() {
     // A body reading an undefined value is caught, with the path to the body.
     let mut bad = model_with_if();
     let id = bad.graph.nodes().find(|(_, n)| n.name == "if").map(|(id, _)| id).unwrap();
-    bad.graph.set_attr(id, Attribute::new("else_branch", AttrValue::Graph(Box::new({
-        let mut g = Graph::new("else");
-        g.outputs.push(ValueInfo::new("e", None));
-        g.add_node(Node::new(OpKey::onnx("Neg"), vec!["ghost".into()], vec!["e".into()])).unwrap();
-        g
-    }))));
+    bad.graph.set_attr(
+        id,
+        Attribute::new(
+            "else_branch",
+            AttrValue::Graph(Box::new({
+                let mut g = Graph::new("else");
+                g.outputs.push(ValueInfo::new("e", None));
+                g.add_node(Node::new(OpKey::onnx("Neg"), vec!["ghost".into()], vec!["e".into()])).unwrap();
+                g
+            })),
+        ),
+    );
     let err = verify(&bad.graph).unwrap_err().to_string();
     assert!(err.contains("if.else_branch") && err.contains("`ghost`"), "{err}");
 }

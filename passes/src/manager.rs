@@ -23,11 +23,7 @@ pub struct ManagerOptions {
 
 impl Default for ManagerOptions {
     fn default() -> ManagerOptions {
-        ManagerOptions {
-            verify_each: true,
-            print_after_change: false,
-            stop_after: None,
-        }
+        ManagerOptions { verify_each: true, print_after_change: false, stop_after: None }
     }
 }
 
@@ -63,13 +59,7 @@ impl RunReport {
 
     /// The sum of counter `key` over all passes that reported it.
     pub fn stat(&self, key: &str) -> Option<i64> {
-        let mut values = self
-            .runs
-            .iter()
-            .flat_map(|r| &r.stats)
-            .filter(|(k, _)| k == key)
-            .map(|&(_, v)| v)
-            .peekable();
+        let mut values = self.runs.iter().flat_map(|r| &r.stats).filter(|(k, _)| k == key).map(|&(_, v)| v).peekable();
         values.peek()?;
         Some(values.sum())
     }
@@ -83,18 +73,8 @@ impl RunReport {
 /// A table: pass, changed, time in ms, statistics.
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self
-            .runs
-            .iter()
-            .map(|r| r.spec_text.len())
-            .max()
-            .unwrap_or(0)
-            .max("total".len());
-        writeln!(
-            f,
-            "{:<width$}  {:<7}  {:>9}  stats",
-            "pass", "changed", "time ms"
-        )?;
+        let width = self.runs.iter().map(|r| r.spec_text.len()).max().unwrap_or(0).max("total".len());
+        writeln!(f, "{:<width$}  {:<7}  {:>9}  stats", "pass", "changed", "time ms")?;
         for r in &self.runs {
             let stats: Vec<String> = r.stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let line = format!(
@@ -106,13 +86,7 @@ impl fmt::Display for RunReport {
             );
             writeln!(f, "{}", line.trim_end())?;
         }
-        writeln!(
-            f,
-            "{:<width$}  {:<7}  {:>9.3}",
-            "total",
-            "",
-            self.elapsed().as_secs_f64() * 1e3
-        )?;
+        writeln!(f, "{:<width$}  {:<7}  {:>9.3}", "total", "", self.elapsed().as_secs_f64() * 1e3)?;
         if self.skipped > 0 {
             writeln!(f, "({} pass(es) not run: stop-after)", self.skipped)?;
         }
@@ -143,19 +117,13 @@ impl PassManager {
     }
 
     /// Builds every pass of an already parsed pipeline.
-    pub fn from_pipeline(
-        registry: &Registry,
-        pipeline: &Pipeline,
-    ) -> Result<PassManager, PassError> {
+    pub fn from_pipeline(registry: &Registry, pipeline: &Pipeline) -> Result<PassManager, PassError> {
         let passes = pipeline
             .passes
             .iter()
             .map(|spec| Ok((spec.clone(), registry.build(spec)?)))
             .collect::<Result<Vec<_>, PassError>>()?;
-        Ok(PassManager {
-            passes,
-            options: ManagerOptions::default(),
-        })
+        Ok(PassManager { passes, options: ManagerOptions::default() })
     }
 
     /// Builder: sets the run options.
@@ -174,9 +142,7 @@ impl PassManager {
 
     /// The pipeline this manager runs.
     pub fn pipeline(&self) -> Pipeline {
-        Pipeline {
-            passes: self.passes.iter().map(|(s, _)| s.clone()).collect(),
-        }
+        Pipeline { passes: self.passes.iter().map(|(s, _)| s.clone()).collect() }
     }
 
     pub fn len(&self) -> usize {
@@ -193,33 +159,21 @@ impl PassManager {
         if self.options.verify_each {
             adaptc_ir::verify(&model.graph).map_err(PassError::InvalidInput)?;
         }
-        let count = self
-            .options
-            .stop_after
-            .map_or(self.passes.len(), |n| n.min(self.passes.len()));
-        let mut report = RunReport {
-            runs: Vec::with_capacity(count),
-            skipped: self.passes.len() - count,
-        };
+        let count = self.options.stop_after.map_or(self.passes.len(), |n| n.min(self.passes.len()));
+        let mut report = RunReport { runs: Vec::with_capacity(count), skipped: self.passes.len() - count };
         for (spec, pass) in &self.passes[..count] {
             let mut cx = PassContext::new();
             let start = Instant::now();
             let outcome = pass.run(model, &mut cx).map_err(|e| match e {
-                PassError::Ir(source) => PassError::InPass {
-                    pass: pass.name().to_string(),
-                    source,
-                },
+                PassError::Ir(source) => PassError::InPass { pass: pass.name().to_string(), source },
                 other => other,
             })?;
             let elapsed = start.elapsed();
             if self.options.verify_each {
-                adaptc_ir::verify(&model.graph).map_err(|source| PassError::Verify {
-                    pass: pass.name().to_string(),
-                    source,
-                })?;
+                adaptc_ir::verify(&model.graph)
+                    .map_err(|source| PassError::Verify { pass: pass.name().to_string(), source })?;
             }
-            let dump_after = (self.options.print_after_change && outcome.changed)
-                .then(|| adaptc_ir::dump(model));
+            let dump_after = (self.options.print_after_change && outcome.changed).then(|| adaptc_ir::dump(model));
             report.runs.push(PassRun {
                 name: pass.name().to_string(),
                 spec_text: spec.to_string(),

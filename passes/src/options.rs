@@ -67,12 +67,7 @@ impl OptionInfo {
         default: Option<&'static str>,
         help: &'static str,
     ) -> OptionInfo {
-        OptionInfo {
-            name,
-            kind,
-            default,
-            help,
-        }
+        OptionInfo { name, kind, default, help }
     }
 }
 
@@ -89,11 +84,7 @@ impl Options {
     /// Checks `spec`'s options against `schema`: every name must be declared and every value
     /// must fit its kind.
     pub fn new(spec: &PassSpec, schema: &[OptionInfo]) -> Result<Options, PassError> {
-        let options = Options {
-            pass: spec.name.clone(),
-            schema: schema.to_vec(),
-            given: spec.options.clone(),
-        };
+        let options = Options { pass: spec.name.clone(), schema: schema.to_vec(), given: spec.options.clone() };
         for (key, value) in &spec.options {
             let Some(info) = schema.iter().find(|o| o.name == key) else {
                 let names: Vec<&str> = schema.iter().map(|o| o.name).collect();
@@ -113,11 +104,7 @@ impl Options {
 
     /// Options of a pass that was given none (all defaults).
     pub fn defaults(pass: &str, schema: &[OptionInfo]) -> Options {
-        Options {
-            pass: pass.to_string(),
-            schema: schema.to_vec(),
-            given: Vec::new(),
-        }
+        Options { pass: pass.to_string(), schema: schema.to_vec(), given: Vec::new() }
     }
 
     /// The pass these options belong to.
@@ -149,12 +136,7 @@ impl Options {
     }
 
     fn scalar<'a>(&self, name: &str, value: &'a OptionValue) -> Result<&'a str, PassError> {
-        value.as_scalar().ok_or_else(|| {
-            self.bad(
-                name,
-                format!("expected a single value, got the list `{value}`"),
-            )
-        })
+        value.as_scalar().ok_or_else(|| self.bad(name, format!("expected a single value, got the list `{value}`")))
     }
 
     fn check(&self, info: &OptionInfo, value: &OptionValue) -> Result<(), PassError> {
@@ -209,9 +191,7 @@ impl Options {
             return Err(self.bad(name, format!("is declared as {kind}, not as an enum")));
         };
         let s = self.scalar(name, &v)?;
-        parse_choice(s, choices)
-            .map(str::to_string)
-            .map_err(|r| self.bad(name, r))
+        parse_choice(s, choices).map(str::to_string).map_err(|r| self.bad(name, r))
     }
 }
 
@@ -226,8 +206,7 @@ fn parse_default(text: &str) -> OptionValue {
 }
 
 fn parse_usize(s: &str) -> Result<usize, String> {
-    s.parse::<usize>()
-        .map_err(|_| format!("expected a non-negative integer, got `{s}`"))
+    s.parse::<usize>().map_err(|_| format!("expected a non-negative integer, got `{s}`"))
 }
 
 fn parse_f64(s: &str) -> Result<f64, String> {
@@ -277,12 +256,7 @@ mod tests {
         OptionInfo::new("dropout", OptionKind::Bool, Some("false"), "dropout"),
         OptionInfo::new("name", OptionKind::String, Some("lora"), "prefix"),
         OptionInfo::new("targets", OptionKind::List, Some("query,value"), "modules"),
-        OptionInfo::new(
-            "init",
-            OptionKind::Enum(&["gaussian", "zeros"]),
-            Some("gaussian"),
-            "init",
-        ),
+        OptionInfo::new("init", OptionKind::Enum(&["gaussian", "zeros"]), Some("gaussian"), "init"),
         OptionInfo::new("path", OptionKind::String, None, "required"),
     ];
 
@@ -304,10 +278,7 @@ mod tests {
         assert!(o.is_set("rank") && !o.is_set("alpha"));
         let o = opts("p").unwrap();
         assert_eq!(o.list("targets").unwrap(), vec!["query", "value"]);
-        assert_eq!(
-            opts("p{targets=\"\"}").unwrap().list("targets").unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(opts("p{targets=\"\"}").unwrap().list("targets").unwrap(), Vec::<String>::new());
         check_schema("p", SCHEMA).unwrap();
     }
 
@@ -316,39 +287,21 @@ mod tests {
         assert_eq!(OptionKind::Enum(&["a", "b"]).to_string(), "enum: a|b");
         assert_eq!(format!("{:<6}|", OptionKind::Int), "int   |");
         assert_eq!(serde_json::to_string(&OptionKind::Int).unwrap(), "\"int\"");
-        assert_eq!(
-            serde_json::to_string(&OptionKind::Enum(&["a", "b"])).unwrap(),
-            "\"enum: a|b\""
-        );
+        assert_eq!(serde_json::to_string(&OptionKind::Enum(&["a", "b"])).unwrap(), "\"enum: a|b\"");
     }
 
     #[test]
     fn errors_name_pass_option_and_value() {
         let e = opts("p{rank=-1}").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "pass `p`: option `rank`: expected a non-negative integer, got `-1`"
-        );
+        assert_eq!(e, "pass `p`: option `rank`: expected a non-negative integer, got `-1`");
         let e = opts("p{alpha=nan}").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "pass `p`: option `alpha`: expected a finite number, got `nan`"
-        );
+        assert_eq!(e, "pass `p`: option `alpha`: expected a finite number, got `nan`");
         let e = opts("p{dropout=maybe}").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "pass `p`: option `dropout`: expected true or false, got `maybe`"
-        );
+        assert_eq!(e, "pass `p`: option `dropout`: expected true or false, got `maybe`");
         let e = opts("p{init=ones}").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "pass `p`: option `init`: expected one of gaussian|zeros, got `ones`"
-        );
+        assert_eq!(e, "pass `p`: option `init`: expected one of gaussian|zeros, got `ones`");
         let e = opts("p{rank=1,2}").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "pass `p`: option `rank`: expected a single value, got the list `1,2`"
-        );
+        assert_eq!(e, "pass `p`: option `rank`: expected a single value, got the list `1,2`");
         let e = opts("p{rnak=1}").unwrap_err().to_string();
         assert_eq!(
             e,
@@ -358,23 +311,15 @@ mod tests {
         assert_eq!(e, "pass `p`: option `path`: is required");
         let e = opts("p").unwrap().usize("nope").unwrap_err().to_string();
         assert!(e.contains("not declared"), "{e}");
-        let e = Options::new(&PassSpec::new("dce").with("x", "1"), &[])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "pass `dce`: option `x`: unknown option; `dce` takes no options"
-        );
+        let e = Options::new(&PassSpec::new("dce").with("x", "1"), &[]).unwrap_err().to_string();
+        assert_eq!(e, "pass `dce`: option `x`: unknown option; `dce` takes no options");
     }
 
     #[test]
     fn schema_check_catches_bad_defaults() {
         let bad = [OptionInfo::new("n", OptionKind::Int, Some("x"), "")];
         assert!(check_schema("p", &bad).is_err());
-        let dup = [
-            OptionInfo::new("n", OptionKind::Int, None, ""),
-            OptionInfo::new("n", OptionKind::Int, None, ""),
-        ];
+        let dup = [OptionInfo::new("n", OptionKind::Int, None, ""), OptionInfo::new("n", OptionKind::Int, None, "")];
         assert!(check_schema("p", &dup).is_err());
     }
 }

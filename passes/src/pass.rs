@@ -34,10 +34,7 @@ impl PassOutcome {
 
     /// An outcome with `changed` set as given.
     pub fn changed(changed: bool) -> PassOutcome {
-        PassOutcome {
-            changed,
-            stats: Vec::new(),
-        }
+        PassOutcome { changed, stats: Vec::new() }
     }
 
     /// Builder: adds (or replaces) a counter.
@@ -83,17 +80,10 @@ pub enum PassError {
     Parse { column: usize, message: String },
 
     #[error("unknown pass `{name}`{}", suggestion_text(suggestion))]
-    UnknownPass {
-        name: String,
-        suggestion: Option<String>,
-    },
+    UnknownPass { name: String, suggestion: Option<String> },
 
     #[error("pass `{pass}`: option `{option}`: {reason}")]
-    BadOption {
-        pass: String,
-        option: String,
-        reason: String,
-    },
+    BadOption { pass: String, option: String, reason: String },
 
     #[error("pass `{pass}` failed: {reason}")]
     Failed { pass: String, reason: String },
@@ -132,19 +122,12 @@ fn suggestion_text(suggestion: &Option<String>) -> String {
 impl PassError {
     /// A [`PassError::Failed`] for `pass`.
     pub fn failed(pass: &str, reason: impl Into<String>) -> PassError {
-        PassError::Failed {
-            pass: pass.to_string(),
-            reason: reason.into(),
-        }
+        PassError::Failed { pass: pass.to_string(), reason: reason.into() }
     }
 
     /// A [`PassError::BadOption`].
     pub fn bad_option(pass: &str, option: &str, reason: impl Into<String>) -> PassError {
-        PassError::BadOption {
-            pass: pass.to_string(),
-            option: option.to_string(),
-            reason: reason.into(),
-        }
+        PassError::BadOption { pass: pass.to_string(), option: option.to_string(), reason: reason.into() }
     }
 }
 
@@ -154,10 +137,7 @@ mod tests {
 
     #[test]
     fn outcome_stats_replace_and_read() {
-        let o = PassOutcome::changed(true)
-            .stat("a", 1)
-            .stat("b", 2)
-            .stat("a", 3);
+        let o = PassOutcome::changed(true).stat("a", 1).stat("b", 2).stat("a", 3);
         assert_eq!(o.stats, vec![("a".to_string(), 3), ("b".to_string(), 2)]);
         assert_eq!(o.get("b"), Some(2));
         assert_eq!(o.get("c"), None);
@@ -166,18 +146,9 @@ mod tests {
 
     #[test]
     fn errors_name_their_subject() {
-        let e = PassError::UnknownPass {
-            name: "dcee".into(),
-            suggestion: Some("dce".into()),
-        };
-        assert_eq!(
-            e.to_string(),
-            "unknown pass `dcee`; did you mean `dce`? (`adaptc passes` lists them all)"
-        );
+        let e = PassError::UnknownPass { name: "dcee".into(), suggestion: Some("dce".into()) };
+        assert_eq!(e.to_string(), "unknown pass `dcee`; did you mean `dce`? (`adaptc passes` lists them all)");
         let e = PassError::bad_option("insert-lora", "rank", "expected an integer, got `x`");
-        assert_eq!(
-            e.to_string(),
-            "pass `insert-lora`: option `rank`: expected an integer, got `x`"
-        );
+        assert_eq!(e.to_string(), "pass `insert-lora`: option `rank`: expected an integer, got `x`");
     }
 }

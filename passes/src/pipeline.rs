@@ -109,10 +109,7 @@ pub struct PassSpec {
 
 impl PassSpec {
     pub fn new(name: impl Into<String>) -> PassSpec {
-        PassSpec {
-            name: name.into(),
-            options: Vec::new(),
-        }
+        PassSpec { name: name.into(), options: Vec::new() }
     }
 
     /// Builder: adds an option (replacing one of the same name).
@@ -199,10 +196,7 @@ fn found(c: Option<char>) -> String {
 
 impl Parser<'_> {
     fn err(&self, at: usize, message: impl Into<String>) -> PassError {
-        PassError::Parse {
-            column: at + 1,
-            message: message.into(),
-        }
+        PassError::Parse { column: at + 1, message: message.into() }
     }
 
     fn peek(&self) -> Option<char> {
@@ -247,10 +241,9 @@ impl Parser<'_> {
                     self.bump();
                     self.skip_ws();
                     if matches!(self.peek(), None | Some(',')) {
-                        return Err(self.err(
-                            self.pos,
-                            format!("expected a pass name after ',', {}", found(self.peek())),
-                        ));
+                        return Err(
+                            self.err(self.pos, format!("expected a pass name after ',', {}", found(self.peek())))
+                        );
                     }
                     passes.push(spec);
                 }
@@ -298,23 +291,16 @@ impl Parser<'_> {
             self.skip_ws();
             match self.peek() {
                 None => {
-                    return Err(self.err(
-                        self.pos,
-                        format!("expected '}}' to close options of '{}'", spec.name),
-                    ));
+                    return Err(self.err(self.pos, format!("expected '}}' to close options of '{}'", spec.name)));
                 }
                 Some('}') => {
                     self.bump();
                     return Ok(());
                 }
                 Some('=') => {
-                    return Err(self.err(
-                        self.pos,
-                        format!(
-                            "expected an option name before '=' in options of '{}'",
-                            spec.name
-                        ),
-                    ));
+                    return Err(
+                        self.err(self.pos, format!("expected an option name before '=' in options of '{}'", spec.name))
+                    );
                 }
                 Some(c) if is_name_char(c) => {
                     let key_pos = self.pos;
@@ -322,20 +308,13 @@ impl Parser<'_> {
                     if self.peek() != Some('=') {
                         return Err(self.err(
                             self.pos,
-                            format!(
-                                "expected '=' after option '{key}' of '{}', {}",
-                                spec.name,
-                                found(self.peek())
-                            ),
+                            format!("expected '=' after option '{key}' of '{}', {}", spec.name, found(self.peek())),
                         ));
                     }
                     self.bump();
                     let value = self.value(&spec.name, &key)?;
                     if spec.option(&key).is_some() {
-                        return Err(self.err(
-                            key_pos,
-                            format!("option '{key}' of '{}' is given twice", spec.name),
-                        ));
+                        return Err(self.err(key_pos, format!("option '{key}' of '{}' is given twice", spec.name)));
                     }
                     spec.options.push((key, value));
                     match self.peek() {
@@ -357,11 +336,7 @@ impl Parser<'_> {
                 Some(c) => {
                     return Err(self.err(
                         self.pos,
-                        format!(
-                            "expected an option name or '}}' in options of '{}', {}",
-                            spec.name,
-                            found(Some(c))
-                        ),
+                        format!("expected an option name or '}}' in options of '{}', {}", spec.name, found(Some(c))),
                     ));
                 }
             }
@@ -375,19 +350,12 @@ impl Parser<'_> {
             if !self.peek().is_some_and(|c| c == '"' || is_bare_char(c)) {
                 return Err(self.err(
                     self.pos,
-                    format!(
-                        "expected a value after ',' in option '{key}' of '{pass}', {}",
-                        found(self.peek())
-                    ),
+                    format!("expected a value after ',' in option '{key}' of '{pass}', {}", found(self.peek())),
                 ));
             }
             items.push(self.item(pass, key)?);
         }
-        Ok(if items.len() == 1 {
-            OptionValue::Scalar(items.remove(0))
-        } else {
-            OptionValue::List(items)
-        })
+        Ok(if items.len() == 1 { OptionValue::Scalar(items.remove(0)) } else { OptionValue::List(items) })
     }
 
     fn item(&mut self, pass: &str, key: &str) -> Result<String, PassError> {
@@ -476,10 +444,7 @@ mod tests {
                 PassSpec::new("dce"),
             ]
         );
-        assert_eq!(
-            p.to_string(),
-            "insert-lora{rank=8 alpha=16 targets=query,value},dce"
-        );
+        assert_eq!(p.to_string(), "insert-lora{rank=8 alpha=16 targets=query,value},dce");
     }
 
     #[test]
@@ -517,34 +482,16 @@ mod tests {
             error("insert-lora{rank=8 a=1"),
             "pipeline: expected '}' to close options of 'insert-lora' at column 23"
         );
-        assert_eq!(
-            error("dce}"),
-            "pipeline: unbalanced '}' after pass 'dce' at column 4"
-        );
-        assert_eq!(
-            error(",dce"),
-            "pipeline: expected a pass name, found ',' at column 1"
-        );
-        assert_eq!(
-            error("{rank=1}"),
-            "pipeline: expected a pass name before '{' at column 1"
-        );
-        assert_eq!(
-            error("dce,,cse"),
-            "pipeline: expected a pass name after ',', found ',' at column 5"
-        );
+        assert_eq!(error("dce}"), "pipeline: unbalanced '}' after pass 'dce' at column 4");
+        assert_eq!(error(",dce"), "pipeline: expected a pass name, found ',' at column 1");
+        assert_eq!(error("{rank=1}"), "pipeline: expected a pass name before '{' at column 1");
+        assert_eq!(error("dce,,cse"), "pipeline: expected a pass name after ',', found ',' at column 5");
         assert_eq!(
             error("dce,"),
             "pipeline: expected a pass name after ',', found the end of the pipeline at column 5"
         );
-        assert_eq!(
-            error("p{=3}"),
-            "pipeline: expected an option name before '=' in options of 'p' at column 3"
-        );
-        assert_eq!(
-            error("p{rank=1 rank=2}"),
-            "pipeline: option 'rank' of 'p' is given twice at column 10"
-        );
+        assert_eq!(error("p{=3}"), "pipeline: expected an option name before '=' in options of 'p' at column 3");
+        assert_eq!(error("p{rank=1 rank=2}"), "pipeline: option 'rank' of 'p' is given twice at column 10");
         assert_eq!(
             error("p{t=a,}"),
             "pipeline: expected a value after ',' in option 't' of 'p', found '}' at column 7"
@@ -553,17 +500,9 @@ mod tests {
             error("p{t=a,,b}"),
             "pipeline: expected a value after ',' in option 't' of 'p', found ',' at column 7"
         );
-        assert_eq!(
-            error("p{rank}"),
-            "pipeline: expected '=' after option 'rank' of 'p', found '}' at column 7"
-        );
-        assert_eq!(
-            error("p{rank =1}"),
-            "pipeline: expected '=' after option 'rank' of 'p', found ' ' at column 7"
-        );
-        assert!(
-            error("p{rank=}").starts_with("pipeline: expected a value for option 'rank' of 'p'")
-        );
+        assert_eq!(error("p{rank}"), "pipeline: expected '=' after option 'rank' of 'p', found '}' at column 7");
+        assert_eq!(error("p{rank =1}"), "pipeline: expected '=' after option 'rank' of 'p', found ' ' at column 7");
+        assert!(error("p{rank=}").starts_with("pipeline: expected a value for option 'rank' of 'p'"));
         assert!(error("p{a=\"x}").contains("unterminated quoted value of option 'a' of 'p'"));
         assert!(error("p{a=\"x}").ends_with("at column 5"));
         assert!(error(r#"p{a="\n"}"#).contains("after '\\'"));
@@ -579,19 +518,10 @@ mod tests {
             error("p q"),
             "pipeline: expected ',' or the end of the pipeline after pass 'p', found 'q' at column 3"
         );
-        assert_eq!(
-            error("p{{}}"),
-            "pipeline: expected an option name or '}' in options of 'p', found '{' at column 3"
-        );
-        assert_eq!(
-            error("é"),
-            "pipeline: expected a pass name, found '\\u{e9}' at column 1"
-        );
+        assert_eq!(error("p{{}}"), "pipeline: expected an option name or '}' in options of 'p', found '{' at column 3");
+        assert_eq!(error("é"), "pipeline: expected a pass name, found '\\u{e9}' at column 1");
         // Columns are byte columns: the error after a two-byte character is at byte 3 + 1.
-        assert_eq!(
-            error("p{a=é b}"),
-            "pipeline: expected '=' after option 'b' of 'p', found '}' at column 9"
-        );
+        assert_eq!(error("p{a=é b}"), "pipeline: expected '=' after option 'b' of 'p', found '}' at column 9");
     }
 
     /// A tiny deterministic generator (xorshift), so that the round-trip property is checked
@@ -617,19 +547,10 @@ mod tests {
 
     #[test]
     fn print_then_parse_is_the_identity() {
-        let names = [
-            "dce",
-            "cse",
-            "fold-constants",
-            "insert-lora",
-            "a.b_c-1",
-            "X",
-        ];
+        let names = ["dce", "cse", "fold-constants", "insert-lora", "a.b_c-1", "X"];
         let keys = ["rank", "alpha", "targets", "k", "max-bytes", "a_b.c"];
-        let items = [
-            "8", "1.5e-3", "query", "", " ", "a,b", "{", "}", "=", "\"", "\\", "x y", "é", "-1",
-            "a\"b\\c", "\t",
-        ];
+        let items =
+            ["8", "1.5e-3", "query", "", " ", "a,b", "{", "}", "=", "\"", "\\", "x y", "é", "-1", "a\"b\\c", "\t"];
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for _ in 0..2000 {
             let mut p = Pipeline::default();
@@ -650,11 +571,7 @@ mod tests {
                 p.passes.push(spec);
             }
             let text = p.to_string();
-            assert_eq!(
-                Pipeline::parse(&text).map_err(|e| format!("{text}: {e}")),
-                Ok(p.clone()),
-                "{text}"
-            );
+            assert_eq!(Pipeline::parse(&text).map_err(|e| format!("{text}: {e}")), Ok(p.clone()), "{text}");
         }
     }
 }

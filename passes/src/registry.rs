@@ -105,10 +105,7 @@ impl Registry {
 /// The candidate closest to `word`, if it is a likely typo: edit distance (ignoring case) at
 /// most 2, or a third of the word's length for long names; failing that, the only candidate
 /// that starts with `word` (at least 3 characters: `fold` → `fold-constants`).
-pub(crate) fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let candidates: Vec<&str> = candidates.into_iter().collect();
     let lower = word.to_lowercase();
     let limit = (word.chars().count() / 3).max(2);
@@ -121,11 +118,7 @@ pub(crate) fn did_you_mean<'a>(
     if closest.is_some() || lower.chars().count() < 3 {
         return closest;
     }
-    match candidates
-        .iter()
-        .filter(|c| c.to_lowercase().starts_with(&lower))
-        .collect::<Vec<_>>()[..]
-    {
+    match candidates.iter().filter(|c| c.to_lowercase().starts_with(&lower)).collect::<Vec<_>>()[..] {
         [only] => Some(only.to_string()),
         _ => None,
     }
@@ -164,34 +157,17 @@ mod tests {
     fn builtin_passes_are_listed_sorted_and_well_formed() {
         let r = Registry::builtin();
         let names = r.names();
-        for expected in [
-            "cse",
-            "dce",
-            "decompose",
-            "fold-constants",
-            "specialize-shapes",
-        ] {
-            assert!(
-                names.contains(&expected),
-                "{expected} is not registered: {names:?}"
-            );
+        for expected in ["cse", "dce", "decompose", "fold-constants", "specialize-shapes"] {
+            assert!(names.contains(&expected), "{expected} is not registered: {names:?}");
         }
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let infos = r.infos();
         assert_eq!(infos.iter().map(|i| i.name).collect::<Vec<_>>(), r.names());
         for info in infos {
             check_schema(info.name, &info.options).unwrap();
-            assert!(
-                !info.summary.is_empty() && !info.summary.contains('\n'),
-                "{}",
-                info.name
-            );
+            assert!(!info.summary.is_empty() && !info.summary.contains('\n'), "{}", info.name);
             let example = crate::Pipeline::parse(info.example).unwrap();
-            assert!(
-                example.passes.iter().any(|p| p.name == info.name),
-                "{}",
-                info.example
-            );
+            assert!(example.passes.iter().any(|p| p.name == info.name), "{}", info.example);
             for p in &example.passes {
                 r.build(p).unwrap();
             }
@@ -222,13 +198,7 @@ mod tests {
             Err(PassError::UnknownPass { suggestion, .. }) => assert_eq!(suggestion, None),
             other => panic!("{other:?}"),
         }
-        let e = r
-            .build(&PassSpec::new("dce").with("bogus", "1"))
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("pass `dce`: option `bogus`: unknown option; `dce` takes no options")
-        );
+        let e = r.build(&PassSpec::new("dce").with("bogus", "1")).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("pass `dce`: option `bogus`: unknown option; `dce` takes no options"));
     }
 }

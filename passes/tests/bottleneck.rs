@@ -16,31 +16,19 @@ fn sublayer(opset: i64) -> Model {
         g.inputs.push(ValueInfo::tensor(
             "x",
             DataType::Float,
-            vec![
-                Dim::Symbol("batch".into()),
-                Dim::Symbol("seq".into()),
-                Dim::Known(4),
-            ],
+            vec![Dim::Symbol("batch".into()), Dim::Symbol("seq".into()), Dim::Known(4)],
         ));
         g.add_initializer(f32s("w", &[4, 4], &[0.1; 16])).unwrap();
-        g.add_initializer(f32s("b", &[4], &[0.0, 1.0, 2.0, 3.0]))
-            .unwrap();
-        g.add_node(node("MatMul", &["x", "w"], &["d0"]).named("/block/output/dense/MatMul"))
-            .unwrap();
-        g.add_node(node("Add", &["d0", "b"], &["d"]).named("/block/output/dense/Add"))
-            .unwrap();
-        g.add_node(node("Add", &["x", "d"], &["y"]).named("/block/output/residual"))
-            .unwrap();
+        g.add_initializer(f32s("b", &[4], &[0.0, 1.0, 2.0, 3.0])).unwrap();
+        g.add_node(node("MatMul", &["x", "w"], &["d0"]).named("/block/output/dense/MatMul")).unwrap();
+        g.add_node(node("Add", &["d0", "b"], &["d"]).named("/block/output/dense/Add")).unwrap();
+        g.add_node(node("Add", &["x", "d"], &["y"]).named("/block/output/residual")).unwrap();
         g.outputs.push(output("y"));
     })
 }
 
 fn values(m: &Model, name: &str) -> Vec<f32> {
-    m.graph
-        .initializer(name)
-        .unwrap_or_else(|| panic!("no initializer {name}"))
-        .to_f32_lossy()
-        .unwrap()
+    m.graph.initializer(name).unwrap_or_else(|| panic!("no initializer {name}")).to_f32_lossy().unwrap()
 }
 
 fn run_err(pipeline: &str, model: &mut Model) -> String {
@@ -50,11 +38,7 @@ fn run_err(pipeline: &str, model: &mut Model) -> String {
         .map(|_| ())
         .expect_err("the pipeline should fail")
         .to_string();
-    assert_eq!(
-        adaptc_ir::dump(model),
-        before,
-        "a failed pass must leave the model unchanged"
-    );
+    assert_eq!(adaptc_ir::dump(model), before, "a failed pass must leave the model unchanged");
     err
 }
 
@@ -93,15 +77,9 @@ graph g {
     );
     // Identity at insertion: the up-projection and both biases are zero, so the branch adds
     // exact zeros; W_down is small, truncated at 2σ = 0.02, and not all zero.
-    assert!(values(&m, "block.output.dense.adapter.up.weight")
-        .iter()
-        .all(|&v| v == 0.0));
-    assert!(values(&m, "block.output.dense.adapter.up.bias")
-        .iter()
-        .all(|&v| v == 0.0));
-    assert!(values(&m, "block.output.dense.adapter.down.bias")
-        .iter()
-        .all(|&v| v == 0.0));
+    assert!(values(&m, "block.output.dense.adapter.up.weight").iter().all(|&v| v == 0.0));
+    assert!(values(&m, "block.output.dense.adapter.up.bias").iter().all(|&v| v == 0.0));
+    assert!(values(&m, "block.output.dense.adapter.down.bias").iter().all(|&v| v == 0.0));
     let down = values(&m, "block.output.dense.adapter.down.weight");
     assert!(down.iter().all(|v| v.abs() <= 0.02 + 1e-7), "{down:?}");
     assert!(down.iter().any(|&v| v != 0.0));
@@ -113,10 +91,7 @@ graph g {
     assert_eq!(rec.module, "block.output.dense");
     assert_eq!(rec.target_node, "/block/output/dense/MatMul");
     assert_eq!(rec.layout, Some(Layout::InOut));
-    assert_eq!(
-        (rec.output.as_str(), rec.base_output.as_str()),
-        ("d", "d/base")
-    );
+    assert_eq!((rec.output.as_str(), rec.base_output.as_str()), ("d", "d/base"));
     assert_eq!(rec.rank, 2);
     assert_eq!(rec.scale, 1.0);
     assert_eq!(rec.params["down"], "block.output.dense.adapter.down.weight");
@@ -130,10 +105,7 @@ graph g {
 #[test]
 fn parallel_with_gelu_before_opset_20_and_a_scale() {
     let mut m = sublayer(17);
-    run(
-        "insert-adapter{bottleneck=3 targets=dense placement=parallel activation=gelu scale=4}",
-        &mut m,
-    );
+    run("insert-adapter{bottleneck=3 targets=dense placement=parallel activation=gelu scale=4}", &mut m);
     assert_dump(
         &m,
         r#"
@@ -170,40 +142,22 @@ graph g {
 }
 "#,
     );
-    assert_eq!(
-        values(&m, "block.output.dense/adapter.const.scale"),
-        vec![4.0]
-    );
+    assert_eq!(values(&m, "block.output.dense/adapter.const.scale"), vec![4.0]);
     let rec = &AdapterState::load(&m).unwrap().adapters[0];
-    assert_eq!(
-        (
-            rec.extra["placement"].as_str(),
-            rec.extra["activation"].as_str()
-        ),
-        (Some("parallel"), Some("gelu"))
-    );
+    assert_eq!((rec.extra["placement"].as_str(), rec.extra["activation"].as_str()), (Some("parallel"), Some("gelu")));
     assert_eq!(rec.scale, 4.0);
 }
 
 #[test]
 fn gelu_is_one_op_from_opset_20_and_values_follow_the_seed() {
     let mut a = sublayer(20);
-    run(
-        "insert-adapter{bottleneck=4 targets=dense activation=gelu seed=7}",
-        &mut a,
-    );
+    run("insert-adapter{bottleneck=4 targets=dense activation=gelu seed=7}", &mut a);
     assert!(a.graph.nodes().any(|(_, n)| n.op().is("Gelu")));
     assert!(!a.graph.nodes().any(|(_, n)| n.op().is("Erf")));
     let mut b = sublayer(20);
-    run(
-        "insert-adapter{bottleneck=4 targets=dense activation=gelu seed=7}",
-        &mut b,
-    );
+    run("insert-adapter{bottleneck=4 targets=dense activation=gelu seed=7}", &mut b);
     let mut c = sublayer(20);
-    run(
-        "insert-adapter{bottleneck=4 targets=dense activation=gelu seed=8}",
-        &mut c,
-    );
+    run("insert-adapter{bottleneck=4 targets=dense activation=gelu seed=8}", &mut c);
     let w = "block.output.dense.adapter.down.weight";
     assert_eq!(values(&a, w), values(&b, w), "same seed, same values");
     assert_ne!(values(&a, w), values(&c, w), "another seed, other values");
@@ -213,21 +167,12 @@ fn gelu_is_one_op_from_opset_20_and_values_follow_the_seed() {
 fn negative_cases_name_the_reason() {
     let mut m = sublayer(20);
     let err = run_err("insert-adapter{targets=query}", &mut m);
-    assert!(
-        err.contains("no linear layer matches targets=query"),
-        "{err}"
-    );
+    assert!(err.contains("no linear layer matches targets=query"), "{err}");
     assert!(err.contains("block.output.dense"), "{err}");
     let err = run_err("insert-adapter", &mut m);
-    assert!(
-        err.contains("option `targets`: is required") && err.contains("o_proj,down_proj"),
-        "{err}"
-    );
+    assert!(err.contains("option `targets`: is required") && err.contains("o_proj,down_proj"), "{err}");
     let err = run_err("insert-adapter{bottleneck=0 targets=dense}", &mut m);
-    assert!(
-        err.contains("option `bottleneck`: must be at least 1"),
-        "{err}"
-    );
+    assert!(err.contains("option `bottleneck`: must be at least 1"), "{err}");
     let err = run_err("insert-adapter{targets=dense placement=serial}", &mut m);
     assert!(err.contains("expected one of sequential|parallel"), "{err}");
 
@@ -239,9 +184,7 @@ fn negative_cases_name_the_reason() {
 }
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel)
 }
 
 #[test]
@@ -251,28 +194,14 @@ fn bert6_houlsby_and_parallel() {
     let report = run("insert-adapter{bottleneck=16 targets=output.dense}", &mut m);
     // attention.output.dense and output.dense in 6 blocks; d = 64.
     assert_eq!(stat(&report, "adapter.inserted"), 12);
-    assert_eq!(
-        stat(&report, "adapter.params"),
-        12 * (16 * 64 + 16 + 64 * 16 + 64)
-    );
+    assert_eq!(stat(&report, "adapter.params"), 12 * (16 * 64 + 16 + 64 * 16 + 64));
     adaptc_ir::verify(&m.graph).unwrap();
     // The residual Add still reads the adapted value under its old name.
     let state = AdapterState::load(&m).unwrap();
-    let rec = state
-        .adapters
-        .iter()
-        .find(|a| a.module == "encoder.layer.2.attention.output.dense")
-        .unwrap();
-    assert!(m
-        .graph
-        .uses(&rec.output)
-        .iter()
-        .any(|u| m.graph.node(u.node).op().is("Add")));
+    let rec = state.adapters.iter().find(|a| a.module == "encoder.layer.2.attention.output.dense").unwrap();
+    assert!(m.graph.uses(&rec.output).iter().any(|u| m.graph.node(u.node).op().is("Add")));
     assert_eq!(
-        m.graph
-            .node(m.graph.producer(&rec.output).unwrap().0)
-            .metadata
-            .get("adaptc.pass"),
+        m.graph.node(m.graph.producer(&rec.output).unwrap().0).metadata.get("adaptc.pass"),
         Some("insert-adapter")
     );
 
@@ -292,10 +221,7 @@ fn bert6_houlsby_and_parallel() {
         &mut p,
     );
     assert_eq!(stat(&report, "adapter.inserted"), 6);
-    let w = p
-        .graph
-        .initializer("encoder.layer.0.output.dense.adapter.down.weight")
-        .unwrap();
+    let w = p.graph.initializer("encoder.layer.0.output.dense.adapter.down.weight").unwrap();
     assert_eq!(w.dims(), &[8, 128]);
     adaptc_ir::verify(&p.graph).unwrap();
 }

@@ -9,45 +9,20 @@ use common::*;
 fn merges_duplicate_nodes_and_cascades() {
     let mut m = model(17, |g| {
         g.inputs.push(f32_input("x", &[2, 3]));
-        g.add_initializer(f32s("w", &[3], &[1.0, 2.0, 3.0]))
-            .unwrap();
-        g.add_node(node("Add", &["x", "w"], &["a1"]).named("add1"))
-            .unwrap();
-        g.add_node(node("Add", &["x", "w"], &["a2"]).named("add2"))
-            .unwrap();
+        g.add_initializer(f32s("w", &[3], &[1.0, 2.0, 3.0])).unwrap();
+        g.add_node(node("Add", &["x", "w"], &["a1"]).named("add1")).unwrap();
+        g.add_node(node("Add", &["x", "w"], &["a2"]).named("add2")).unwrap();
         // Identical once a1 and a2 are one value.
-        g.add_node(node("Neg", &["a1"], &["n1"]).named("neg1"))
-            .unwrap();
-        g.add_node(node("Neg", &["a2"], &["n2"]).named("neg2"))
-            .unwrap();
+        g.add_node(node("Neg", &["a1"], &["n1"]).named("neg1")).unwrap();
+        g.add_node(node("Neg", &["a2"], &["n2"]).named("neg2")).unwrap();
         // Same op and inputs, different attribute values: never merged.
-        g.add_node(node_with(
-            "Transpose",
-            &["x"],
-            &["t1"],
-            vec![Attribute::ints("perm", vec![1, 0])],
-        ))
-        .unwrap();
-        g.add_node(node_with(
-            "Transpose",
-            &["x"],
-            &["t2"],
-            vec![Attribute::ints("perm", vec![0, 1])],
-        ))
-        .unwrap();
+        g.add_node(node_with("Transpose", &["x"], &["t1"], vec![Attribute::ints("perm", vec![1, 0])])).unwrap();
+        g.add_node(node_with("Transpose", &["x"], &["t2"], vec![Attribute::ints("perm", vec![0, 1])])).unwrap();
         // Same attributes written in another order: merged.
         let attrs = [Attribute::float("alpha", 0.5), Attribute::int("transB", 1)];
-        g.add_node(node_with("Gemm", &["x", "x"], &["g1"], attrs.to_vec()))
-            .unwrap();
-        g.add_node(node_with(
-            "Gemm",
-            &["x", "x"],
-            &["g2"],
-            attrs.iter().rev().cloned().collect(),
-        ))
-        .unwrap();
-        g.add_node(node("Sum", &["n1", "n2", "t1", "t2", "g1", "g2"], &["y"]).named("sum"))
-            .unwrap();
+        g.add_node(node_with("Gemm", &["x", "x"], &["g1"], attrs.to_vec())).unwrap();
+        g.add_node(node_with("Gemm", &["x", "x"], &["g2"], attrs.iter().rev().cloned().collect())).unwrap();
+        g.add_node(node("Sum", &["n1", "n2", "t1", "t2", "g1", "g2"], &["y"]).named("sum")).unwrap();
         g.outputs.push(output("y"));
     });
     let report = run("cse", &mut m);
@@ -132,12 +107,9 @@ fn graph_outputs_survive_and_are_never_removed() {
     // Only the later duplicate is a graph output: it survives and takes the earlier one's uses.
     let mut m = model(17, |g| {
         g.inputs.push(f32_input("x", &[2]));
-        g.add_node(node("Neg", &["x"], &["early"]).named("early"))
-            .unwrap();
-        g.add_node(node("Abs", &["early"], &["z"]).named("user"))
-            .unwrap();
-        g.add_node(node("Neg", &["x"], &["late"]).named("late"))
-            .unwrap();
+        g.add_node(node("Neg", &["x"], &["early"]).named("early")).unwrap();
+        g.add_node(node("Abs", &["early"], &["z"]).named("user")).unwrap();
+        g.add_node(node("Neg", &["x"], &["late"]).named("late")).unwrap();
         g.outputs.push(output("late"));
         g.outputs.push(output("z"));
     });
@@ -174,51 +146,27 @@ graph g {
 fn never_merges_subgraphs_random_ops_or_other_domains() {
     let branch = |name: &str| {
         let mut b = Graph::new(name);
-        b.add_node(node("Identity", &["x"], &[&format!("{name}_out")]))
-            .unwrap();
+        b.add_node(node("Identity", &["x"], &[&format!("{name}_out")])).unwrap();
         b.outputs.push(output(&format!("{name}_out")));
         b
     };
     let if_node = |out: &str| {
         Node::new(OpKey::onnx("If"), strings(&["cond"]), strings(&[out]))
-            .with_attr(Attribute::new(
-                "then_branch",
-                AttrValue::Graph(Box::new(branch("t"))),
-            ))
-            .with_attr(Attribute::new(
-                "else_branch",
-                AttrValue::Graph(Box::new(branch("e"))),
-            ))
+            .with_attr(Attribute::new("then_branch", AttrValue::Graph(Box::new(branch("t")))))
+            .with_attr(Attribute::new("else_branch", AttrValue::Graph(Box::new(branch("e")))))
     };
     let mut m = model(17, |g| {
         g.inputs.push(f32_input("x", &[2]));
         g.inputs.push(output("cond"));
         g.add_node(if_node("i1")).unwrap();
         g.add_node(if_node("i2")).unwrap();
-        g.add_node(node("RandomNormalLike", &["x"], &["r1"]))
-            .unwrap();
-        g.add_node(node("RandomNormalLike", &["x"], &["r2"]))
-            .unwrap();
+        g.add_node(node("RandomNormalLike", &["x"], &["r1"])).unwrap();
+        g.add_node(node("RandomNormalLike", &["x"], &["r2"])).unwrap();
         g.add_node(node("Dropout", &["x"], &["d1"])).unwrap();
         g.add_node(node("Dropout", &["x"], &["d2"])).unwrap();
-        g.add_node(Node::new(
-            OpKey::new("com.example", "Counter"),
-            strings(&["x"]),
-            strings(&["c1"]),
-        ))
-        .unwrap();
-        g.add_node(Node::new(
-            OpKey::new("com.example", "Counter"),
-            strings(&["x"]),
-            strings(&["c2"]),
-        ))
-        .unwrap();
-        g.add_node(node(
-            "Sum",
-            &["i1", "i2", "r1", "r2", "d1", "d2", "c1", "c2"],
-            &["y"],
-        ))
-        .unwrap();
+        g.add_node(Node::new(OpKey::new("com.example", "Counter"), strings(&["x"]), strings(&["c1"]))).unwrap();
+        g.add_node(Node::new(OpKey::new("com.example", "Counter"), strings(&["x"]), strings(&["c2"]))).unwrap();
+        g.add_node(node("Sum", &["i1", "i2", "r1", "r2", "d1", "d2", "c1", "c2"], &["y"])).unwrap();
         g.outputs.push(output("y"));
     });
     let report = run("cse", &mut m);
@@ -236,14 +184,10 @@ fn distinguishes_output_arity_and_tensor_attributes() {
         g.add_node(node("Split", &["x"], &["s2", ""])).unwrap();
         // Constant nodes compare their tensors by value.
         let c = |v: f32| Attribute::tensor("value", f32s("", &[1], &[v]));
-        g.add_node(node_with("Constant", &[], &["k1"], vec![c(1.0)]))
-            .unwrap();
-        g.add_node(node_with("Constant", &[], &["k2"], vec![c(1.0)]))
-            .unwrap();
-        g.add_node(node_with("Constant", &[], &["k3"], vec![c(2.0)]))
-            .unwrap();
-        g.add_node(node("Sum", &["s1", "s2", "k1", "k2", "k3"], &["y"]))
-            .unwrap();
+        g.add_node(node_with("Constant", &[], &["k1"], vec![c(1.0)])).unwrap();
+        g.add_node(node_with("Constant", &[], &["k2"], vec![c(1.0)])).unwrap();
+        g.add_node(node_with("Constant", &[], &["k3"], vec![c(2.0)])).unwrap();
+        g.add_node(node("Sum", &["s1", "s2", "k1", "k2", "k3"], &["y"])).unwrap();
         g.outputs.push(output("y"));
     });
     let report = run("cse", &mut m);

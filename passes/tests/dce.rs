@@ -12,17 +12,12 @@ fn removes_dead_chains_and_unused_initializers() {
         g.add_initializer(f32s("w", &[2], &[1.0, 2.0])).unwrap();
         g.add_initializer(f32s("d", &[2], &[3.0, 4.0])).unwrap();
         g.add_initializer(f32s("unused", &[1], &[0.0])).unwrap();
-        g.add_node(node("Add", &["x", "w"], &["a"]).named("add"))
-            .unwrap();
-        g.add_node(node("Mul", &["a", "d"], &["dead1"]).named("mul"))
-            .unwrap();
-        g.add_node(node("Neg", &["dead1"], &["dead2"]).named("neg"))
-            .unwrap();
+        g.add_node(node("Add", &["x", "w"], &["a"]).named("add")).unwrap();
+        g.add_node(node("Mul", &["a", "d"], &["dead1"]).named("mul")).unwrap();
+        g.add_node(node("Neg", &["dead1"], &["dead2"]).named("neg")).unwrap();
         // A multi-output node with one used output stays whole.
-        g.add_node(node("Split", &["a"], &["s0", "s1"]).named("split"))
-            .unwrap();
-        g.add_node(node("Relu", &["s0"], &["y"]).named("relu"))
-            .unwrap();
+        g.add_node(node("Split", &["a"], &["s0", "s1"]).named("split")).unwrap();
+        g.add_node(node("Relu", &["s0"], &["y"]).named("relu")).unwrap();
         // A node with no outputs is dead by definition.
         g.add_node(node("Abs", &["x"], &[]).named("sink")).unwrap();
         g.outputs.push(output("y"));
@@ -48,13 +43,7 @@ graph g {
     // A second run finds nothing.
     let again = run("dce", &mut m);
     assert!(!again.changed());
-    assert_eq!(
-        again.runs[0].stats,
-        vec![
-            ("dce.nodes_removed".into(), 0),
-            ("dce.initializers_removed".into(), 0)
-        ]
-    );
+    assert_eq!(again.runs[0].stats, vec![("dce.nodes_removed".into(), 0), ("dce.initializers_removed".into(), 0)]);
 }
 
 #[test]
@@ -95,28 +84,16 @@ fn value_info_of_removed_values_is_dropped() {
 /// the outer `captured`.
 fn if_node(captured: &str) -> Node {
     let mut then_branch = Graph::new("then");
-    then_branch
-        .add_node(node("Neg", &[captured], &["unused_inner"]))
-        .unwrap();
-    then_branch
-        .add_node(node("Identity", &["x"], &["t_out"]))
-        .unwrap();
+    then_branch.add_node(node("Neg", &[captured], &["unused_inner"])).unwrap();
+    then_branch.add_node(node("Identity", &["x"], &["t_out"])).unwrap();
     then_branch.outputs.push(output("t_out"));
     let mut else_branch = Graph::new("else");
-    else_branch
-        .add_node(node("Abs", &["x"], &["e_out"]))
-        .unwrap();
+    else_branch.add_node(node("Abs", &["x"], &["e_out"])).unwrap();
     else_branch.outputs.push(output("e_out"));
     Node::new(OpKey::onnx("If"), strings(&["cond"]), strings(&["y"]))
         .named("if")
-        .with_attr(Attribute::new(
-            "then_branch",
-            AttrValue::Graph(Box::new(then_branch)),
-        ))
-        .with_attr(Attribute::new(
-            "else_branch",
-            AttrValue::Graph(Box::new(else_branch)),
-        ))
+        .with_attr(Attribute::new("then_branch", AttrValue::Graph(Box::new(then_branch))))
+        .with_attr(Attribute::new("else_branch", AttrValue::Graph(Box::new(else_branch))))
 }
 
 #[test]
@@ -124,8 +101,7 @@ fn cleans_subgraphs_first_so_outer_values_die_too() {
     let mut m = model(17, |g| {
         g.inputs.push(f32_input("x", &[2]));
         g.inputs.push(output("cond"));
-        g.add_node(node("Sqrt", &["x"], &["captured"]).named("only_used_inside"))
-            .unwrap();
+        g.add_node(node("Sqrt", &["x"], &["captured"]).named("only_used_inside")).unwrap();
         g.add_node(if_node("captured")).unwrap();
         g.outputs.push(output("y"));
     });

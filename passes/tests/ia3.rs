@@ -19,53 +19,24 @@ fn block() -> Model {
         g.inputs.push(ValueInfo::tensor(
             "x",
             DataType::Float,
-            vec![
-                Dim::Symbol("batch".into()),
-                Dim::Symbol("seq".into()),
-                Dim::Known(4),
-            ],
+            vec![Dim::Symbol("batch".into()), Dim::Symbol("seq".into()), Dim::Known(4)],
         ));
-        g.add_initializer(f32s("wk", &[4, 3], &seq(12, 0.1)))
-            .unwrap();
-        g.add_initializer(f32s("bk", &[3], &[0.5, -0.25, 1.0]))
-            .unwrap();
-        g.add_initializer(f32s("layer.0.value.weight", &[3, 4], &seq(12, -0.05)))
-            .unwrap();
-        g.add_initializer(f32s("wo", &[3, 4], &seq(12, 0.2)))
-            .unwrap();
-        g.add_initializer(f32s("bo", &[4], &[0.1, 0.2, 0.3, 0.4]))
-            .unwrap();
-        add(
-            g,
-            node("MatMul", &["x", "wk"], &["k0"]).named("/layer.0/key/MatMul"),
-        );
-        add(
-            g,
-            node("Add", &["k0", "bk"], &["k"]).named("/layer.0/key/Add"),
-        );
+        g.add_initializer(f32s("wk", &[4, 3], &seq(12, 0.1))).unwrap();
+        g.add_initializer(f32s("bk", &[3], &[0.5, -0.25, 1.0])).unwrap();
+        g.add_initializer(f32s("layer.0.value.weight", &[3, 4], &seq(12, -0.05))).unwrap();
+        g.add_initializer(f32s("wo", &[3, 4], &seq(12, 0.2))).unwrap();
+        g.add_initializer(f32s("bo", &[4], &[0.1, 0.2, 0.3, 0.4])).unwrap();
+        add(g, node("MatMul", &["x", "wk"], &["k0"]).named("/layer.0/key/MatMul"));
+        add(g, node("Add", &["k0", "bk"], &["k"]).named("/layer.0/key/Add"));
         add(g, node("Relu", &["k"], &["h"]).named("/layer.0/act/Relu"));
         add(
             g,
-            node_with(
-                "Transpose",
-                &["layer.0.value.weight"],
-                &["vt"],
-                vec![Attribute::ints("perm", vec![1, 0])],
-            )
-            .named("/layer.0/value/Transpose"),
+            node_with("Transpose", &["layer.0.value.weight"], &["vt"], vec![Attribute::ints("perm", vec![1, 0])])
+                .named("/layer.0/value/Transpose"),
         );
-        add(
-            g,
-            node("MatMul", &["x", "vt"], &["v"]).named("/layer.0/value/MatMul"),
-        );
-        add(
-            g,
-            node("MatMul", &["h", "wo"], &["y0"]).named("/layer.0/output/dense/MatMul"),
-        );
-        add(
-            g,
-            node("Add", &["y0", "bo"], &["y"]).named("/layer.0/output/dense/Add"),
-        );
+        add(g, node("MatMul", &["x", "vt"], &["v"]).named("/layer.0/value/MatMul"));
+        add(g, node("MatMul", &["h", "wo"], &["y0"]).named("/layer.0/output/dense/MatMul"));
+        add(g, node("Add", &["y0", "bo"], &["y"]).named("/layer.0/output/dense/Add"));
         g.outputs.push(output("y"));
         g.outputs.push(output("v"));
         g.outputs.push(output("h"));
@@ -78,26 +49,16 @@ fn add(g: &mut Graph, n: adaptc_ir::Node) {
 
 /// `n` values `start, start + 0.1, …` with alternating signs, so no two weights are equal.
 fn seq(n: usize, start: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (start + 0.1 * i as f32) * if i % 2 == 0 { 1.0 } else { -1.0 })
-        .collect()
+    (0..n).map(|i| (start + 0.1 * i as f32) * if i % 2 == 0 { 1.0 } else { -1.0 }).collect()
 }
 
 fn values(m: &Model, name: &str) -> Vec<f32> {
-    m.graph
-        .initializer(name)
-        .unwrap_or_else(|| panic!("no initializer {name}"))
-        .to_f32_lossy()
-        .unwrap()
+    m.graph.initializer(name).unwrap_or_else(|| panic!("no initializer {name}")).to_f32_lossy().unwrap()
 }
 
 fn set_values(m: &mut Model, name: &str, v: &[f32]) {
     let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    m.graph
-        .initializer_mut(name)
-        .unwrap()
-        .set_bytes(bytes)
-        .unwrap();
+    m.graph.initializer_mut(name).unwrap().set_bytes(bytes).unwrap();
 }
 
 fn run_err(pipeline: &str, model: &mut Model) -> String {
@@ -107,11 +68,7 @@ fn run_err(pipeline: &str, model: &mut Model) -> String {
         .map(|_| ())
         .expect_err("the pipeline should fail")
         .to_string();
-    assert_eq!(
-        adaptc_ir::dump(model),
-        before,
-        "a failed pass must leave the model unchanged"
-    );
+    assert_eq!(adaptc_ir::dump(model), before, "a failed pass must leave the model unchanged");
     err
 }
 
@@ -156,11 +113,7 @@ graph g {
 "#,
     );
     // Identity at insertion: every vector is ones.
-    for l in [
-        "layer.0.key.ia3_l",
-        "layer.0.value.ia3_l",
-        "layer.0.output.dense.ia3_l",
-    ] {
+    for l in ["layer.0.key.ia3_l", "layer.0.value.ia3_l", "layer.0.output.dense.ia3_l"] {
         assert!(values(&m, l).iter().all(|&v| v == 1.0), "{l}");
     }
     // New nodes are tagged with the pass.
@@ -171,11 +124,7 @@ graph g {
     let state = AdapterState::load(&m).unwrap();
     assert_eq!(
         state.trainable.iter().cloned().collect::<Vec<_>>(),
-        strings(&[
-            "layer.0.key.ia3_l",
-            "layer.0.output.dense.ia3_l",
-            "layer.0.value.ia3_l"
-        ])
+        strings(&["layer.0.key.ia3_l", "layer.0.output.dense.ia3_l", "layer.0.value.ia3_l"])
     );
     assert_eq!(state.adapters.len(), 3);
     let key = &state.adapters[0];
@@ -185,38 +134,22 @@ graph g {
     assert_eq!(key.base_weight, "wk");
     assert_eq!(key.layout, Some(Layout::InOut));
     assert_eq!(key.params["ia3"], "layer.0.key.ia3_l");
-    assert_eq!(
-        (key.output.as_str(), key.base_output.as_str()),
-        ("k", "k/base")
-    );
+    assert_eq!((key.output.as_str(), key.base_output.as_str()), ("k", "k/base"));
     assert_eq!(key.extra["side"], "output");
     assert_eq!(key.extra["peft_shape"], serde_json::json!([3, 1]));
     assert_eq!(key.extra["mergeable"], true);
     let value = &state.adapters[1];
-    assert_eq!(
-        (value.base_weight.as_str(), value.layout),
-        ("layer.0.value.weight", Some(Layout::OutIn))
-    );
+    assert_eq!((value.base_weight.as_str(), value.layout), ("layer.0.value.weight", Some(Layout::OutIn)));
     let ff = &state.adapters[2];
     assert_eq!(ff.extra["side"], "input");
     assert_eq!(ff.extra["feedforward"], true);
     assert_eq!(ff.extra["peft_shape"], serde_json::json!([1, 3]));
-    assert_eq!(
-        (ff.output.as_str(), ff.base_output.as_str()),
-        ("layer.0.output.dense/ia3", "h")
-    );
+    assert_eq!((ff.output.as_str(), ff.base_output.as_str()), ("layer.0.output.dense/ia3", "h"));
     assert_eq!(ff.nodes, strings(&["layer.0.output.dense/ia3/Mul"]));
 }
 
 /// `x·W + b` for one row `x`, with `W` in the given layout.
-fn linear(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    inp: usize,
-    out: usize,
-    layout: Layout,
-) -> Vec<f32> {
+fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, inp: usize, out: usize, layout: Layout) -> Vec<f32> {
     (0..out)
         .map(|o| {
             let mut acc = b.map_or(0.0, |b| b[o]);
@@ -233,10 +166,7 @@ fn linear(
 }
 
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(p, q)| (p - q).abs() <= tol * (1.0 + q.abs()))
+    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= tol * (1.0 + q.abs()))
 }
 
 #[test]
@@ -249,13 +179,8 @@ fn merge_is_exact_and_restores_the_graph() {
     set_values(&mut m, "layer.0.key.ia3_l", &lk);
     set_values(&mut m, "layer.0.value.ia3_l", &lv);
     set_values(&mut m, "layer.0.output.dense.ia3_l", &lf);
-    let (wk, bk, wv, wo, bo) = (
-        values(&m, "wk"),
-        values(&m, "bk"),
-        values(&m, "layer.0.value.weight"),
-        values(&m, "wo"),
-        values(&m, "bo"),
-    );
+    let (wk, bk, wv, wo, bo) =
+        (values(&m, "wk"), values(&m, "bk"), values(&m, "layer.0.value.weight"), values(&m, "wo"), values(&m, "bo"));
 
     let state = AdapterState::load(&m).unwrap();
     for rec in &state.adapters {
@@ -279,48 +204,15 @@ fn merge_is_exact_and_restores_the_graph() {
 
     // The merged layers compute what the adapted ones did.
     let x = [0.3, -1.2, 0.7, 2.0];
-    let adapted_k: Vec<f32> = linear(&x, &wk, Some(&bk), 4, 3, Layout::InOut)
-        .iter()
-        .zip(lk)
-        .map(|(y, l)| y * l)
-        .collect();
-    assert!(close(
-        &linear(
-            &x,
-            &values(&m, "wk"),
-            Some(&values(&m, "bk")),
-            4,
-            3,
-            Layout::InOut
-        ),
-        &adapted_k,
-        1e-6
-    ));
-    let adapted_v: Vec<f32> = linear(&x, &wv, None, 4, 3, Layout::OutIn)
-        .iter()
-        .zip(lv)
-        .map(|(y, l)| y * l)
-        .collect();
-    assert!(close(
-        &linear(
-            &x,
-            &values(&m, "layer.0.value.weight"),
-            None,
-            4,
-            3,
-            Layout::OutIn
-        ),
-        &adapted_v,
-        1e-6
-    ));
+    let adapted_k: Vec<f32> =
+        linear(&x, &wk, Some(&bk), 4, 3, Layout::InOut).iter().zip(lk).map(|(y, l)| y * l).collect();
+    assert!(close(&linear(&x, &values(&m, "wk"), Some(&values(&m, "bk")), 4, 3, Layout::InOut), &adapted_k, 1e-6));
+    let adapted_v: Vec<f32> = linear(&x, &wv, None, 4, 3, Layout::OutIn).iter().zip(lv).map(|(y, l)| y * l).collect();
+    assert!(close(&linear(&x, &values(&m, "layer.0.value.weight"), None, 4, 3, Layout::OutIn), &adapted_v, 1e-6));
     let h = [0.5, 1.5, -0.75];
     let scaled: Vec<f32> = h.iter().zip(lf).map(|(a, l)| a * l).collect();
     let adapted_y = linear(&scaled, &wo, Some(&bo), 3, 4, Layout::InOut);
-    assert!(close(
-        &linear(&h, &values(&m, "wo"), Some(&bo), 3, 4, Layout::InOut),
-        &adapted_y,
-        1e-6
-    ));
+    assert!(close(&linear(&h, &values(&m, "wo"), Some(&bo), 3, 4, Layout::InOut), &adapted_y, 1e-6));
 }
 
 #[test]
@@ -328,32 +220,19 @@ fn merge_gemm_with_bias_and_graph_output() {
     // Gemm transB=1 whose output is a graph output.
     let mut m = model(20, |g| {
         g.inputs.push(f32_input("x", &[2, 4]));
-        g.add_initializer(f32s("fc.weight", &[3, 4], &seq(12, 0.3)))
-            .unwrap();
-        g.add_initializer(f32s("fc.bias", &[3], &[1.0, 2.0, 3.0]))
-            .unwrap();
+        g.add_initializer(f32s("fc.weight", &[3, 4], &seq(12, 0.3))).unwrap();
+        g.add_initializer(f32s("fc.bias", &[3], &[1.0, 2.0, 3.0])).unwrap();
         add(
             g,
-            node_with(
-                "Gemm",
-                &["x", "fc.weight", "fc.bias"],
-                &["y"],
-                vec![Attribute::int("transB", 1)],
-            )
-            .named("/fc/Gemm"),
+            node_with("Gemm", &["x", "fc.weight", "fc.bias"], &["y"], vec![Attribute::int("transB", 1)])
+                .named("/fc/Gemm"),
         );
         g.outputs.push(output("y"));
     });
     let base = m.clone();
     run("insert-ia3{targets=fc}", &mut m);
     assert!(m.graph.is_graph_output("y"));
-    assert_eq!(
-        m.graph
-            .producer("y")
-            .map(|(n, _)| m.graph.node(n).op().op_type.clone())
-            .as_deref(),
-        Some("Mul")
-    );
+    assert_eq!(m.graph.producer("y").map(|(n, _)| m.graph.node(n).op().op_type.clone()).as_deref(), Some("Mul"));
     set_values(&mut m, "fc.ia3_l", &[2.0, -1.0, 0.5]);
     let rec = AdapterState::load(&m).unwrap().adapters.remove(0);
     merge_ia3(&mut m.graph, &rec).unwrap();
@@ -368,9 +247,7 @@ fn merge_gemm_with_bias_and_graph_output() {
 fn merge_refuses_a_shared_weight() {
     let mut m = block();
     // A second reader of `wk`.
-    m.graph
-        .add_node(node("MatMul", &["x", "wk"], &["other"]).named("other"))
-        .unwrap();
+    m.graph.add_node(node("MatMul", &["x", "wk"], &["other"]).named("other")).unwrap();
     m.graph.outputs.push(output("other"));
     // `other` has no module path, so it is not selected; only `key` is adapted.
     run("insert-ia3{targets=key}", &mut m);
@@ -382,10 +259,7 @@ fn merge_refuses_a_shared_weight() {
 
     let mut wrong = rec.clone();
     wrong.method = Method::Lora;
-    assert!(merge_ia3(&mut m.graph, &wrong)
-        .unwrap_err()
-        .to_string()
-        .contains("not IA3"));
+    assert!(merge_ia3(&mut m.graph, &wrong).unwrap_err().to_string().contains("not IA3"));
 }
 
 #[test]
@@ -395,14 +269,7 @@ fn already_adapted_layers_are_skipped() {
     let report = run(BLOCK, &mut m);
     assert_eq!(stat(&report, "ia3.skipped"), 1);
     assert_eq!(stat(&report, "ia3.inserted"), 2);
-    assert!(
-        report.runs[0]
-            .notes
-            .iter()
-            .any(|n| n.contains("layer.0.key: skipped")),
-        "{:?}",
-        report.runs[0].notes
-    );
+    assert!(report.runs[0].notes.iter().any(|n| n.contains("layer.0.key: skipped")), "{:?}", report.runs[0].notes);
     assert_eq!(AdapterState::load(&m).unwrap().of(Method::Ia3).count(), 3);
 }
 
@@ -410,46 +277,26 @@ fn already_adapted_layers_are_skipped() {
 fn negative_cases_name_the_reason() {
     let mut m = block();
     let err = run_err("insert-ia3{targets=query}", &mut m);
-    assert!(
-        err.contains("no linear layer matches targets=query"),
-        "{err}"
-    );
+    assert!(err.contains("no linear layer matches targets=query"), "{err}");
     assert!(err.contains("layer.0.key"), "lists what exists: {err}");
 
     let err = run_err("insert-ia3{targets=key,value feedforward=dense}", &mut m);
-    assert!(
-        err.contains("`dense` is not one of targets (key,value)"),
-        "{err}"
-    );
+    assert!(err.contains("`dense` is not one of targets (key,value)"), "{err}");
     assert!(err.contains("subset"), "{err}");
 
     // With a regex target the subset rule is checked on the graph.
     let err = run_err("insert-ia3{targets=re:.*key feedforward=dense}", &mut m);
-    assert!(
-        err.contains("matches `layer.0.output.dense`, which targets"),
-        "{err}"
-    );
+    assert!(err.contains("matches `layer.0.output.dense`, which targets"), "{err}");
 
     let err = run_err("insert-ia3", &mut m);
     assert!(err.contains("option `targets`: is required"), "{err}");
-    assert!(
-        err.contains("feedforward=down_proj"),
-        "suggests a configuration: {err}"
-    );
+    assert!(err.contains("feedforward=down_proj"), "suggests a configuration: {err}");
 
     // A non-float weight is refused before anything changes.
     let mut q = model(20, |g| {
-        g.inputs.push(ValueInfo::tensor(
-            "x",
-            DataType::Int32,
-            vec![Dim::Known(2), Dim::Known(4)],
-        ));
-        g.add_initializer(i32s("fc.weight", &[4, 3], &[1; 12]))
-            .unwrap();
-        add(
-            g,
-            node("MatMul", &["x", "fc.weight"], &["y"]).named("/fc/MatMul"),
-        );
+        g.inputs.push(ValueInfo::tensor("x", DataType::Int32, vec![Dim::Known(2), Dim::Known(4)]));
+        g.add_initializer(i32s("fc.weight", &[4, 3], &[1; 12])).unwrap();
+        add(g, node("MatMul", &["x", "fc.weight"], &["y"]).named("/fc/MatMul"));
         g.outputs.push(output("y"));
     });
     let err = run_err("insert-ia3{targets=fc}", &mut q);
@@ -459,9 +306,7 @@ fn negative_cases_name_the_reason() {
 // ----- fixtures ------------------------------------------------------------------------------
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel)
 }
 
 fn load(rel: &str) -> Model {
@@ -480,10 +325,7 @@ fn scratch(tag: &str) -> PathBuf {
 fn bert6_applies_round_trips_and_merges() {
     let base = load("bert6.onnx");
     let mut m = base.clone();
-    let report = run(
-        "insert-ia3{targets=key,value,output.dense feedforward=output.dense}",
-        &mut m,
-    );
+    let report = run("insert-ia3{targets=key,value,output.dense feedforward=output.dense}", &mut m);
     // Per block: key, value (output side); attention.output.dense, output.dense (input side,
     // PEFT's suffix rule).
     assert_eq!(stat(&report, "ia3.inserted"), 24);
@@ -493,11 +335,7 @@ fn bert6_applies_round_trips_and_merges() {
     assert_eq!(stat(&report, "ia3.params"), 6 * (64 + 64 + 64 + 128));
     adaptc_ir::verify(&m.graph).unwrap();
     assert_eq!(
-        m.graph
-            .inputs
-            .iter()
-            .map(|v| v.name.as_str())
-            .collect::<Vec<_>>(),
+        m.graph.inputs.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
         ["input_ids", "attention_mask", "token_type_ids"]
     );
 
@@ -509,24 +347,14 @@ fn bert6_applies_round_trips_and_merges() {
     let state = AdapterState::load(&back).unwrap();
     assert_eq!(state, AdapterState::load(&m).unwrap());
     assert_eq!(state.trainable.len(), 24);
-    assert!(state
-        .trainable
-        .contains("encoder.layer.3.attention.self.key.ia3_l"));
-    let ff = state
-        .adapters
-        .iter()
-        .find(|a| a.module == "encoder.layer.0.output.dense")
-        .unwrap();
+    assert!(state.trainable.contains("encoder.layer.3.attention.self.key.ia3_l"));
+    let ff = state.adapters.iter().find(|a| a.module == "encoder.layer.0.output.dense").unwrap();
     assert_eq!(ff.extra["side"], "input");
 
     // Merging every record (after "training") gives back the base graph structure.
     let mut merged = back;
     for rec in &state.adapters {
-        let l = merged
-            .graph
-            .initializer(&rec.params["ia3"])
-            .unwrap()
-            .numel() as usize;
+        let l = merged.graph.initializer(&rec.params["ia3"]).unwrap().numel() as usize;
         let v: Vec<f32> = (0..l).map(|i| 1.0 + 0.01 * (i % 7) as f32).collect();
         set_values(&mut merged, &rec.params["ia3"], &v);
     }
@@ -535,20 +363,14 @@ fn bert6_applies_round_trips_and_merges() {
     }
     adaptc_ir::verify(&merged.graph).unwrap();
     assert_eq!(merged.graph.num_nodes(), base.graph.num_nodes());
-    assert_eq!(
-        merged.graph.num_initializers(),
-        base.graph.num_initializers()
-    );
+    assert_eq!(merged.graph.num_initializers(), base.graph.num_initializers());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn llama4_with_external_data() {
     let mut m = load("llama4/model.onnx");
-    let report = run(
-        "insert-ia3{targets=k_proj,v_proj,down_proj feedforward=down_proj}",
-        &mut m,
-    );
+    let report = run("insert-ia3{targets=k_proj,v_proj,down_proj feedforward=down_proj}", &mut m);
     assert_eq!(stat(&report, "ia3.inserted"), 12);
     assert_eq!(stat(&report, "ia3.input_side"), 4);
     adaptc_ir::verify(&m.graph).unwrap();
@@ -560,11 +382,7 @@ fn llama4_with_external_data() {
     adaptc_ir::verify(&back.graph).unwrap();
     let state = AdapterState::load(&back).unwrap();
     assert_eq!(state, AdapterState::load(&m).unwrap());
-    let down = state
-        .adapters
-        .iter()
-        .find(|a| a.module == "model.layers.2.mlp.down_proj")
-        .unwrap();
+    let down = state.adapters.iter().find(|a| a.module == "model.layers.2.mlp.down_proj").unwrap();
     assert_eq!(down.extra["side"], "input");
     assert_eq!(down.layout, Some(Layout::InOut));
 
@@ -576,9 +394,7 @@ fn llama4_with_external_data() {
     set_values(&mut back, &down.params["ia3"], &scale);
     merge_ia3(&mut back.graph, down).unwrap();
     adaptc_ir::verify(&back.graph).unwrap();
-    let expect: Vec<f32> = (0..w_before.len())
-        .map(|idx| w_before[idx] * scale[idx / out])
-        .collect();
+    let expect: Vec<f32> = (0..w_before.len()).map(|idx| w_before[idx] * scale[idx / out]).collect();
     assert_eq!(values(&back, &down.base_weight), expect);
     assert!(back.graph.initializer(&down.params["ia3"]).is_none());
     let _ = std::fs::remove_dir_all(&dir);

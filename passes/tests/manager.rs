@@ -7,15 +7,12 @@ use std::path::PathBuf;
 
 use adaptc_ir::{IrError, Model};
 use adaptc_passes::{
-    ManagerOptions, Options, Pass, PassContext, PassError, PassInfo, PassManager, PassOutcome,
-    Registry,
+    ManagerOptions, Options, Pass, PassContext, PassError, PassInfo, PassManager, PassOutcome, Registry,
 };
 use common::*;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
 }
 
 /// `x -> Neg -> Abs -> y` plus a dead `Sqrt`.
@@ -75,14 +72,13 @@ impl Pass for Noter {
 
 fn registry_with_test_passes() -> Registry {
     let mut r = Registry::builtin();
-    let info =
-        |name: &'static str, build: fn(&Options) -> Result<Box<dyn Pass>, PassError>| PassInfo {
-            name,
-            summary: "test pass",
-            options: Vec::new(),
-            example: name,
-            build,
-        };
+    let info = |name: &'static str, build: fn(&Options) -> Result<Box<dyn Pass>, PassError>| PassInfo {
+        name,
+        summary: "test pass",
+        options: Vec::new(),
+        example: name,
+        build,
+    };
     r.register(info("break-graph", |_| Ok(Box::new(Breaker))));
     r.register(info("ir-failure", |_| Ok(Box::new(IrFailure))));
     r.register(info("note", |_| Ok(Box::new(Noter))));
@@ -93,15 +89,9 @@ fn registry_with_test_passes() -> Registry {
 fn options_and_names_are_checked_before_any_work() {
     let r = Registry::builtin();
     let err = PassManager::new(&r, "dce,cse{max-bytes=lots}").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "pass `cse`: option `max-bytes`: expected a non-negative integer, got `lots`"
-    );
+    assert_eq!(err.to_string(), "pass `cse`: option `max-bytes`: expected a non-negative integer, got `lots`");
     let err = PassManager::new(&r, "dce,fold-constant").unwrap_err();
-    assert!(
-        matches!(&err, PassError::UnknownPass { suggestion: Some(s), .. } if s == "fold-constants"),
-        "{err}"
-    );
+    assert!(matches!(&err, PassError::UnknownPass { suggestion: Some(s), .. } if s == "fold-constants"), "{err}");
     let err = PassManager::new(&r, "dce,{").unwrap_err();
     assert!(matches!(err, PassError::Parse { column: 5, .. }), "{err}");
     let m = PassManager::new(&r, " dce , cse{initializers=false} ").unwrap();
@@ -114,10 +104,7 @@ fn options_and_names_are_checked_before_any_work() {
 fn report_records_each_pass() {
     let r = registry_with_test_passes();
     let mut model = small_model();
-    let report = PassManager::new(&r, "dce,note,dce")
-        .unwrap()
-        .run(&mut model)
-        .unwrap();
+    let report = PassManager::new(&r, "dce,note,dce").unwrap().run(&mut model).unwrap();
     let names: Vec<&str> = report.runs.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["dce", "note", "dce"]);
     assert!(report.runs[0].changed && !report.runs[1].changed && !report.runs[2].changed);
@@ -129,17 +116,11 @@ fn report_records_each_pass() {
 
     // The table: header, one line per pass, total. Times vary, so compare the other columns.
     let text = report.to_string();
-    let lines: Vec<Vec<&str>> = text
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(lines.len(), 5, "{text}");
     assert_eq!(lines[0], vec!["pass", "changed", "time", "ms", "stats"]);
     assert_eq!(lines[1][..2], ["dce", "yes"]);
-    assert_eq!(
-        lines[1][3..],
-        ["dce.nodes_removed=1", "dce.initializers_removed=0"]
-    );
+    assert_eq!(lines[1][3..], ["dce.nodes_removed=1", "dce.initializers_removed=0"]);
     assert_eq!(lines[2][..2], ["note", "no"]);
     assert_eq!(lines[2][3..], ["note.count=1"]);
     assert_eq!(lines[4][0], "total");
@@ -150,40 +131,24 @@ fn report_records_each_pass() {
 fn verify_each_blames_the_pass_that_broke_the_graph() {
     let r = registry_with_test_passes();
     let mut model = small_model();
-    let err = PassManager::new(&r, "dce,break-graph,cse")
-        .unwrap()
-        .run(&mut model)
-        .unwrap_err();
+    let err = PassManager::new(&r, "dce,break-graph,cse").unwrap().run(&mut model).unwrap_err();
     match &err {
-        PassError::Verify {
-            pass,
-            source: IrError::Verify(issues),
-        } => {
+        PassError::Verify { pass, source: IrError::Verify(issues) } => {
             assert_eq!(pass, "break-graph");
             assert!(issues[0].contains("nothing_defines_this"), "{issues:?}");
         }
         other => panic!("{other}"),
     }
-    assert!(
-        err.to_string()
-            .starts_with("the graph does not verify after pass `break-graph`: "),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("the graph does not verify after pass `break-graph`: "), "{err}");
 
     // With verification off, the broken graph goes through.
     let mut model = small_model();
     let manager = PassManager::new(&r, "break-graph")
         .unwrap()
-        .with_options(ManagerOptions {
-            verify_each: false,
-            ..ManagerOptions::default()
-        });
+        .with_options(ManagerOptions { verify_each: false, ..ManagerOptions::default() });
     assert!(manager.run(&mut model).is_ok());
     // And a model that is already broken is reported as such, not blamed on a pass.
-    let err = PassManager::new(&r, "dce")
-        .unwrap()
-        .run(&mut model)
-        .unwrap_err();
+    let err = PassManager::new(&r, "dce").unwrap().run(&mut model).unwrap_err();
     assert!(matches!(err, PassError::InvalidInput(_)), "{err}");
 }
 
@@ -191,39 +156,20 @@ fn verify_each_blames_the_pass_that_broke_the_graph() {
 fn ir_errors_inside_a_pass_name_the_pass() {
     let r = registry_with_test_passes();
     let mut model = small_model();
-    let err = PassManager::new(&r, "ir-failure")
-        .unwrap()
-        .run(&mut model)
-        .unwrap_err();
-    assert!(
-        matches!(&err, PassError::InPass { pass, .. } if pass == "ir-failure"),
-        "{err}"
-    );
-    assert!(
-        err.to_string().starts_with("pass `ir-failure`: node "),
-        "{err}"
-    );
+    let err = PassManager::new(&r, "ir-failure").unwrap().run(&mut model).unwrap_err();
+    assert!(matches!(&err, PassError::InPass { pass, .. } if pass == "ir-failure"), "{err}");
+    assert!(err.to_string().starts_with("pass `ir-failure`: node "), "{err}");
 }
 
 #[test]
 fn stop_after_and_print_after_change() {
     let r = Registry::builtin();
     let mut model = small_model();
-    let options = ManagerOptions {
-        verify_each: true,
-        print_after_change: true,
-        stop_after: Some(1),
-    };
-    let report = PassManager::new(&r, "cse,dce")
-        .unwrap()
-        .with_options(options)
-        .run(&mut model)
-        .unwrap();
+    let options = ManagerOptions { verify_each: true, print_after_change: true, stop_after: Some(1) };
+    let report = PassManager::new(&r, "cse,dce").unwrap().with_options(options).run(&mut model).unwrap();
     assert_eq!(report.runs.len(), 1);
     assert_eq!(report.skipped, 1);
-    assert!(report
-        .to_string()
-        .contains("(1 pass(es) not run: stop-after)"));
+    assert!(report.to_string().contains("(1 pass(es) not run: stop-after)"));
     assert!(!report.runs[0].changed);
     assert!(report.runs[0].dump_after.is_none());
     assert_eq!(model.graph.num_nodes(), 3);
@@ -233,49 +179,25 @@ fn stop_after_and_print_after_change() {
     let report = manager.run(&mut model).unwrap();
     assert_eq!(report.skipped, 0);
     assert!(report.runs[0].dump_after.is_none());
-    assert_eq!(
-        report.runs[1].dump_after.as_deref(),
-        Some(adaptc_ir::dump(&model).as_str())
-    );
+    assert_eq!(report.runs[1].dump_after.as_deref(), Some(adaptc_ir::dump(&model).as_str()));
 }
 
 #[test]
 fn canonical_pipeline_on_bert6_keeps_the_graph_valid() {
     let path = fixture("bert6.onnx");
-    let mut model =
-        adaptc_ir::onnx::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut model = adaptc_ir::onnx::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     adaptc_ir::verify(&model.graph).unwrap();
     let nodes_before = model.graph.num_nodes();
     let outputs_before: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
     let inputs_before: Vec<String> = model.graph.inputs.iter().map(|o| o.name.clone()).collect();
 
-    let manager = PassManager::new(
-        &Registry::builtin(),
-        "dce,cse{initializers=false},fold-constants,cse,dce",
-    )
-    .unwrap();
+    let manager = PassManager::new(&Registry::builtin(), "dce,cse{initializers=false},fold-constants,cse,dce").unwrap();
     let report = manager.run(&mut model).unwrap();
     println!("{report}");
     adaptc_ir::verify(&model.graph).unwrap();
     assert!(model.graph.num_nodes() <= nodes_before);
-    assert_eq!(
-        model
-            .graph
-            .outputs
-            .iter()
-            .map(|o| o.name.clone())
-            .collect::<Vec<_>>(),
-        outputs_before
-    );
-    assert_eq!(
-        model
-            .graph
-            .inputs
-            .iter()
-            .map(|o| o.name.clone())
-            .collect::<Vec<_>>(),
-        inputs_before
-    );
+    assert_eq!(model.graph.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(), outputs_before);
+    assert_eq!(model.graph.inputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(), inputs_before);
 
     // The plain canonical pipeline too, and it reaches a fixpoint.
     let mut model = adaptc_ir::onnx::load(&path).unwrap();
@@ -301,55 +223,27 @@ fn canonical_pipeline_on_bert6_keeps_the_graph_valid() {
 fn canonical_pipeline_on_models_with_frozen_inputs() {
     for name in ["bert6.onnx", "llama4/model.onnx"] {
         let path = fixture(name);
-        let mut model =
-            adaptc_ir::onnx::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut model = adaptc_ir::onnx::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let inputs: Vec<String> = model.graph.inputs.iter().map(|i| i.name.clone()).collect();
         model.graph.inputs.clear();
         for input in inputs {
-            model
-                .graph
-                .add_initializer(i64s(&input, &[2, 16], &[1; 32]))
-                .unwrap();
+            model.graph.add_initializer(i64s(&input, &[2, 16], &[1; 32])).unwrap();
         }
         adaptc_ir::verify(&model.graph).unwrap();
         let nodes_before = model.graph.num_nodes();
-        let outputs_before: Vec<String> =
-            model.graph.outputs.iter().map(|o| o.name.clone()).collect();
+        let outputs_before: Vec<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
 
         let report = run("dce,cse,fold-constants,cse,dce", &mut model);
-        println!(
-            "{name}: {nodes_before} -> {} nodes\n{report}",
-            model.graph.num_nodes()
-        );
+        println!("{name}: {nodes_before} -> {} nodes\n{report}", model.graph.num_nodes());
         adaptc_ir::verify(&model.graph).unwrap();
-        assert!(
-            report.stat("fold.nodes_folded").unwrap_or(0) >= 15,
-            "{name}\n{report}"
-        );
-        assert!(
-            report.stat("dce.initializers_removed").unwrap_or(0) > 0,
-            "{name}\n{report}"
-        );
-        assert_eq!(
-            model.graph.num_nodes() as i64,
-            nodes_before as i64 - report.stat("fold.nodes_folded").unwrap()
-        );
-        assert_eq!(
-            model
-                .graph
-                .outputs
-                .iter()
-                .map(|o| o.name.clone())
-                .collect::<Vec<_>>(),
-            outputs_before
-        );
+        assert!(report.stat("fold.nodes_folded").unwrap_or(0) >= 15, "{name}\n{report}");
+        assert!(report.stat("dce.initializers_removed").unwrap_or(0) > 0, "{name}\n{report}");
+        assert_eq!(model.graph.num_nodes() as i64, nodes_before as i64 - report.stat("fold.nodes_folded").unwrap());
+        assert_eq!(model.graph.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(), outputs_before);
         let notes: Vec<&String> = report.runs.iter().flat_map(|r| &r.notes).collect();
         assert!(notes.is_empty(), "{notes:?}");
 
-        assert!(
-            !run("dce,cse,fold-constants,cse,dce", &mut model).changed(),
-            "{name}: not a fixpoint"
-        );
+        assert!(!run("dce,cse,fold-constants,cse,dce", &mut model).changed(), "{name}: not a fixpoint");
         let back = adaptc_ir::onnx::decode(&adaptc_ir::onnx::encode(&model).unwrap()).unwrap();
         adaptc_ir::verify(&back.graph).unwrap();
     }

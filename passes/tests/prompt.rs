@@ -12,11 +12,7 @@ use adaptc_passes::{PassManager, Registry};
 use common::*;
 
 fn ids_input(name: &str) -> ValueInfo {
-    ValueInfo::tensor(
-        name,
-        DataType::Int64,
-        vec![Dim::Symbol("batch".into()), Dim::Symbol("seq".into())],
-    )
+    ValueInfo::tensor(name, DataType::Int64, vec![Dim::Symbol("batch".into()), Dim::Symbol("seq".into())])
 }
 
 fn sym(s: &str) -> Dim {
@@ -39,30 +35,10 @@ fn bert_like() -> Model {
         g.inputs.push(ids_input("input_ids"));
         g.inputs.push(ids_input("attention_mask"));
         g.inputs.push(ids_input("token_type_ids"));
-        g.add_initializer(f32s(
-            "embeddings.word_embeddings.weight",
-            &[10, 4],
-            &table(10, 4, 0.0),
-        ))
-        .unwrap();
-        g.add_initializer(f32s(
-            "embeddings.position_embeddings.weight",
-            &[16, 4],
-            &table(16, 4, 100.0),
-        ))
-        .unwrap();
-        g.add_initializer(f32s(
-            "embeddings.token_type_embeddings.weight",
-            &[2, 4],
-            &table(2, 4, 1000.0),
-        ))
-        .unwrap();
-        g.add_initializer(i64s(
-            "embeddings.position_ids",
-            &[1, 16],
-            &(0..16).collect::<Vec<_>>(),
-        ))
-        .unwrap();
+        g.add_initializer(f32s("embeddings.word_embeddings.weight", &[10, 4], &table(10, 4, 0.0))).unwrap();
+        g.add_initializer(f32s("embeddings.position_embeddings.weight", &[16, 4], &table(16, 4, 100.0))).unwrap();
+        g.add_initializer(f32s("embeddings.token_type_embeddings.weight", &[2, 4], &table(2, 4, 1000.0))).unwrap();
+        g.add_initializer(i64s("embeddings.position_ids", &[1, 16], &(0..16).collect::<Vec<_>>())).unwrap();
         g.add_initializer(i64s("val_0", &[1], &[0])).unwrap();
         g.add_initializer(i64s("val_1", &[1], &[1])).unwrap();
         g.add_initializer(i64s("val_2", &[1], &[2])).unwrap();
@@ -78,92 +54,39 @@ fn bert_like() -> Model {
         );
         add(
             g,
-            node(
-                "Slice",
-                &[
-                    "embeddings.position_ids",
-                    "val_0",
-                    "val_seq",
-                    "val_1",
-                    "val_1",
-                ],
-                &["slice_1"],
-            )
-            .named("node_slice_1"),
+            node("Slice", &["embeddings.position_ids", "val_0", "val_seq", "val_1", "val_1"], &["slice_1"])
+                .named("node_slice_1"),
         );
         add(
             g,
-            node(
-                "Gather",
-                &["embeddings.word_embeddings.weight", "input_ids"],
-                &["embedding"],
-            )
-            .named("node_embedding"),
+            node("Gather", &["embeddings.word_embeddings.weight", "input_ids"], &["embedding"]).named("node_embedding"),
         );
         add(
             g,
-            node(
-                "Gather",
-                &["embeddings.token_type_embeddings.weight", "token_type_ids"],
-                &["embedding_1"],
-            )
-            .named("node_embedding_1"),
+            node("Gather", &["embeddings.token_type_embeddings.weight", "token_type_ids"], &["embedding_1"])
+                .named("node_embedding_1"),
         );
+        add(g, node("Add", &["embedding", "embedding_1"], &["add"]).named("node_add"));
         add(
             g,
-            node("Add", &["embedding", "embedding_1"], &["add"]).named("node_add"),
+            node("Gather", &["embeddings.position_embeddings.weight", "slice_1"], &["embedding_2"])
+                .named("node_embedding_2"),
         );
+        add(g, node("Add", &["add", "embedding_2"], &["add_1"]).named("node_add_1"));
         add(
             g,
-            node(
-                "Gather",
-                &["embeddings.position_embeddings.weight", "slice_1"],
-                &["embedding_2"],
-            )
-            .named("node_embedding_2"),
+            node_with("Cast", &["attention_mask"], &["_to_copy"], vec![Attribute::int("to", 1)]).named("node__to_copy"),
         );
-        add(
-            g,
-            node("Add", &["add", "embedding_2"], &["add_1"]).named("node_add_1"),
-        );
-        add(
-            g,
-            node_with(
-                "Cast",
-                &["attention_mask"],
-                &["_to_copy"],
-                vec![Attribute::int("to", 1)],
-            )
-            .named("node__to_copy"),
-        );
-        add(
-            g,
-            node("Unsqueeze", &["_to_copy", "val_2"], &["unsqueeze"]).named("node_unsqueeze"),
-        );
-        add(
-            g,
-            node("Mul", &["add_1", "unsqueeze"], &["hidden"]).named("node_mul"),
-        );
-        g.outputs.push(ValueInfo::tensor(
-            "hidden",
-            DataType::Float,
-            vec![sym("batch"), sym("seq"), Dim::Known(4)],
-        ));
+        add(g, node("Unsqueeze", &["_to_copy", "val_2"], &["unsqueeze"]).named("node_unsqueeze"));
+        add(g, node("Mul", &["add_1", "unsqueeze"], &["hidden"]).named("node_mul"));
+        g.outputs.push(ValueInfo::tensor("hidden", DataType::Float, vec![sym("batch"), sym("seq"), Dim::Known(4)]));
         g.value_info.push(ValueInfo::tensor(
             "embedding",
             DataType::Float,
             vec![sym("batch"), sym("seq"), Dim::Known(4)],
         ));
-        g.value_info.push(ValueInfo::tensor(
-            "slice_1",
-            DataType::Int64,
-            vec![Dim::Known(1), sym("Min(16, seq)")],
-        ));
-        g.value_info.push(ValueInfo::tensor(
-            "val_seq",
-            DataType::Int64,
-            vec![Dim::Known(1)],
-        ));
+        g.value_info.push(ValueInfo::tensor("slice_1", DataType::Int64, vec![Dim::Known(1), sym("Min(16, seq)")]));
+        g.value_info.push(ValueInfo::tensor("val_seq", DataType::Int64, vec![Dim::Known(1)]));
     })
 }
 
@@ -173,16 +96,9 @@ fn llama_like() -> Model {
     model(20, |g| {
         g.inputs.push(ids_input("input_ids"));
         g.inputs.push(ids_input("attention_mask"));
-        g.add_initializer(f32s(
-            "model.embed_tokens.weight",
-            &[12, 4],
-            &table(12, 4, 0.5),
-        ))
-        .unwrap();
-        g.add_initializer(f32s("pos_table", &[16, 4], &table(16, 4, -50.0)))
-            .unwrap();
-        g.add_initializer(f32s("val_head", &[4, 12], &[0.01; 48]))
-            .unwrap();
+        g.add_initializer(f32s("model.embed_tokens.weight", &[12, 4], &table(12, 4, 0.5))).unwrap();
+        g.add_initializer(f32s("pos_table", &[16, 4], &table(16, 4, -50.0))).unwrap();
+        g.add_initializer(f32s("val_head", &[4, 12], &[0.01; 48])).unwrap();
         g.add_initializer(i64s("val_5", &[], &[0])).unwrap();
         g.add_initializer(i64s("val_7", &[], &[1])).unwrap();
         add(
@@ -195,63 +111,23 @@ fn llama_like() -> Model {
             )
             .named("node_Shape_2"),
         );
-        add(
-            g,
-            node("Squeeze", &["val_2"], &["sym_size"]).named("node_sym_size"),
-        );
-        add(
-            g,
-            node("Range", &["val_5", "sym_size", "val_7"], &["arange"]).named("node_arange"),
-        );
-        add(
-            g,
-            node(
-                "Gather",
-                &["model.embed_tokens.weight", "input_ids"],
-                &["embedding"],
-            )
-            .named("node_embedding"),
-        );
-        add(
-            g,
-            node("Gather", &["pos_table", "arange"], &["pos"]).named("node_pos"),
-        );
-        add(
-            g,
-            node("Add", &["embedding", "pos"], &["h"]).named("node_add"),
-        );
-        add(
-            g,
-            node("MatMul", &["h", "val_head"], &["logits"]).named("node_linear"),
-        );
-        g.outputs.push(ValueInfo::tensor(
-            "logits",
-            DataType::Float,
-            vec![sym("batch"), sym("seq"), Dim::Known(12)],
-        ));
-        g.value_info.push(ValueInfo::tensor(
-            "arange",
-            DataType::Int64,
-            vec![sym("seq")],
-        ));
+        add(g, node("Squeeze", &["val_2"], &["sym_size"]).named("node_sym_size"));
+        add(g, node("Range", &["val_5", "sym_size", "val_7"], &["arange"]).named("node_arange"));
+        add(g, node("Gather", &["model.embed_tokens.weight", "input_ids"], &["embedding"]).named("node_embedding"));
+        add(g, node("Gather", &["pos_table", "arange"], &["pos"]).named("node_pos"));
+        add(g, node("Add", &["embedding", "pos"], &["h"]).named("node_add"));
+        add(g, node("MatMul", &["h", "val_head"], &["logits"]).named("node_linear"));
+        g.outputs.push(ValueInfo::tensor("logits", DataType::Float, vec![sym("batch"), sym("seq"), Dim::Known(12)]));
+        g.value_info.push(ValueInfo::tensor("arange", DataType::Int64, vec![sym("seq")]));
     })
 }
 
 fn values(m: &Model, name: &str) -> Vec<f32> {
-    m.graph
-        .initializer(name)
-        .unwrap_or_else(|| panic!("no initializer {name}"))
-        .to_f32_lossy()
-        .unwrap()
+    m.graph.initializer(name).unwrap_or_else(|| panic!("no initializer {name}")).to_f32_lossy().unwrap()
 }
 
 fn declared(infos: &[ValueInfo], name: &str) -> String {
-    infos
-        .iter()
-        .find(|v| v.name == name)
-        .and_then(|v| v.ty.as_ref())
-        .map(TypeInfo::to_string)
-        .unwrap_or_default()
+    infos.iter().find(|v| v.name == name).and_then(|v| v.ty.as_ref()).map(TypeInfo::to_string).unwrap_or_default()
 }
 
 fn run_err(pipeline: &str, model: &mut Model) -> String {
@@ -261,11 +137,7 @@ fn run_err(pipeline: &str, model: &mut Model) -> String {
         .map(|_| ())
         .expect_err("the pipeline should fail")
         .to_string();
-    assert_eq!(
-        adaptc_ir::dump(model),
-        before,
-        "a failed pass must leave the model unchanged"
-    );
+    assert_eq!(adaptc_ir::dump(model), before, "a failed pass must leave the model unchanged");
     err
 }
 
@@ -327,83 +199,40 @@ graph g {
     // Inputs are unchanged; every reader of them is one of the new nodes.
     for input in ["input_ids", "attention_mask", "token_type_ids"] {
         for u in m.graph.uses(input) {
-            assert_eq!(
-                m.graph.node(u.node).metadata.get("adaptc.pass"),
-                Some("insert-prompt"),
-                "{input}"
-            );
+            assert_eq!(m.graph.node(u.node).metadata.get("adaptc.pass"), Some("insert-prompt"), "{input}");
         }
     }
     // Pads: zeros for ids and token types, ones for the mask.
     let pad = |name: &str| {
         let (id, _) = m.graph.producer(name).unwrap();
-        m.graph
-            .node(id)
-            .attr("value")
-            .unwrap()
-            .as_tensor()
-            .unwrap()
-            .to_i64()
-            .unwrap()
+        m.graph.node(id).attr("value").unwrap().as_tensor().unwrap().to_i64().unwrap()
     };
     assert_eq!(pad("prompt/input_ids.pad"), vec![0]);
     assert_eq!(pad("prompt/token_type_ids.pad"), vec![0]);
     assert_eq!(pad("prompt/attention_mask.pad"), vec![1]);
-    assert_eq!(
-        m.graph
-            .initializer("prompt/slice_starts")
-            .unwrap()
-            .to_i64()
-            .unwrap(),
-        vec![2]
-    );
-    assert_eq!(
-        m.graph
-            .initializer("prompt/prompt_dims")
-            .unwrap()
-            .to_i64()
-            .unwrap(),
-        vec![2, 4]
-    );
+    assert_eq!(m.graph.initializer("prompt/slice_starts").unwrap().to_i64().unwrap(), vec![2]);
+    assert_eq!(m.graph.initializer("prompt/prompt_dims").unwrap().to_i64().unwrap(), vec![2, 4]);
 
     // init=random: U(-0.5, 0.5).
     let p = values(&m, "prompt_embeddings");
-    assert!(
-        p.iter().all(|v| (-0.5..0.5).contains(v)) && p.iter().any(|&v| v != 0.0),
-        "{p:?}"
-    );
+    assert!(p.iter().all(|v| (-0.5..0.5).contains(v)) && p.iter().any(|&v| v != 0.0), "{p:?}");
 
     // Declared shapes downstream of the lengthened inputs cover p + T positions.
-    assert_eq!(
-        declared(&m.graph.value_info, "embedding"),
-        "f32[batch, seq + 2, 4]"
-    );
-    assert_eq!(
-        declared(&m.graph.value_info, "slice_1"),
-        "i64[1, Min(16, (seq + 2))]"
-    );
+    assert_eq!(declared(&m.graph.value_info, "embedding"), "f32[batch, seq + 2, 4]");
+    assert_eq!(declared(&m.graph.value_info, "slice_1"), "i64[1, Min(16, (seq + 2))]");
     assert_eq!(declared(&m.graph.value_info, "val_seq"), "i64[1]");
     assert_eq!(declared(&m.graph.inputs, "input_ids"), "i64[batch, seq]");
 
     let state = AdapterState::load(&m).unwrap();
-    assert_eq!(
-        state.trainable.iter().cloned().collect::<Vec<_>>(),
-        strings(&["prompt_embeddings"])
-    );
+    assert_eq!(state.trainable.iter().cloned().collect::<Vec<_>>(), strings(&["prompt_embeddings"]));
     let rec = &state.adapters[0];
     assert_eq!(rec.method, Method::Prompt);
     assert_eq!(rec.params["prompt_embeddings"], "prompt_embeddings");
-    assert_eq!(
-        (rec.output.as_str(), rec.base_output.as_str()),
-        ("embedding", "embedding/base")
-    );
+    assert_eq!((rec.output.as_str(), rec.base_output.as_str()), ("embedding", "embedding/base"));
     assert_eq!(rec.target_node, "");
     assert_eq!(rec.extra["embedding_node"], "node_embedding");
     assert_eq!(rec.extra["embedding_module"], "embeddings.word_embeddings");
-    assert_eq!(
-        rec.extra["extended"],
-        serde_json::json!(["input_ids", "attention_mask", "token_type_ids"])
-    );
+    assert_eq!(rec.extra["extended"], serde_json::json!(["input_ids", "attention_mask", "token_type_ids"]));
     assert_eq!(rec.extra["mergeable"], false);
     assert_eq!(rec.extra["seq_symbol"], "seq");
 
@@ -415,15 +244,8 @@ graph g {
 #[test]
 fn llama_like_vocab_init_and_sliced_logits() {
     let mut m = llama_like();
-    let report = run(
-        "insert-prompt{tokens=3 init=vocab seed=5 slice=logits}",
-        &mut m,
-    );
-    assert_eq!(
-        stat(&report, "prompt.inputs_extended"),
-        2,
-        "token_type_ids is absent and skipped"
-    );
+    let report = run("insert-prompt{tokens=3 init=vocab seed=5 slice=logits}", &mut m);
+    assert_eq!(stat(&report, "prompt.inputs_extended"), 2, "token_type_ids is absent and skipped");
     assert_eq!(stat(&report, "prompt.outputs_sliced"), 1);
     assert_dump(
         &m,
@@ -467,27 +289,15 @@ graph g {
     );
     // init=vocab: the prompt rows are table rows, for ids recorded in the adapter record.
     let rec = AdapterState::load(&m).unwrap().adapters.remove(0);
-    let ids: Vec<u64> = rec.extra["init_token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = rec.extra["init_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(ids.len(), 3);
     let table = values(&m, "model.embed_tokens.weight");
-    let expect: Vec<f32> = ids
-        .iter()
-        .flat_map(|&i| table[i as usize * 4..i as usize * 4 + 4].to_vec())
-        .collect();
+    let expect: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * 4..i as usize * 4 + 4].to_vec()).collect();
     assert_eq!(values(&m, "prompt_embeddings"), expect);
     let mut distinct = ids.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(
-        distinct.len(),
-        3,
-        "distinct ids while the vocabulary allows"
-    );
+    assert_eq!(distinct.len(), 3, "distinct ids while the vocabulary allows");
     assert_eq!(declared(&m.graph.value_info, "arange"), "i64[seq + 3]");
     assert_eq!(rec.extra["sliced"], serde_json::json!(["logits"]));
 }
@@ -507,10 +317,7 @@ fn negative_cases_name_the_reason() {
     let mut m = bert_like();
     let err = run_err("insert-prompt{input=ids}", &mut m);
     assert!(err.contains("the graph has no input `ids`"), "{err}");
-    assert!(
-        err.contains("input_ids, attention_mask, token_type_ids"),
-        "lists the inputs: {err}"
-    );
+    assert!(err.contains("input_ids, attention_mask, token_type_ids"), "lists the inputs: {err}");
     let err = run_err("insert-prompt{mask=mask}", &mut m);
     assert!(err.contains("no input `mask` (option `mask`)"), "{err}");
     let err = run_err("insert-prompt{slice=logits}", &mut m);
@@ -521,8 +328,7 @@ fn negative_cases_name_the_reason() {
     // The ids only reach the table through an Add: no embedding lookup.
     let mut g = model(20, |g| {
         g.inputs.push(ids_input("input_ids"));
-        g.add_initializer(f32s("table", &[10, 4], &table(10, 4, 0.0)))
-            .unwrap();
+        g.add_initializer(f32s("table", &[10, 4], &table(10, 4, 0.0))).unwrap();
         g.add_initializer(i64s("one", &[], &[1])).unwrap();
         add(g, node("Add", &["input_ids", "one"], &["shifted"]));
         add(g, node("Gather", &["table", "shifted"], &["e"]));
@@ -533,13 +339,8 @@ fn negative_cases_name_the_reason() {
 
     // A fixed sequence length cannot be lengthened.
     let mut f = model(20, |g| {
-        g.inputs.push(ValueInfo::tensor(
-            "input_ids",
-            DataType::Int64,
-            vec![Dim::Known(1), Dim::Known(8)],
-        ));
-        g.add_initializer(f32s("table", &[10, 4], &table(10, 4, 0.0)))
-            .unwrap();
+        g.inputs.push(ValueInfo::tensor("input_ids", DataType::Int64, vec![Dim::Known(1), Dim::Known(8)]));
+        g.add_initializer(f32s("table", &[10, 4], &table(10, 4, 0.0))).unwrap();
         add(g, node("Gather", &["table", "input_ids"], &["e"]));
         g.outputs.push(output("e"));
     });
@@ -557,41 +358,18 @@ fn negative_cases_name_the_reason() {
 fn cast_indices_and_old_shape_form() {
     // Indices through a Cast; opset 14 builds the batch size with Shape + Slice.
     let mut m = model(14, |g| {
-        g.inputs.push(ValueInfo::tensor(
-            "input_ids",
-            DataType::Int32,
-            vec![sym("b"), sym("t")],
-        ));
-        g.add_initializer(f32s("table", &[10, 4], &table(10, 4, 0.0)))
-            .unwrap();
-        add(
-            g,
-            node_with(
-                "Cast",
-                &["input_ids"],
-                &["ids64"],
-                vec![Attribute::int("to", 7)],
-            ),
-        );
+        g.inputs.push(ValueInfo::tensor("input_ids", DataType::Int32, vec![sym("b"), sym("t")]));
+        g.add_initializer(f32s("table", &[10, 4], &table(10, 4, 0.0))).unwrap();
+        add(g, node_with("Cast", &["input_ids"], &["ids64"], vec![Attribute::int("to", 7)]));
         add(g, node("Gather", &["table", "ids64"], &["e"]));
-        g.outputs.push(ValueInfo::tensor(
-            "e",
-            DataType::Float,
-            vec![sym("b"), sym("t"), Dim::Known(4)],
-        ));
+        g.outputs.push(ValueInfo::tensor("e", DataType::Float, vec![sym("b"), sym("t"), Dim::Known(4)]));
     });
     run("insert-prompt{tokens=1}", &mut m);
     adaptc_ir::verify(&m.graph).unwrap();
     let (batch, _) = m.graph.producer("prompt/batch").unwrap();
     assert!(m.graph.node(batch).op().is("Slice"));
     let (pad, _) = m.graph.producer("prompt/input_ids.pad").unwrap();
-    let value = m
-        .graph
-        .node(pad)
-        .attr("value")
-        .unwrap()
-        .as_tensor()
-        .unwrap();
+    let value = m.graph.node(pad).attr("value").unwrap().as_tensor().unwrap();
     assert_eq!(value.dtype(), DataType::Int32, "pads take the input's type");
     assert_eq!(declared(&m.graph.outputs, "e"), "f32[b, t + 1, 4]");
 }
@@ -599,9 +377,7 @@ fn cast_indices_and_old_shape_form() {
 // ----- fixtures ------------------------------------------------------------------------------
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel)
 }
 
 #[test]
@@ -621,34 +397,21 @@ fn bert6_prompt() {
     let concat = m.graph.node(concat);
     assert!(concat.op().is("Concat"));
     assert_eq!(concat.attr_int("axis", 0), 1);
-    let op_of = |v: &str| {
-        m.graph
-            .node(m.graph.producer(v).unwrap().0)
-            .op()
-            .op_type
-            .clone()
-    };
+    let op_of = |v: &str| m.graph.node(m.graph.producer(v).unwrap().0).op().op_type.clone();
     assert_eq!(op_of(concat.input(0).unwrap()), "Expand");
     assert_eq!(op_of(concat.input(1).unwrap()), "Slice");
     let (gather, _) = m.graph.producer("embedding/base").unwrap();
     assert_eq!(m.graph.node(gather).name, "node_embedding");
     assert_eq!(m.graph.node(gather).input(1), Some("prompt/input_ids"));
     for input in ["input_ids", "attention_mask", "token_type_ids"] {
-        assert!(m.graph.uses(input).iter().all(|u| m
+        assert!(m
             .graph
-            .node(u.node)
-            .metadata
-            .get("adaptc.pass")
-            == Some("insert-prompt")));
+            .uses(input)
+            .iter()
+            .all(|u| m.graph.node(u.node).metadata.get("adaptc.pass") == Some("insert-prompt")));
     }
-    assert_eq!(
-        declared(&m.graph.outputs, "last_hidden_state"),
-        "f32[batch, seq + 20, 64]"
-    );
-    assert_eq!(
-        declared(&m.graph.outputs, "pooler_output"),
-        "f32[batch, 64]"
-    );
+    assert_eq!(declared(&m.graph.outputs, "last_hidden_state"), "f32[batch, seq + 20, 64]");
+    assert_eq!(declared(&m.graph.outputs, "pooler_output"), "f32[batch, 64]");
     assert!(stat(&report, "prompt.value_infos_updated") > 100);
 
     let dir = std::env::temp_dir().join(format!("adaptc-prompt-{}", std::process::id()));
@@ -657,10 +420,7 @@ fn bert6_prompt() {
     adaptc_ir::onnx::save(&m, &path, &Default::default()).unwrap();
     let back = adaptc_ir::onnx::load(&path).unwrap();
     adaptc_ir::verify(&back.graph).unwrap();
-    assert_eq!(
-        AdapterState::load(&back).unwrap(),
-        AdapterState::load(&m).unwrap()
-    );
+    assert_eq!(AdapterState::load(&back).unwrap(), AdapterState::load(&m).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -670,10 +430,7 @@ fn llama4_prompt_with_sliced_logits() {
     let report = run("insert-prompt{tokens=4 slice=logits}", &mut m);
     assert_eq!(stat(&report, "prompt.inputs_extended"), 2);
     adaptc_ir::verify(&m.graph).unwrap();
-    assert_eq!(
-        declared(&m.graph.outputs, "logits"),
-        "f32[batch, seq, 1000]"
-    );
+    assert_eq!(declared(&m.graph.outputs, "logits"), "f32[batch, seq, 1000]");
     let (slice, _) = m.graph.producer("logits").unwrap();
     assert!(m.graph.node(slice).op().is("Slice"));
 }

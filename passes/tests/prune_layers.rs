@@ -20,72 +20,26 @@ use lora_support::*;
 /// writes `y`, a graph output, or feeds `Relu → y` when `head` is set.
 fn stack(blocks: &[usize], head: bool) -> Model {
     let mut g = Graph::new("stack");
-    g.inputs.push(ValueInfo::tensor(
-        "x",
-        DataType::Float,
-        vec![Dim::Known(2), Dim::Known(4)],
-    ));
-    g.outputs.push(ValueInfo::tensor(
-        "y",
-        DataType::Float,
-        vec![Dim::Known(2), Dim::Known(4)],
-    ));
-    g.add_initializer(tensor("c", &Arr::random(&[4, 1], 99)))
-        .unwrap();
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(2), Dim::Known(4)]));
+    g.outputs.push(ValueInfo::tensor("y", DataType::Float, vec![Dim::Known(2), Dim::Known(4)]));
+    g.add_initializer(tensor("c", &Arr::random(&[4, 1], 99))).unwrap();
     op(&mut g, "Relu", "/embed/Relu", &["x"], &["e"]);
     let mut stream = "e".to_string();
     for (pos, &k) in blocks.iter().enumerate() {
         let w = format!("enc.layer.{k}.ffn.weight");
-        g.add_initializer(tensor(&w, &Arr::random(&[4, 4], k as u64 + 1)))
-            .unwrap();
+        g.add_initializer(tensor(&w, &Arr::random(&[4, 4], k as u64 + 1))).unwrap();
         if pos == 0 {
-            op(
-                &mut g,
-                "MatMul",
-                &format!("/enc/layer.{k}/attn/MatMul"),
-                &["e", "c"],
-                &["mask"],
-            );
-            g.value_info.push(ValueInfo::tensor(
-                "mask",
-                DataType::Float,
-                vec![Dim::Known(2), Dim::Known(1)],
-            ));
+            op(&mut g, "MatMul", &format!("/enc/layer.{k}/attn/MatMul"), &["e", "c"], &["mask"]);
+            g.value_info.push(ValueInfo::tensor("mask", DataType::Float, vec![Dim::Known(2), Dim::Known(1)]));
         }
         let last = pos + 1 == blocks.len();
-        let out = if last && !head {
-            "y".to_string()
-        } else {
-            format!("out{k}")
-        };
+        let out = if last && !head { "y".to_string() } else { format!("out{k}") };
         if out != "y" {
-            g.value_info.push(ValueInfo::tensor(
-                &out,
-                DataType::Float,
-                vec![Dim::Known(2), Dim::Known(4)],
-            ));
+            g.value_info.push(ValueInfo::tensor(&out, DataType::Float, vec![Dim::Known(2), Dim::Known(4)]));
         }
-        op(
-            &mut g,
-            "MatMul",
-            &format!("/enc/layer.{k}/ffn/MatMul"),
-            &[&stream, &w],
-            &[&format!("m{k}")],
-        );
-        op(
-            &mut g,
-            "Mul",
-            &format!("/enc/layer.{k}/ffn/Mul"),
-            &[&format!("m{k}"), "mask"],
-            &[&format!("g{k}")],
-        );
-        op(
-            &mut g,
-            "Add",
-            &format!("/enc/layer.{k}/Add"),
-            &[&stream, &format!("g{k}")],
-            &[&out],
-        );
+        op(&mut g, "MatMul", &format!("/enc/layer.{k}/ffn/MatMul"), &[&stream, &w], &[&format!("m{k}")]);
+        op(&mut g, "Mul", &format!("/enc/layer.{k}/ffn/Mul"), &[&format!("m{k}"), "mask"], &[&format!("g{k}")]);
+        op(&mut g, "Add", &format!("/enc/layer.{k}/Add"), &[&stream, &format!("g{k}")], &[&out]);
         stream = out;
     }
     if head {
@@ -105,20 +59,10 @@ fn finds_blocks_and_stream() {
     let stacks = find_block_stacks(&model.graph).unwrap();
     assert_eq!(stacks.len(), 1);
     assert_eq!(stacks[0].name, "enc.layer");
-    let links: Vec<(usize, &str, &str)> = stacks[0]
-        .blocks
-        .iter()
-        .map(|b| (b.index, b.input.as_str(), b.output.as_str()))
-        .collect();
-    assert_eq!(
-        links,
-        vec![(0, "e", "out0"), (1, "out0", "out1"), (2, "out1", "out2")]
-    );
-    assert_eq!(
-        stacks[0].blocks[0].nodes.len(),
-        4,
-        "block 0 holds the shared mask too"
-    );
+    let links: Vec<(usize, &str, &str)> =
+        stacks[0].blocks.iter().map(|b| (b.index, b.input.as_str(), b.output.as_str())).collect();
+    assert_eq!(links, vec![(0, "e", "out0"), (1, "out0", "out1"), (2, "out1", "out2")]);
+    assert_eq!(stacks[0].blocks[0].nodes.len(), 4, "block 0 holds the shared mask too");
 }
 
 #[test]
@@ -127,20 +71,13 @@ fn pruning_a_middle_block_equals_building_without_it() {
         let mut pruned = stack(&[0, 1, 2], head);
         let report = run("prune-layers{layers=1}", &mut pruned);
         let expected = stack(&[0, 2], head);
-        assert_eq!(
-            adaptc_ir::dump(&pruned),
-            adaptc_ir::dump(&expected),
-            "head={head}"
-        );
+        assert_eq!(adaptc_ir::dump(&pruned), adaptc_ir::dump(&expected), "head={head}");
         assert_eq!(report.stat("prune.blocks_removed"), Some(1));
         assert_eq!(report.stat("prune.nodes_removed"), Some(3));
         assert_eq!(report.stat("prune.initializers_removed"), Some(1));
         assert_eq!(report.stat("prune.params_before"), Some(4 + 3 * 16));
         assert_eq!(report.stat("prune.params_after"), Some(4 + 2 * 16));
-        let (a, b) = (
-            eval(&pruned.graph, &feeds(), "y"),
-            eval(&expected.graph, &feeds(), "y"),
-        );
+        let (a, b) = (eval(&pruned.graph, &feeds(), "y"), eval(&expected.graph, &feeds(), "y"));
         assert_eq!(a.max_abs_diff(&b), 0.0);
     }
 }
@@ -149,15 +86,9 @@ fn pruning_a_middle_block_equals_building_without_it() {
 fn pruning_the_last_block_keeps_the_output_name() {
     let mut pruned = stack(&[0, 1, 2], false);
     run("prune-layers{layers=2}", &mut pruned);
-    assert_eq!(
-        adaptc_ir::dump(&pruned),
-        adaptc_ir::dump(&stack(&[0, 1], false))
-    );
+    assert_eq!(adaptc_ir::dump(&pruned), adaptc_ir::dump(&stack(&[0, 1], false)));
     assert_eq!(pruned.graph.outputs[0].name, "y");
-    assert!(
-        pruned.graph.outputs[0].ty.is_some(),
-        "the output keeps its type"
-    );
+    assert!(pruned.graph.outputs[0].ty.is_some(), "the output keeps its type");
 }
 
 #[test]
@@ -166,21 +97,11 @@ fn pruning_the_first_block_keeps_the_shared_mask() {
     let report = run("prune-layers{layers=0}", &mut pruned);
     // Block 0's MatMul/Mul/Add go; its `mask` node stays because blocks 1 and 2 read it.
     assert_eq!(report.stat("prune.nodes_removed"), Some(3));
-    assert!(
-        report.runs[0]
-            .notes
-            .iter()
-            .any(|n| n.contains("/enc/layer.0/attn/MatMul")),
-        "{:?}",
-        report.runs[0].notes
-    );
+    assert!(report.runs[0].notes.iter().any(|n| n.contains("/enc/layer.0/attn/MatMul")), "{:?}", report.runs[0].notes);
     // The same function as the stack [1, 2] with the mask computed first.
     let mut expected = stack(&[1, 2], true);
     expected.graph.sort().unwrap();
-    let (a, b) = (
-        eval(&pruned.graph, &feeds(), "y"),
-        eval(&expected.graph, &feeds(), "y"),
-    );
+    let (a, b) = (eval(&pruned.graph, &feeds(), "y"), eval(&expected.graph, &feeds(), "y"));
     assert!(a.max_abs_diff(&b) < 1e-12);
 }
 
@@ -193,11 +114,7 @@ fn pruning_every_block_connects_the_embedding_to_the_head() {
     let relu = Arr::new(&x.dims, x.data.iter().map(|v| v.max(0.0)).collect());
     assert_eq!(eval(&pruned.graph, &feeds(), "y").max_abs_diff(&relu), 0.0);
     assert_eq!(pruned.graph.num_nodes(), 1);
-    assert_eq!(
-        pruned.graph.num_initializers(),
-        0,
-        "the mask's constant went with the mask"
-    );
+    assert_eq!(pruned.graph.num_initializers(), 0, "the mask's constant went with the mask");
 }
 
 // ----- exported fixtures -----------------------------------------------------------------------
@@ -211,11 +128,7 @@ fn bert6_loses_exactly_blocks_4_and_5() {
     let mut model = load("bert6.onnx");
     let matmuls = op_count(&model, "MatMul");
     run("prune-layers{layers=4,5}", &mut model);
-    assert_eq!(
-        op_count(&model, "MatMul"),
-        matmuls / 6 * 4,
-        "8 MatMuls per block"
-    );
+    assert_eq!(op_count(&model, "MatMul"), matmuls / 6 * 4, "8 MatMuls per block");
     let left: Vec<String> = model
         .graph
         .initializers()
@@ -224,10 +137,7 @@ fn bert6_loses_exactly_blocks_4_and_5() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     let stacks = find_block_stacks(&model.graph).unwrap();
-    assert_eq!(
-        stacks[0].blocks.iter().map(|b| b.index).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
+    assert_eq!(stacks[0].blocks.iter().map(|b| b.index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
 }
 
 #[test]
@@ -249,24 +159,20 @@ fn llama4_keeps_its_interface() {
 #[test]
 fn refusals_say_why() {
     let mut model = stack(&[0, 1, 2], true);
-    assert!(run_err("prune-layers{layers=3}", &mut model)
-        .contains("has no block 3; its blocks are [0, 1, 2]"));
+    assert!(run_err("prune-layers{layers=3}", &mut model).contains("has no block 3; its blocks are [0, 1, 2]"));
     assert!(run_err("prune-layers", &mut model).contains("name the blocks to remove"));
     assert!(run_err("prune-layers{layers=x}", &mut model).contains("`x` is not a block index"));
-    assert!(
-        run_err("prune-layers{layers=1 stack=dec.layer}", &mut model)
-            .contains("no block stack `dec.layer`")
-    );
+    assert!(run_err("prune-layers{layers=1 stack=dec.layer}", &mut model).contains("no block stack `dec.layer`"));
 
     // No module paths at all.
     let mut g = Graph::new("flat");
-    g.inputs
-        .push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(2)]));
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(2)]));
     g.outputs.push(ValueInfo::new("y", None));
     op(&mut g, "Relu", "relu", &["x"], &["y"]);
     let mut flat = Model::new(g, 17);
-    assert!(run_err("prune-layers{layers=0}", &mut flat)
-        .contains("no node carries a module path inside a repeated block"));
+    assert!(
+        run_err("prune-layers{layers=0}", &mut flat).contains("no node carries a module path inside a repeated block")
+    );
 }
 
 #[test]
@@ -274,22 +180,12 @@ fn several_stacks_need_a_choice() {
     let mut model = stack(&[0, 1], true);
     // A second stack `dec.layer` with one block reading the first stack's output.
     let g = &mut model.graph;
-    g.add_initializer(tensor("dec.layer.0.w", &Arr::random(&[4, 4], 5)))
-        .unwrap();
+    g.add_initializer(tensor("dec.layer.0.w", &Arr::random(&[4, 4], 5))).unwrap();
     let head = g.producer("y").unwrap().0;
     g.rename_output(head, 0, "h").unwrap();
-    op(
-        g,
-        "MatMul",
-        "/dec/layer.0/MatMul",
-        &["h", "dec.layer.0.w"],
-        &["y"],
-    );
+    op(g, "MatMul", "/dec/layer.0/MatMul", &["h", "dec.layer.0.w"], &["y"]);
     let err = run_err("prune-layers{layers=0}", &mut model);
-    assert!(
-        err.contains("several block stacks (`dec.layer`, `enc.layer`)"),
-        "{err}"
-    );
+    assert!(err.contains("several block stacks (`dec.layer`, `enc.layer`)"), "{err}");
     run("prune-layers{layers=0 stack=enc.layer}", &mut model);
     assert!(model.graph.initializer("enc.layer.0.ffn.weight").is_none());
     assert!(model.graph.initializer("dec.layer.0.w").is_some());

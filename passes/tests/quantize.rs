@@ -39,41 +39,14 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 /// - `layer.0.value`: `MatMul(x, Transpose(Wv[16, K]))` (`[out, in]`).
 fn tiny(k: u64, opset: i64) -> Model {
     model(opset, |g| {
-        g.inputs.push(ValueInfo::tensor(
-            "x",
-            DataType::Float,
-            vec![Dim::Symbol("batch".into()), Dim::Known(k as i64)],
-        ));
-        g.add_initializer(f32s(
-            "layer.0.query.weight",
-            &[k, 16],
-            &values(k as usize * 16, 1),
-        ))
-        .unwrap();
-        g.add_initializer(f32s("layer.0.query.bias", &[16], &values(16, 2)))
-            .unwrap();
-        g.add_initializer(f32s(
-            "layer.0.key.weight",
-            &[16, k],
-            &values(k as usize * 16, 3),
-        ))
-        .unwrap();
-        g.add_initializer(f32s("layer.0.key.bias", &[16], &values(16, 4)))
-            .unwrap();
-        g.add_initializer(f32s(
-            "layer.0.value.weight",
-            &[16, k],
-            &values(k as usize * 16, 5),
-        ))
-        .unwrap();
-        add(
-            g,
-            node("MatMul", &["x", "layer.0.query.weight"], &["q0"]).named("/layer.0/query/MatMul"),
-        );
-        add(
-            g,
-            node("Add", &["q0", "layer.0.query.bias"], &["q"]).named("/layer.0/query/Add"),
-        );
+        g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Symbol("batch".into()), Dim::Known(k as i64)]));
+        g.add_initializer(f32s("layer.0.query.weight", &[k, 16], &values(k as usize * 16, 1))).unwrap();
+        g.add_initializer(f32s("layer.0.query.bias", &[16], &values(16, 2))).unwrap();
+        g.add_initializer(f32s("layer.0.key.weight", &[16, k], &values(k as usize * 16, 3))).unwrap();
+        g.add_initializer(f32s("layer.0.key.bias", &[16], &values(16, 4))).unwrap();
+        g.add_initializer(f32s("layer.0.value.weight", &[16, k], &values(k as usize * 16, 5))).unwrap();
+        add(g, node("MatMul", &["x", "layer.0.query.weight"], &["q0"]).named("/layer.0/query/MatMul"));
+        add(g, node("Add", &["q0", "layer.0.query.bias"], &["q"]).named("/layer.0/query/Add"));
         add(
             g,
             node_with(
@@ -86,18 +59,10 @@ fn tiny(k: u64, opset: i64) -> Model {
         );
         add(
             g,
-            node_with(
-                "Transpose",
-                &["layer.0.value.weight"],
-                &["vt"],
-                vec![Attribute::ints("perm", vec![1, 0])],
-            )
-            .named("/layer.0/value/Transpose"),
+            node_with("Transpose", &["layer.0.value.weight"], &["vt"], vec![Attribute::ints("perm", vec![1, 0])])
+                .named("/layer.0/value/Transpose"),
         );
-        add(
-            g,
-            node("MatMul", &["x", "vt"], &["v"]).named("/layer.0/value/MatMul"),
-        );
+        add(g, node("MatMul", &["x", "vt"], &["v"]).named("/layer.0/value/MatMul"));
         add(g, node("Add", &["q", "k"], &["qk"]).named("/sum/Add"));
         add(g, node("Add", &["qk", "v"], &["y"]).named("/sum/Add_1"));
         g.outputs.push(output("y"));
@@ -108,18 +73,10 @@ fn add(g: &mut Graph, n: adaptc_ir::Node) {
     g.add_node(n).unwrap();
 }
 
-const WEIGHTS: [&str; 3] = [
-    "layer.0.query.weight",
-    "layer.0.key.weight",
-    "layer.0.value.weight",
-];
+const WEIGHTS: [&str; 3] = ["layer.0.query.weight", "layer.0.key.weight", "layer.0.value.weight"];
 
 fn weight_values(m: &Model, name: &str) -> Vec<f32> {
-    m.graph
-        .initializer(name)
-        .unwrap_or_else(|| panic!("no initializer {name}"))
-        .to_f32_lossy()
-        .unwrap()
+    m.graph.initializer(name).unwrap_or_else(|| panic!("no initializer {name}")).to_f32_lossy().unwrap()
 }
 
 fn run_err(pipeline: &str, model: &mut Model) -> String {
@@ -129,11 +86,7 @@ fn run_err(pipeline: &str, model: &mut Model) -> String {
         .map(|_| ())
         .expect_err("the pipeline should fail")
         .to_string();
-    assert_eq!(
-        adaptc_ir::dump(model),
-        before,
-        "a failed pass must leave the model unchanged"
-    );
+    assert_eq!(adaptc_ir::dump(model), before, "a failed pass must leave the model unchanged");
     err
 }
 
@@ -158,12 +111,8 @@ fn ints(t: &Tensor) -> Vec<i32> {
         DataType::Int8 => b.iter().map(|&v| v as i8 as i32).collect(),
         DataType::Uint8 => b.iter().map(|&v| v as i32).collect(),
         // Two per byte, the first element in the low nibble.
-        DataType::Int4 => (0..n)
-            .map(|i| (((b[i / 2] >> (4 * (i % 2))) << 4) as i8 >> 4) as i32)
-            .collect(),
-        DataType::Uint4 => (0..n)
-            .map(|i| ((b[i / 2] >> (4 * (i % 2))) & 0xF) as i32)
-            .collect(),
+        DataType::Int4 => (0..n).map(|i| (((b[i / 2] >> (4 * (i % 2))) << 4) as i8 >> 4) as i32).collect(),
+        DataType::Uint4 => (0..n).map(|i| ((b[i / 2] >> (4 * (i % 2))) & 0xF) as i32).collect(),
         other => panic!("{other}"),
     }
 }
@@ -182,16 +131,10 @@ struct Qdq {
 
 fn decode_qdq(m: &Model, value: &str) -> Qdq {
     let g = &m.graph;
-    let (id, _) = g
-        .producer(value)
-        .unwrap_or_else(|| panic!("`{value}` has no producer"));
+    let (id, _) = g.producer(value).unwrap_or_else(|| panic!("`{value}` has no producer"));
     let n = g.node(id);
     assert_eq!(n.op().op_type, "DequantizeLinear");
-    let init = |slot: usize| {
-        n.input(slot)
-            .filter(|s| !s.is_empty())
-            .map(|s| g.initializer(s).unwrap().clone())
-    };
+    let init = |slot: usize| n.input(slot).filter(|s| !s.is_empty()).map(|s| g.initializer(s).unwrap().clone());
     let (q, scale, zp) = (init(0).unwrap(), init(1).unwrap(), init(2));
     let (axis, block) = (n.attr_int("axis", 1), n.attr_int("block_size", 0));
     let dims: Vec<usize> = q.dims().iter().map(|&d| d as usize).collect();
@@ -214,15 +157,7 @@ fn decode_qdq(m: &Model, value: &str) -> Qdq {
             steps.push(scales[s].abs());
         }
     }
-    Qdq {
-        values,
-        q,
-        scale,
-        zp,
-        axis,
-        block,
-        steps,
-    }
+    Qdq { values, q, scale, zp, axis, block, steps }
 }
 
 /// `W[K, N]` of a `MatMulNBits` node, decoded from onnxruntime's layout description.
@@ -236,32 +171,19 @@ struct NBits {
 
 fn decode_nbits(m: &Model, node_name: &str) -> NBits {
     let g = &m.graph;
-    let (_, n) = g
-        .nodes()
-        .find(|(_, n)| n.name == node_name)
-        .unwrap_or_else(|| panic!("no node {node_name}"));
-    assert_eq!(
-        (n.op().domain.as_str(), n.op().op_type.as_str()),
-        ("com.microsoft", "MatMulNBits")
-    );
+    let (_, n) = g.nodes().find(|(_, n)| n.name == node_name).unwrap_or_else(|| panic!("no node {node_name}"));
+    assert_eq!((n.op().domain.as_str(), n.op().op_type.as_str()), ("com.microsoft", "MatMulNBits"));
     let attr = |a: &str| n.attr(a).and_then(|a| a.as_int()).unwrap() as usize;
     let (k, nn, bits, bs) = (attr("K"), attr("N"), attr("bits"), attr("block_size"));
     assert!(n.attr("accuracy_level").is_none());
-    let init = |slot: usize| {
-        n.input(slot)
-            .filter(|s| !s.is_empty())
-            .map(|s| g.initializer(s).unwrap().clone())
-    };
+    let init = |slot: usize| n.input(slot).filter(|s| !s.is_empty()).map(|s| g.initializer(s).unwrap().clone());
     let (b, scales, zp) = (init(1).unwrap(), init(2).unwrap(), init(3));
     let nb = k.div_ceil(bs);
     let blob = bs * bits / 8;
     assert_eq!(b.dims(), [nn as u64, nb as u64, blob as u64]);
     assert_eq!(b.dtype(), DataType::Uint8);
     assert_eq!(scales.dims(), [(nn * nb) as u64]);
-    let (bb, sc) = (
-        b.bytes().unwrap().into_owned(),
-        scales.to_f32_lossy().unwrap(),
-    );
+    let (bb, sc) = (b.bytes().unwrap().into_owned(), scales.to_f32_lossy().unwrap());
     let zrow = (nb * bits).div_ceil(8);
     let zb = zp.map(|z| {
         assert_eq!(z.dims(), [(nn * zrow) as u64]);
@@ -276,24 +198,13 @@ fn decode_nbits(m: &Model, node_name: &str) -> NBits {
     for c in 0..nn {
         for kk in 0..k {
             let blk = kk / bs;
-            let code = field(
-                &bb[(c * nb + blk) * blob..(c * nb + blk + 1) * blob],
-                kk % bs,
-            );
-            let z = zb.as_ref().map_or(1 << (bits - 1), |z| {
-                field(&z[c * zrow..(c + 1) * zrow], blk)
-            });
+            let code = field(&bb[(c * nb + blk) * blob..(c * nb + blk + 1) * blob], kk % bs);
+            let z = zb.as_ref().map_or(1 << (bits - 1), |z| field(&z[c * zrow..(c + 1) * zrow], blk));
             w[kk * nn + c] = (code - z) as f32 * sc[c * nb + blk];
             steps[kk * nn + c] = sc[c * nb + blk].abs();
         }
     }
-    NBits {
-        w,
-        k,
-        n: nn,
-        steps,
-        input: n.input(0).unwrap().to_string(),
-    }
+    NBits { w, k, n: nn, steps, input: n.input(0).unwrap().to_string() }
 }
 
 /// `w` stored `[R, C]`, transposed.
@@ -302,19 +213,10 @@ fn transpose(w: &[f32], r: usize, c: usize) -> Vec<f32> {
 }
 
 /// Every element within `limit · step` of the original (a relative slack for f32 rounding).
-fn assert_within_steps(
-    original: &[f32],
-    dequantized: &[f32],
-    steps: &[f32],
-    limit: f32,
-    what: &str,
-) {
+fn assert_within_steps(original: &[f32], dequantized: &[f32], steps: &[f32], limit: f32, what: &str) {
     assert_eq!(original.len(), dequantized.len(), "{what}");
     for (i, ((a, b), s)) in original.iter().zip(dequantized).zip(steps).enumerate() {
-        assert!(
-            (a - b).abs() <= limit * s * 1.000_01 + 1e-7,
-            "{what}[{i}]: {a} → {b}, step {s}"
-        );
+        assert!((a - b).abs() <= limit * s * 1.000_01 + 1e-7, "{what}[{i}]: {a} → {b}, step {s}");
     }
 }
 
@@ -356,11 +258,7 @@ graph g {
 }
 "#,
     );
-    for (_, n) in m
-        .graph
-        .nodes()
-        .filter(|(_, n)| n.op().op_type == "DequantizeLinear")
-    {
+    for (_, n) in m.graph.nodes().filter(|(_, n)| n.op().op_type == "DequantizeLinear") {
         assert_eq!(n.metadata.get("adaptc.pass"), Some("quantize-weights"));
     }
 }
@@ -370,13 +268,7 @@ fn golden_qdq_int4_blocked_raises_the_opset() {
     let mut m = tiny(32, 20);
     m.ir_version = 9;
     let report = run("quantize-weights{bits=4 block=16 scheme=asym}", &mut m);
-    assert!(
-        notes(&report)
-            .iter()
-            .any(|n| n.contains("raised the default-domain opset to 21")),
-        "{:?}",
-        notes(&report)
-    );
+    assert!(notes(&report).iter().any(|n| n.contains("raised the default-domain opset to 21")), "{:?}", notes(&report));
     // 512 int4 = 256 bytes; 2 blocks × 16 channels: 32 f32 scales + 32 uint4 zero points.
     assert_eq!(stat(&report, "quant.bytes_after"), 3 * (256 + 128 + 16));
     assert_dump(
@@ -415,10 +307,7 @@ graph g {
 #[test]
 fn golden_matmulnbits() {
     let mut m = tiny(32, 20);
-    let report = run(
-        "quantize-weights{bits=4 block=16 scheme=asym format=matmulnbits}",
-        &mut m,
-    );
+    let report = run("quantize-weights{bits=4 block=16 scheme=asym format=matmulnbits}", &mut m);
     assert_eq!(stat(&report, "quant.layers"), 3);
     // B: 16 × 2 × 8 bytes; 32 f32 scales; zero points 16 × 1 byte.
     assert_eq!(stat(&report, "quant.bytes_after"), 3 * (256 + 128 + 16));
@@ -492,10 +381,7 @@ fn qdq_error_is_within_half_a_step_and_layouts_follow_onnx() {
     ] {
         let base = tiny(32, 21);
         let mut m = base.clone();
-        run(
-            &format!("quantize-weights{{bits={bits} block={block} scheme={scheme}}}"),
-            &mut m,
-        );
+        run(&format!("quantize-weights{{bits={bits} block={block} scheme={scheme}}}"), &mut m);
         adaptc_ir::verify(&m.graph).unwrap();
         for w in WEIGHTS {
             let what = format!("{w} bits={bits} block={block} {scheme}");
@@ -513,30 +399,18 @@ fn qdq_error_is_within_half_a_step_and_layouts_follow_onnx() {
             assert_eq!(d.q.dtype(), expect_type, "{what}");
             assert_eq!(d.zp.is_some(), scheme == "asym", "{what}");
             if let Some(zp) = &d.zp {
-                assert_eq!(
-                    (zp.dtype(), zp.dims()),
-                    (expect_type, d.scale.dims()),
-                    "{what}"
-                );
+                assert_eq!((zp.dtype(), zp.dims()), (expect_type, d.scale.dims()), "{what}");
             }
             // Per channel: one scale per output feature along the output axis; blocked: the
             // input axis, ceil(K / block) scales per channel.
             let in_out = w == "layer.0.query.weight";
             let out_axis = if in_out { 1 } else { 0 };
             if block == 0 {
-                assert_eq!(
-                    (d.axis, d.block, d.scale.dims()),
-                    (out_axis, 0, &[16u64][..]),
-                    "{what}"
-                );
+                assert_eq!((d.axis, d.block, d.scale.dims()), (out_axis, 0, &[16u64][..]), "{what}");
             } else {
                 let nb = 32u64.div_ceil(block as u64);
                 let dims = if in_out { vec![nb, 16] } else { vec![16, nb] };
-                assert_eq!(
-                    (d.axis, d.block, d.scale.dims().to_vec()),
-                    (1 - out_axis, block, dims),
-                    "{what}"
-                );
+                assert_eq!((d.axis, d.block, d.scale.dims().to_vec()), (1 - out_axis, block, dims), "{what}");
             }
             let levels = ints(&d.q);
             match scheme {
@@ -547,10 +421,7 @@ fn qdq_error_is_within_half_a_step_and_layouts_follow_onnx() {
                     assert!(levels.contains(&lim) || levels.contains(&-lim), "{what}");
                 }
                 "sym-full" => assert!(levels.contains(&-(1 << (bits - 1))), "{what}"),
-                _ => assert!(
-                    levels.iter().all(|&l| (0..1 << bits).contains(&l)),
-                    "{what}"
-                ),
+                _ => assert!(levels.iter().all(|&l| (0..1 << bits).contains(&l)), "{what}"),
             }
         }
     }
@@ -569,42 +440,23 @@ fn per_channel_sym_int8_is_max_abs_over_127() {
         let amax = (0..32).map(|r| w[r * 16 + c].abs()).fold(0f32, f32::max);
         assert_eq!(scales[c], amax / 127.0);
         for r in 0..32 {
-            assert_eq!(
-                levels[r * 16 + c],
-                (w[r * 16 + c] * (1.0 / scales[c])).round() as i32
-            );
+            assert_eq!(levels[r * 16 + c], (w[r * 16 + c] * (1.0 / scales[c])).round() as i32);
         }
     }
     // Only the query layer was chosen; the others are untouched.
-    assert_eq!(
-        weight_values(&m, "layer.0.key.weight"),
-        weight_values(&base, "layer.0.key.weight")
-    );
+    assert_eq!(weight_values(&m, "layer.0.key.weight"), weight_values(&base, "layer.0.key.weight"));
     assert!(m.graph.initializer("layer.0.value.weight").is_some());
 }
 
 #[test]
 fn matmulnbits_decodes_to_the_same_weights_as_qdq() {
-    for (bits, block, scheme) in [
-        (4, 16, "asym"),
-        (4, 16, "sym"),
-        (4, 32, "sym-full"),
-        (8, 16, "asym"),
-        (8, 32, "sym"),
-    ] {
+    for (bits, block, scheme) in [(4, 16, "asym"), (4, 16, "sym"), (4, 32, "sym-full"), (8, 16, "asym"), (8, 32, "sym")]
+    {
         let base = tiny(32, 21);
         let mut qdq = base.clone();
-        run(
-            &format!("quantize-weights{{bits={bits} block={block} scheme={scheme}}}"),
-            &mut qdq,
-        );
+        run(&format!("quantize-weights{{bits={bits} block={block} scheme={scheme}}}"), &mut qdq);
         let mut nb = base.clone();
-        run(
-            &format!(
-                "quantize-weights{{bits={bits} block={block} scheme={scheme} format=matmulnbits}}"
-            ),
-            &mut nb,
-        );
+        run(&format!("quantize-weights{{bits={bits} block={block} scheme={scheme} format=matmulnbits}}"), &mut nb);
         adaptc_ir::verify(&nb.graph).unwrap();
         for (w, node, in_out) in [
             ("layer.0.query.weight", "/layer.0/query/MatMul", true),
@@ -615,18 +467,10 @@ fn matmulnbits_decodes_to_the_same_weights_as_qdq() {
             let d = decode_nbits(&nb, node);
             assert_eq!((d.k, d.n, d.input.as_str()), (32, 16, "x"), "{what}");
             let q = decode_qdq(&qdq, w);
-            let qdq_kn = if in_out {
-                q.values.clone()
-            } else {
-                transpose(&q.values, 16, 32)
-            };
+            let qdq_kn = if in_out { q.values.clone() } else { transpose(&q.values, 16, 32) };
             assert_eq!(d.w, qdq_kn, "{what}");
             let original = weight_values(&base, w);
-            let original_kn = if in_out {
-                original
-            } else {
-                transpose(&original, 16, 32)
-            };
+            let original_kn = if in_out { original } else { transpose(&original, 16, 32) };
             let limit = if scheme == "sym-full" { 1.0 } else { 0.5 };
             assert_within_steps(&original_kn, &d.w, &d.steps, limit, &what);
         }
@@ -642,37 +486,19 @@ fn block_that_does_not_divide_the_input_features() {
     run("quantize-weights{bits=4 block=16 scheme=asym}", &mut qdq);
     let d = decode_qdq(&qdq, "layer.0.query.weight");
     assert_eq!(d.scale.dims(), [3, 16]);
-    assert_within_steps(
-        &weight_values(&base, "layer.0.query.weight"),
-        &d.values,
-        &d.steps,
-        0.5,
-        "qdq",
-    );
+    assert_within_steps(&weight_values(&base, "layer.0.query.weight"), &d.values, &d.steps, 0.5, "qdq");
     let mut nb = base.clone();
-    run(
-        "quantize-weights{bits=4 block=16 scheme=asym format=matmulnbits}",
-        &mut nb,
-    );
+    run("quantize-weights{bits=4 block=16 scheme=asym format=matmulnbits}", &mut nb);
     let n = decode_nbits(&nb, "/layer.0/query/MatMul");
     assert_eq!(n.w, d.values);
-    let b = nb
-        .graph
-        .initializer("layer.0.query.weight_quantized")
-        .unwrap();
+    let b = nb.graph.initializer("layer.0.query.weight_quantized").unwrap();
     assert_eq!(b.dims(), [16, 3, 8]);
     let bytes = b.bytes().unwrap();
     for c in 0..16 {
-        assert!(
-            bytes[c * 24 + 20..c * 24 + 24].iter().all(|&x| x == 0),
-            "padding of channel {c}"
-        );
+        assert!(bytes[c * 24 + 20..c * 24 + 24].iter().all(|&x| x == 0), "padding of channel {c}");
     }
     // Zero points: 3 blocks → 2 bytes per channel, the unused high nibble holds 8.
-    let zp = nb
-        .graph
-        .initializer("layer.0.query.weight_zero_point")
-        .unwrap();
+    let zp = nb.graph.initializer("layer.0.query.weight_zero_point").unwrap();
     assert_eq!(zp.dims(), [32]);
     assert!(zp.bytes().unwrap().chunks(2).all(|c| c[1] >> 4 == 8));
 }
@@ -683,10 +509,7 @@ fn int4_packing_round_trips() {
     // packed bytes are exactly two levels per byte, low nibble first.
     let base = tiny(32, 21);
     let mut m = base.clone();
-    run(
-        "quantize-weights{bits=4 block=16 scheme=sym targets=query}",
-        &mut m,
-    );
+    run("quantize-weights{bits=4 block=16 scheme=sym targets=query}", &mut m);
     let q = decode_qdq(&m, "layer.0.query.weight").q;
     assert_eq!(q.dtype(), DataType::Int4);
     let bytes = q.bytes().unwrap();
@@ -698,17 +521,11 @@ fn int4_packing_round_trips() {
         assert_eq!(*b as i32, lo | (hi << 4));
     }
     let w = weight_values(&base, "layer.0.query.weight");
-    let scales = decode_qdq(&m, "layer.0.query.weight")
-        .scale
-        .to_f32()
-        .unwrap(); // [2, 16]
+    let scales = decode_qdq(&m, "layer.0.query.weight").scale.to_f32().unwrap(); // [2, 16]
     for r in 0..32 {
         for c in 0..16 {
             let s = scales[(r / 16) * 16 + c];
-            assert_eq!(
-                levels[r * 16 + c],
-                (w[r * 16 + c] * (1.0 / s)).round().clamp(-7.0, 7.0) as i32
-            );
+            assert_eq!(levels[r * 16 + c], (w[r * 16 + c] * (1.0 / s)).round().clamp(-7.0, 7.0) as i32);
         }
     }
 }
@@ -716,42 +533,19 @@ fn int4_packing_round_trips() {
 #[test]
 fn float16_weights_keep_float16_scales() {
     let mut m = model(17, |g| {
-        g.inputs.push(ValueInfo::tensor(
-            "x",
-            DataType::Float16,
-            vec![Dim::Known(2), Dim::Known(32)],
-        ));
-        let v: Vec<u8> = values(32 * 8, 9)
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect();
-        g.add_initializer(
-            Tensor::from_bytes("blk.0.fc.weight", DataType::Float16, vec![32, 8], v).unwrap(),
-        )
-        .unwrap();
-        add(
-            g,
-            node("MatMul", &["x", "blk.0.fc.weight"], &["h"]).named("/blk.0/fc/MatMul"),
-        );
+        g.inputs.push(ValueInfo::tensor("x", DataType::Float16, vec![Dim::Known(2), Dim::Known(32)]));
+        let v: Vec<u8> = values(32 * 8, 9).iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        g.add_initializer(Tensor::from_bytes("blk.0.fc.weight", DataType::Float16, vec![32, 8], v).unwrap()).unwrap();
+        add(g, node("MatMul", &["x", "blk.0.fc.weight"], &["h"]).named("/blk.0/fc/MatMul"));
         add(g, node("Relu", &["h"], &["y"]));
         g.outputs.push(output("y"));
     });
     let base = m.clone();
     run("quantize-weights", &mut m);
-    assert_eq!(
-        m.opset(""),
-        Some(19),
-        "float16 scales need DequantizeLinear-19"
-    );
+    assert_eq!(m.opset(""), Some(19), "float16 scales need DequantizeLinear-19");
     let d = decode_qdq(&m, "blk.0.fc.weight");
     assert_eq!(d.scale.dtype(), DataType::Float16);
-    assert_within_steps(
-        &weight_values(&base, "blk.0.fc.weight"),
-        &d.values,
-        &d.steps,
-        0.5,
-        "f16",
-    );
+    assert_within_steps(&weight_values(&base, "blk.0.fc.weight"), &d.values, &d.steps, 0.5, "f16");
 }
 
 // ----- the exact inverse ------------------------------------------------------------------------
@@ -776,25 +570,12 @@ fn dequantize_is_the_exact_inverse() {
             ("layer.0.value.weight", "/layer.0/value/MatMul"),
         ]
         .into_iter()
-        .map(|(w, node)| {
-            (
-                w,
-                if nbits {
-                    decode_nbits(&m, node).w
-                } else {
-                    decode_qdq(&m, w).values
-                },
-            )
-        })
+        .map(|(w, node)| (w, if nbits { decode_nbits(&m, node).w } else { decode_qdq(&m, w).values }))
         .collect();
 
         let report = run("dequantize-weights", &mut m);
         adaptc_ir::verify(&m.graph).unwrap();
-        let key = if nbits {
-            "dequant.matmulnbits"
-        } else {
-            "dequant.qdq"
-        };
+        let key = if nbits { "dequant.matmulnbits" } else { "dequant.qdq" };
         assert_eq!(stat(&report, key), 3, "{pipeline}");
         assert_eq!(stat(&report, "dequant.skipped"), 0, "{pipeline}");
         assert_eq!(stat(&report, "dequant.bytes_after"), 3 * 2048, "{pipeline}");
@@ -807,34 +588,15 @@ fn dequantize_is_the_exact_inverse() {
             );
         }
         // Nothing quantized is left, and the layers are linear layers again with their paths.
-        assert!(
-            m.graph.initializers().all(|t| t.dtype() == DataType::Float),
-            "{pipeline}"
-        );
-        let mut paths: Vec<String> = find_linear_layers(&m.graph)
-            .into_iter()
-            .filter_map(|l| l.module_path)
-            .collect();
+        assert!(m.graph.initializers().all(|t| t.dtype() == DataType::Float), "{pipeline}");
+        let mut paths: Vec<String> = find_linear_layers(&m.graph).into_iter().filter_map(|l| l.module_path).collect();
         paths.sort();
-        assert_eq!(
-            paths,
-            strings(&["layer.0.key", "layer.0.query", "layer.0.value"]),
-            "{pipeline}"
-        );
+        assert_eq!(paths, strings(&["layer.0.key", "layer.0.query", "layer.0.value"]), "{pipeline}");
         if nbits {
             // MatMulNBits came back as MatMul(x, W[K, N]) (+ Add for the Gemm's bias).
-            assert_eq!(
-                m.graph.initializer("layer.0.key.weight").unwrap().dims(),
-                [32, 16]
-            );
-            assert!(m
-                .graph
-                .nodes()
-                .all(|(_, n)| n.op().op_type != "MatMulNBits"));
-            assert!(m
-                .graph
-                .nodes()
-                .all(|(_, n)| n.metadata.get("adaptc.pass").is_none() || n.op().is("Add")));
+            assert_eq!(m.graph.initializer("layer.0.key.weight").unwrap().dims(), [32, 16]);
+            assert!(m.graph.nodes().all(|(_, n)| n.op().op_type != "MatMulNBits"));
+            assert!(m.graph.nodes().all(|(_, n)| n.metadata.get("adaptc.pass").is_none() || n.op().is("Add")));
         } else {
             // QDQ: the very graph we started from, with the dequantized values.
             // (Initializers come back at the end of the list.)
@@ -847,10 +609,7 @@ fn dequantize_is_the_exact_inverse() {
             assert_eq!(sorted(after), sorted(adaptc_ir::dump(&base)), "{pipeline}");
         }
         // Re-quantizing the dequantized weights with the same settings is (nearly) free.
-        assert!(
-            stat(&report, "dequant.requant_max_abs_err_e9") < 1_000,
-            "{pipeline}: {report}"
-        );
+        assert!(stat(&report, "dequant.requant_max_abs_err_e9") < 1_000, "{pipeline}: {report}");
         // And quantizing again reproduces the same quantized model.
         if pipeline == "quantize-weights" {
             let mut again = m.clone();
@@ -870,48 +629,20 @@ fn dequantize_handles_per_tensor_and_foreign_layouts() {
     // Constant node, feeding a MatMul; and one of an activation, which is left alone.
     let mut m = model(21, |g| {
         g.inputs.push(f32_input("x", &[2, 4]));
-        g.inputs.push(ValueInfo::tensor(
-            "xa",
-            DataType::Uint8,
-            vec![Dim::Known(4)],
-        ));
-        let q = Tensor::from_bytes(
-            "wq",
-            DataType::Uint8,
-            vec![4, 2],
-            vec![0, 10, 128, 255, 7, 9, 100, 200],
-        )
-        .unwrap();
+        g.inputs.push(ValueInfo::tensor("xa", DataType::Uint8, vec![Dim::Known(4)]));
+        let q = Tensor::from_bytes("wq", DataType::Uint8, vec![4, 2], vec![0, 10, 128, 255, 7, 9, 100, 200]).unwrap();
         g.add_initializer(q).unwrap();
-        add(
-            g,
-            node_with(
-                "Constant",
-                &[],
-                &["ws"],
-                vec![Attribute::tensor("value", f32s("", &[], &[0.5]))],
-            ),
-        );
-        g.add_initializer(Tensor::from_bytes("wz", DataType::Uint8, vec![], vec![128]).unwrap())
-            .unwrap();
-        add(
-            g,
-            node("DequantizeLinear", &["wq", "ws", "wz"], &["w"]).named("dq_w"),
-        );
-        add(
-            g,
-            node("DequantizeLinear", &["xa", "ws", "wz"], &["a"]).named("dq_act"),
-        );
+        add(g, node_with("Constant", &[], &["ws"], vec![Attribute::tensor("value", f32s("", &[], &[0.5]))]));
+        g.add_initializer(Tensor::from_bytes("wz", DataType::Uint8, vec![], vec![128]).unwrap()).unwrap();
+        add(g, node("DequantizeLinear", &["wq", "ws", "wz"], &["w"]).named("dq_w"));
+        add(g, node("DequantizeLinear", &["xa", "ws", "wz"], &["a"]).named("dq_act"));
         add(g, node("MatMul", &["x", "w"], &["y"]).named("/fc/MatMul"));
         g.outputs.push(output("y"));
         g.outputs.push(output("a"));
     });
     let report = run("dequantize-weights", &mut m);
     assert_eq!(stat(&report, "dequant.qdq"), 1);
-    assert_eq!(
-        weight_values(&m, "w"),
-        vec![-64.0, -59.0, 0.0, 63.5, -60.5, -59.5, -14.0, 36.0]
-    );
+    assert_eq!(weight_values(&m, "w"), vec![-64.0, -59.0, 0.0, 63.5, -60.5, -59.5, -14.0, 36.0]);
     // `ws` and `wz` still feed the activation's DequantizeLinear; `wq` is gone.
     assert!(m.graph.initializer("wq").is_none());
     assert!(m.graph.initializer("wz").is_some());
@@ -922,29 +653,22 @@ fn dequantize_handles_per_tensor_and_foreign_layouts() {
 // ----- bert6 ------------------------------------------------------------------------------------
 
 fn load_bert6() -> Model {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/bert6.onnx");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/bert6.onnx");
     adaptc_ir::onnx::load(&path).unwrap()
 }
 
 #[test]
 fn bert6_in_both_formats() {
     let base = load_bert6();
-    let linear_bytes: i64 = find_linear_layers(&base.graph)
-        .iter()
-        .map(|l| l.weight_tensor(&base.graph).unwrap().byte_len() as i64)
-        .sum();
+    let linear_bytes: i64 =
+        find_linear_layers(&base.graph).iter().map(|l| l.weight_tensor(&base.graph).unwrap().byte_len() as i64).sum();
     let dir = scratch("bert6");
     for (pipeline, limit, opset) in [
         ("quantize-weights", 0.30, 20),
         ("quantize-weights{bits=4 block=32 scheme=asym}", 0.18, 21),
         ("quantize-weights{bits=4 block=32 scheme=sym}", 0.18, 21),
         ("quantize-weights{format=matmulnbits}", 0.30, 20),
-        (
-            "quantize-weights{bits=4 block=32 scheme=asym format=matmulnbits}",
-            0.18,
-            20,
-        ),
+        ("quantize-weights{bits=4 block=32 scheme=asym format=matmulnbits}", 0.18, 20),
     ] {
         let mut m = base.clone();
         let report_path = dir.join("report.json");
@@ -953,25 +677,11 @@ fn bert6_in_both_formats() {
         assert_eq!(m.opset(""), Some(opset), "{pipeline}");
         // All 37 linear layers (36 MatMul + the pooler's Gemm): embeddings stay float.
         assert_eq!(stat(&report, "quant.layers"), 37, "{pipeline}");
-        assert_eq!(
-            stat(&report, "quant.bytes_before"),
-            linear_bytes,
-            "{pipeline}"
-        );
+        assert_eq!(stat(&report, "quant.bytes_before"), linear_bytes, "{pipeline}");
         let ratio = stat(&report, "quant.bytes_after") as f64 / linear_bytes as f64;
         assert!(ratio <= limit, "{pipeline}: {ratio}");
-        for t in base
-            .graph
-            .initializers()
-            .filter(|t| t.name.contains("embeddings"))
-        {
-            assert!(
-                m.graph
-                    .initializer(&t.name)
-                    .is_some_and(|u| u.same_value(t)),
-                "{}",
-                t.name
-            );
+        for t in base.graph.initializers().filter(|t| t.name.contains("embeddings")) {
+            assert!(m.graph.initializer(&t.name).is_some_and(|u| u.same_value(t)), "{}", t.name);
         }
         // The written model loads back and verifies.
         let path = dir.join("q.onnx");
@@ -981,16 +691,8 @@ fn bert6_in_both_formats() {
         assert_eq!(adaptc_ir::dump(&back), adaptc_ir::dump(&m));
         // Round trip back to float and its report.
         let mut with_report = base.clone();
-        run(
-            &format!(
-                "{}report={}}}",
-                pipeline_with_open_brace(pipeline),
-                report_path.display()
-            ),
-            &mut with_report,
-        );
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+        run(&format!("{}report={}}}", pipeline_with_open_brace(pipeline), report_path.display()), &mut with_report);
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
         assert_eq!(json["total_layers"], 37);
         assert_eq!(json["layers"].as_array().unwrap().len(), 37);
         let first = &json["layers"][0];
@@ -998,11 +700,7 @@ fn bert6_in_both_formats() {
         assert!(first["max_abs_err"].as_f64().unwrap() >= first["mean_abs_err"].as_f64().unwrap());
         assert!(first["bytes_after"].as_u64().unwrap() < first["bytes_before"].as_u64().unwrap());
         let report = run("dequantize-weights,dce", &mut m);
-        assert_eq!(
-            stat(&report, "dequant.qdq") + stat(&report, "dequant.matmulnbits"),
-            37,
-            "{pipeline}"
-        );
+        assert_eq!(stat(&report, "dequant.qdq") + stat(&report, "dequant.matmulnbits"), 37, "{pipeline}");
         assert_eq!(find_linear_layers(&m.graph).len(), 37, "{pipeline}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -1022,8 +720,7 @@ fn every_linear_form_quantizes_and_comes_back() {
     // The exporter spellings of tests/fixtures/models/linear_forms (MatMul, MatMul + Add either
     // order, Gemm transB 0/1, MatMul(Transpose(W))): quantize, verify, write and read back,
     // dequantize, and compare the weight with the original (as [in, out], within one step).
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/linear_forms");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/linear_forms");
     let scratch = scratch("forms");
     let as_in_out = |m: &Model| -> Vec<f32> {
         let layers = find_linear_layers(&m.graph);
@@ -1037,18 +734,10 @@ fn every_linear_form_quantizes_and_comes_back() {
             }
         }
     };
-    for file in [
-        "matmul.onnx",
-        "matmul_add.onnx",
-        "gemm_transb.onnx",
-        "gemm_notrans.onnx",
-        "matmul_transpose.onnx",
-    ] {
+    for file in ["matmul.onnx", "matmul_add.onnx", "gemm_transb.onnx", "gemm_notrans.onnx", "matmul_transpose.onnx"] {
         let base = adaptc_ir::onnx::load(&dir.join(file)).unwrap();
         let original = as_in_out(&base);
-        let (lo, hi) = original
-            .iter()
-            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = original.iter().fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
         for (options, bits) in [
             ("", 8),
             ("bits=4 block=16 scheme=asym", 4),
@@ -1057,27 +746,17 @@ fn every_linear_form_quantizes_and_comes_back() {
         ] {
             let what = format!("{file} {options}");
             let mut m = base.clone();
-            let report = run(
-                &format!("quantize-weights{{targets=re:.* {options}}}"),
-                &mut m,
-            );
+            let report = run(&format!("quantize-weights{{targets=re:.* {options}}}"), &mut m);
             assert_eq!(stat(&report, "quant.layers"), 1, "{what}");
             adaptc_ir::verify(&m.graph).unwrap();
             let path = scratch.join("q.onnx");
             adaptc_ir::onnx::save(&m, &path, &Default::default()).unwrap();
             let mut back = adaptc_ir::onnx::load(&path).unwrap();
             let report = run("dequantize-weights,dce", &mut back);
-            assert_eq!(
-                stat(&report, "dequant.qdq") + stat(&report, "dequant.matmulnbits"),
-                1,
-                "{what}"
-            );
+            assert_eq!(stat(&report, "dequant.qdq") + stat(&report, "dequant.matmulnbits"), 1, "{what}");
             let step = (hi - lo) / ((1 << bits) - 1) as f32;
             for (a, b) in original.iter().zip(as_in_out(&back)) {
-                assert!(
-                    (a - b).abs() <= step * 1.0001,
-                    "{what}: {a} → {b} (step {step})"
-                );
+                assert!((a - b).abs() <= step * 1.0001, "{what}: {a} → {b} (step {step})");
             }
         }
     }
@@ -1088,22 +767,11 @@ fn every_linear_form_quantizes_and_comes_back() {
 
 #[test]
 fn bad_options_are_refused_before_running() {
-    let build = |p: &str| {
-        PassManager::new(&Registry::builtin(), p)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    };
+    let build = |p: &str| PassManager::new(&Registry::builtin(), p).err().map(|e| e.to_string()).unwrap_or_default();
     let e = build("quantize-weights{bits=3}");
-    assert!(
-        e.contains("option `bits`") && e.contains("3 bits are not supported: use 8"),
-        "{e}"
-    );
+    assert!(e.contains("option `bits`") && e.contains("3 bits are not supported: use 8"), "{e}");
     let e = build("quantize-weights{bits=4 block=48}");
-    assert!(
-        e.contains("option `block`") && e.contains("power of two"),
-        "{e}"
-    );
+    assert!(e.contains("option `block`") && e.contains("power of two"), "{e}");
     let e = build("quantize-weights{block=8}");
     assert!(e.contains("option `block`"), "{e}");
     let e = build("quantize-weights{scheme=nf4}");
@@ -1115,16 +783,9 @@ fn bad_options_are_refused_before_running() {
 #[test]
 fn trainable_weights_are_refused() {
     let mut m = tiny(32, 20);
-    m.graph
-        .initializer_mut("layer.0.key.weight")
-        .unwrap()
-        .metadata
-        .set("adaptc.trainable", "true");
+    m.graph.initializer_mut("layer.0.key.weight").unwrap().metadata.set("adaptc.trainable", "true");
     let e = run_err("quantize-weights", &mut m);
-    assert!(
-        e.contains("`layer.0.key`") && e.contains("is trainable"),
-        "{e}"
-    );
+    assert!(e.contains("`layer.0.key`") && e.contains("is trainable"), "{e}");
     // Excluding it lets the rest through.
     run("quantize-weights{exclude=key}", &mut m);
     assert!(m.graph.initializer("layer.0.key.weight").is_some());
@@ -1133,27 +794,14 @@ fn trainable_weights_are_refused() {
 #[test]
 fn non_float_weights_are_refused() {
     let mut m = model(20, |g| {
-        g.inputs.push(ValueInfo::tensor(
-            "x",
-            DataType::Int32,
-            vec![Dim::Known(2), Dim::Known(4)],
-        ));
-        g.add_initializer(i32s("fc.weight", &[4, 3], &[1; 12]))
-            .unwrap();
-        add(
-            g,
-            node("MatMul", &["x", "fc.weight"], &["h"]).named("/fc/MatMul"),
-        );
+        g.inputs.push(ValueInfo::tensor("x", DataType::Int32, vec![Dim::Known(2), Dim::Known(4)]));
+        g.add_initializer(i32s("fc.weight", &[4, 3], &[1; 12])).unwrap();
+        add(g, node("MatMul", &["x", "fc.weight"], &["h"]).named("/fc/MatMul"));
         add(g, node("Relu", &["h"], &["y"]));
         g.outputs.push(output("y"));
     });
     let e = run_err("quantize-weights", &mut m);
-    assert!(
-        e.contains("`fc`")
-            && e.contains("is i32")
-            && e.contains("only float32, float16 and bfloat16"),
-        "{e}"
-    );
+    assert!(e.contains("`fc`") && e.contains("is i32") && e.contains("only float32, float16 and bfloat16"), "{e}");
 }
 
 #[test]
@@ -1162,25 +810,11 @@ fn shared_weights_serve_every_reader_in_qdq_and_are_refused_by_matmulnbits() {
     let shared = || {
         model(20, |g| {
             g.inputs.push(f32_input("x", &[2, 32]));
-            g.inputs.push(ValueInfo::tensor(
-                "ids",
-                DataType::Int64,
-                vec![Dim::Known(2)],
-            ));
-            g.add_initializer(f32s("enc.proj.weight", &[32, 16], &values(512, 7)))
-                .unwrap();
-            add(
-                g,
-                node("MatMul", &["x", "enc.proj.weight"], &["a"]).named("/enc/proj/MatMul"),
-            );
-            add(
-                g,
-                node("MatMul", &["x", "enc.proj.weight"], &["b"]).named("/dec/proj/MatMul"),
-            );
-            add(
-                g,
-                node("Gather", &["enc.proj.weight", "ids"], &["e"]).named("/embed/Gather"),
-            );
+            g.inputs.push(ValueInfo::tensor("ids", DataType::Int64, vec![Dim::Known(2)]));
+            g.add_initializer(f32s("enc.proj.weight", &[32, 16], &values(512, 7))).unwrap();
+            add(g, node("MatMul", &["x", "enc.proj.weight"], &["a"]).named("/enc/proj/MatMul"));
+            add(g, node("MatMul", &["x", "enc.proj.weight"], &["b"]).named("/dec/proj/MatMul"));
+            add(g, node("Gather", &["enc.proj.weight", "ids"], &["e"]).named("/embed/Gather"));
             add(g, node("Add", &["a", "b"], &["y"]));
             g.outputs.push(output("y"));
             g.outputs.push(output("e"));
@@ -1190,30 +824,17 @@ fn shared_weights_serve_every_reader_in_qdq_and_are_refused_by_matmulnbits() {
     let report = run("quantize-weights{bits=4 block=16}", &mut m);
     assert_eq!(stat(&report, "quant.layers"), 2);
     assert_eq!(stat(&report, "quant.shared"), 1);
-    assert!(
-        notes(&report).iter().any(|n| n.contains("/embed/Gather")),
-        "{:?}",
-        notes(&report)
-    );
+    assert!(notes(&report).iter().any(|n| n.contains("/embed/Gather")), "{:?}", notes(&report));
     assert_eq!(m.graph.uses("enc.proj.weight").len(), 3);
     assert_eq!(
-        m.graph
-            .producer("enc.proj.weight")
-            .map(|(id, _)| m.graph.node(id).op().op_type.clone())
-            .as_deref(),
+        m.graph.producer("enc.proj.weight").map(|(id, _)| m.graph.node(id).op().op_type.clone()).as_deref(),
         Some("DequantizeLinear")
     );
     adaptc_ir::verify(&m.graph).unwrap();
 
     let mut m = shared();
-    let e = run_err(
-        "quantize-weights{bits=4 block=16 format=matmulnbits}",
-        &mut m,
-    );
-    assert!(
-        e.contains("is shared") && e.contains("/embed/Gather") && e.contains("format=qdq"),
-        "{e}"
-    );
+    let e = run_err("quantize-weights{bits=4 block=16 format=matmulnbits}", &mut m);
+    assert!(e.contains("is shared") && e.contains("/embed/Gather") && e.contains("format=qdq"), "{e}");
 }
 
 #[test]
@@ -1232,28 +853,20 @@ fn opset_raise_is_refused_when_an_operator_would_change() {
     // Opset 17: Split without a `split` input becomes invalid at 18 (num_outputs required).
     let with_split = || {
         let mut m = tiny(32, 17);
-        m.graph
-            .add_node(node("Split", &["y"], &["y0", "y1"]).named("/split/Split"))
-            .unwrap();
+        m.graph.add_node(node("Split", &["y"], &["y0", "y1"]).named("/split/Split")).unwrap();
         m.graph.outputs.push(output("y0"));
         m.graph.outputs.push(output("y1"));
         m
     };
     let mut m = with_split();
     let e = run_err("quantize-weights{bits=4 block=16}", &mut m);
-    assert!(
-        e.contains("needs opset 21") && e.contains("Split-18") && e.contains("format=matmulnbits"),
-        "{e}"
-    );
+    assert!(e.contains("needs opset 21") && e.contains("Split-18") && e.contains("format=matmulnbits"), "{e}");
     // int8 per channel needs only 13: nothing to raise. MatMulNBits needs no raise either.
     let mut m = with_split();
     run("quantize-weights", &mut m);
     assert_eq!(m.opset(""), Some(17));
     let mut m = with_split();
-    run(
-        "quantize-weights{bits=4 block=16 format=matmulnbits}",
-        &mut m,
-    );
+    run("quantize-weights{bits=4 block=16 format=matmulnbits}", &mut m);
     assert_eq!((m.opset(""), m.opset("com.microsoft")), (Some(17), Some(1)));
     // Without the Split the raise goes through (Add, MatMul, Gemm, Transpose are unchanged).
     let mut m = tiny(32, 17);
@@ -1265,25 +878,16 @@ fn opset_raise_is_refused_when_an_operator_would_change() {
 fn lora_adapted_models_quantize_the_base_only() {
     // QLoRA's layout: the frozen base weights quantized, the trainable adapters left in float.
     let mut m = tiny(32, 20);
-    let report = run(
-        "insert-lora{rank=4 targets=query,value},quantize-weights{bits=4 block=16}",
-        &mut m,
-    );
+    let report = run("insert-lora{rank=4 targets=query,value},quantize-weights{bits=4 block=16}", &mut m);
     adaptc_ir::verify(&m.graph).unwrap();
     assert_eq!(stat(&report, "quant.layers"), 3);
     for w in WEIGHTS {
         decode_qdq(&m, w);
     }
-    let trainable = adaptc_passes::adapters::AdapterState::load(&m)
-        .unwrap()
-        .trainable;
+    let trainable = adaptc_passes::adapters::AdapterState::load(&m).unwrap().trainable;
     assert_eq!(trainable.len(), 4, "{trainable:?}");
     for name in &trainable {
-        assert_eq!(
-            m.graph.initializer(name).map(Tensor::dtype),
-            Some(DataType::Float),
-            "{name}"
-        );
+        assert_eq!(m.graph.initializer(name).map(Tensor::dtype), Some(DataType::Float), "{name}");
     }
 }
 
@@ -1291,10 +895,7 @@ fn lora_adapted_models_quantize_the_base_only() {
 fn nothing_selected_is_an_error() {
     let mut m = tiny(32, 20);
     let e = run_err("quantize-weights{targets=nonexistent}", &mut m);
-    assert!(
-        e.contains("no linear layer matches targets=nonexistent"),
-        "{e}"
-    );
+    assert!(e.contains("no linear layer matches targets=nonexistent"), "{e}");
 }
 
 #[test]

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
 use adaptc_ir::{onnx, Model, TypeInfo};
 use adaptc_passes::pattern::{find_linear_layers, LinearLayer};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::progress::Bar;

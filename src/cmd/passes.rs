@@ -1,7 +1,7 @@
 //! `adaptc passes`: the registry, with every option and its default.
 
-use anyhow::Result;
 use adaptc_passes::Registry;
+use anyhow::Result;
 use serde_json::json;
 
 /// List every registered pass with its options, defaults and a one-line description.

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use adaptc_ir::onnx::{self, ExternalMode, SaveOptions};
 use adaptc_passes::{ManagerOptions, PassManager, Registry};
+use anyhow::{Context, Result};
 
 use crate::progress::Bar;
 
@@ -71,13 +71,11 @@ pub fn run(args: Args) -> Result<()> {
     let registry = Registry::builtin();
     // Build the pipeline first: a typo in an option fails before any loading.
     let manager = match &args.pipeline {
-        Some(text) => Some(
-            PassManager::new(&registry, text)?.with_options(ManagerOptions {
-                verify_each: !args.no_verify,
-                print_after_change: args.print_after_change,
-                stop_after: args.stop_after,
-            }),
-        ),
+        Some(text) => Some(PassManager::new(&registry, text)?.with_options(ManagerOptions {
+            verify_each: !args.no_verify,
+            print_after_change: args.print_after_change,
+            stop_after: args.stop_after,
+        })),
         None => None,
     };
     let check = if args.verify { Some(args.check.settings()?) } else { None };

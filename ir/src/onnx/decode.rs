@@ -98,7 +98,10 @@ impl Decoder {
             }
         }
         if proto.dims.iter().any(|&d| d < 0) {
-            return Err(IrError::tensor(proto.values.name(), format!("sparse shape {:?} has a negative dimension", proto.dims)));
+            return Err(IrError::tensor(
+                proto.values.name(),
+                format!("sparse shape {:?} has a negative dimension", proto.dims),
+            ));
         }
         Ok(SparseTensor(Box::new(proto)))
     }

@@ -111,7 +111,9 @@ pub fn encode(model: &Model) -> Result<Vec<u8>, IrError> {
     if size > MAX_PROTO_BYTES {
         return Err(IrError::Write {
             path: Default::default(),
-            reason: format!("the model is {size} bytes inline, over protobuf's 2 GiB limit; save it with external data"),
+            reason: format!(
+                "the model is {size} bytes inline, over protobuf's 2 GiB limit; save it with external data"
+            ),
         });
     }
     proto.write_to_bytes().map_err(|e| IrError::Write { path: Default::default(), reason: e.to_string() })
@@ -125,8 +127,6 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
 /// Writes a protobuf message to a file through a buffer.
 fn write_proto(proto: &pb::ModelProto, file: &mut File, path: &Path) -> Result<(), IrError> {
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    proto
-        .write_to_writer(&mut out)
-        .map_err(|e| IrError::Write { path: path.into(), reason: e.to_string() })?;
+    proto.write_to_writer(&mut out).map_err(|e| IrError::Write { path: path.into(), reason: e.to_string() })?;
     out.flush().map_err(|e| IrError::io(path, e))
 }

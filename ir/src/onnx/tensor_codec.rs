@@ -86,8 +86,9 @@ pub(crate) fn decode_tensor(
         }
         dims.push(d as u64);
     }
-    let numel = numel_of(&dims)
-        .ok_or_else(|| IrError::tensor(&label, format!("shape {:?} has more elements than fit in 64 bits", proto.dims)))?;
+    let numel = numel_of(&dims).ok_or_else(|| {
+        IrError::tensor(&label, format!("shape {:?} has more elements than fit in 64 bits", proto.dims))
+    })?;
     let expected = expected_bytes(&label, dtype, &dims)?;
 
     let location = proto.data_location.map(|l| l.value());
@@ -114,8 +115,8 @@ pub(crate) fn decode_tensor(
         if dtype == DataType::String {
             return Err(IrError::tensor(&label, "is a STRING tensor, which cannot use external data"));
         }
-        let resolver = resolver
-            .ok_or_else(|| IrError::tensor(&label, "uses external data where the format does not allow it"))?;
+        let resolver =
+            resolver.ok_or_else(|| IrError::tensor(&label, "uses external data where the format does not allow it"))?;
         let mut location = None;
         let (mut offset, mut length) = (None, None);
         let mut extra = Vec::new();
@@ -186,11 +187,36 @@ fn decode_typed(
 ) -> Result<(TensorData, Encoding), IrError> {
     let field = field_of(dtype);
     let others_set = match field {
-        Field::Float => !proto.int32_data.is_empty() || !proto.int64_data.is_empty() || !proto.double_data.is_empty() || !proto.uint64_data.is_empty(),
-        Field::Int32 => !proto.float_data.is_empty() || !proto.int64_data.is_empty() || !proto.double_data.is_empty() || !proto.uint64_data.is_empty(),
-        Field::Int64 => !proto.float_data.is_empty() || !proto.int32_data.is_empty() || !proto.double_data.is_empty() || !proto.uint64_data.is_empty(),
-        Field::Double => !proto.float_data.is_empty() || !proto.int32_data.is_empty() || !proto.int64_data.is_empty() || !proto.uint64_data.is_empty(),
-        Field::Uint64 => !proto.float_data.is_empty() || !proto.int32_data.is_empty() || !proto.int64_data.is_empty() || !proto.double_data.is_empty(),
+        Field::Float => {
+            !proto.int32_data.is_empty()
+                || !proto.int64_data.is_empty()
+                || !proto.double_data.is_empty()
+                || !proto.uint64_data.is_empty()
+        }
+        Field::Int32 => {
+            !proto.float_data.is_empty()
+                || !proto.int64_data.is_empty()
+                || !proto.double_data.is_empty()
+                || !proto.uint64_data.is_empty()
+        }
+        Field::Int64 => {
+            !proto.float_data.is_empty()
+                || !proto.int32_data.is_empty()
+                || !proto.double_data.is_empty()
+                || !proto.uint64_data.is_empty()
+        }
+        Field::Double => {
+            !proto.float_data.is_empty()
+                || !proto.int32_data.is_empty()
+                || !proto.int64_data.is_empty()
+                || !proto.uint64_data.is_empty()
+        }
+        Field::Uint64 => {
+            !proto.float_data.is_empty()
+                || !proto.int32_data.is_empty()
+                || !proto.int64_data.is_empty()
+                || !proto.double_data.is_empty()
+        }
         Field::String => false,
     } || !proto.string_data.is_empty();
     if others_set {
@@ -242,11 +268,7 @@ fn decode_typed(
     let exact = exact
         || (field == Field::Float
             && canonical.float_data.iter().map(|f| f.to_bits()).eq(proto.float_data.iter().map(|f| f.to_bits())));
-    let encoding = if exact {
-        Encoding::Typed
-    } else {
-        Encoding::Verbatim(Box::new(typed_fields_of(proto)))
-    };
+    let encoding = if exact { Encoding::Typed } else { Encoding::Verbatim(Box::new(typed_fields_of(proto))) };
     Ok((TensorData::Bytes(Arc::new(bytes)), encoding))
 }
 
@@ -268,10 +290,12 @@ fn encode_typed(proto: &mut pb::TensorProto, dtype: DataType, bytes: &[u8]) {
             proto.float_data = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         }
         Field::Double => {
-            proto.double_data = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+            proto.double_data =
+                bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
         }
         Field::Int64 => {
-            proto.int64_data = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+            proto.int64_data =
+                bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
         }
         Field::Uint64 => {
             let width = if dtype == DataType::Uint32 { 4 } else { 8 };

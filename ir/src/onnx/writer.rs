@@ -158,7 +158,8 @@ pub(super) fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<
             "the model would be {size} bytes, over protobuf's 2 GiB limit; save with external data"
         )));
     }
-    let mut model_tmp = NamedTempFile::new_in(&dir).map_err(|e| fail(format!("cannot create a temporary file: {e}")))?;
+    let mut model_tmp =
+        NamedTempFile::new_in(&dir).map_err(|e| fail(format!("cannot create a temporary file: {e}")))?;
     write_proto(&proto, model_tmp.as_file_mut(), path)?;
     report.model_bytes = size;
 

@@ -32,8 +32,7 @@ pub struct LoraAsInputs;
 pub(crate) fn info() -> PassInfo {
     PassInfo {
         name: PASS,
-        summary:
-            "expose LoRA/DoRA adapter weights as optional graph inputs (stored values as defaults)",
+        summary: "expose LoRA/DoRA adapter weights as optional graph inputs (stored values as defaults)",
         options: Vec::new(),
         example: "insert-lora{targets=query,value},lora-as-inputs",
         build: |_: &Options| Ok(Box::new(LoraAsInputs)),
@@ -49,11 +48,7 @@ impl Pass for LoraAsInputs {
         let state = AdapterState::load(model)?;
         let graph = &mut model.graph;
         let mut added = 0i64;
-        for rec in state
-            .adapters
-            .iter()
-            .filter(|r| matches!(r.method, Method::Lora | Method::Dora))
-        {
+        for rec in state.adapters.iter().filter(|r| matches!(r.method, Method::Lora | Method::Dora)) {
             for name in rec.params.values() {
                 if graph.is_graph_input(name) {
                     continue;
@@ -61,16 +56,11 @@ impl Pass for LoraAsInputs {
                 let Some(t) = graph.initializer(name) else {
                     return Err(PassError::failed(
                         PASS,
-                        format!(
-                            "`{}`: adapter weight `{name}` is not an initializer",
-                            rec.module
-                        ),
+                        format!("`{}`: adapter weight `{name}` is not an initializer", rec.module),
                     ));
                 };
                 let dims = t.dims().iter().map(|&d| Dim::Known(d as i64)).collect();
-                graph
-                    .inputs
-                    .push(ValueInfo::tensor(name.clone(), t.dtype(), dims));
+                graph.inputs.push(ValueInfo::tensor(name.clone(), t.dtype(), dims));
                 added += 1;
             }
         }

@@ -44,6 +44,7 @@ use adaptc_ir::{Attribute, DataType, Graph, Model};
 use super::ia3::float_tensor;
 use super::record::{AdapterRecord, AdapterState, Layout, Method};
 use super::rewriter::Rewriter;
+use super::sites::{checked_sites, Site};
 use super::targets::Selection;
 use crate::options::{OptionInfo, OptionKind, Options};
 use crate::pass::{Pass, PassContext, PassError, PassOutcome};
@@ -56,8 +57,7 @@ pub const PASS: &str = "insert-adapter";
 /// Standard deviation of `W_down`'s initial values (truncated at ±2σ).
 pub const INIT_STD: f64 = 1e-2;
 
-const TARGETS_HINT: &str =
-    "name the sublayer outputs to adapt, e.g. `targets=output.dense` (BERT: \
+const TARGETS_HINT: &str = "name the sublayer outputs to adapt, e.g. `targets=output.dense` (BERT: \
                             attention.output.dense and output.dense, as Houlsby) or \
                             `targets=o_proj,down_proj` (Llama)";
 
@@ -141,58 +141,27 @@ pub(crate) fn info() -> PassInfo {
 fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
     let bottleneck = o.usize("bottleneck")?;
     if bottleneck == 0 {
-        return Err(PassError::bad_option(
-            PASS,
-            "bottleneck",
-            "must be at least 1",
-        ));
+        return Err(PassError::bad_option(PASS, "bottleneck", "must be at least 1"));
     }
     let scale = o.f64("scale")? as f32;
     if !scale.is_finite() {
-        return Err(PassError::bad_option(
-            PASS,
-            "scale",
-            "does not fit in a float32",
-        ));
+        return Err(PassError::bad_option(PASS, "scale", "does not fit in a float32"));
     }
-    let placement = if o.choice("placement")? == "parallel" {
-        Placement::Parallel
-    } else {
-        Placement::Sequential
-    };
-    let activation = if o.choice("activation")? == "gelu" {
-        Activation::Gelu
-    } else {
-        Activation::Relu
-    };
+    let placement = if o.choice("placement")? == "parallel" { Placement::Parallel } else { Placement::Sequential };
+    let activation = if o.choice("activation")? == "gelu" { Activation::Gelu } else { Activation::Relu };
     let seed = o.usize("seed")? as u64;
     let (exclude, layers) = (o.list("exclude")?, o.list("layers")?);
     let (selection, described) = if o.is_set("targets") {
         let targets = o.list("targets")?;
         if targets.is_empty() {
-            return Err(PassError::bad_option(
-                PASS,
-                "targets",
-                format!("no targets given: {TARGETS_HINT}"),
-            ));
+            return Err(PassError::bad_option(PASS, "targets", format!("no targets given: {TARGETS_HINT}")));
         }
-        (
-            Some(Selection::parse(PASS, &targets, &exclude, &layers)?),
-            Selection::describe(&targets, &exclude, &layers),
-        )
+        (Some(Selection::parse(PASS, &targets, &exclude, &layers)?), Selection::describe(&targets, &exclude, &layers))
     } else {
         Selection::parse(PASS, &["all-linear".to_string()], &exclude, &layers)?;
         (None, String::new())
     };
-    Ok(Box::new(InsertAdapter {
-        selection,
-        described,
-        bottleneck,
-        placement,
-        activation,
-        scale,
-        seed,
-    }))
+    Ok(Box::new(InsertAdapter { selection, described, bottleneck, placement, activation, scale, seed }))
 }
 
 /// One layer's planned adapter.
@@ -211,19 +180,13 @@ impl Pass for InsertAdapter {
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let Some(selection) = &self.selection else {
-            return Err(PassError::bad_option(
-                PASS,
-                "targets",
-                format!("is required: {TARGETS_HINT}"),
-            ));
+            return Err(PassError::bad_option(PASS, "targets", format!("is required: {TARGETS_HINT}")));
         };
         let opset = model.opset("").unwrap_or(0);
         if opset < 7 {
             return Err(PassError::failed(
                 PASS,
-                format!(
-                    "needs default-domain opset ≥ 7 (broadcasting Add); the model imports {opset}"
-                ),
+                format!("needs default-domain opset ≥ 7 (broadcasting Add); the model imports {opset}"),
             ));
         }
         let mut state = AdapterState::load(model)?;
@@ -233,58 +196,23 @@ impl Pass for InsertAdapter {
             return Err(selection.no_match(PASS, graph, &self.described));
         }
 
+        let (sites, skipped) = checked_sites(
+            PASS,
+            graph,
+            selected,
+            "adapting",
+            |layer| {
+                let module = layer.module_path.as_deref().unwrap_or_default();
+                state.of(Method::Bottleneck).any(|a| a.module == module).then(|| "a bottleneck adapter".to_string())
+            },
+            cx,
+        )?;
         let mut plans = Vec::new();
-        let mut seen = BTreeMap::<String, String>::new();
-        let mut skipped = 0;
-        for layer in selected {
-            let module = layer.module_path.clone().unwrap_or_default();
-            let label = graph.node(layer.node).label();
-            if let Some(first) = seen.insert(module.clone(), label.clone()) {
-                return Err(fail(
-                    &module,
-                    format!(
-                        "the module is applied at more than one place (nodes `{first}` and `{label}`); adapting a \
-                         module that is called twice is not supported (exclude it)"
-                    ),
-                ));
-            }
-            if state.of(Method::Bottleneck).any(|a| a.module == module) {
-                cx.note(format!(
-                    "{module}: skipped, it already has a bottleneck adapter"
-                ));
-                skipped += 1;
-                continue;
-            }
-            let Some(w) = layer.weight_tensor(graph) else {
-                return Err(fail(
-                    &module,
-                    format!("the weight `{}` is not a constant", layer.weight),
-                ));
-            };
-            let dtype = w.dtype();
-            if !dtype.is_float() {
-                return Err(fail(
-                    &module,
-                    format!("the weight `{}` is {dtype}, not a float type", layer.weight),
-                ));
-            }
-            if graph.producer(&layer.output).is_none() {
-                return Err(fail(
-                    &module,
-                    format!("the layer's output `{}` has no producer", layer.output),
-                ));
-            }
+        for Site { layer, module, dtype } in sites {
             let d = self.input_width(&layer) as usize;
             let mut rng = SplitMix64::new(site_seed(self.seed, &module));
-            let down = (0..self.bottleneck * d)
-                .map(|_| rng.truncated_normal(2.0) as f32 * INIT_STD as f32)
-                .collect();
-            plans.push(Plan {
-                layer,
-                module,
-                dtype,
-                down,
-            });
+            let down = (0..self.bottleneck * d).map(|_| rng.truncated_normal(2.0) as f32 * INIT_STD as f32).collect();
+            plans.push(Plan { layer, module, dtype, down });
         }
 
         let mut params = 0i64;
@@ -318,27 +246,14 @@ impl InsertAdapter {
     }
 
     /// Builds one adapter (all checks done); returns its parameter count.
-    fn insert(
-        &self,
-        graph: &mut Graph,
-        state: &mut AdapterState,
-        plan: &Plan,
-        opset: i64,
-    ) -> Result<usize, PassError> {
+    fn insert(&self, graph: &mut Graph, state: &mut AdapterState, plan: &Plan, opset: i64) -> Result<usize, PassError> {
         let layer = &plan.layer;
         let module = &plan.module;
-        let (m, d, out) = (
-            self.bottleneck,
-            self.input_width(layer) as usize,
-            layer.out_features as usize,
-        );
-        let t = |name: &str, dims: Vec<u64>, values: &[f32]| {
-            float_tensor(name, plan.dtype, dims, values)
-        };
+        let (m, d, out) = (self.bottleneck, self.input_width(layer) as usize, layer.out_features as usize);
+        let t = |name: &str, dims: Vec<u64>, values: &[f32]| float_tensor(name, plan.dtype, dims, values);
         let down = t("", vec![m as u64, d as u64], &plan.down).map_err(|e| fail(module, e))?;
         let down_b = t("", vec![m as u64], &vec![0.0; m]).map_err(|e| fail(module, e))?;
-        let up =
-            t("", vec![out as u64, m as u64], &vec![0.0; out * m]).map_err(|e| fail(module, e))?;
+        let up = t("", vec![out as u64, m as u64], &vec![0.0; out * m]).map_err(|e| fail(module, e))?;
         let up_b = t("", vec![out as u64], &vec![0.0; out]).map_err(|e| fail(module, e))?;
         let target_node = graph.node(layer.node).name.clone();
 
@@ -389,20 +304,11 @@ impl InsertAdapter {
             state.trainable.insert(p.clone());
         }
         let extra = BTreeMap::from([
-            (
-                "placement".to_string(),
-                serde_json::Value::from(self.placement.name()),
-            ),
-            (
-                "activation".to_string(),
-                serde_json::Value::from(self.activation.name()),
-            ),
+            ("placement".to_string(), serde_json::Value::from(self.placement.name())),
+            ("activation".to_string(), serde_json::Value::from(self.activation.name())),
             ("bottleneck".to_string(), serde_json::Value::from(m)),
             ("seed".to_string(), serde_json::Value::from(self.seed)),
-            (
-                "weight_layout".to_string(),
-                serde_json::Value::from("out-in"),
-            ),
+            ("weight_layout".to_string(), serde_json::Value::from("out-in")),
             ("mergeable".to_string(), serde_json::Value::from(false)),
         ]);
         state.adapters.push(AdapterRecord {
@@ -504,10 +410,7 @@ mod tests {
         let zs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
         let mean = zs.iter().sum::<f64>() / n as f64;
         let var = zs.iter().map(|z| (z - mean) * (z - mean)).sum::<f64>() / n as f64;
-        assert!(
-            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
-            "mean {mean} var {var}"
-        );
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
         let t: Vec<f64> = (0..n).map(|_| r.truncated_normal(2.0)).collect();
         assert!(t.iter().all(|z| z.abs() <= 2.0));
         let u: Vec<f64> = (0..n).map(|_| r.uniform()).collect();

@@ -47,6 +47,7 @@ use adaptc_ir::{DataType, Graph, IrError, Model, NodeId, Tensor};
 
 use super::record::{AdapterRecord, AdapterState, Layout, Method, CREATED_BY};
 use super::rewriter::Rewriter;
+use super::sites::{checked_sites, Site};
 use super::targets::{Selection, Target};
 use crate::options::{OptionInfo, OptionKind, Options};
 use crate::pass::{Pass, PassContext, PassError, PassOutcome};
@@ -105,35 +106,21 @@ pub(crate) fn info() -> PassInfo {
 fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
     let (exclude, layers) = (o.list("exclude")?, o.list("layers")?);
     let feedforward_text = o.list("feedforward")?;
-    let feedforward = feedforward_text
-        .iter()
-        .map(|t| Target::parse(PASS, "feedforward", t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let feedforward =
+        feedforward_text.iter().map(|t| Target::parse(PASS, "feedforward", t)).collect::<Result<Vec<_>, _>>()?;
     if !o.is_set("targets") {
         // Check the other options now; the missing targets are reported when the pass runs
         // (so the registry can build every pass from its defaults).
         Selection::parse(PASS, &["all-linear".to_string()], &exclude, &layers)?;
-        return Ok(Box::new(InsertIa3 {
-            selection: None,
-            feedforward,
-            targets: Vec::new(),
-            described: String::new(),
-        }));
+        return Ok(Box::new(InsertIa3 { selection: None, feedforward, targets: Vec::new(), described: String::new() }));
     }
     let targets = o.list("targets")?;
     if targets.is_empty() {
-        return Err(PassError::bad_option(
-            PASS,
-            "targets",
-            format!("no targets given: {TARGETS_HINT}"),
-        ));
+        return Err(PassError::bad_option(PASS, "targets", format!("no targets given: {TARGETS_HINT}")));
     }
     let selection = Selection::parse(PASS, &targets, &exclude, &layers)?;
     // PEFT: `feedforward_modules` must be a subset of `target_modules` (when both are lists).
-    let all_plain = selection
-        .targets
-        .iter()
-        .all(|t| matches!(t, Target::Suffix(_)));
+    let all_plain = selection.targets.iter().all(|t| matches!(t, Target::Suffix(_)));
     if all_plain {
         if let Some(bad) = feedforward_text.iter().find(|f| !targets.contains(f)) {
             return Err(PassError::bad_option(
@@ -148,12 +135,7 @@ fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
         }
     }
     let described = Selection::describe(&targets, &exclude, &layers);
-    Ok(Box::new(InsertIa3 {
-        selection: Some(selection),
-        feedforward,
-        targets,
-        described,
-    }))
+    Ok(Box::new(InsertIa3 { selection: Some(selection), feedforward, targets, described }))
 }
 
 /// One layer's planned insertion.
@@ -171,11 +153,7 @@ impl Pass for InsertIa3 {
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let Some(selection) = &self.selection else {
-            return Err(PassError::bad_option(
-                PASS,
-                "targets",
-                format!("is required: {TARGETS_HINT}"),
-            ));
+            return Err(PassError::bad_option(PASS, "targets", format!("is required: {TARGETS_HINT}")));
         };
         let mut state = AdapterState::load(model)?;
         let graph = &model.graph;
@@ -186,52 +164,18 @@ impl Pass for InsertIa3 {
         }
 
         // Plan and check every layer before changing anything.
+        let (sites, skipped) = checked_sites(
+            PASS,
+            graph,
+            selected,
+            "scaling",
+            |layer| existing_adapter(&state, graph, layer).map(|m| format!("a {m:?} adapter")),
+            cx,
+        )?;
         let mut plans = Vec::new();
-        let mut seen = BTreeMap::<String, String>::new();
-        let mut skipped = 0;
-        for layer in selected {
-            let module = layer.module_path.clone().unwrap_or_default();
-            let label = graph.node(layer.node).label();
-            if let Some(first) = seen.insert(module.clone(), label.clone()) {
-                return Err(fail(
-                    &module,
-                    format!(
-                        "the module is applied at more than one place (nodes `{first}` and `{label}`); scaling a \
-                         module that is called twice is not supported (exclude it)"
-                    ),
-                ));
-            }
-            if let Some(m) = existing_adapter(&state, graph, &layer) {
-                cx.note(format!("{module}: skipped, it already has a {m:?} adapter"));
-                skipped += 1;
-                continue;
-            }
-            let Some(w) = layer.weight_tensor(graph) else {
-                return Err(fail(
-                    &module,
-                    format!("the weight `{}` is not a constant", layer.weight),
-                ));
-            };
-            let dtype = w.dtype();
-            if !dtype.is_float() {
-                return Err(fail(
-                    &module,
-                    format!("the weight `{}` is {dtype}, not a float type", layer.weight),
-                ));
-            }
-            if graph.producer(&layer.output).is_none() {
-                return Err(fail(
-                    &module,
-                    format!("the layer's output `{}` has no producer", layer.output),
-                ));
-            }
+        for Site { layer, module, dtype } in sites {
             let input_side = self.feedforward.iter().any(|t| t.matches(&module));
-            plans.push(Plan {
-                layer,
-                module,
-                input_side,
-                dtype,
-            });
+            plans.push(Plan { layer, module, input_side, dtype });
         }
 
         let (mut inputs, mut outputs, mut params) = (0i64, 0i64, 0i64);
@@ -266,21 +210,14 @@ impl InsertIa3 {
         let Some(selection) = &self.selection else {
             return Ok(());
         };
-        if self.feedforward.is_empty()
-            || selection
-                .targets
-                .iter()
-                .all(|t| matches!(t, Target::Suffix(_)))
-        {
+        if self.feedforward.is_empty() || selection.targets.iter().all(|t| matches!(t, Target::Suffix(_))) {
             return Ok(());
         }
         for layer in find_linear_layers(graph) {
             let Some(path) = layer.module_path.as_deref() else {
                 continue;
             };
-            if self.feedforward.iter().any(|f| f.matches(path))
-                && !selection.targets.iter().any(|t| t.matches(path))
-            {
+            if self.feedforward.iter().any(|f| f.matches(path)) && !selection.targets.iter().any(|t| t.matches(path)) {
                 return Err(PassError::bad_option(
                     PASS,
                     "feedforward",
@@ -316,13 +253,8 @@ fn existing_adapter(state: &AdapterState, graph: &Graph, layer: &LinearLayer) ->
 fn insert(graph: &mut Graph, state: &mut AdapterState, plan: &Plan) -> Result<usize, PassError> {
     let layer = &plan.layer;
     let module = &plan.module;
-    let len = if plan.input_side {
-        layer.in_features
-    } else {
-        layer.out_features
-    } as usize;
-    let ones = float_tensor("", plan.dtype, vec![len as u64], &vec![1.0; len])
-        .map_err(|e| fail(module, e))?;
+    let len = if plan.input_side { layer.in_features } else { layer.out_features } as usize;
+    let ones = float_tensor("", plan.dtype, vec![len as u64], &vec![1.0; len]).map_err(|e| fail(module, e))?;
     let target_node = graph.node(layer.node).name.clone();
     let mut rw = Rewriter::new(graph, PASS, module);
     let l = rw.initializer(&format!("{module}.ia3_l"), ones)?;
@@ -337,18 +269,9 @@ fn insert(graph: &mut Graph, state: &mut AdapterState, plan: &Plan) -> Result<us
     };
     let peft_shape = if plan.input_side { [1, len] } else { [len, 1] };
     let extra = BTreeMap::from([
-        (
-            "side".to_string(),
-            serde_json::Value::from(if plan.input_side { "input" } else { "output" }),
-        ),
-        (
-            "feedforward".to_string(),
-            serde_json::Value::from(plan.input_side),
-        ),
-        (
-            "peft_shape".to_string(),
-            serde_json::Value::from(peft_shape.to_vec()),
-        ),
+        ("side".to_string(), serde_json::Value::from(if plan.input_side { "input" } else { "output" })),
+        ("feedforward".to_string(), serde_json::Value::from(plan.input_side)),
+        ("peft_shape".to_string(), serde_json::Value::from(peft_shape.to_vec())),
         ("mergeable".to_string(), serde_json::Value::from(true)),
     ]);
     state.trainable.insert(l.clone());
@@ -383,10 +306,9 @@ fn insert(graph: &mut Graph, state: &mut AdapterState, plan: &Plan) -> Result<us
 /// missing, or the base weight (or bias) is not an initializer of this layer alone (merging
 /// would change the other users).
 pub fn merge_ia3(graph: &mut Graph, record: &AdapterRecord) -> Result<(), PassError> {
-    let plan = plan_merge(graph, record)
-        .map_err(|e| PassError::failed(MERGE, format!("IA3 on `{}`: {e}", record.module)))?;
-    apply_merge(graph, plan)
-        .map_err(|e| PassError::failed(MERGE, format!("IA3 on `{}`: {e}", record.module)))
+    let plan =
+        plan_merge(graph, record).map_err(|e| PassError::failed(MERGE, format!("IA3 on `{}`: {e}", record.module)))?;
+    apply_merge(graph, plan).map_err(|e| PassError::failed(MERGE, format!("IA3 on `{}`: {e}", record.module)))
 }
 
 /// Everything a merge changes, computed before anything is changed.
@@ -402,21 +324,10 @@ struct MergePlan {
 
 fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String> {
     if record.method != Method::Ia3 {
-        return Err(format!(
-            "the record is a {:?} adapter, not IA3",
-            record.method
-        ));
+        return Err(format!("the record is a {:?} adapter, not IA3", record.method));
     }
-    let l = record
-        .params
-        .get(ROLE)
-        .ok_or("the record names no `ia3` vector")?
-        .clone();
-    let side = record
-        .extra
-        .get("side")
-        .and_then(|v| v.as_str())
-        .ok_or("the record has no `side`")?;
+    let l = record.params.get(ROLE).ok_or("the record names no `ia3` vector")?.clone();
+    let side = record.extra.get("side").and_then(|v| v.as_str()).ok_or("the record has no `side`")?;
     let input_side = match side {
         "input" => true,
         "output" => false,
@@ -424,18 +335,9 @@ fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String
     };
     let mul = graph
         .nodes()
-        .find(|(_, n)| {
-            record.nodes.contains(&n.name)
-                && n.op().is("Mul")
-                && n.metadata.get(CREATED_BY) == Some(PASS)
-        })
+        .find(|(_, n)| record.nodes.contains(&n.name) && n.op().is("Mul") && n.metadata.get(CREATED_BY) == Some(PASS))
         .map(|(id, _)| id)
-        .ok_or_else(|| {
-            format!(
-                "its Mul node ({}) is not in the graph",
-                record.nodes.join(", ")
-            )
-        })?;
+        .ok_or_else(|| format!("its Mul node ({}) is not in the graph", record.nodes.join(", ")))?;
     let mul_node = graph.node(mul);
     let (Some(src), Some(out)) = (mul_node.input(0), mul_node.output(0)) else {
         return Err("its Mul node has no input or output".into());
@@ -443,14 +345,10 @@ fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String
     if mul_node.input(1) != Some(l.as_str()) {
         return Err(format!("its Mul node does not read the vector `{l}`"));
     }
-    let l_tensor = graph
-        .initializer(&l)
-        .ok_or_else(|| format!("the vector `{l}` is not an initializer"))?;
+    let l_tensor = graph.initializer(&l).ok_or_else(|| format!("the vector `{l}` is not an initializer"))?;
     let scale = l_tensor.to_f32_lossy().map_err(|e| e.to_string())?;
     if graph.is_graph_input(&l) {
-        return Err(format!(
-            "the vector `{l}` is a graph input, so its value is only known at run time"
-        ));
+        return Err(format!("the vector `{l}` is a graph input, so its value is only known at run time"));
     }
     if graph.uses(&l).len() != 1 || graph.is_graph_output(&l) {
         return Err(format!("the vector `{l}` is used elsewhere too"));
@@ -461,24 +359,15 @@ fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String
             [u] if u.slot == Some(0) && !graph.is_graph_output(out) => {
                 match_linear(graph, u.node).map_err(|e| e.reason)
             }
-            _ => {
-                return Err(format!(
-                    "the scaled input `{out}` should feed exactly the layer's input"
-                ))
-            }
+            _ => return Err(format!("the scaled input `{out}` should feed exactly the layer's input")),
         }
     } else {
-        let (p, _) = graph
-            .producer(src)
-            .ok_or_else(|| format!("the base value `{src}` has no producer"))?;
+        let (p, _) = graph.producer(src).ok_or_else(|| format!("the base value `{src}` has no producer"))?;
         layer_ending_at(graph, p)
     }
     .map_err(|e| format!("the adapted layer no longer matches: {e}"))?;
     if layer.weight != record.base_weight {
-        return Err(format!(
-            "the layer's weight is `{}`, the record says `{}`",
-            layer.weight, record.base_weight
-        ));
+        return Err(format!("the layer's weight is `{}`, the record says `{}`", layer.weight, record.base_weight));
     }
     check_own_initializer(graph, &layer.weight, &own_weight_users(&layer), "weight")?;
     let w = graph.initializer(&layer.weight).ok_or("weight vanished")?;
@@ -486,17 +375,11 @@ fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String
     let (inp, outf) = (layer.in_features as usize, layer.out_features as usize);
     let expect = if input_side { inp } else { outf };
     if scale.len() != expect {
-        return Err(format!(
-            "the vector `{l}` has {} values, the layer has {expect} {side} features",
-            scale.len()
-        ));
+        return Err(format!("the vector `{l}` has {} values, the layer has {expect} {side} features", scale.len()));
     }
     let mut values = w.to_f32_lossy().map_err(|e| e.to_string())?;
     if values.len() != inp * outf {
-        return Err(format!(
-            "weight `{}` {dims:?} does not hold {inp}×{outf} values",
-            layer.weight
-        ));
+        return Err(format!("weight `{}` {dims:?} does not hold {inp}×{outf} values", layer.weight));
     }
     // Row-major index → (in, out) feature of the element.
     let feature = |idx: usize| -> (usize, usize) {
@@ -509,8 +392,7 @@ fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String
         let (i, o) = feature(idx);
         *v *= if input_side { scale[i] } else { scale[o] };
     }
-    let new_weight =
-        encode_floats(w.dtype(), &values).map_err(|e| format!("weight `{}`: {e}", layer.weight))?;
+    let new_weight = encode_floats(w.dtype(), &values).map_err(|e| format!("weight `{}`: {e}", layer.weight))?;
     let bias = match (&layer.bias, input_side) {
         (Some(b), false) => {
             let users: Vec<NodeId> = vec![layer.bias_node.unwrap_or(layer.node)];
@@ -518,35 +400,19 @@ fn plan_merge(graph: &Graph, record: &AdapterRecord) -> Result<MergePlan, String
             let t = graph.initializer(b).ok_or("bias vanished")?;
             let mut bv = t.to_f32_lossy().map_err(|e| e.to_string())?;
             if bv.len() != outf {
-                return Err(format!(
-                    "bias `{b}` has {} values, expected {outf}",
-                    bv.len()
-                ));
+                return Err(format!("bias `{b}` has {} values, expected {outf}", bv.len()));
             }
             for (v, s) in bv.iter_mut().zip(&scale) {
                 *v *= s;
             }
-            Some((
-                b.to_string(),
-                encode_floats(t.dtype(), &bv).map_err(|e| format!("bias `{b}`: {e}"))?,
-            ))
+            Some((b.to_string(), encode_floats(t.dtype(), &bv).map_err(|e| format!("bias `{b}`: {e}"))?))
         }
         _ => None,
     };
     if !input_side && graph.nodes().any(|(_, n)| n.name == out) {
-        return Err(format!(
-            "a node is named `{out}`, so the value name cannot be given back"
-        ));
+        return Err(format!("a node is named `{out}`, so the value name cannot be given back"));
     }
-    Ok(MergePlan {
-        mul,
-        layer_node: layer.node,
-        input_side,
-        l,
-        weight: layer.weight,
-        new_weight,
-        bias,
-    })
+    Ok(MergePlan { mul, layer_node: layer.node, input_side, l, weight: layer.weight, new_weight, bias })
 }
 
 /// The linear layer whose last node (bias `Add`, or the MatMul/Gemm itself) is `last`.
@@ -566,11 +432,7 @@ fn layer_ending_at(graph: &Graph, last: NodeId) -> Result<LinearLayer, String> {
             }
         }
     }
-    Err(format!(
-        "`{}` ({}) is not the end of a linear layer",
-        node.label(),
-        node.op()
-    ))
+    Err(format!("`{}` ({}) is not the end of a linear layer", node.label(), node.op()))
 }
 
 /// The nodes allowed to read the weight: the Transpose of `MatMul(x, Transpose(W))`, else the
@@ -581,26 +443,15 @@ fn own_weight_users(layer: &LinearLayer) -> Vec<NodeId> {
 
 /// `name` must be an initializer (not a graph input or output) read only by `users`, and for a
 /// Transpose user its output only by the layer.
-fn check_own_initializer(
-    graph: &Graph,
-    name: &str,
-    users: &[NodeId],
-    what: &str,
-) -> Result<(), String> {
+fn check_own_initializer(graph: &Graph, name: &str, users: &[NodeId], what: &str) -> Result<(), String> {
     if graph.initializer(name).is_none() {
-        return Err(format!(
-            "the {what} `{name}` is not an initializer (a Constant node?); it cannot be rewritten"
-        ));
+        return Err(format!("the {what} `{name}` is not an initializer (a Constant node?); it cannot be rewritten"));
     }
     if graph.is_graph_input(name) || graph.is_graph_output(name) {
         return Err(format!("the {what} `{name}` is a graph input or output"));
     }
-    let mut others: Vec<String> = graph
-        .uses(name)
-        .iter()
-        .filter(|u| !users.contains(&u.node))
-        .map(|u| graph.node(u.node).label())
-        .collect();
+    let mut others: Vec<String> =
+        graph.uses(name).iter().filter(|u| !users.contains(&u.node)).map(|u| graph.node(u.node).label()).collect();
     for &u in users {
         let n = graph.node(u);
         if n.op().is("Transpose") {
@@ -617,26 +468,16 @@ fn check_own_initializer(
         others.dedup();
         Err(format!(
             "the {what} `{name}` is shared with {}; merging would change them too",
-            others
-                .iter()
-                .map(|o| format!("`{o}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            others.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ")
         ))
     }
 }
 
 fn apply_merge(graph: &mut Graph, plan: MergePlan) -> Result<(), IrError> {
     let name = graph.name.clone();
-    graph
-        .initializer_mut(&plan.weight)
-        .ok_or_else(|| missing(&name, &plan.weight))?
-        .set_bytes(plan.new_weight)?;
+    graph.initializer_mut(&plan.weight).ok_or_else(|| missing(&name, &plan.weight))?.set_bytes(plan.new_weight)?;
     if let Some((b, bytes)) = plan.bias {
-        graph
-            .initializer_mut(&b)
-            .ok_or_else(|| missing(&name, &b))?
-            .set_bytes(bytes)?;
+        graph.initializer_mut(&b).ok_or_else(|| missing(&name, &b))?.set_bytes(bytes)?;
     }
     let mul = graph.node(plan.mul);
     let src = mul.input(0).unwrap_or_default().to_string();
@@ -652,22 +493,14 @@ fn apply_merge(graph: &mut Graph, plan: MergePlan) -> Result<(), IrError> {
 }
 
 fn missing(graph: &str, name: &str) -> IrError {
-    IrError::Invalid {
-        graph: graph.to_string(),
-        reason: format!("no initializer `{name}`"),
-    }
+    IrError::Invalid { graph: graph.to_string(), reason: format!("no initializer `{name}`") }
 }
 
 /// Removes `node` (which computes `name` from `base`) and makes the producer of `base` write
 /// `name` again; every reader of `name` or `base`, and graph outputs of either name, read the
 /// producer's output under `name` afterwards. The inverse of [`Rewriter::detach`] plus the
 /// node that re-produced the name.
-pub(crate) fn reattach(
-    graph: &mut Graph,
-    node: NodeId,
-    base: &str,
-    name: &str,
-) -> Result<(), IrError> {
+pub(crate) fn reattach(graph: &mut Graph, node: NodeId, base: &str, name: &str) -> Result<(), IrError> {
     let tmp = graph.unique_name(&format!("{name}/removed"));
     graph.rename_output(node, 0, &tmp)?;
     graph.remove_node(node)?;
@@ -697,33 +530,15 @@ fn rename_graph_outputs(graph: &mut Graph, from: &str, to: &str) {
 pub(crate) fn encode_floats(dtype: DataType, values: &[f32]) -> Result<Vec<u8>, String> {
     Ok(match dtype {
         DataType::Float => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Float16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DataType::BFloat16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-        DataType::Double => values
-            .iter()
-            .flat_map(|&v| f64::from(v).to_le_bytes())
-            .collect(),
-        other => {
-            return Err(format!(
-                "{other} is not a float type adapters can be written in"
-            ))
-        }
+        DataType::Float16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        DataType::BFloat16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        DataType::Double => values.iter().flat_map(|&v| f64::from(v).to_le_bytes()).collect(),
+        other => return Err(format!("{other} is not a float type adapters can be written in")),
     })
 }
 
 /// A tensor of `dtype` holding `values`.
-pub(crate) fn float_tensor(
-    name: &str,
-    dtype: DataType,
-    dims: Vec<u64>,
-    values: &[f32],
-) -> Result<Tensor, String> {
+pub(crate) fn float_tensor(name: &str, dtype: DataType, dims: Vec<u64>, values: &[f32]) -> Result<Tensor, String> {
     let bytes = encode_floats(dtype, values)?;
     Tensor::from_bytes(name, dtype, dims, bytes).map_err(|e| e.to_string())
 }
@@ -734,17 +549,10 @@ mod tests {
 
     #[test]
     fn floats_encode_in_every_float_type() {
-        for dtype in [
-            DataType::Float,
-            DataType::Float16,
-            DataType::BFloat16,
-            DataType::Double,
-        ] {
+        for dtype in [DataType::Float, DataType::Float16, DataType::BFloat16, DataType::Double] {
             let t = float_tensor("t", dtype, vec![3], &[1.0, -2.0, 0.5]).unwrap();
             assert_eq!(t.to_f32_lossy().unwrap(), vec![1.0, -2.0, 0.5], "{dtype}");
         }
-        assert!(encode_floats(DataType::Int8, &[1.0])
-            .unwrap_err()
-            .contains("not a float type"));
+        assert!(encode_floats(DataType::Int8, &[1.0]).unwrap_err().contains("not a float type"));
     }
 }

@@ -143,28 +143,16 @@ pub fn init_lora(
         (0..n).map(|_| rng.symmetric(bound) as f32).collect()
     };
     match init {
-        LoraInit::Default => Ok(LoraWeights {
-            a: kaiming(rng, r * inp, inp),
-            b: vec![0.0; out * r],
-            residual: None,
-        }),
+        LoraInit::Default => Ok(LoraWeights { a: kaiming(rng, r * inp, inp), b: vec![0.0; out * r], residual: None }),
         LoraInit::Gaussian => {
             let std = 1.0 / r as f64;
             let a = (0..r * inp).map(|_| (rng.normal() * std) as f32).collect();
-            Ok(LoraWeights {
-                a,
-                b: vec![0.0; out * r],
-                residual: None,
-            })
+            Ok(LoraWeights { a, b: vec![0.0; out * r], residual: None })
         }
         LoraInit::Random => {
             let a = kaiming(rng, r * inp, inp);
             let b = kaiming(rng, out * r, r);
-            Ok(LoraWeights {
-                a,
-                b,
-                residual: None,
-            })
+            Ok(LoraWeights { a, b, residual: None })
         }
         LoraInit::Pissa | LoraInit::Olora => {
             let w = w.ok_or("the base weight is needed")?;
@@ -175,18 +163,10 @@ pub fn init_lora(
                     init.name()
                 ));
             }
-            let (a, b) = if init == LoraInit::Pissa {
-                pissa(w, r, scale)?
-            } else {
-                olora(w, r)?
-            };
+            let (a, b) = if init == LoraInit::Pissa { pissa(w, r, scale)? } else { olora(w, r)? };
             let (am, bm) = (Mat::from_f32(r, inp, &a), Mat::from_f32(out, r, &b));
             let residual = w.add_scaled(-f64::from(scale), &bm.matmul(&am));
-            Ok(LoraWeights {
-                a,
-                b,
-                residual: Some(residual),
-            })
+            Ok(LoraWeights { a, b, residual: Some(residual) })
         }
     }
 }
@@ -195,25 +175,14 @@ pub fn init_lora(
 fn pissa(w: &Mat, r: usize, scale: f32) -> Result<(Vec<f32>, Vec<f32>), String> {
     let d = svd(w)?;
     let k = d.s.len();
-    let root: Vec<f64> = d.s[..r]
-        .iter()
-        .map(|&s| (s / f64::from(scale)).sqrt())
-        .collect();
+    let root: Vec<f64> = d.s[..r].iter().map(|&s| (s / f64::from(scale)).sqrt()).collect();
     let mut a = Vec::with_capacity(r * w.cols);
     for (i, &rt) in root.iter().enumerate() {
-        a.extend(
-            d.vt.data[i * w.cols..(i + 1) * w.cols]
-                .iter()
-                .map(|&v| (rt * v) as f32),
-        );
+        a.extend(d.vt.data[i * w.cols..(i + 1) * w.cols].iter().map(|&v| (rt * v) as f32));
     }
     let mut b = Vec::with_capacity(w.rows * r);
     for row in 0..w.rows {
-        b.extend(
-            root.iter()
-                .enumerate()
-                .map(|(i, &rt)| (d.u.data[row * k + i] * rt) as f32),
-        );
+        b.extend(root.iter().enumerate().map(|(i, &rt)| (d.u.data[row * k + i] * rt) as f32));
     }
     Ok((a, b))
 }
@@ -224,11 +193,7 @@ fn olora(w: &Mat, r: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
     let a = rr.data[..r * rr.cols].iter().map(|&v| v as f32).collect();
     let mut b = Vec::with_capacity(q.rows * r);
     for row in 0..q.rows {
-        b.extend(
-            q.data[row * q.cols..row * q.cols + r]
-                .iter()
-                .map(|&v| v as f32),
-        );
+        b.extend(q.data[row * q.cols..row * q.cols + r].iter().map(|&v| v as f32));
     }
     Ok((a, b))
 }
@@ -269,34 +234,18 @@ mod tests {
     #[test]
     fn pissa_and_olora_keep_w_and_check_rank() {
         let (out, inp) = (5, 4);
-        let w = Mat {
-            rows: out,
-            cols: inp,
-            data: (0..20)
-                .map(|i| ((i * 37 % 11) as f64) / 7.0 - 0.6)
-                .collect(),
-        };
+        let w = Mat { rows: out, cols: inp, data: (0..20).map(|i| ((i * 37 % 11) as f64) / 7.0 - 0.6).collect() };
         for init in [LoraInit::Pissa, LoraInit::Olora] {
             let mut rng = SplitMix64::new(0);
             let lw = init_lora(init, &mut rng, (out, inp, 2), 0.5, Some(&w)).unwrap();
             let ba = Mat::from_f32(out, 2, &lw.b).matmul(&Mat::from_f32(2, inp, &lw.a));
             let back = lw.residual.as_ref().unwrap().add_scaled(0.5, &ba);
-            assert!(back
-                .data
-                .iter()
-                .zip(&w.data)
-                .all(|(x, y)| (x - y).abs() < 1e-12));
+            assert!(back.data.iter().zip(&w.data).all(|(x, y)| (x - y).abs() < 1e-12));
             // At full rank PiSSA leaves ~0; OLoRA (no division by s, as PEFT) leaves (1 − s)·W.
             let full = init_lora(init, &mut rng, (out, inp, 4), 0.5, Some(&w)).unwrap();
             let res = full.residual.unwrap();
             let keep = if init == LoraInit::Pissa { 0.0 } else { 0.5 };
-            assert!(
-                res.data
-                    .iter()
-                    .zip(&w.data)
-                    .all(|(v, x)| (v - keep * x).abs() < 1e-5),
-                "{init:?}"
-            );
+            assert!(res.data.iter().zip(&w.data).all(|(v, x)| (v - keep * x).abs() < 1e-5), "{init:?}");
             let e = init_lora(init, &mut rng, (out, inp, 5), 0.5, Some(&w)).unwrap_err();
             assert!(e.contains("rank ≤ min(in, out) = 4"), "{e}");
         }

@@ -22,21 +22,13 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(rows: usize, cols: usize) -> Mat {
-        Mat {
-            rows,
-            cols,
-            data: vec![0.0; rows * cols],
-        }
+        Mat { rows, cols, data: vec![0.0; rows * cols] }
     }
 
     /// From row-major `f32` values (`values.len()` must be `rows * cols`).
     pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Mat {
         debug_assert_eq!(values.len(), rows * cols);
-        Mat {
-            rows,
-            cols,
-            data: values.iter().map(|&v| f64::from(v)).collect(),
-        }
+        Mat { rows, cols, data: values.iter().map(|&v| f64::from(v)).collect() }
     }
 
     pub fn at(&self, r: usize, c: usize) -> f64 {
@@ -75,22 +67,9 @@ impl Mat {
 
     /// `self + s·other` (same shapes).
     pub fn add_scaled(&self, s: f64, other: &Mat) -> Mat {
-        assert_eq!(
-            (self.rows, self.cols),
-            (other.rows, other.cols),
-            "add_scaled: shapes differ"
-        );
-        let data = self
-            .data
-            .iter()
-            .zip(&other.data)
-            .map(|(a, b)| a + s * b)
-            .collect();
-        Mat {
-            rows: self.rows,
-            cols: self.cols,
-            data,
-        }
+        assert_eq!((self.rows, self.cols), (other.rows, other.cols), "add_scaled: shapes differ");
+        let data = self.data.iter().zip(&other.data).map(|(a, b)| a + s * b).collect();
+        Mat { rows: self.rows, cols: self.cols, data }
     }
 
     /// The Euclidean norm of every row.
@@ -147,18 +126,13 @@ pub fn svd(w: &Mat) -> Result<Svd, String> {
     // nalgebra does not promise an order: sort descending, carrying the vectors along.
     let mut order: Vec<usize> = (0..k).collect();
     order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
-    let mut out = Svd {
-        u: Mat::zeros(w.rows, k),
-        s: Vec::with_capacity(k),
-        vt: Mat::zeros(k, w.cols),
-    };
+    let mut out = Svd { u: Mat::zeros(w.rows, k), s: Vec::with_capacity(k), vt: Mat::zeros(k, w.cols) };
     for (new, &old) in order.iter().enumerate() {
         out.s.push(s[old]);
         for r in 0..w.rows {
             out.u.data[r * k + new] = u.at(r, old);
         }
-        out.vt.data[new * w.cols..(new + 1) * w.cols]
-            .copy_from_slice(&vt.data[old * w.cols..(old + 1) * w.cols]);
+        out.vt.data[new * w.cols..(new + 1) * w.cols].copy_from_slice(&vt.data[old * w.cols..(old + 1) * w.cols]);
     }
     Ok(out)
 }
@@ -178,13 +152,9 @@ pub fn qr(w: &Mat) -> Result<(Mat, Mat), String> {
 /// layer's weight in `layout` as an `[out, in]` matrix. Only `float32` is accepted: adapter
 /// weights are `float32`, and ONNX does not mix element types in one `MatMul`/`Add`.
 pub fn read_weight(graph: &Graph, value: &str, layout: Layout) -> Result<Mat, String> {
-    let t = constant_tensor(graph, value)
-        .ok_or_else(|| format!("weight `{value}` is not a constant tensor"))?;
+    let t = constant_tensor(graph, value).ok_or_else(|| format!("weight `{value}` is not a constant tensor"))?;
     let [d0, d1] = *t.dims() else {
-        return Err(format!(
-            "weight `{value}` has shape {:?}, expected 2-D",
-            t.dims()
-        ));
+        return Err(format!("weight `{value}` has shape {:?}, expected 2-D", t.dims()));
     };
     if t.dtype() != DataType::Float {
         return Err(format!(
@@ -192,9 +162,7 @@ pub fn read_weight(graph: &Graph, value: &str, layout: Layout) -> Result<Mat, St
             t.dtype()
         ));
     }
-    let values = t
-        .to_f32()
-        .map_err(|e| format!("reading weight `{value}`: {e}"))?;
+    let values = t.to_f32().map_err(|e| format!("reading weight `{value}`: {e}"))?;
     let stored = Mat::from_f32(d0 as usize, d1 as usize, &values);
     Ok(match layout {
         Layout::OutIn => stored,
@@ -212,9 +180,7 @@ pub fn store_weight(graph: &mut Graph, value: &str, layout: Layout, w: &Mat) -> 
     };
     let bytes: Vec<u8> = stored.iter().flat_map(|v| v.to_le_bytes()).collect();
     if let Some(t) = graph.initializer_mut(value) {
-        return t
-            .set_bytes(bytes)
-            .map_err(|e| format!("writing weight `{value}`: {e}"));
+        return t.set_bytes(bytes).map_err(|e| format!("writing weight `{value}`: {e}"));
     }
     let Some((id, 0)) = graph.producer(value) else {
         return Err(format!("weight `{value}` is not a constant tensor"));
@@ -224,13 +190,8 @@ pub fn store_weight(graph: &mut Graph, value: &str, layout: Layout, w: &Mat) -> 
         .attr("value")
         .and_then(|a| a.as_tensor())
         .ok_or_else(|| format!("weight `{value}` is not a constant tensor"))?;
-    let t = Tensor::from_bytes(
-        old.name.clone(),
-        DataType::Float,
-        old.dims().to_vec(),
-        bytes,
-    )
-    .map_err(|e| format!("writing weight `{value}`: {e}"))?;
+    let t = Tensor::from_bytes(old.name.clone(), DataType::Float, old.dims().to_vec(), bytes)
+        .map_err(|e| format!("writing weight `{value}`: {e}"))?;
     graph.set_attr(id, Attribute::tensor("value", t));
     Ok(())
 }
@@ -240,18 +201,11 @@ mod tests {
     use super::*;
 
     fn close(a: &Mat, b: &Mat, tol: f64) -> bool {
-        a.rows == b.rows
-            && a.cols == b.cols
-            && a.data
-                .iter()
-                .zip(&b.data)
-                .all(|(x, y)| (x - y).abs() <= tol)
+        a.rows == b.rows && a.cols == b.cols && a.data.iter().zip(&b.data).all(|(x, y)| (x - y).abs() <= tol)
     }
 
     fn sample(rows: usize, cols: usize) -> Mat {
-        let data = (0..rows * cols)
-            .map(|i| ((i * 7919 % 113) as f64 / 37.0) - 1.3)
-            .collect();
+        let data = (0..rows * cols).map(|i| ((i * 7919 % 113) as f64 / 37.0) - 1.3).collect();
         Mat { rows, cols, data }
     }
 
@@ -295,31 +249,14 @@ mod tests {
     #[test]
     fn weights_round_trip_in_both_layouts() {
         let mut g = Graph::new("g");
-        g.add_initializer(
-            Tensor::from_f32("w", vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap(),
-        )
-        .unwrap();
+        g.add_initializer(Tensor::from_f32("w", vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap()).unwrap();
         let oi = read_weight(&g, "w", Layout::InOut).unwrap();
         assert_eq!((oi.rows, oi.cols), (3, 2));
         assert_eq!(oi.data, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
         store_weight(&mut g, "w", Layout::InOut, &oi.add_scaled(1.0, &oi)).unwrap();
-        assert_eq!(
-            g.initializer("w").unwrap().to_f32().unwrap(),
-            vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
-        );
-        assert_eq!(
-            read_weight(&g, "w", Layout::OutIn)
-                .unwrap()
-                .row_norms()
-                .len(),
-            2
-        );
-        g.add_initializer(
-            Tensor::from_bytes("h", DataType::Float16, vec![1, 1], vec![0, 0]).unwrap(),
-        )
-        .unwrap();
-        assert!(read_weight(&g, "h", Layout::OutIn)
-            .unwrap_err()
-            .contains("is f16"));
+        assert_eq!(g.initializer("w").unwrap().to_f32().unwrap(), vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+        assert_eq!(read_weight(&g, "w", Layout::OutIn).unwrap().row_norms().len(), 2);
+        g.add_initializer(Tensor::from_bytes("h", DataType::Float16, vec![1, 1], vec![0, 0]).unwrap()).unwrap();
+        assert!(read_weight(&g, "h", Layout::OutIn).unwrap_err().contains("is f16"));
     }
 }

@@ -45,6 +45,7 @@ use super::init::{init_lora, layer_seed, LoraInit, SplitMix64, INIT_CHOICES};
 use super::linalg::{read_weight, store_weight, Mat};
 use super::record::{AdapterRecord, AdapterState, Layout, Method, STOP_GRADIENT};
 use super::rewriter::Rewriter;
+use super::sites::{checked_sites, Site};
 use super::targets::Selection;
 use crate::options::{OptionInfo, OptionKind, Options};
 use crate::pass::{Pass, PassContext, PassError, PassOutcome};
@@ -145,41 +146,24 @@ fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
         return Err(PassError::bad_option(PASS, "rank", "must be at least 1"));
     }
     if !cfg.alpha.is_finite() {
-        return Err(PassError::bad_option(
-            PASS,
-            "alpha",
-            "does not fit in a float32",
-        ));
+        return Err(PassError::bad_option(PASS, "alpha", "does not fit in a float32"));
     }
     if !(0.0..1.0).contains(&cfg.dropout) {
-        return Err(PassError::bad_option(
-            PASS,
-            "dropout",
-            format!("must be in [0, 1), got {}", cfg.dropout),
-        ));
+        return Err(PassError::bad_option(PASS, "dropout", format!("must be in [0, 1), got {}", cfg.dropout)));
     }
     let init = o.choice("init")?;
-    let init = LoraInit::parse(&init)
-        .ok_or_else(|| PassError::bad_option(PASS, "init", format!("unknown `{init}`")))?;
+    let init =
+        LoraInit::parse(&init).ok_or_else(|| PassError::bad_option(PASS, "init", format!("unknown `{init}`")))?;
     let (exclude, layers) = (o.list("exclude")?, o.list("layers")?);
     let (selection, described) = if o.is_set("targets") {
         let targets = o.list("targets")?;
-        (
-            Some(Selection::parse(PASS, &targets, &exclude, &layers)?),
-            Selection::describe(&targets, &exclude, &layers),
-        )
+        (Some(Selection::parse(PASS, &targets, &exclude, &layers)?), Selection::describe(&targets, &exclude, &layers))
     } else {
         // Still check `exclude` and `layers` now, so their mistakes surface before running.
         Selection::parse(PASS, &["all-linear".to_string()], &exclude, &layers)?;
         (None, String::new())
     };
-    Ok(Box::new(InsertLora {
-        selection,
-        described,
-        cfg,
-        init,
-        seed: o.usize("seed")? as u64,
-    }))
+    Ok(Box::new(InsertLora { selection, described, cfg, init, seed: o.usize("seed")? as u64 }))
 }
 
 /// One layer's planned insertion.
@@ -222,59 +206,28 @@ impl Pass for InsertLora {
 
         // Plan every layer (initial values, residuals, all checks) before changing anything.
         let scale = self.cfg.scale();
+        let (sites, skipped) = checked_sites(
+            PASS,
+            graph,
+            selected,
+            "adapting",
+            |layer| existing_adapter(&state, graph, layer).map(|m| format!("a {m:?} adapter")),
+            cx,
+        )?;
         let mut plans = Vec::new();
-        let mut skipped = 0;
-        let mut planned = std::collections::BTreeMap::<String, String>::new();
-        for layer in selected {
-            let module = layer.module_path.clone().unwrap_or_default();
-            let node = graph.node(layer.node).label();
-            if let Some(first) = planned.insert(module.clone(), node.clone()) {
-                return Err(fail(
-                    &module,
-                    format!(
-                        "the module is applied at more than one place (nodes `{first}` and `{node}`); adapting a \
-                         module that is called twice is not supported (exclude it)"
-                    ),
-                ));
-            }
-            if let Some(existing) = existing_adapter(&state, graph, &layer) {
-                cx.note(format!(
-                    "{module}: skipped, it already has a {existing:?} adapter"
-                ));
-                skipped += 1;
-                continue;
-            }
-            let (out, inp, r) = (
-                layer.out_features as usize,
-                layer.in_features as usize,
-                self.cfg.rank,
-            );
+        for Site { layer, module, .. } in sites {
+            let (out, inp, r) = (layer.out_features as usize, layer.in_features as usize, self.cfg.rank);
             let layout = Layout::from(layer.layout);
             let w = if self.init.replaces_base() {
-                check_unshared(graph, &layer)
-                    .map_err(|e| fail(&module, format!("init={}: {e}", self.init.name())))?;
+                check_unshared(graph, &layer).map_err(|e| fail(&module, format!("init={}: {e}", self.init.name())))?;
                 Some(read_weight(graph, &layer.weight, layout).map_err(|e| fail(&module, e))?)
             } else {
                 None
             };
             let mut rng = SplitMix64::new(layer_seed(self.seed, &module));
-            let lw = init_lora(self.init, &mut rng, (out, inp, r), scale, w.as_ref())
-                .map_err(|e| fail(&module, e))?;
-            check_insert(
-                graph,
-                &state,
-                &layer,
-                &self.cfg,
-                lw.a.len(),
-                lw.b.len(),
-                None,
-            )?;
-            plans.push(Plan {
-                layer,
-                a: lw.a,
-                b: lw.b,
-                residual: lw.residual,
-            });
+            let lw = init_lora(self.init, &mut rng, (out, inp, r), scale, w.as_ref()).map_err(|e| fail(&module, e))?;
+            check_insert(graph, &state, &layer, &self.cfg, lw.a.len(), lw.b.len(), None)?;
+            plans.push(Plan { layer, a: lw.a, b: lw.b, residual: lw.residual });
         }
 
         let mut params = 0i64;
@@ -287,26 +240,12 @@ impl Pass for InsertLora {
             let layout = Layout::from(plan.layer.layout);
             if let Some(res) = &plan.residual {
                 let module = plan.layer.module_path.as_deref().unwrap_or_default();
-                store_weight(&mut model.graph, &plan.layer.weight, layout, res)
-                    .map_err(|e| fail(module, e))?;
+                store_weight(&mut model.graph, &plan.layer.weight, layout, res).map_err(|e| fail(module, e))?;
                 residuals += 1;
             }
-            params += (plan.a.len() + plan.b.len()) as i64
-                + if self.cfg.dora {
-                    plan.layer.out_features as i64
-                } else {
-                    0
-                };
-            insert(
-                &mut model.graph,
-                &mut state,
-                &plan.layer,
-                &self.cfg,
-                plan.a,
-                plan.b,
-                None,
-                self.init.name(),
-            )
+            params +=
+                (plan.a.len() + plan.b.len()) as i64 + if self.cfg.dora { plan.layer.out_features as i64 } else { 0 };
+            insert(&mut model.graph, &mut state, &plan.layer, &self.cfg, plan.a, plan.b, None, self.init.name())
         });
         if let Err(e) = applied {
             model.graph = backup;
@@ -315,9 +254,8 @@ impl Pass for InsertLora {
         if inserted > 0 {
             state.store(model);
         }
-        let mut outcome = PassOutcome::changed(inserted > 0)
-            .stat("lora.inserted", inserted)
-            .stat("lora.params", params);
+        let mut outcome =
+            PassOutcome::changed(inserted > 0).stat("lora.inserted", inserted).stat("lora.params", params);
         if skipped > 0 {
             outcome = outcome.stat("lora.skipped", skipped);
         }
@@ -343,15 +281,7 @@ pub fn insert_lora_with(
     b: Vec<f32>,
     magnitude: Option<Vec<f32>>,
 ) -> Result<(), PassError> {
-    check_insert(
-        graph,
-        state,
-        layer,
-        cfg,
-        a.len(),
-        b.len(),
-        magnitude.as_ref().map(Vec::len),
-    )?;
+    check_insert(graph, state, layer, cfg, a.len(), b.len(), magnitude.as_ref().map(Vec::len))?;
     insert(graph, state, layer, cfg, a, b, magnitude, "given")
 }
 
@@ -366,8 +296,7 @@ fn existing_adapter(state: &AdapterState, graph: &Graph, layer: &LinearLayer) ->
         .adapters
         .iter()
         .find(|a| {
-            (matches!(a.method, Method::Lora | Method::Dora)
-                && Some(&a.module) == layer.module_path.as_ref())
+            (matches!(a.method, Method::Lora | Method::Dora) && Some(&a.module) == layer.module_path.as_ref())
                 || (!node.is_empty() && a.target_node == *node)
         })
         .map(|a| a.method)
@@ -384,59 +313,31 @@ fn check_insert(
     magnitude_len: Option<usize>,
 ) -> Result<(), PassError> {
     let Some(module) = layer.module_path.as_deref() else {
-        return Err(PassError::failed(
-            PASS,
-            "the layer has no module path, so its adapter cannot be named",
-        ));
+        return Err(PassError::failed(PASS, "the layer has no module path, so its adapter cannot be named"));
     };
     cfg.check().map_err(|e| fail(module, e))?;
     if !graph.contains_node(layer.node) {
         return Err(fail(module, "the layer's node is not in this graph"));
     }
     if let Some(m) = existing_adapter(state, graph, layer) {
-        return Err(fail(
-            module,
-            format!("the layer already has a {m:?} adapter"),
-        ));
+        return Err(fail(module, format!("the layer already has a {m:?} adapter")));
     }
-    let (r, inp, out) = (
-        cfg.rank,
-        layer.in_features as usize,
-        layer.out_features as usize,
-    );
+    let (r, inp, out) = (cfg.rank, layer.in_features as usize, layer.out_features as usize);
     if a_len != r * inp {
-        return Err(fail(
-            module,
-            format!("lora_A has {a_len} values, expected [r, in] = [{r}, {inp}]"),
-        ));
+        return Err(fail(module, format!("lora_A has {a_len} values, expected [r, in] = [{r}, {inp}]")));
     }
     if b_len != out * r {
-        return Err(fail(
-            module,
-            format!("lora_B has {b_len} values, expected [out, r] = [{out}, {r}]"),
-        ));
+        return Err(fail(module, format!("lora_B has {b_len} values, expected [out, r] = [{out}, {r}]")));
     }
     match (cfg.dora, magnitude_len) {
         (true, Some(n)) if n != out => {
-            return Err(fail(
-                module,
-                format!("the DoRA magnitude has {n} values, expected [out] = [{out}]"),
-            ));
+            return Err(fail(module, format!("the DoRA magnitude has {n} values, expected [out] = [{out}]")));
         }
-        (false, Some(_)) => {
-            return Err(fail(
-                module,
-                "a magnitude vector was given, but the adapter is not DoRA",
-            ))
-        }
+        (false, Some(_)) => return Err(fail(module, "a magnitude vector was given, but the adapter is not DoRA")),
         _ => {}
     }
-    let w = constant_tensor(graph, &layer.weight).ok_or_else(|| {
-        fail(
-            module,
-            format!("weight `{}` is not a constant", layer.weight),
-        )
-    })?;
+    let w = constant_tensor(graph, &layer.weight)
+        .ok_or_else(|| fail(module, format!("weight `{}` is not a constant", layer.weight)))?;
     if w.dtype() != DataType::Float {
         return Err(fail(
             module,
@@ -449,10 +350,7 @@ fn check_insert(
         ));
     }
     if layer.output.is_empty() || graph.producer(&layer.output).is_none() {
-        return Err(fail(
-            module,
-            format!("the layer's output `{}` has no producer", layer.output),
-        ));
+        return Err(fail(module, format!("the layer's output `{}` has no producer", layer.output)));
     }
     Ok(())
 }
@@ -461,21 +359,11 @@ fn check_insert(
 /// so that replacing its values changes nothing else.
 pub(crate) fn check_unshared(graph: &Graph, layer: &LinearLayer) -> Result<(), String> {
     let own = layer.transpose_node.unwrap_or(layer.node);
-    let mut others: Vec<String> = graph
-        .uses(&layer.weight)
-        .iter()
-        .filter(|u| u.node != own)
-        .map(|u| graph.node(u.node).label())
-        .collect();
+    let mut others: Vec<String> =
+        graph.uses(&layer.weight).iter().filter(|u| u.node != own).map(|u| graph.node(u.node).label()).collect();
     if let Some(t) = layer.transpose_node {
         let t_out = graph.node(t).output(0).unwrap_or_default();
-        others.extend(
-            graph
-                .uses(t_out)
-                .iter()
-                .filter(|u| u.node != layer.node)
-                .map(|u| graph.node(u.node).label()),
-        );
+        others.extend(graph.uses(t_out).iter().filter(|u| u.node != layer.node).map(|u| graph.node(u.node).label()));
     }
     if graph.is_graph_output(&layer.weight) {
         others.push("a graph output".into());
@@ -488,11 +376,7 @@ pub(crate) fn check_unshared(graph: &Graph, layer: &LinearLayer) -> Result<(), S
         Err(format!(
             "base weight `{}` is shared with {}, and its values would change for them too",
             layer.weight,
-            others
-                .iter()
-                .map(|o| format!("`{o}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            others.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ")
         ))
     }
 }
@@ -510,11 +394,7 @@ fn insert(
     init: &str,
 ) -> Result<(), PassError> {
     let module = layer.module_path.clone().unwrap_or_default();
-    let (r, inp, out) = (
-        cfg.rank,
-        layer.in_features as usize,
-        layer.out_features as usize,
-    );
+    let (r, inp, out) = (cfg.rank, layer.in_features as usize, layer.out_features as usize);
     let layout = Layout::from(layer.layout);
     let s = cfg.scale();
     let magnitude = match (cfg.dora, magnitude) {
@@ -523,50 +403,27 @@ fn insert(
         (true, None) => {
             let w = read_weight(graph, &layer.weight, layout).map_err(|e| fail(&module, e))?;
             let ba = Mat::from_f32(out, r, &b).matmul(&Mat::from_f32(r, inp, &a));
-            Some(
-                w.add_scaled(f64::from(s), &ba)
-                    .row_norms()
-                    .into_iter()
-                    .map(|v| v as f32)
-                    .collect(),
-            )
+            Some(w.add_scaled(f64::from(s), &ba).row_norms().into_iter().map(|v| v as f32).collect())
         }
     };
     let target_node = graph.node(layer.node).name.clone();
-    let matmul_out = graph
-        .node(layer.node)
-        .output(0)
-        .unwrap_or_default()
-        .to_string();
+    let matmul_out = graph.node(layer.node).output(0).unwrap_or_default().to_string();
     let perm = || vec![Attribute::ints("perm", vec![1, 0])];
 
     let mut rw = Rewriter::new(graph, PASS, &module);
-    let a_name = rw.initializer(
-        &format!("{module}.lora_A.weight"),
-        Tensor::from_f32("", vec![r as u64, inp as u64], &a)?,
-    )?;
-    let b_name = rw.initializer(
-        &format!("{module}.lora_B.weight"),
-        Tensor::from_f32("", vec![out as u64, r as u64], &b)?,
-    )?;
+    let a_name =
+        rw.initializer(&format!("{module}.lora_A.weight"), Tensor::from_f32("", vec![r as u64, inp as u64], &a)?)?;
+    let b_name =
+        rw.initializer(&format!("{module}.lora_B.weight"), Tensor::from_f32("", vec![out as u64, r as u64], &b)?)?;
     let m_name = match &magnitude {
-        Some(m) => Some(rw.initializer(
-            &format!("{module}.lora_magnitude_vector"),
-            Tensor::from_f32("", vec![out as u64], m)?,
-        )?),
+        Some(m) => Some(
+            rw.initializer(&format!("{module}.lora_magnitude_vector"), Tensor::from_f32("", vec![out as u64], m)?)?,
+        ),
         None => None,
     };
     // DoRA scales the bias-free result, so it attaches before a separate bias Add.
-    let attach = if cfg.dora && layer.bias_node.is_some() {
-        matmul_out
-    } else {
-        layer.output.clone()
-    };
-    let gemm_bias = if cfg.dora && layer.form == LinearForm::Gemm {
-        layer.bias.clone()
-    } else {
-        None
-    };
+    let attach = if cfg.dora && layer.bias_node.is_some() { matmul_out } else { layer.output.clone() };
+    let gemm_bias = if cfg.dora && layer.form == LinearForm::Gemm { layer.bias.clone() } else { None };
     let base = rw.detach(&attach)?;
 
     let x = if cfg.dropout > 0.0 {
@@ -626,10 +483,7 @@ fn insert(
     }
     let nodes = std::mem::take(&mut rw.created);
 
-    let mut params = BTreeMap::from([
-        ("lora_A".to_string(), a_name.clone()),
-        ("lora_B".to_string(), b_name.clone()),
-    ]);
+    let mut params = BTreeMap::from([("lora_A".to_string(), a_name.clone()), ("lora_B".to_string(), b_name.clone())]);
     state.trainable.insert(a_name);
     state.trainable.insert(b_name);
     if let Some(m) = m_name {
@@ -639,11 +493,7 @@ fn insert(
     let mut extra = BTreeMap::new();
     extra.insert("init".to_string(), serde_json::Value::from(init));
     // Through the shortest decimal text, so 0.1f32 is recorded as 0.1, not 0.10000000149….
-    let dropout: f64 = cfg
-        .dropout
-        .to_string()
-        .parse()
-        .unwrap_or(f64::from(cfg.dropout));
+    let dropout: f64 = cfg.dropout.to_string().parse().unwrap_or(f64::from(cfg.dropout));
     extra.insert("dropout".to_string(), serde_json::Value::from(dropout));
     state.adapters.push(AdapterRecord {
         method: if cfg.dora { Method::Dora } else { Method::Lora },

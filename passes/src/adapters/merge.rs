@@ -104,17 +104,12 @@ impl Pass for MergeLora {
                     plans.push(plan(&model.graph, rec, self.unshare)?);
                     merged_records.insert(i);
                 }
-                Method::Ia3
-                    if rec.extra.get("mergeable").and_then(|v| v.as_bool()) != Some(false) =>
-                {
+                Method::Ia3 if rec.extra.get("mergeable").and_then(|v| v.as_bool()) != Some(false) => {
                     ia3.push(i);
                     merged_records.insert(i);
                 }
                 Method::Ia3 | Method::Bottleneck | Method::Prompt => {
-                    cx.note(format!(
-                        "{}: {:?} adapters cannot be merged into weights; kept",
-                        rec.module, rec.method
-                    ));
+                    cx.note(format!("{}: {:?} adapters cannot be merged into weights; kept", rec.module, rec.method));
                     kept += 1;
                 }
             }
@@ -131,10 +126,7 @@ impl Pass for MergeLora {
         let applied = plans
             .into_iter()
             .try_for_each(|p| apply(&mut model.graph, p))
-            .and_then(|()| {
-                ia3.iter()
-                    .try_for_each(|&i| super::ia3::merge_ia3(&mut model.graph, &state.adapters[i]))
-            });
+            .and_then(|()| ia3.iter().try_for_each(|&i| super::ia3::merge_ia3(&mut model.graph, &state.adapters[i])));
         if let Err(e) = applied {
             model.graph = backup;
             return Err(e);
@@ -161,29 +153,12 @@ fn fail(module: &str, reason: impl std::fmt::Display) -> PassError {
 }
 
 /// An `f32` parameter of the adapter with the expected shape.
-fn param(
-    graph: &Graph,
-    rec: &AdapterRecord,
-    role: &str,
-    dims: &[u64],
-) -> Result<Vec<f32>, PassError> {
+fn param(graph: &Graph, rec: &AdapterRecord, role: &str, dims: &[u64]) -> Result<Vec<f32>, PassError> {
     let module = &rec.module;
-    let name = rec
-        .params
-        .get(role)
-        .ok_or_else(|| fail(module, format!("the record has no `{role}` parameter")))?;
-    let t = graph
-        .initializer(name)
-        .ok_or_else(|| fail(module, format!("initializer `{name}` ({role}) is missing")))?;
+    let name = rec.params.get(role).ok_or_else(|| fail(module, format!("the record has no `{role}` parameter")))?;
+    let t = graph.initializer(name).ok_or_else(|| fail(module, format!("initializer `{name}` ({role}) is missing")))?;
     if t.dtype() != DataType::Float || t.dims() != dims {
-        return Err(fail(
-            module,
-            format!(
-                "`{name}` is {}{:?}, expected f32{dims:?}",
-                t.dtype(),
-                t.dims()
-            ),
-        ));
+        return Err(fail(module, format!("`{name}` is {}{:?}, expected f32{dims:?}", t.dtype(), t.dims())));
     }
     t.to_f32().map_err(|e| fail(module, e))
 }
@@ -192,14 +167,7 @@ fn param(
 /// slot through which it reads the weight: `(layer node, reader, reader slot)`.
 fn locate(graph: &Graph, rec: &AdapterRecord, producer: NodeId) -> Option<(NodeId, NodeId, usize)> {
     let mut candidates = vec![producer];
-    candidates.extend(
-        graph
-            .node(producer)
-            .inputs()
-            .iter()
-            .filter_map(|v| graph.producer(v))
-            .map(|(p, _)| p),
-    );
+    candidates.extend(graph.node(producer).inputs().iter().filter_map(|v| graph.producer(v)).map(|(p, _)| p));
     candidates.into_iter().find_map(|c| {
         let node = graph.node(c);
         if !(node.op().is("MatMul") || node.op().is("Gemm")) {
@@ -211,52 +179,29 @@ fn locate(graph: &Graph, rec: &AdapterRecord, producer: NodeId) -> Option<(NodeI
         }
         let (t, _) = graph.producer(w).filter(|&(_, slot)| slot == 0)?;
         let tn = graph.node(t);
-        (tn.op().is("Transpose") && tn.input(0) == Some(rec.base_weight.as_str()))
-            .then_some((c, t, 0))
+        (tn.op().is("Transpose") && tn.input(0) == Some(rec.base_weight.as_str())).then_some((c, t, 0))
     })
 }
 
 fn plan(graph: &Graph, rec: &AdapterRecord, unshare: bool) -> Result<MergePlan, PassError> {
     let module = rec.module.as_str();
-    let layout = rec
-        .layout
-        .ok_or_else(|| fail(module, "the record has no weight layout"))?;
-    let by_name: HashMap<&str, NodeId> =
-        graph.nodes().map(|(id, n)| (n.name.as_str(), id)).collect();
+    let layout = rec.layout.ok_or_else(|| fail(module, "the record has no weight layout"))?;
+    let by_name: HashMap<&str, NodeId> = graph.nodes().map(|(id, n)| (n.name.as_str(), id)).collect();
     let adapter_nodes = rec
         .nodes
         .iter()
-        .map(|n| {
-            by_name
-                .get(n.as_str())
-                .copied()
-                .ok_or_else(|| fail(module, format!("adapter node `{n}` is missing")))
-        })
+        .map(|n| by_name.get(n.as_str()).copied().ok_or_else(|| fail(module, format!("adapter node `{n}` is missing"))))
         .collect::<Result<Vec<_>, _>>()?;
     let ours: HashSet<NodeId> = adapter_nodes.iter().copied().collect();
-    let base_producer = graph.producer(&rec.base_output).ok_or_else(|| {
-        fail(
-            module,
-            format!("the base value `{}` is no longer produced", rec.base_output),
-        )
-    })?;
+    let base_producer = graph
+        .producer(&rec.base_output)
+        .ok_or_else(|| fail(module, format!("the base value `{}` is no longer produced", rec.base_output)))?;
     match graph.producer(&rec.output) {
         Some((p, _)) if ours.contains(&p) => {}
-        _ => {
-            return Err(fail(
-                module,
-                format!("`{}` is not produced by the adapter", rec.output),
-            ))
-        }
+        _ => return Err(fail(module, format!("`{}` is not produced by the adapter", rec.output))),
     }
     let (layer, reader, slot) = locate(graph, rec, base_producer.0).ok_or_else(|| {
-        fail(
-            module,
-            format!(
-                "cannot find the MatMul/Gemm reading `{}` behind `{}`",
-                rec.base_weight, rec.base_output
-            ),
-        )
+        fail(module, format!("cannot find the MatMul/Gemm reading `{}` behind `{}`", rec.base_weight, rec.base_output))
     })?;
 
     // Who else reads the weight (or its Transpose)?
@@ -308,22 +253,14 @@ fn plan(graph: &Graph, rec: &AdapterRecord, unshare: bool) -> Result<MergePlan, 
         let norms = merged.row_norms();
         for (row, (&mv, &n)) in m.iter().zip(&norms).enumerate() {
             if n == 0.0 || !n.is_finite() {
-                return Err(fail(
-                    module,
-                    format!("row {row} of W + s·BA has norm {n}, so DoRA's m/n is undefined"),
-                ));
+                return Err(fail(module, format!("row {row} of W + s·BA has norm {n}, so DoRA's m/n is undefined")));
             }
             let f = f64::from(mv) / n;
-            merged.data[row * inp..(row + 1) * inp]
-                .iter_mut()
-                .for_each(|v| *v *= f);
+            merged.data[row * inp..(row + 1) * inp].iter_mut().for_each(|v| *v *= f);
         }
     }
     if let Some(bad) = merged.data.iter().position(|v| !(*v as f32).is_finite()) {
-        return Err(fail(
-            module,
-            format!("the merged weight is not finite in float32 (element {bad})"),
-        ));
+        return Err(fail(module, format!("the merged weight is not finite in float32 (element {bad})")));
     }
     Ok(MergePlan {
         module: module.to_string(),
@@ -355,22 +292,13 @@ fn apply(graph: &mut Graph, p: MergePlan) -> Result<(), PassError> {
     for o in graph.outputs.iter_mut().filter(|o| o.name == p.output) {
         o.name = tmp.clone();
     }
-    let same_named: Vec<NodeId> = graph
-        .nodes()
-        .filter(|(_, n)| n.name == p.output)
-        .map(|(id, _)| id)
-        .collect();
+    let same_named: Vec<NodeId> = graph.nodes().filter(|(_, n)| n.name == p.output).map(|(id, _)| id).collect();
     let parked_name = graph.unique_name(&format!("{}/node", p.output));
     for &id in &same_named {
         graph.node_mut(id).name = parked_name.clone();
     }
     let ours: HashSet<NodeId> = p.adapter_nodes.iter().copied().collect();
-    for id in graph
-        .topo_order()?
-        .into_iter()
-        .rev()
-        .filter(|id| ours.contains(id))
-    {
+    for id in graph.topo_order()?.into_iter().rev().filter(|id| ours.contains(id)) {
         graph.remove_node(id)?;
     }
     graph.rename_output(p.base_producer.0, p.base_producer.1, &p.output)?;
@@ -383,20 +311,14 @@ fn apply(graph: &mut Graph, p: MergePlan) -> Result<(), PassError> {
     }
 
     match p.unshare {
-        None => {
-            store_weight(graph, &p.weight, p.layout, &p.merged).map_err(|e| fail(&p.module, e))?
-        }
+        None => store_weight(graph, &p.weight, p.layout, &p.merged).map_err(|e| fail(&p.module, e))?,
         Some((node, slot)) => {
             let stored = match p.layout {
                 Layout::OutIn => p.merged.clone(),
                 Layout::InOut => p.merged.transpose(),
             };
             let name = graph.unique_name(&format!("{}.weight", p.module));
-            let t = Tensor::from_f32(
-                name.clone(),
-                vec![stored.rows as u64, stored.cols as u64],
-                &stored.to_f32(),
-            )?;
+            let t = Tensor::from_f32(name.clone(), vec![stored.rows as u64, stored.cols as u64], &stored.to_f32())?;
             graph.add_initializer(t)?;
             graph.set_input(node, slot, &name)?;
             read.insert(p.weight.clone());
@@ -406,10 +328,7 @@ fn apply(graph: &mut Graph, p: MergePlan) -> Result<(), PassError> {
     // The adapter's initializers (and the base weight, if unsharing left it unused).
     let params: HashSet<&String> = p.params.iter().collect();
     for name in read {
-        if graph.initializer(&name).is_none()
-            || !graph.uses(&name).is_empty()
-            || graph.is_graph_output(&name)
-        {
+        if graph.initializer(&name).is_none() || !graph.uses(&name).is_empty() || graph.is_graph_output(&name) {
             continue;
         }
         if graph.is_graph_input(&name) {

@@ -1,7 +1,8 @@
 //! Adapter passes: insert trainable adapters into linear layers (LoRA and its family, IA3,
 //! bottleneck adapters, prompt tuning, trainable subsets), fold them back, and expose them as
 //! graph inputs. Shared pieces: [`record`] (what was inserted, persisted in the model's
-//! metadata) and [`targets`] (choosing layers by module path as PEFT does).
+//! metadata), [`targets`] (choosing layers by module path as PEFT does) and `sites` (the checks
+//! every insertion makes first).
 
 pub mod as_inputs;
 pub mod bottleneck;
@@ -13,6 +14,7 @@ pub mod merge;
 pub mod prompt;
 pub mod record;
 pub mod rewriter;
+pub(crate) mod sites;
 pub mod targets;
 pub mod trainable;
 

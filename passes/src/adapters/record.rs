@@ -97,10 +97,7 @@ impl AdapterState {
         match model.metadata.get(METADATA_KEY) {
             None => Ok(AdapterState::default()),
             Some(text) => serde_json::from_str(text).map_err(|e| {
-                PassError::failed(
-                    "adapters",
-                    format!("the model's `{METADATA_KEY}` metadata is not valid: {e}"),
-                )
+                PassError::failed("adapters", format!("the model's `{METADATA_KEY}` metadata is not valid: {e}"))
             }),
         }
     }
@@ -164,9 +161,6 @@ mod tests {
         AdapterState::default().store(&mut model);
         assert!(model.metadata.get(METADATA_KEY).is_none());
         model.metadata.set(METADATA_KEY, "{not json");
-        assert!(AdapterState::load(&model)
-            .unwrap_err()
-            .to_string()
-            .contains("not valid"));
+        assert!(AdapterState::load(&model).unwrap_err().to_string().contains("not valid"));
     }
 }

@@ -18,22 +18,11 @@ pub struct Rewriter<'g> {
 impl<'g> Rewriter<'g> {
     /// `prefix` names the site (usually the module path, e.g. `encoder.layer.0.attention.self.query`).
     pub fn new(graph: &'g mut Graph, pass: &'static str, prefix: &str) -> Rewriter<'g> {
-        Rewriter {
-            graph,
-            pass,
-            prefix: prefix.to_string(),
-            created: Vec::new(),
-        }
+        Rewriter { graph, pass, prefix: prefix.to_string(), created: Vec::new() }
     }
 
     /// Adds `op(inputs)` with a fresh output named `<prefix>/<what>`; returns the output name.
-    pub fn node(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        attrs: Vec<Attribute>,
-        what: &str,
-    ) -> Result<String, IrError> {
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<Attribute>, what: &str) -> Result<String, IrError> {
         let out = self.graph.unique_name(&format!("{}/{what}", self.prefix));
         self.node_into(op, inputs, attrs, what, &out)?;
         Ok(out)
@@ -48,15 +37,10 @@ impl<'g> Rewriter<'g> {
         what: &str,
         output: &str,
     ) -> Result<(), IrError> {
-        let name = self
-            .graph
-            .unique_name(&format!("{}/{what}/{op}", self.prefix));
-        let mut node = Node::new(
-            OpKey::onnx(op),
-            inputs.iter().map(|s| s.to_string()).collect(),
-            vec![output.to_string()],
-        )
-        .named(name.clone());
+        let name = self.graph.unique_name(&format!("{}/{what}/{op}", self.prefix));
+        let mut node =
+            Node::new(OpKey::onnx(op), inputs.iter().map(|s| s.to_string()).collect(), vec![output.to_string()])
+                .named(name.clone());
         for a in attrs {
             node = node.with_attr(a);
         }
@@ -92,9 +76,7 @@ impl<'g> Rewriter<'g> {
     pub fn detach(&mut self, value: &str) -> Result<String, IrError> {
         let (node, slot) = self.graph.producer(value).ok_or_else(|| IrError::Invalid {
             graph: self.graph.name.clone(),
-            reason: format!(
-                "`{value}` is not produced by a node, so nothing can be inserted after it"
-            ),
+            reason: format!("`{value}` is not produced by a node, so nothing can be inserted after it"),
         })?;
         let fresh = self.graph.unique_name(&format!("{value}/base"));
         self.graph.rename_output(node, slot, &fresh)?;

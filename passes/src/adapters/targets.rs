@@ -29,9 +29,7 @@ impl Target {
         if let Some(re) = text.strip_prefix("re:") {
             return Regex::new(&format!("^(?:{re})$"))
                 .map(Target::Regex)
-                .map_err(|e| {
-                    PassError::bad_option(pass, option, format!("bad regex `{re}`: {e}"))
-                });
+                .map_err(|e| PassError::bad_option(pass, option, format!("bad regex `{re}`: {e}")));
         }
         if text.is_empty() {
             return Err(PassError::bad_option(pass, option, "empty target"));
@@ -66,10 +64,7 @@ impl Selection {
         exclude: &[String],
         layers: &[String],
     ) -> Result<Selection, PassError> {
-        let targets = targets
-            .iter()
-            .map(|t| Target::parse(pass, "targets", t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let targets = targets.iter().map(|t| Target::parse(pass, "targets", t)).collect::<Result<Vec<_>, _>>()?;
         if targets.is_empty() {
             return Err(PassError::bad_option(
                 pass,
@@ -77,10 +72,7 @@ impl Selection {
                 "no targets given (e.g. targets=query,value or all-linear)",
             ));
         }
-        let exclude = exclude
-            .iter()
-            .map(|t| Target::parse(pass, "exclude", t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let exclude = exclude.iter().map(|t| Target::parse(pass, "exclude", t)).collect::<Result<Vec<_>, _>>()?;
         let layers = if layers.is_empty() {
             None
         } else {
@@ -88,31 +80,19 @@ impl Selection {
                 layers
                     .iter()
                     .map(|l| {
-                        l.parse().map_err(|_| {
-                            PassError::bad_option(
-                                pass,
-                                "layers",
-                                format!("`{l}` is not a block index"),
-                            )
-                        })
+                        l.parse()
+                            .map_err(|_| PassError::bad_option(pass, "layers", format!("`{l}` is not a block index")))
                     })
                     .collect::<Result<Vec<usize>, _>>()?,
             )
         };
-        Ok(Selection {
-            targets,
-            exclude,
-            layers,
-        })
+        Ok(Selection { targets, exclude, layers })
     }
 
     fn wants(&self, path: &str) -> bool {
         self.targets.iter().any(|t| t.matches(path))
             && !self.exclude.iter().any(|t| t.matches(path))
-            && self
-                .layers
-                .as_ref()
-                .is_none_or(|ls| block_index(path).is_some_and(|b| ls.contains(&b)))
+            && self.layers.as_ref().is_none_or(|ls| block_index(path).is_some_and(|b| ls.contains(&b)))
     }
 
     /// The linear layers of `graph` this selection picks, in graph order. Layers without a
@@ -129,10 +109,7 @@ impl Selection {
                 };
                 if all_linear
                     && graph.is_graph_output(&l.output)
-                    && !self
-                        .targets
-                        .iter()
-                        .any(|t| !matches!(t, Target::AllLinear) && t.matches(path))
+                    && !self.targets.iter().any(|t| !matches!(t, Target::AllLinear) && t.matches(path))
                 {
                     return false;
                 }
@@ -145,17 +122,11 @@ impl Selection {
     /// selection, and lists the module paths that could have been chosen (the first 20).
     pub fn no_match(&self, pass: &str, graph: &adaptc_ir::Graph, described: &str) -> PassError {
         let layers = base_linear_layers(graph);
-        let paths: Vec<&str> = layers
-            .iter()
-            .filter_map(|l| l.module_path.as_deref())
-            .collect();
+        let paths: Vec<&str> = layers.iter().filter_map(|l| l.module_path.as_deref()).collect();
         let unnamed = layers.len() - paths.len();
         let mut reason = format!("no linear layer matches {described}");
         if paths.is_empty() {
-            reason += &format!(
-                "; the graph has {} linear layer(s), none with a module path",
-                layers.len()
-            );
+            reason += &format!("; the graph has {} linear layer(s), none with a module path", layers.len());
         } else {
             const SHOWN: usize = 20;
             let shown = paths[..paths.len().min(SHOWN)].join(", ");
@@ -185,10 +156,7 @@ impl Selection {
 
 /// The linear layers of `graph` that are not part of an inserted adapter.
 fn base_linear_layers(graph: &adaptc_ir::Graph) -> Vec<LinearLayer> {
-    find_linear_layers(graph)
-        .into_iter()
-        .filter(|l| graph.node(l.node).metadata.get(CREATED_BY).is_none())
-        .collect()
+    find_linear_layers(graph).into_iter().filter(|l| graph.node(l.node).metadata.get(CREATED_BY).is_none()).collect()
 }
 
 #[cfg(test)]
@@ -212,10 +180,7 @@ mod tests {
         let t = Target::parse("p", "targets", r"re:.*layer\.[01]\..*query").unwrap();
         assert!(t.matches("encoder.layer.0.attention.self.query"));
         assert!(!t.matches("encoder.layer.2.attention.self.query"));
-        assert!(Target::parse("p", "targets", "re:(")
-            .unwrap_err()
-            .to_string()
-            .contains("bad regex"));
+        assert!(Target::parse("p", "targets", "re:(").unwrap_err().to_string().contains("bad regex"));
     }
 
     #[test]

@@ -72,9 +72,7 @@ impl Selector {
             _ => match text.strip_prefix("re:") {
                 Some(re) => Regex::new(&format!("^(?:{re})$"))
                     .map(Selector::Regex)
-                    .map_err(|e| {
-                        PassError::bad_option(PASS, "targets", format!("bad regex `{re}`: {e}"))
-                    }),
+                    .map_err(|e| PassError::bad_option(PASS, "targets", format!("bad regex `{re}`: {e}"))),
                 None => Err(PassError::bad_option(
                     PASS,
                     "targets",
@@ -110,16 +108,9 @@ pub(crate) fn info() -> PassInfo {
 fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
     let targets = o.list("targets")?;
     if targets.is_empty() {
-        return Err(PassError::bad_option(
-            PASS,
-            "targets",
-            "no targets given (bias, layernorm, all or re:<regex>)",
-        ));
+        return Err(PassError::bad_option(PASS, "targets", "no targets given (bias, layernorm, all or re:<regex>)"));
     }
-    let selectors = targets
-        .iter()
-        .map(|t| Selector::parse(t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let selectors = targets.iter().map(|t| Selector::parse(t)).collect::<Result<Vec<_>, _>>()?;
     Ok(Box::new(MarkTrainable { selectors, targets }))
 }
 
@@ -141,17 +132,10 @@ impl Pass for MarkTrainable {
             chosen.extend(found);
         }
         if chosen.is_empty() {
-            let reasons: Vec<String> = empty
-                .iter()
-                .map(|(t, why)| format!("`{t}`: {why}"))
-                .collect();
+            let reasons: Vec<String> = empty.iter().map(|(t, why)| format!("`{t}`: {why}")).collect();
             return Err(PassError::failed(
                 PASS,
-                format!(
-                    "nothing matched targets={}: {}",
-                    self.targets.join(","),
-                    reasons.join("; ")
-                ),
+                format!("nothing matched targets={}: {}", self.targets.join(","), reasons.join("; ")),
             ));
         }
         for (t, why) in &empty {
@@ -193,10 +177,7 @@ pub fn select(graph: &Graph, sel: &Selector) -> BTreeSet<String> {
             for l in find_linear_layers(graph) {
                 out.extend(l.bias);
             }
-            for (_, n) in graph
-                .nodes()
-                .filter(|(_, n)| n.op().is("LayerNormalization"))
-            {
+            for (_, n) in graph.nodes().filter(|(_, n)| n.op().is("LayerNormalization")) {
                 out.extend(n.input(2).map(str::to_string));
             }
         }
@@ -205,10 +186,7 @@ pub fn select(graph: &Graph, sel: &Selector) -> BTreeSet<String> {
         }
         Selector::All => {
             out.extend(
-                graph
-                    .initializers()
-                    .filter(|t| t.dtype().is_float() && !t.dims().is_empty())
-                    .map(|t| t.name.clone()),
+                graph.initializers().filter(|t| t.dtype().is_float() && !t.dims().is_empty()).map(|t| t.name.clone()),
             );
         }
         Selector::Regex(re) => {
@@ -226,22 +204,11 @@ pub fn select(graph: &Graph, sel: &Selector) -> BTreeSet<String> {
 fn why_empty(graph: &Graph, sel: &Selector) -> String {
     match sel {
         Selector::Bias => "no linear layer or LayerNormalization has a bias initializer".into(),
-        Selector::LayerNorm => {
-            "no LayerNormalization, RMSNormalization or decomposed RMSNorm weight found".into()
-        }
-        Selector::All => {
-            "the graph has no float initializer of rank ≥ 1 (other than graph inputs)".into()
-        }
+        Selector::LayerNorm => "no LayerNormalization, RMSNormalization or decomposed RMSNorm weight found".into(),
+        Selector::All => "the graph has no float initializer of rank ≥ 1 (other than graph inputs)".into(),
         Selector::Regex(_) => {
-            let names: Vec<String> = pytorch_names(graph)
-                .into_values()
-                .flatten()
-                .take(8)
-                .collect();
-            format!(
-                "no parameter name matches (names look like: {})",
-                names.join(", ")
-            )
+            let names: Vec<String> = pytorch_names(graph).into_values().flatten().take(8).collect();
+            format!("no parameter name matches (names look like: {})", names.join(", "))
         }
     }
 }
@@ -287,20 +254,14 @@ fn from_rsqrt(graph: &Graph, value: &str, depth: usize) -> bool {
     if depth == 0 || !(node.op().is("Mul") || node.op().is("Div") || node.op().is("Cast")) {
         return false;
     }
-    node.inputs()
-        .iter()
-        .filter(|i| !i.is_empty())
-        .any(|i| from_rsqrt(graph, i, depth - 1))
+    node.inputs().iter().filter(|i| !i.is_empty()).any(|i| from_rsqrt(graph, i, depth - 1))
 }
 
 /// Every initializer's PyTorch-style names (see the module docs).
 pub fn pytorch_names(graph: &Graph) -> BTreeMap<String, BTreeSet<String>> {
     let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for t in graph.initializers() {
-        names
-            .entry(t.name.clone())
-            .or_default()
-            .insert(t.name.clone());
+        names.entry(t.name.clone()).or_default().insert(t.name.clone());
     }
     let mut add = |init: &str, name: String| {
         if let Some(set) = names.get_mut(init) {
@@ -315,8 +276,7 @@ pub fn pytorch_names(graph: &Graph) -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     for (init, node, role) in norm_params(graph) {
-        let path = node_name_scopes_path(graph, node)
-            .or_else(|| path_from_node_name(&graph.node(node).name));
+        let path = node_name_scopes_path(graph, node).or_else(|| path_from_node_name(&graph.node(node).name));
         if let Some(path) = path {
             add(&init, format!("{path}.{role}"));
         }

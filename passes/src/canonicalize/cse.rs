@@ -30,10 +30,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-use adaptc_ir::{
-    is_default_domain, AttrValue, DataType, Graph, IrError, Model, NodeId, OpKey, Tensor,
-    TensorData,
-};
+use adaptc_ir::{is_default_domain, AttrValue, DataType, Graph, IrError, Model, NodeId, OpKey, Tensor, TensorData};
 
 use crate::canonicalize::{drop_value_info, is_constant};
 use crate::options::{OptionInfo, OptionKind, Options};
@@ -44,15 +41,8 @@ use crate::registry::PassInfo;
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
 
 /// Operators whose results differ from call to call.
-const NONDETERMINISTIC: &[&str] = &[
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-    "Dropout",
-];
+const NONDETERMINISTIC: &[&str] =
+    &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"];
 
 /// The `cse` pass.
 #[derive(Clone, Copy, Debug)]
@@ -65,10 +55,7 @@ pub struct Cse {
 
 impl Default for Cse {
     fn default() -> Cse {
-        Cse {
-            initializers: true,
-            max_bytes: DEFAULT_MAX_BYTES,
-        }
+        Cse { initializers: true, max_bytes: DEFAULT_MAX_BYTES }
     }
 }
 
@@ -105,11 +92,7 @@ impl Pass for Cse {
     fn run(&self, model: &mut Model, _cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let graph = &mut model.graph;
         let mut gone = HashSet::new();
-        let inits = if self.initializers {
-            merge_initializers(graph, self.max_bytes, &mut gone)?
-        } else {
-            0
-        };
+        let inits = if self.initializers { merge_initializers(graph, self.max_bytes, &mut gone)? } else { 0 };
         let nodes = merge_nodes(graph, self.max_bytes, &mut gone)?;
         drop_value_info(graph, &gone);
         Ok(PassOutcome::changed(inits + nodes > 0)
@@ -118,11 +101,7 @@ impl Pass for Cse {
     }
 }
 
-fn merge_initializers(
-    graph: &mut Graph,
-    max_bytes: u64,
-    gone: &mut HashSet<String>,
-) -> Result<i64, IrError> {
+fn merge_initializers(graph: &mut Graph, max_bytes: u64, gone: &mut HashSet<String>) -> Result<i64, IrError> {
     let candidates: Vec<String> = graph
         .initializers()
         .filter(|t| {
@@ -142,13 +121,8 @@ fn merge_initializers(
         let Some(hash) = content_hash(tensor) else {
             continue;
         };
-        let group = groups
-            .entry((tensor.dtype(), tensor.dims().to_vec(), hash))
-            .or_default();
-        let survivor = group
-            .iter()
-            .find(|s| graph.initializer(s).is_some_and(|t| t.same_value(tensor)))
-            .cloned();
+        let group = groups.entry((tensor.dtype(), tensor.dims().to_vec(), hash)).or_default();
+        let survivor = group.iter().find(|s| graph.initializer(s).is_some_and(|t| t.same_value(tensor))).cloned();
         match survivor {
             Some(survivor) => {
                 graph.replace_all_uses_with(&name, &survivor)?;
@@ -186,10 +160,7 @@ struct NodeKey {
 fn node_key(graph: &Graph, id: NodeId, max_bytes: u64) -> Option<NodeKey> {
     let node = graph.node(id);
     let op = node.op();
-    if !is_default_domain(&op.domain)
-        || NONDETERMINISTIC.contains(&op.op_type.as_str())
-        || node.has_subgraphs()
-    {
+    if !is_default_domain(&op.domain) || NONDETERMINISTIC.contains(&op.op_type.as_str()) || node.has_subgraphs() {
         return None;
     }
     if node.outputs().iter().all(String::is_empty) {
@@ -303,18 +274,10 @@ fn put_tensor(out: &mut Vec<u8>, t: &Tensor, max_bytes: u64) -> Option<()> {
 }
 
 fn produces_graph_output(graph: &Graph, id: NodeId) -> bool {
-    graph
-        .node(id)
-        .outputs()
-        .iter()
-        .any(|o| !o.is_empty() && graph.is_graph_output(o))
+    graph.node(id).outputs().iter().any(|o| !o.is_empty() && graph.is_graph_output(o))
 }
 
-fn merge_nodes(
-    graph: &mut Graph,
-    max_bytes: u64,
-    gone: &mut HashSet<String>,
-) -> Result<i64, IrError> {
+fn merge_nodes(graph: &mut Graph, max_bytes: u64, gone: &mut HashSet<String>) -> Result<i64, IrError> {
     let mut merged = 0;
     loop {
         let mut seen: HashMap<NodeKey, NodeId> = HashMap::new();

@@ -54,11 +54,9 @@ impl Pass for Dce {
     fn run(&self, model: &mut Model, _cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let mut removed = Removed::default();
         eliminate(&mut model.graph, &mut removed)?;
-        Ok(
-            PassOutcome::changed(removed.nodes + removed.initializers > 0)
-                .stat("dce.nodes_removed", removed.nodes)
-                .stat("dce.initializers_removed", removed.initializers),
-        )
+        Ok(PassOutcome::changed(removed.nodes + removed.initializers > 0)
+            .stat("dce.nodes_removed", removed.nodes)
+            .stat("dce.initializers_removed", removed.initializers))
     }
 }
 
@@ -75,13 +73,7 @@ fn eliminate(graph: &mut Graph, removed: &mut Removed) -> Result<(), IrError> {
         if !graph.node(id).has_subgraphs() {
             continue;
         }
-        let attrs: Vec<_> = graph
-            .node(id)
-            .attrs()
-            .iter()
-            .filter(|a| !a.graphs().is_empty())
-            .cloned()
-            .collect();
+        let attrs: Vec<_> = graph.node(id).attrs().iter().filter(|a| !a.graphs().is_empty()).cloned().collect();
         for mut attr in attrs {
             let before = removed.nodes + removed.initializers;
             match &mut attr.value {
@@ -124,9 +116,7 @@ fn eliminate(graph: &mut Graph, removed: &mut Removed) -> Result<(), IrError> {
     let unused: Vec<String> = graph
         .initializers()
         .map(|t| t.name.clone())
-        .filter(|n| {
-            graph.uses(n).is_empty() && !graph.is_graph_input(n) && !graph.is_graph_output(n)
-        })
+        .filter(|n| graph.uses(n).is_empty() && !graph.is_graph_input(n) && !graph.is_graph_output(n))
         .collect();
     for name in unused {
         graph.remove_initializer(&name)?;

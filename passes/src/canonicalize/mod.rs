@@ -19,9 +19,7 @@ use adaptc_ir::{Graph, IrError, NodeId, Tensor};
 /// graph input may be overridden at run time, so its initializer is only a default) and is not
 /// trainable (training changes it; see `adapters::record::TRAINABLE`).
 pub(crate) fn is_constant(graph: &Graph, value: &str) -> bool {
-    graph
-        .initializer(value)
-        .is_some_and(|t| t.metadata.get(crate::adapters::record::TRAINABLE) != Some("true"))
+    graph.initializer(value).is_some_and(|t| t.metadata.get(crate::adapters::record::TRAINABLE) != Some("true"))
         && !graph.is_graph_input(value)
 }
 

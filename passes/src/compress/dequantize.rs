@@ -97,9 +97,7 @@ impl Pass for DequantizeWeights {
         let mut plans = Vec::new();
         let mut skipped = 0i64;
         for (id, node) in graph.nodes() {
-            let planned = if is_default_domain(&node.op().domain)
-                && node.op().op_type == "DequantizeLinear"
-            {
+            let planned = if is_default_domain(&node.op().domain) && node.op().op_type == "DequantizeLinear" {
                 plan_dq(graph, id)
             } else if node.op().domain == MS_DOMAIN && node.op().op_type == "MatMulNBits" {
                 plan_nbits(graph, id)
@@ -111,11 +109,7 @@ impl Pass for DequantizeWeights {
                 Ok(None) => {}
                 Err(why) => {
                     skipped += 1;
-                    cx.note(format!(
-                        "`{}` ({}) left alone: {why}",
-                        node.label(),
-                        node.op()
-                    ));
+                    cx.note(format!("`{}` ({}) left alone: {why}", node.label(), node.op()));
                 }
             }
         }
@@ -125,10 +119,7 @@ impl Pass for DequantizeWeights {
         let (mut requant_max, mut requant_changed) = (0f64, 0u64);
         for plan in plans {
             before += plan.bytes_before;
-            after += plan
-                .dtype
-                .storage_bytes(plan.values.len() as u64)
-                .unwrap_or(0);
+            after += plan.dtype.storage_bytes(plan.values.len() as u64).unwrap_or(0);
             if let Some((m, c)) = plan.requant {
                 requant_max = requant_max.max(m);
                 requant_changed += c;
@@ -152,21 +143,14 @@ impl Pass for DequantizeWeights {
             .stat("dequant.skipped", skipped)
             .stat("dequant.bytes_before", before as i64)
             .stat("dequant.bytes_after", after as i64)
-            .stat(
-                "dequant.requant_max_abs_err_e9",
-                (requant_max * 1e9).round() as i64,
-            )
+            .stat("dequant.requant_max_abs_err_e9", (requant_max * 1e9).round() as i64)
             .stat("dequant.requant_changed", requant_changed as i64))
     }
 }
 
 /// The constant feeding input `slot`: `Ok(None)` when the slot is empty, `Err` when it is not a
 /// constant.
-fn operand<'g>(
-    graph: &'g Graph,
-    node: &Node,
-    slot: usize,
-) -> Result<Option<(&'g Tensor, String)>, String> {
+fn operand<'g>(graph: &'g Graph, node: &Node, slot: usize) -> Result<Option<(&'g Tensor, String)>, String> {
     match node.input(slot) {
         None | Some("") => Ok(None),
         Some(name) => match constant_tensor(graph, name) {
@@ -183,51 +167,22 @@ fn decode_ints(t: &Tensor) -> Result<(Vec<i32>, u32, bool), String> {
     let (values, bits, signed) = match t.dtype() {
         DataType::Int8 => (bytes.iter().map(|&b| i32::from(b as i8)).collect(), 8, true),
         DataType::Uint8 => (bytes.iter().map(|&b| i32::from(b)).collect(), 8, false),
-        DataType::Int16 => (
-            bytes
-                .chunks_exact(2)
-                .map(|c| i32::from(i16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            16,
-            true,
-        ),
-        DataType::Uint16 => (
-            bytes
-                .chunks_exact(2)
-                .map(|c| i32::from(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            16,
-            false,
-        ),
-        DataType::Int32 => (
-            bytes
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            32,
-            true,
-        ),
+        DataType::Int16 => {
+            (bytes.chunks_exact(2).map(|c| i32::from(i16::from_le_bytes([c[0], c[1]]))).collect(), 16, true)
+        }
+        DataType::Uint16 => {
+            (bytes.chunks_exact(2).map(|c| i32::from(u16::from_le_bytes([c[0], c[1]]))).collect(), 16, false)
+        }
+        DataType::Int32 => {
+            (bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), 32, true)
+        }
         d @ (DataType::Int4 | DataType::Int2) => {
             let bits = d.bit_width().unwrap_or(4) as u32;
-            (
-                unpack_bits(&bytes, bits, n)
-                    .into_iter()
-                    .map(|v| sign_extend(v, bits))
-                    .collect(),
-                bits,
-                true,
-            )
+            (unpack_bits(&bytes, bits, n).into_iter().map(|v| sign_extend(v, bits)).collect(), bits, true)
         }
         d @ (DataType::Uint4 | DataType::Uint2) => {
             let bits = d.bit_width().unwrap_or(4) as u32;
-            (
-                unpack_bits(&bytes, bits, n)
-                    .into_iter()
-                    .map(i32::from)
-                    .collect(),
-                bits,
-                false,
-            )
+            (unpack_bits(&bytes, bits, n).into_iter().map(i32::from).collect(), bits, false)
         }
         other => return Err(format!("{other} data is not supported")),
     };
@@ -236,13 +191,8 @@ fn decode_ints(t: &Tensor) -> Result<(Vec<i32>, u32, bool), String> {
 
 fn float_values(t: &Tensor, what: &str) -> Result<Vec<f32>, String> {
     match t.dtype() {
-        DataType::Float | DataType::Float16 | DataType::BFloat16 => {
-            t.to_f32_lossy().map_err(|e| e.to_string())
-        }
-        other => Err(format!(
-            "the {what} `{}` is {other}, not float32/float16/bfloat16",
-            t.name
-        )),
+        DataType::Float | DataType::Float16 | DataType::BFloat16 => t.to_f32_lossy().map_err(|e| e.to_string()),
+        other => Err(format!("the {what} `{}` is {other}, not float32/float16/bfloat16", t.name)),
     }
 }
 
@@ -264,9 +214,7 @@ fn plan_dq(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
     let scales = float_values(scale, "scale")?;
     if let Some(od) = node.attr("output_dtype").and_then(|a| a.as_int()) {
         if od != 0 && od != i64::from(dtype.code()) {
-            return Err(format!(
-                "output_dtype {od} differs from the scale's type {dtype}"
-            ));
+            return Err(format!("output_dtype {od} differs from the scale's type {dtype}"));
         }
     }
     let (levels, bits, signed) = decode_ints(x)?;
@@ -274,10 +222,7 @@ fn plan_dq(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
         None => vec![0; scales.len()],
         Some((t, _)) => {
             if t.dtype() != x.dtype() || t.dims() != scale.dims() {
-                return Err(format!(
-                    "the zero point `{}` does not match the data's type or the scale's shape",
-                    t.name
-                ));
+                return Err(format!("the zero point `{}` does not match the data's type or the scale's shape", t.name));
             }
             decode_ints(t)?.0
         }
@@ -299,11 +244,7 @@ fn plan_dq(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
         let inner: usize = dims[a + 1..].iter().product::<u64>() as usize;
         if block == 0 {
             if scale.dims() != [dims[a]] {
-                return Err(format!(
-                    "the scale has shape {:?}, expected [{}] for axis {a}",
-                    scale.dims(),
-                    dims[a]
-                ));
+                return Err(format!("the scale has shape {:?}, expected [{}] for axis {a}", scale.dims(), dims[a]));
             }
             (0..levels.len()).map(|i| (i / inner) % d).collect()
         } else {
@@ -326,11 +267,8 @@ fn plan_dq(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
                 .collect()
         }
     };
-    let values: Vec<f32> = levels
-        .iter()
-        .zip(&index)
-        .map(|(&q, &s)| round_to(dtype, (q - zps[s]) as f32 * scales[s]))
-        .collect();
+    let values: Vec<f32> =
+        levels.iter().zip(&index).map(|(&q, &s)| round_to(dtype, (q - zps[s]) as f32 * scales[s])).collect();
 
     // Re-quantization: same groups, the scheme the data implies.
     let requant = if bits == 4 || bits == 8 {
@@ -345,32 +283,14 @@ fn plan_dq(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
         for (i, &s) in index.iter().enumerate() {
             groups[s].push(i);
         }
-        Some(requant_error(
-            &values,
-            &groups,
-            Grid::new(bits, scheme),
-            dtype,
-        ))
+        Some(requant_error(&values, &groups, Grid::new(bits, scheme), dtype))
     } else {
         None
     };
     let mut operands = vec![x_name.to_string(), scale_name];
     operands.extend(zp.map(|(_, n)| n));
-    let bytes_before = operands
-        .iter()
-        .filter_map(|n| constant_tensor(graph, n))
-        .map(Tensor::byte_len)
-        .sum();
-    Ok(Some(Plan {
-        node: id,
-        kind: Kind::Qdq,
-        operands,
-        dtype,
-        dims,
-        values,
-        bytes_before,
-        requant,
-    }))
+    let bytes_before = operands.iter().filter_map(|n| constant_tensor(graph, n)).map(Tensor::byte_len).sum();
+    Ok(Some(Plan { node: id, kind: Kind::Qdq, operands, dtype, dims, values, bytes_before, requant }))
 }
 
 /// `MatMulNBits` with constant operands → `W[K, N]`.
@@ -384,15 +304,9 @@ fn plan_nbits(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
     };
     let (k, n, bits, block) = (attr("K")?, attr("N")?, attr("bits")?, attr("block_size")?);
     if !matches!(bits, 2 | 4 | 8) || (block * bits) % 8 != 0 {
-        return Err(format!(
-            "bits={bits} with block_size={block} is not a MatMulNBits layout"
-        ));
+        return Err(format!("bits={bits} with block_size={block} is not a MatMulNBits layout"));
     }
-    let input = node
-        .input(0)
-        .filter(|s| !s.is_empty())
-        .ok_or("it has no input A")?
-        .to_string();
+    let input = node.input(0).filter(|s| !s.is_empty()).ok_or("it has no input A")?.to_string();
     if node.output(0).is_none_or(str::is_empty) {
         return Err("it has no output".into());
     }
@@ -405,20 +319,12 @@ fn plan_nbits(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
     let bias = node.input(5).filter(|s| !s.is_empty()).map(str::to_string);
     let (nb, blob) = (k.div_ceil(block), block * bits / 8);
     if b.dtype() != DataType::Uint8 || b.numel() as usize != n * nb * blob {
-        return Err(format!(
-            "B `{b_name}` is {}{:?}, expected uint8 with {n}·{nb}·{blob} bytes",
-            b.dtype(),
-            b.dims()
-        ));
+        return Err(format!("B `{b_name}` is {}{:?}, expected uint8 with {n}·{nb}·{blob} bytes", b.dtype(), b.dims()));
     }
     let dtype = scale.dtype();
     let scales = float_values(scale, "scales")?;
     if scales.len() != n * nb {
-        return Err(format!(
-            "scales `{scale_name}` has {} values, expected {}",
-            scales.len(),
-            n * nb
-        ));
+        return Err(format!("scales `{scale_name}` has {} values, expected {}", scales.len(), n * nb));
     }
     let zp_row = (nb * bits).div_ceil(8);
     let zp_bytes = match &zp {
@@ -431,11 +337,7 @@ fn plan_nbits(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
                 ));
             }
             if t.numel() as usize != n * zp_row {
-                return Err(format!(
-                    "zero points `{name}` have {} bytes, expected {}",
-                    t.numel(),
-                    n * zp_row
-                ));
+                return Err(format!("zero points `{name}` have {} bytes, expected {}", t.numel(), n * zp_row));
             }
             Some(t.bytes().map_err(|e| e.to_string())?.into_owned())
         }
@@ -447,16 +349,11 @@ fn plan_nbits(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
     let mut codes = vec![0u8; k * n]; // channel-major, for the re-quantization check
     let mut params = Vec::with_capacity(n * nb);
     for ch in 0..n {
-        let zps = zp_bytes
-            .as_ref()
-            .map(|z| unpack_bits(&z[ch * zp_row..(ch + 1) * zp_row], bits32, nb));
+        let zps = zp_bytes.as_ref().map(|z| unpack_bits(&z[ch * zp_row..(ch + 1) * zp_row], bits32, nb));
         for blk in 0..nb {
             let start = (ch * nb + blk) * blob;
             let block_codes = unpack_bits(&b_bytes[start..start + blob], bits32, block);
-            let p = GroupParams {
-                scale: scales[ch * nb + blk],
-                zero_point: zps.as_ref().map_or(mid, |z| z[blk]),
-            };
+            let p = GroupParams { scale: scales[ch * nb + blk], zero_point: zps.as_ref().map_or(mid, |z| z[blk]) };
             params.push(p);
             for (j, &c) in block_codes.iter().enumerate() {
                 let kk = blk * block + j;
@@ -477,28 +374,15 @@ fn plan_nbits(graph: &Graph, id: NodeId) -> Result<Option<Plan>, String> {
     let requant = if bits == 4 || bits == 8 {
         let groups: Vec<Vec<usize>> = (0..n)
             .flat_map(|ch| (0..nb).map(move |blk| (ch, blk)))
-            .map(|(ch, blk)| {
-                (blk * block..((blk + 1) * block).min(k))
-                    .map(|kk| kk * n + ch)
-                    .collect()
-            })
+            .map(|(ch, blk)| (blk * block..((blk + 1) * block).min(k)).map(|kk| kk * n + ch).collect())
             .collect();
-        Some(requant_error(
-            &values,
-            &groups,
-            Grid::new(bits as u32, scheme),
-            dtype,
-        ))
+        Some(requant_error(&values, &groups, Grid::new(bits as u32, scheme), dtype))
     } else {
         None
     };
     let mut operands = vec![b_name, scale_name];
     operands.extend(zp.map(|(_, n)| n));
-    let bytes_before = operands
-        .iter()
-        .filter_map(|o| constant_tensor(graph, o))
-        .map(Tensor::byte_len)
-        .sum();
+    let bytes_before = operands.iter().filter_map(|o| constant_tensor(graph, o)).map(Tensor::byte_len).sum();
     Ok(Some(Plan {
         node: id,
         kind: Kind::NBits { input, bias },
@@ -567,23 +451,10 @@ fn apply(graph: &mut Graph, plan: Plan) -> Result<(), PassError> {
                 Some(base) if !base.is_empty() && !graph.name_taken(base) => base.to_string(),
                 _ => graph.unique_name(&format!("{b}_dequantized")),
             };
-            graph.add_initializer(Tensor::from_bytes(
-                name.clone(),
-                plan.dtype,
-                plan.dims,
-                bytes,
-            )?)?;
-            let mm_out = if bias.is_some() {
-                graph.unique_name(&format!("{out}/matmul"))
-            } else {
-                out.clone()
-            };
-            let mut mm = Node::new(
-                OpKey::onnx("MatMul"),
-                vec![input, name],
-                vec![mm_out.clone()],
-            )
-            .named(old.name.clone());
+            graph.add_initializer(Tensor::from_bytes(name.clone(), plan.dtype, plan.dims, bytes)?)?;
+            let mm_out = if bias.is_some() { graph.unique_name(&format!("{out}/matmul")) } else { out.clone() };
+            let mut mm =
+                Node::new(OpKey::onnx("MatMul"), vec![input, name], vec![mm_out.clone()]).named(old.name.clone());
             for (key, value) in old.metadata.iter() {
                 if key != CREATED_BY {
                     mm.metadata.set(key, value);
@@ -593,8 +464,7 @@ fn apply(graph: &mut Graph, plan: Plan) -> Result<(), PassError> {
             graph.add_node(mm)?;
             if let Some(bias) = bias {
                 let add_name = graph.unique_name(&format!("{}/bias/Add", old.label()));
-                let mut add =
-                    Node::new(OpKey::onnx("Add"), vec![mm_out, bias], vec![out]).named(add_name);
+                let mut add = Node::new(OpKey::onnx("Add"), vec![mm_out, bias], vec![out]).named(add_name);
                 add.metadata.set(CREATED_BY, PASS);
                 graph.add_node(add)?;
             }

@@ -133,50 +133,12 @@ const TYPES_ONLY: &[(i64, &[&str])] = &[
             "Transpose",
         ],
     ),
-    (
-        14,
-        &["Add", "CumSum", "Div", "Identity", "Mul", "Relu", "Sub"],
-    ),
+    (14, &["Add", "CumSum", "Div", "Identity", "Mul", "Relu", "Sub"]),
     (15, &["BatchNormalization", "Pow"]),
-    (
-        16,
-        &[
-            "GreaterOrEqual",
-            "Identity",
-            "If",
-            "LeakyRelu",
-            "LessOrEqual",
-            "Loop",
-            "PRelu",
-            "Scan",
-            "Where",
-        ],
-    ),
-    (
-        18,
-        &[
-            "OptionalGetElement",
-            "OptionalHasElement",
-            "ScatterElements",
-            "ScatterND",
-        ],
-    ),
-    (
-        19,
-        &[
-            "Constant", "Equal", "Identity", "If", "Loop", "Reshape", "Scan", "Shape", "Size",
-        ],
-    ),
-    (
-        20,
-        &[
-            "ConstantOfShape",
-            "IsInf",
-            "IsNaN",
-            "ReduceMax",
-            "ReduceMin",
-        ],
-    ),
+    (16, &["GreaterOrEqual", "Identity", "If", "LeakyRelu", "LessOrEqual", "Loop", "PRelu", "Scan", "Where"]),
+    (18, &["OptionalGetElement", "OptionalHasElement", "ScatterElements", "ScatterND"]),
+    (19, &["Constant", "Equal", "Identity", "If", "Loop", "Reshape", "Scan", "Shape", "Size"]),
+    (20, &["ConstantOfShape", "IsInf", "IsNaN", "ReduceMax", "ReduceMin"]),
     (
         21,
         &[
@@ -248,9 +210,7 @@ fn has_input(node: &Node, slot: usize) -> bool {
 
 /// The classification of `op` gaining schema version `version`.
 fn change(op: &str, version: i64) -> Change {
-    if TYPES_ONLY
-        .iter()
-        .any(|(v, ops)| *v == version && ops.contains(&op))
+    if TYPES_ONLY.iter().any(|(v, ops)| *v == version && ops.contains(&op))
         || COMPATIBLE_ADDITIONS.contains(&(op, version))
     {
         return Change::Safe;
@@ -298,9 +258,7 @@ fn change(op: &str, version: i64) -> Change {
 pub fn raise_problems(model: &Model, from: i64, to: i64) -> Vec<String> {
     let mut problems = BTreeSet::new();
     if to > NEWEST_OPSET {
-        problems.insert(format!(
-            "opset {to} is newer than the operator table (opset {NEWEST_OPSET})"
-        ));
+        problems.insert(format!("opset {to} is newer than the operator table (opset {NEWEST_OPSET})"));
     }
     let functions = model.function_names();
     if !functions.is_empty() {
@@ -332,23 +290,17 @@ fn check_graph(graph: &Graph, from: i64, to: i64, problems: &mut BTreeSet<String
         let op = node.op().op_type.as_str();
         let label = node.label();
         let Ok(i) = HISTORY.binary_search_by(|(name, _)| (*name).cmp(op)) else {
-            problems.insert(format!(
-                "node `{label}`: `{op}` is not an operator of the ONNX default domain"
-            ));
+            problems.insert(format!("node `{label}`: `{op}` is not an operator of the ONNX default domain"));
             continue;
         };
         let versions = HISTORY[i].1;
         if !versions.iter().any(|&v| v <= from) {
-            problems.insert(format!(
-                "node `{label}`: `{op}` does not exist at opset {from}"
-            ));
+            problems.insert(format!("node `{label}`: `{op}` does not exist at opset {from}"));
             continue;
         }
         if let Some(&latest) = versions.iter().filter(|&&v| v <= to).max() {
             if DEPRECATED.contains(&(op, latest)) && latest > from {
-                problems.insert(format!(
-                    "node `{label}`: `{op}` is deprecated at opset {to}"
-                ));
+                problems.insert(format!("node `{label}`: `{op}` is deprecated at opset {to}"));
             }
         }
         for &v in versions.iter().filter(|&&v| v > from && v <= to) {
@@ -356,9 +308,7 @@ fn check_graph(graph: &Graph, from: i64, to: i64, problems: &mut BTreeSet<String
                 Change::Safe => {}
                 Change::SafeIf(ok, what) => {
                     if !ok(node) {
-                        problems.insert(format!(
-                            "node `{label}`: {op}-{v} changed for this node: {what}"
-                        ));
+                        problems.insert(format!("node `{label}`: {op}-{v} changed for this node: {what}"));
                     }
                 }
                 Change::Unsafe(what) => {
@@ -383,15 +333,9 @@ pub fn ir_version_for(opset: i64) -> i64 {
 /// Sets the version of the model's default-domain import (whichever spelling it uses) and
 /// raises the IR version when the opset needs a newer one.
 pub fn set_default_opset(model: &mut Model, version: i64) {
-    match model
-        .opset_imports
-        .iter_mut()
-        .find(|o| is_default_domain(&o.domain))
-    {
+    match model.opset_imports.iter_mut().find(|o| is_default_domain(&o.domain)) {
         Some(o) => o.version = version,
-        None => model
-            .opset_imports
-            .push(adaptc_ir::OpsetImport::new("", version)),
+        None => model.opset_imports.push(adaptc_ir::OpsetImport::new("", version)),
     }
     model.ir_version = model.ir_version.max(ir_version_for(version));
 }
@@ -422,37 +366,20 @@ mod tests {
     #[test]
     fn history_is_sorted_for_binary_search() {
         assert!(HISTORY.windows(2).all(|w| w[0].0 < w[1].0));
-        assert!(HISTORY
-            .iter()
-            .all(|(_, v)| v.windows(2).all(|w| w[0] < w[1])));
+        assert!(HISTORY.iter().all(|(_, v)| v.windows(2).all(|w| w[0] < w[1])));
     }
 
     #[test]
     fn transformer_ops_raise_from_20_to_21() {
-        let ops = [
-            "Add",
-            "MatMul",
-            "Reshape",
-            "Transpose",
-            "Softmax",
-            "Cast",
-            "Shape",
-            "Squeeze",
-            "Unsqueeze",
-        ];
-        let nodes = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| node(op, &["x"], &[&format!("y{i}")]))
-            .collect();
+        let ops = ["Add", "MatMul", "Reshape", "Transpose", "Softmax", "Cast", "Shape", "Squeeze", "Unsqueeze"];
+        let nodes = ops.iter().enumerate().map(|(i, op)| node(op, &["x"], &[&format!("y{i}")])).collect();
         let m = model_with(20, nodes);
         assert_eq!(raise_problems(&m, 20, 21), Vec::<String>::new());
     }
 
     #[test]
     fn semantic_changes_are_refused_per_node() {
-        let squeeze_attr =
-            node("Squeeze", &["x"], &["a"]).with_attr(Attribute::ints("axes", vec![0]));
+        let squeeze_attr = node("Squeeze", &["x"], &["a"]).with_attr(Attribute::ints("axes", vec![0]));
         let squeeze_plain = node("Squeeze", &["x"], &["b"]);
         let softmax = node("Softmax", &["x"], &["c"]);
         let split = node("Split", &["x"], &["d", "e"]);
@@ -465,10 +392,7 @@ mod tests {
         assert!(p.contains("Split-18"), "{p}");
         let m = model_with(18, vec![gn]);
         let p = raise_problems(&m, 18, 21).join("\n");
-        assert!(
-            p.contains("GroupNormalization-21") && p.contains("per-channel"),
-            "{p}"
-        );
+        assert!(p.contains("GroupNormalization-21") && p.contains("per-channel"), "{p}");
         // Older than 13: not reviewed.
         let m = model_with(11, vec![node("Max", &["x", "x"], &["y"])]);
         let p = raise_problems(&m, 11, 21).join("\n");
@@ -489,9 +413,6 @@ mod tests {
         m.opset_imports[0].domain = "ai.onnx".into();
         m.ir_version = 6;
         set_default_opset(&mut m, 13);
-        assert_eq!(
-            (m.opset_imports.len(), m.opset(""), m.ir_version),
-            (1, Some(13), 7)
-        );
+        assert_eq!((m.opset_imports.len(), m.opset(""), m.ir_version), (1, Some(13), 7));
     }
 }

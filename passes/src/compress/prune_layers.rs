@@ -51,12 +51,7 @@ pub(crate) fn info() -> PassInfo {
         name: PASS,
         summary: "remove whole transformer blocks, connecting the residual stream around them",
         options: vec![
-            OptionInfo::new(
-                "layers",
-                OptionKind::List,
-                Some(""),
-                "block indices to remove (e.g. 4,5)",
-            ),
+            OptionInfo::new("layers", OptionKind::List, Some(""), "block indices to remove (e.g. 4,5)"),
             OptionInfo::new(
                 "stack",
                 OptionKind::String,
@@ -72,42 +67,23 @@ pub(crate) fn info() -> PassInfo {
 fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
     let mut layers = BTreeSet::new();
     for l in o.list("layers")? {
-        let i = l.parse::<usize>().map_err(|_| {
-            PassError::bad_option(PASS, "layers", format!("`{l}` is not a block index"))
-        })?;
+        let i = l
+            .parse::<usize>()
+            .map_err(|_| PassError::bad_option(PASS, "layers", format!("`{l}` is not a block index")))?;
         layers.insert(i);
     }
-    if layers.is_empty() {
-        return Err(PassError::bad_option(
-            PASS,
-            "layers",
-            "name the blocks to remove, e.g. `layers=4,5`",
-        ));
-    }
     let stack = o.string("stack")?;
-    Ok(Box::new(PruneLayers {
-        layers,
-        stack: (!stack.is_empty()).then_some(stack),
-    }))
+    Ok(Box::new(PruneLayers { layers, stack: (!stack.is_empty()).then_some(stack) }))
 }
 
 impl PruneLayers {
     /// Removes blocks `layers` of the model's only stack (or of `stack`).
     pub fn new(layers: impl IntoIterator<Item = usize>, stack: Option<String>) -> PruneLayers {
-        PruneLayers {
-            layers: layers.into_iter().collect(),
-            stack,
-        }
+        PruneLayers { layers: layers.into_iter().collect(), stack }
     }
 
     fn choose<'s>(&self, stacks: &'s [BlockStack]) -> Result<&'s BlockStack, PassError> {
-        let names = || {
-            stacks
-                .iter()
-                .map(|s| format!("`{}`", s.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let names = || stacks.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
         match &self.stack {
             Some(want) => stacks.iter().find(|s| &s.name == want).ok_or_else(|| {
                 PassError::bad_option(
@@ -120,10 +96,7 @@ impl PruneLayers {
             None => Err(PassError::bad_option(
                 PASS,
                 "stack",
-                format!(
-                    "the model has several block stacks ({}); say which with `stack=`",
-                    names()
-                ),
+                format!("the model has several block stacks ({}); say which with `stack=`", names()),
             )),
         }
     }
@@ -135,6 +108,9 @@ impl Pass for PruneLayers {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
+        if self.layers.is_empty() {
+            return Err(PassError::bad_option(PASS, "layers", "name the blocks to remove, e.g. `layers=4,5`"));
+        }
         let stacks = find_block_stacks(&model.graph).map_err(|r| PassError::failed(PASS, r))?;
         let stack = self.choose(&stacks)?;
         let indices: Vec<usize> = stack.blocks.iter().map(|b| b.index).collect();
@@ -142,10 +118,7 @@ impl Pass for PruneLayers {
             return Err(PassError::bad_option(
                 PASS,
                 "layers",
-                format!(
-                    "`{}` has no block {missing}; its blocks are {:?}",
-                    stack.name, indices
-                ),
+                format!("`{}` has no block {missing}; its blocks are {:?}", stack.name, indices),
             ));
         }
 
@@ -187,17 +160,15 @@ fn bypass(graph: &mut Graph, input: &str, output: &str) -> Result<(), PassError>
     if !graph.is_graph_output(output) {
         return Ok(());
     }
-    let (old_producer, slot) = graph.producer(output).ok_or_else(|| {
-        PassError::failed(PASS, format!("graph output `{output}` has no producer"))
-    })?;
+    let (old_producer, slot) = graph
+        .producer(output)
+        .ok_or_else(|| PassError::failed(PASS, format!("graph output `{output}` has no producer")))?;
     let retired = graph.unique_name(&format!("{output}.pruned"));
     graph.rename_output(old_producer, slot, &retired)?;
     match graph.producer(input) {
         Some((p, s)) if !graph.is_graph_output(input) && !graph.is_graph_input(input) => {
             // The interface entry steps aside while `input` takes over the name.
-            let slots: Vec<usize> = (0..graph.outputs.len())
-                .filter(|&i| graph.outputs[i].name == output)
-                .collect();
+            let slots: Vec<usize> = (0..graph.outputs.len()).filter(|&i| graph.outputs[i].name == output).collect();
             for &i in &slots {
                 graph.outputs[i].name = input.to_string();
             }
@@ -211,12 +182,7 @@ fn bypass(graph: &mut Graph, input: &str, output: &str) -> Result<(), PassError>
         _ => {
             let name = graph.unique_name(&format!("{output}/pruned_identity"));
             graph.add_node(
-                Node::new(
-                    OpKey::onnx("Identity"),
-                    vec![input.to_string()],
-                    vec![output.to_string()],
-                )
-                .named(name),
+                Node::new(OpKey::onnx("Identity"), vec![input.to_string()], vec![output.to_string()]).named(name),
             )?;
         }
     }
@@ -227,9 +193,7 @@ fn bypass(graph: &mut Graph, input: &str, output: &str) -> Result<(), PassError>
 fn note_survivors(graph: &Graph, stack: &str, removed: &BTreeSet<usize>, cx: &mut PassContext) {
     let survivors: Vec<String> = graph
         .nodes()
-        .filter(|(id, _)| {
-            node_block(graph, *id).is_some_and(|(s, b)| s == stack && removed.contains(&b))
-        })
+        .filter(|(id, _)| node_block(graph, *id).is_some_and(|(s, b)| s == stack && removed.contains(&b)))
         .map(|(_, n)| n.label())
         .collect();
     if !survivors.is_empty() {
@@ -249,12 +213,8 @@ fn drop_stale_adapters(model: &mut Model, cx: &mut PassContext) -> Result<(), Pa
     let graph = &model.graph;
     let node_names: BTreeSet<&str> = graph.nodes().map(|(_, n)| n.name.as_str()).collect();
     let before = (state.adapters.len(), state.trainable.len());
-    state
-        .adapters
-        .retain(|r| node_names.contains(r.target_node.as_str()));
-    state
-        .trainable
-        .retain(|t| graph.initializer(t).is_some() || graph.is_graph_input(t));
+    state.adapters.retain(|r| node_names.contains(r.target_node.as_str()));
+    state.trainable.retain(|t| graph.initializer(t).is_some() || graph.is_graph_input(t));
     if (state.adapters.len(), state.trainable.len()) != before {
         cx.note(format!(
             "dropped {} adapter record(s) and {} trainable tensor(s) of the removed blocks",

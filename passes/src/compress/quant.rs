@@ -124,26 +124,15 @@ pub fn round_to(dtype: DataType, v: f32) -> f32 {
 /// Encodes `f32` values in a float storage type (`f32`, `f16`, `bf16`), little-endian.
 pub fn encode_floats(dtype: DataType, values: &[f32]) -> Vec<u8> {
     match dtype {
-        DataType::Float16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DataType::BFloat16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
+        DataType::Float16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        DataType::BFloat16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }
 
 /// Quantizes one group of weights (finite values) into storage codes (`codes.len() ==
 /// values.len()`); the scale is rounded to `dtype` before it is used.
-pub fn quantize_group(
-    values: &[f32],
-    grid: Grid,
-    dtype: DataType,
-    codes: &mut [u8],
-) -> GroupParams {
+pub fn quantize_group(values: &[f32], grid: Grid, dtype: DataType, codes: &mut [u8]) -> GroupParams {
     debug_assert_eq!(values.len(), codes.len());
     let (mut min, mut max) = (f32::MAX, -f32::MAX);
     for &v in values {
@@ -200,10 +189,7 @@ pub fn quantize_group(
 /// The value of a storage code: `(c − z) · scale`, rounded to `dtype`.
 #[inline]
 pub fn dequantize_code(code: u8, params: GroupParams, dtype: DataType) -> f32 {
-    round_to(
-        dtype,
-        (i32::from(code) - i32::from(params.zero_point)) as f32 * params.scale,
-    )
+    round_to(dtype, (i32::from(code) - i32::from(params.zero_point)) as f32 * params.scale)
 }
 
 /// Packs `bits`-wide codes (2, 4 or 8) into bytes, the first element in the lowest bits (ONNX's
@@ -216,12 +202,7 @@ pub fn pack_bits(codes: &[u8], bits: u32) -> Vec<u8> {
     let mask = (1u8 << bits) - 1;
     codes
         .chunks(per_byte)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .enumerate()
-                .fold(0u8, |b, (i, &c)| b | ((c & mask) << (i as u32 * bits)))
-        })
+        .map(|chunk| chunk.iter().enumerate().fold(0u8, |b, (i, &c)| b | ((c & mask) << (i as u32 * bits))))
         .collect()
 }
 
@@ -232,13 +213,7 @@ pub fn unpack_bits(bytes: &[u8], bits: u32, count: usize) -> Vec<u8> {
     }
     let per_byte = (8 / bits) as usize;
     let mask = (1u8 << bits) - 1;
-    (0..count)
-        .map(|i| {
-            bytes
-                .get(i / per_byte)
-                .map_or(0, |b| (b >> ((i % per_byte) as u32 * bits)) & mask)
-        })
-        .collect()
+    (0..count).map(|i| bytes.get(i / per_byte).map_or(0, |b| (b >> ((i % per_byte) as u32 * bits)) & mask)).collect()
 }
 
 /// Sign-extends a `bits`-wide two's-complement field.
@@ -325,19 +300,7 @@ impl QuantizedMatrix {
             }
         }
         errors.count = (k * n) as u64;
-        (
-            QuantizedMatrix {
-                k,
-                n,
-                block,
-                n_blocks,
-                grid,
-                dtype,
-                codes,
-                params,
-            },
-            errors,
-        )
+        (QuantizedMatrix { k, n, block, n_blocks, grid, dtype, codes, params }, errors)
     }
 
     /// The group parameters of element `(ch, kk)`.
@@ -350,16 +313,8 @@ impl QuantizedMatrix {
         let mut out = vec![0f32; self.k * self.n];
         for ch in 0..self.n {
             for kk in 0..self.k {
-                let v = dequantize_code(
-                    self.codes[ch * self.k + kk],
-                    self.params_of(ch, kk),
-                    self.dtype,
-                );
-                out[if in_out {
-                    kk * self.n + ch
-                } else {
-                    ch * self.k + kk
-                }] = v;
+                let v = dequantize_code(self.codes[ch * self.k + kk], self.params_of(ch, kk), self.dtype);
+                out[if in_out { kk * self.n + ch } else { ch * self.k + kk }] = v;
             }
         }
         out
@@ -382,11 +337,7 @@ impl QuantizedMatrix {
             self.codes.clone()
         };
         // Codes are channel-major ([N, K]); a `[K, N]` weight needs them transposed.
-        let levels = if in_out {
-            transpose(&levels, self.n, self.k)
-        } else {
-            levels
-        };
+        let levels = if in_out { transpose(&levels, self.n, self.k) } else { levels };
         pack_bits(&levels, self.grid.bits)
     }
 
@@ -420,10 +371,7 @@ impl QuantizedMatrix {
 
     /// The zero points (`asym`), packed in [`QuantizedMatrix::qdq_param_dims`] order.
     pub fn qdq_zero_points(&self, in_out: bool) -> Vec<u8> {
-        pack_bits(
-            &self.qdq_params_in_order(in_out, |p| p.zero_point),
-            self.grid.bits,
-        )
+        pack_bits(&self.qdq_params_in_order(in_out, |p| p.zero_point), self.grid.bits)
     }
 
     // ----- MatMulNBits -------------------------------------------------------------------------
@@ -447,10 +395,7 @@ impl QuantizedMatrix {
                 } else {
                     let per_byte = (8 / bits) as usize;
                     for (byte, pack) in dst.iter_mut().zip(block.chunks(per_byte)) {
-                        *byte = pack
-                            .iter()
-                            .enumerate()
-                            .fold(0u8, |b, (i, &c)| b | (c << (i as u32 * bits)));
+                        *byte = pack.iter().enumerate().fold(0u8, |b, (i, &c)| b | (c << (i as u32 * bits)));
                     }
                 }
             }
@@ -470,14 +415,9 @@ impl QuantizedMatrix {
         let per_byte = 8 / self.grid.bits as usize;
         let mut out = Vec::with_capacity(self.n * self.zero_point_row_bytes());
         for ch in 0..self.n {
-            let mut zps: Vec<u8> = self.params[ch * self.n_blocks..(ch + 1) * self.n_blocks]
-                .iter()
-                .map(|p| p.zero_point)
-                .collect();
-            zps.resize(
-                self.n_blocks.next_multiple_of(per_byte),
-                self.grid.mid() as u8,
-            );
+            let mut zps: Vec<u8> =
+                self.params[ch * self.n_blocks..(ch + 1) * self.n_blocks].iter().map(|p| p.zero_point).collect();
+            zps.resize(self.n_blocks.next_multiple_of(per_byte), self.grid.mid() as u8);
             out.extend(pack_bits(&zps, self.grid.bits));
         }
         out
@@ -538,10 +478,7 @@ mod tests {
     fn roundtrip(values: &[f32], grid: Grid) -> (Vec<f32>, GroupParams) {
         let mut codes = vec![0; values.len()];
         let p = quantize_group(values, grid, F32, &mut codes);
-        (
-            codes.iter().map(|&c| dequantize_code(c, p, F32)).collect(),
-            p,
-        )
+        (codes.iter().map(|&c| dequantize_code(c, p, F32)).collect(), p)
     }
 
     #[test]
@@ -600,25 +537,15 @@ mod tests {
         let mut s = 7u64;
         let values: Vec<f32> = (0..257)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 3.0
             })
             .collect();
         for bits in [4, 8] {
             for scheme in [Scheme::Sym, Scheme::Asym] {
                 let (d, p) = roundtrip(&values, Grid::new(bits, scheme));
-                let worst = values
-                    .iter()
-                    .zip(&d)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    worst <= p.scale.abs() / 2.0 * 1.000_01,
-                    "{bits} {scheme:?}: {worst} vs {}",
-                    p.scale
-                );
+                let worst = values.iter().zip(&d).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst <= p.scale.abs() / 2.0 * 1.000_01, "{bits} {scheme:?}: {worst} vs {}", p.scale);
             }
         }
     }
@@ -675,10 +602,7 @@ mod tests {
             }
         }
         // QDQ scales [n_blocks, N] for in_out.
-        assert_eq!(
-            a.qdq_scales(true)[1],
-            a.params[n_blocks_index(1, 0, 3)].scale
-        );
+        assert_eq!(a.qdq_scales(true)[1], a.params[n_blocks_index(1, 0, 3)].scale);
     }
 
     fn n_blocks_index(ch: usize, b: usize, nb: usize) -> usize {

@@ -167,24 +167,13 @@ fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
         ));
     }
     let scheme = Scheme::parse(&o.choice("scheme")?).unwrap_or(Scheme::Sym);
-    let format = if o.choice("format")? == "matmulnbits" {
-        Format::MatMulNBits
-    } else {
-        Format::Qdq
-    };
+    let format = if o.choice("format")? == "matmulnbits" { Format::MatMulNBits } else { Format::Qdq };
     let (targets, exclude, layers) = (o.list("targets")?, o.list("exclude")?, o.list("layers")?);
     let selection = Selection::parse(PASS, &targets, &exclude, &layers)?;
     let described = Selection::describe(&targets, &exclude, &layers);
     let report = o.string("report")?;
     let report = (!report.is_empty()).then(|| PathBuf::from(report));
-    Ok(Box::new(QuantizeWeights {
-        grid: Grid::new(bits as u32, scheme),
-        block,
-        format,
-        selection,
-        described,
-        report,
-    }))
+    Ok(Box::new(QuantizeWeights { grid: Grid::new(bits as u32, scheme), block, format, selection, described, report }))
 }
 
 impl QuantizeWeights {
@@ -329,11 +318,7 @@ impl Pass for QuantizeWeights {
         // The opset DequantizeLinear needs, and whether raising to it is safe.
         let mut opset_raised = None;
         if self.format == Format::Qdq {
-            let need = checked
-                .iter()
-                .map(|c| self.qdq_opset(c.dtype))
-                .max()
-                .unwrap_or(13);
+            let need = checked.iter().map(|c| self.qdq_opset(c.dtype)).max().unwrap_or(13);
             let have = model.opset("");
             if have.is_some_and(|h| h < need) {
                 let have = have.unwrap_or(need);
@@ -380,15 +365,10 @@ impl Pass for QuantizeWeights {
         }
         if let Some([_, new]) = opset_raised {
             set_default_opset(model, new);
-            cx.note(format!(
-                "raised the default-domain opset to {new} for DequantizeLinear {}",
-                qdq_feature(new)
-            ));
+            cx.note(format!("raised the default-domain opset to {new} for DequantizeLinear {}", qdq_feature(new)));
         }
         if self.format == Format::MatMulNBits && model.opset(MS_DOMAIN).is_none() {
-            model
-                .opset_imports
-                .push(adaptc_ir::OpsetImport::new(MS_DOMAIN, 1));
+            model.opset_imports.push(adaptc_ir::OpsetImport::new(MS_DOMAIN, 1));
         }
 
         Ok(PassOutcome::changed(true)
@@ -396,10 +376,7 @@ impl Pass for QuantizeWeights {
             .stat("quant.weights", report.total_weights as i64)
             .stat("quant.bytes_before", report.total_bytes_before as i64)
             .stat("quant.bytes_after", report.total_bytes_after as i64)
-            .stat(
-                "quant.max_abs_err_e9",
-                (report.max_abs_err * 1e9).round() as i64,
-            )
+            .stat("quant.max_abs_err_e9", (report.max_abs_err * 1e9).round() as i64)
             .stat("quant.shared", shared))
     }
 }
@@ -430,10 +407,7 @@ impl QuantizeWeights {
             .weight_tensor(graph)
             .ok_or_else(|| fail(&module, format!("the weight `{weight}` is not a constant")))?;
         let dtype = tensor.dtype();
-        if !matches!(
-            dtype,
-            DataType::Float | DataType::Float16 | DataType::BFloat16
-        ) {
+        if !matches!(dtype, DataType::Float | DataType::Float16 | DataType::BFloat16) {
             return Err(fail(
                 &module,
                 format!("the weight `{weight}` is {dtype}; only float32, float16 and bfloat16 weights are quantized"),
@@ -464,38 +438,20 @@ impl QuantizeWeights {
         let (k, n) = (first.in_features as usize, first.out_features as usize);
         let in_out = first.layout == WeightLayout::InOut;
         if tensor.numel() != (k * n) as u64 {
-            return Err(fail(
-                &module,
-                format!("the weight `{weight}` {dims:?} does not hold {k}×{n} values"),
-            ));
+            return Err(fail(&module, format!("the weight `{weight}` {dims:?} does not hold {k}×{n} values")));
         }
-        let constant_node = if graph.initializer(&weight).is_some() {
-            None
-        } else {
-            graph.producer(&weight).map(|(id, _)| id)
-        };
+        let constant_node =
+            if graph.initializer(&weight).is_some() { None } else { graph.producer(&weight).map(|(id, _)| id) };
 
         // Readers of the weight besides the chosen layers.
-        let own: Vec<NodeId> = layers
-            .iter()
-            .flat_map(|l| std::iter::once(l.node).chain(l.transpose_node))
-            .collect();
-        let mut shared_with: Vec<String> = graph
-            .uses(&weight)
-            .iter()
-            .filter(|u| !own.contains(&u.node))
-            .map(|u| graph.node(u.node).label())
-            .collect();
+        let own: Vec<NodeId> = layers.iter().flat_map(|l| std::iter::once(l.node).chain(l.transpose_node)).collect();
+        let mut shared_with: Vec<String> =
+            graph.uses(&weight).iter().filter(|u| !own.contains(&u.node)).map(|u| graph.node(u.node).label()).collect();
         for l in &layers {
             if let Some(t) = l.transpose_node {
                 let t_out = graph.node(t).output(0).unwrap_or_default();
-                shared_with.extend(
-                    graph
-                        .uses(t_out)
-                        .iter()
-                        .filter(|u| u.node != l.node)
-                        .map(|u| graph.node(u.node).label()),
-                );
+                shared_with
+                    .extend(graph.uses(t_out).iter().filter(|u| u.node != l.node).map(|u| graph.node(u.node).label()));
             }
         }
         if graph.is_graph_output(&weight) {
@@ -507,8 +463,7 @@ impl QuantizeWeights {
         let block = match self.format {
             Format::MatMulNBits => {
                 if layers.len() > 1 || !shared_with.is_empty() {
-                    let mut readers: Vec<String> =
-                        layers.iter().map(|l| graph.node(l.node).label()).collect();
+                    let mut readers: Vec<String> = layers.iter().map(|l| graph.node(l.node).label()).collect();
                     readers.extend(shared_with.iter().cloned());
                     return Err(fail(
                         &module,
@@ -562,21 +517,13 @@ impl QuantizeWeights {
 
     /// Quantizes the checked weights, several at a time (one thread per core).
     fn quantize_all(&self, graph: &Graph, checked: Vec<Checked>) -> Result<Vec<Plan>, PassError> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(checked.len())
-            .max(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(checked.len()).max(1);
         if threads == 1 {
-            return checked
-                .into_iter()
-                .map(|c| self.quantize_one(graph, c))
-                .collect();
+            return checked.into_iter().map(|c| self.quantize_one(graph, c)).collect();
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<std::sync::Mutex<Option<Checked>>> = checked
-            .into_iter()
-            .map(|c| std::sync::Mutex::new(Some(c)))
-            .collect();
+        let slots: Vec<std::sync::Mutex<Option<Checked>>> =
+            checked.into_iter().map(|c| std::sync::Mutex::new(Some(c))).collect();
         let mut done: Vec<(usize, Result<Plan, PassError>)> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
@@ -596,10 +543,7 @@ impl QuantizeWeights {
                 .collect();
             workers
                 .into_iter()
-                .flat_map(|w| {
-                    w.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
+                .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect()
         });
         done.sort_by_key(|(i, _)| *i);
@@ -628,13 +572,9 @@ impl QuantizeWeights {
             .ok_or_else(|| fail(&module, format!("the weight `{weight}` is not a constant")))?;
         let values = tensor.to_f32_lossy().map_err(|e| fail(&module, e))?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(fail(
-                &module,
-                format!("the weight `{weight}` has a non-finite value at element {i}"),
-            ));
+            return Err(fail(&module, format!("the weight `{weight}` has a non-finite value at element {i}")));
         }
-        let (quant, errors) =
-            QuantizedMatrix::quantize_with_errors(&values, k, n, in_out, block, self.grid, dtype);
+        let (quant, errors) = QuantizedMatrix::quantize_with_errors(&values, k, n, in_out, block, self.grid, dtype);
         drop(values);
         let groups = (n * quant.n_blocks) as u64;
         let float_bytes = dtype.storage_bytes(groups).unwrap_or(0);
@@ -643,20 +583,12 @@ impl QuantizeWeights {
                 let q = self.grid.qdq_type();
                 q.storage_bytes((k * n) as u64).unwrap_or(0)
                     + float_bytes
-                    + if self.grid.has_zero_point() {
-                        q.storage_bytes(groups).unwrap_or(0)
-                    } else {
-                        0
-                    }
+                    + if self.grid.has_zero_point() { q.storage_bytes(groups).unwrap_or(0) } else { 0 }
             }
             Format::MatMulNBits => {
                 (n * quant.n_blocks * quant.blob_size()) as u64
                     + float_bytes
-                    + if self.grid.has_zero_point() {
-                        (n * quant.zero_point_row_bytes()) as u64
-                    } else {
-                        0
-                    }
+                    + if self.grid.has_zero_point() { (n * quant.zero_point_row_bytes()) as u64 } else { 0 }
             }
         };
         let report = LayerReport {
@@ -676,17 +608,7 @@ impl QuantizeWeights {
             max_err_steps: errors.max_steps,
             shared_with,
         };
-        Ok(Plan {
-            weight,
-            constant_node,
-            layers,
-            module,
-            dtype,
-            dims,
-            in_out,
-            quant,
-            report,
-        })
+        Ok(Plan { weight, constant_node, layers, module, dtype, dims, in_out, quant, report })
     }
 
     fn report(&self, plans: &[Plan], opset_raised: Option<[i64; 2]>) -> Report {
@@ -694,10 +616,7 @@ impl QuantizeWeights {
         let total_weights: u64 = plans.iter().map(|p| p.dims[0] * p.dims[1]).sum();
         let before: u64 = layers.iter().map(|l| l.bytes_before).sum();
         let after: u64 = layers.iter().map(|l| l.bytes_after).sum();
-        let weighted: f64 = plans
-            .iter()
-            .map(|p| p.report.mean_abs_err * (p.dims[0] * p.dims[1]) as f64)
-            .sum();
+        let weighted: f64 = plans.iter().map(|p| p.report.mean_abs_err * (p.dims[0] * p.dims[1]) as f64).sum();
         Report {
             pass: PASS,
             bits: self.grid.bits,
@@ -709,17 +628,9 @@ impl QuantizeWeights {
             total_weights,
             total_bytes_before: before,
             total_bytes_after: after,
-            ratio: if before == 0 {
-                0.0
-            } else {
-                after as f64 / before as f64
-            },
+            ratio: if before == 0 { 0.0 } else { after as f64 / before as f64 },
             max_abs_err: layers.iter().map(|l| l.max_abs_err).fold(0.0, f64::max),
-            mean_abs_err: if total_weights == 0 {
-                0.0
-            } else {
-                weighted / total_weights as f64
-            },
+            mean_abs_err: if total_weights == 0 { 0.0 } else { weighted / total_weights as f64 },
             layers,
         }
     }
@@ -732,26 +643,12 @@ fn write_report(path: &std::path::Path, report: &Report) -> Result<(), PassError
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text + "\n")
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            PassError::failed(
-                PASS,
-                format!("cannot write the report {}: {e}", path.display()),
-            )
-        })
+        .map_err(|e| PassError::failed(PASS, format!("cannot write the report {}: {e}", path.display())))
 }
 
 /// A new node tagged with this pass.
-fn tagged(
-    op: OpKey,
-    inputs: Vec<String>,
-    output: String,
-    name: String,
-    attrs: Vec<Attribute>,
-) -> Node {
-    let mut node = attrs.into_iter().fold(
-        Node::new(op, inputs, vec![output]).named(name),
-        Node::with_attr,
-    );
+fn tagged(op: OpKey, inputs: Vec<String>, output: String, name: String, attrs: Vec<Attribute>) -> Node {
+    let mut node = attrs.into_iter().fold(Node::new(op, inputs, vec![output]).named(name), Node::with_attr);
     node.metadata.set(CREATED_BY, PASS);
     node
 }
@@ -817,10 +714,7 @@ fn apply_qdq(graph: &mut Graph, plan: &Plan, grid: Grid, block: usize) -> Result
     }
     // Per channel: the output-feature axis; blocked: the input-feature axis.
     let out_axis = if plan.in_out { 1 } else { 0 };
-    let mut attrs = vec![Attribute::int(
-        "axis",
-        if per_channel { out_axis } else { 1 - out_axis },
-    )];
+    let mut attrs = vec![Attribute::int("axis", if per_channel { out_axis } else { 1 - out_axis })];
     if !per_channel {
         attrs.push(Attribute::int("block_size", block as i64));
     }
@@ -831,26 +725,14 @@ fn apply_qdq(graph: &mut Graph, plan: &Plan, grid: Grid, block: usize) -> Result
     match plan.constant_node {
         Some(id) => {
             graph.rename_output(id, 0, &tmp)?;
-            let dq = tagged(
-                OpKey::onnx("DequantizeLinear"),
-                inputs,
-                w.clone(),
-                node_name,
-                attrs,
-            );
+            let dq = tagged(OpKey::onnx("DequantizeLinear"), inputs, w.clone(), node_name, attrs);
             graph.add_node(dq)?;
             graph.remove_node(id)?;
         }
         None => {
             graph.replace_all_uses_with(w, &tmp)?;
             graph.remove_initializer(w)?;
-            let dq = tagged(
-                OpKey::onnx("DequantizeLinear"),
-                inputs,
-                w.clone(),
-                node_name,
-                attrs,
-            );
+            let dq = tagged(OpKey::onnx("DequantizeLinear"), inputs, w.clone(), node_name, attrs);
             graph.add_node(dq)?;
             graph.replace_all_uses_with(&tmp, w)?;
         }
@@ -882,13 +764,7 @@ fn apply_matmulnbits(graph: &mut Graph, plan: &Plan, grid: Grid) -> Result<(), P
     if grid.has_zero_point() {
         let zp = q.matmulnbits_zero_points();
         let len = zp.len() as u64;
-        inputs.push(add_initializer(
-            graph,
-            &format!("{w}_zero_point"),
-            DataType::Uint8,
-            vec![len],
-            zp,
-        )?);
+        inputs.push(add_initializer(graph, &format!("{w}_zero_point"), DataType::Uint8, vec![len], zp)?);
     }
     let attrs = vec![
         Attribute::int("K", k as i64),
@@ -901,23 +777,9 @@ fn apply_matmulnbits(graph: &mut Graph, plan: &Plan, grid: Grid) -> Result<(), P
     let out = old.output(0).unwrap_or_default().to_string();
     let tmp = graph.unique_name(&format!("{out}/float"));
     graph.rename_output(layer.node, 0, &tmp)?;
-    let gemm_bias = if layer.form == LinearForm::Gemm {
-        layer.bias.clone()
-    } else {
-        None
-    };
-    let mm_out = if gemm_bias.is_some() {
-        graph.unique_name(&format!("{out}/matmulnbits"))
-    } else {
-        out.clone()
-    };
-    let mut node = tagged(
-        OpKey::new(MS_DOMAIN, "MatMulNBits"),
-        inputs,
-        mm_out.clone(),
-        old.name.clone(),
-        attrs,
-    );
+    let gemm_bias = if layer.form == LinearForm::Gemm { layer.bias.clone() } else { None };
+    let mm_out = if gemm_bias.is_some() { graph.unique_name(&format!("{out}/matmulnbits")) } else { out.clone() };
+    let mut node = tagged(OpKey::new(MS_DOMAIN, "MatMulNBits"), inputs, mm_out.clone(), old.name.clone(), attrs);
     for (key, value) in old.metadata.iter() {
         if key != CREATED_BY {
             node.metadata.set(key, value);
@@ -927,13 +789,7 @@ fn apply_matmulnbits(graph: &mut Graph, plan: &Plan, grid: Grid) -> Result<(), P
     graph.add_node(node)?;
     if let Some(c) = gemm_bias {
         let name = graph.unique_name(&format!("{}/bias/Add", plan.module));
-        graph.add_node(tagged(
-            OpKey::onnx("Add"),
-            vec![mm_out, c],
-            out,
-            name,
-            vec![],
-        ))?;
+        graph.add_node(tagged(OpKey::onnx("Add"), vec![mm_out, c], out, name, vec![]))?;
     }
     graph.remove_node(layer.node)?;
     if let Some(t) = layer.transpose_node {

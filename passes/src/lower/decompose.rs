@@ -48,10 +48,7 @@ pub struct Decompose {
 
 impl Default for Decompose {
     fn default() -> Decompose {
-        Decompose {
-            gelu: true,
-            gather_nd: true,
-        }
+        Decompose { gelu: true, gather_nd: true }
     }
 }
 
@@ -67,10 +64,7 @@ pub(crate) fn info() -> PassInfo {
         )],
         example: "decompose{ops=Gelu,GatherND},fold-constants,dce",
         build: |o: &Options| {
-            let mut pass = Decompose {
-                gelu: false,
-                gather_nd: false,
-            };
+            let mut pass = Decompose { gelu: false, gather_nd: false };
             for op in o.list("ops")? {
                 match op.as_str() {
                     "Gelu" => pass.gelu = true,
@@ -81,10 +75,7 @@ pub(crate) fn info() -> PassInfo {
                         return Err(PassError::bad_option(
                             NAME,
                             "ops",
-                            format!(
-                                "cannot decompose `{other}`; {hint}supported: {}",
-                                SUPPORTED.join(", ")
-                            ),
+                            format!("cannot decompose `{other}`; {hint}supported: {}", SUPPORTED.join(", ")),
                         ));
                     }
                 }
@@ -117,11 +108,7 @@ impl Pass for Decompose {
                 Err(Skip::Ir(e)) => return Err(e.into()),
                 Err(Skip::Because(reason)) => {
                     let node = graph.node(id);
-                    cx.note(format!(
-                        "{NAME}: left `{}` ({}) alone: {reason}",
-                        node.label(),
-                        node.op()
-                    ));
+                    cx.note(format!("{NAME}: left `{}` ({}) alone: {reason}", node.label(), node.op()));
                     skipped += 1;
                 }
             }
@@ -204,10 +191,7 @@ fn decompose_gelu(graph: &mut Graph, id: NodeId) -> Result<(), Skip> {
     }
     let x = x.to_string();
     let out = node.output(0).unwrap_or_default().to_string();
-    let dtype = graph
-        .value_type(&x)
-        .or_else(|| graph.value_type(&out))
-        .and_then(|t| t.dtype());
+    let dtype = graph.value_type(&x).or_else(|| graph.value_type(&out)).and_then(|t| t.dtype());
     let typed = dtype.filter(|d| scalar(*d, 0.0).is_some());
     if let Some(d) = dtype.filter(|_| typed.is_none()) {
         return Err(because(format!("element type {d} is not a float type")));
@@ -236,11 +220,7 @@ fn decompose_gelu(graph: &mut Graph, id: NodeId) -> Result<(), Skip> {
         b.node("Erf", &[&scaled], vec![], "erf")?
     } else {
         let coeff = constant(&mut b, "coeff", 0.044715)?;
-        let k = constant(
-            &mut b,
-            "sqrt_2_over_pi",
-            (2.0 / std::f64::consts::PI).sqrt(),
-        )?;
+        let k = constant(&mut b, "sqrt_2_over_pi", (2.0 / std::f64::consts::PI).sqrt())?;
         let x2 = b.node("Mul", &[&x, &x], vec![], "x2")?;
         let x3 = b.node("Mul", &[&x2, &x], vec![], "x3")?;
         let cx3 = b.node("Mul", &[&x3, &coeff], vec![], "cx3")?;
@@ -257,57 +237,47 @@ fn decompose_gelu(graph: &mut Graph, id: NodeId) -> Result<(), Skip> {
 
 fn decompose_gather_nd(graph: &mut Graph, id: NodeId, opset: i64) -> Result<(), Skip> {
     let node = graph.node(id);
-    let (Some(data), Some(indices_name), 2) = (node.input(0), node.input(1), node.inputs().len())
-    else {
+    let (Some(data), Some(indices_name), 2) = (node.input(0), node.input(1), node.inputs().len()) else {
         return Err(because("expected two inputs"));
     };
     if node.outputs().len() != 1 || node.output(0).is_none_or(str::is_empty) {
         return Err(because("expected exactly one output"));
     }
     let (data, indices_name) = (data.to_string(), indices_name.to_string());
-    let b = usize::try_from(node.attr_int("batch_dims", 0))
-        .map_err(|_| because("batch_dims is negative"))?;
+    let b = usize::try_from(node.attr_int("batch_dims", 0)).map_err(|_| because("batch_dims is negative"))?;
     if !is_constant(graph, &indices_name) {
         return Err(because("the indices are not a constant"));
     }
-    let indices = graph
-        .initializer(&indices_name)
-        .ok_or_else(|| because("the indices are not a constant"))?;
+    let indices = graph.initializer(&indices_name).ok_or_else(|| because("the indices are not a constant"))?;
     let idx_dims: Vec<usize> = indices.dims().iter().map(|&d| d as usize).collect();
     let values = match indices.dtype() {
         DataType::Int64 => indices.to_i64().map_err(|e| because(e.to_string()))?,
         DataType::Int32 => {
             let bytes = indices.bytes().map_err(|e| because(e.to_string()))?;
-            bytes
-                .chunks_exact(4)
-                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
+            bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
         }
         d => return Err(because(format!("the indices are {d}, not int64 or int32"))),
     };
     let q = idx_dims.len();
-    let data_dims = declared_dims(graph, &data)
-        .ok_or_else(|| because(format!("the rank of `{data}` is unknown")))?;
+    let data_dims = declared_dims(graph, &data).ok_or_else(|| because(format!("the rank of `{data}` is unknown")))?;
     let r = data_dims.len();
     if q == 0 || b >= q || b >= r {
-        return Err(because(
-            "batch_dims must be smaller than the ranks of data and indices",
-        ));
+        return Err(because("batch_dims must be smaller than the ranks of data and indices"));
     }
     let k = idx_dims[q - 1];
     if k == 0 || b + k > r {
-        return Err(because(format!(
-            "indices with last dimension {k} do not fit data of rank {r}"
-        )));
+        return Err(because(format!("indices with last dimension {k} do not fit data of rank {r}")));
     }
     // The first b + k dims of data must be known to compute flat positions.
     let mut outer = Vec::with_capacity(b + k);
     for (i, d) in data_dims[..b + k].iter().enumerate() {
         match d {
             Dim::Known(n) if *n >= 0 => outer.push(*n as usize),
-            other => return Err(because(format!(
-                "dimension {i} of `{data}` is {other}, not a number (run specialize-shapes first)"
-            ))),
+            other => {
+                return Err(because(format!(
+                    "dimension {i} of `{data}` is {other}, not a number (run specialize-shapes first)"
+                )))
+            }
         }
     }
     if outer[..b] != idx_dims[..b] {
@@ -317,20 +287,10 @@ fn decompose_gather_nd(graph: &mut Graph, id: NodeId, opset: i64) -> Result<(), 
             &idx_dims[..b]
         )));
     }
-    let inner: Option<Vec<i64>> = data_dims[b + k..]
-        .iter()
-        .map(|d| {
-            if let Dim::Known(n) = d {
-                Some(*n)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let inner: Option<Vec<i64>> =
+        data_dims[b + k..].iter().map(|d| if let Dim::Known(n) = d { Some(*n) } else { None }).collect();
     if inner.is_none() && opset < 15 {
-        return Err(because(
-            "the inner dimensions of data are unknown and Shape(start) needs opset 15",
-        ));
+        return Err(because("the inner dimensions of data are unknown and Shape(start) needs opset 15"));
     }
     // Flat positions over the first b + k dims, row-major.
     let per_batch: usize = outer[b..].iter().product();
@@ -340,17 +300,13 @@ fn decompose_gather_nd(graph: &mut Graph, id: NodeId, opset: i64) -> Result<(), 
     for bi in 0..batch {
         for t in 0..tuples_per_batch {
             let start = (bi * tuples_per_batch + t) * k;
-            let tuple = values
-                .get(start..start + k)
-                .ok_or_else(|| because("the indices are truncated"))?;
+            let tuple = values.get(start..start + k).ok_or_else(|| because("the indices are truncated"))?;
             let mut pos = 0usize;
             for (j, &ix) in tuple.iter().enumerate() {
                 let dim = outer[b + j] as i64;
                 let n = if ix < 0 { ix + dim } else { ix };
                 if !(0..dim).contains(&n) {
-                    return Err(because(format!(
-                        "index {ix} is out of range for a dimension of {dim}"
-                    )));
+                    return Err(because(format!("index {ix} is out of range for a dimension of {dim}")));
                 }
                 pos = pos * outer[b + j] + n as usize;
             }
@@ -369,31 +325,17 @@ fn decompose_gather_nd(graph: &mut Graph, id: NodeId, opset: i64) -> Result<(), 
         Some(inner) => {
             let mut shape = vec![rows as i64];
             shape.extend(inner);
-            bld.constant(
-                "shape",
-                Tensor::from_i64("", vec![shape.len() as u64], &shape)?,
-            )?
+            bld.constant("shape", Tensor::from_i64("", vec![shape.len() as u64], &shape)?)?
         }
         None => {
             let rows = bld.constant("row_count", Tensor::from_i64("", vec![1], &[rows as i64])?)?;
             let start = Attribute::int("start", (b + k) as i64);
             let inner = bld.node("Shape", &[&data], vec![start], "inner_dims")?;
-            bld.node(
-                "Concat",
-                &[&rows, &inner],
-                vec![Attribute::int("axis", 0)],
-                "shape",
-            )?
+            bld.node("Concat", &[&rows, &inner], vec![Attribute::int("axis", 0)], "shape")?
         }
     };
     let rows_view = bld.node("Reshape", &[&data, &shape], vec![], "rows")?;
-    bld.node_into(
-        "Gather",
-        &[&rows_view, &flat_name],
-        vec![Attribute::int("axis", 0)],
-        "gather",
-        &out,
-    )?;
+    bld.node_into("Gather", &[&rows_view, &flat_name], vec![Attribute::int("axis", 0)], "gather", &out)?;
     graph.remove_node(id)?;
     Ok(())
 }

@@ -28,11 +28,7 @@ pub(crate) struct Builder<'g> {
 
 impl<'g> Builder<'g> {
     pub(crate) fn new(graph: &'g mut Graph, pass: &'static str, prefix: &str) -> Builder<'g> {
-        Builder {
-            graph,
-            pass,
-            prefix: prefix.to_string(),
-        }
+        Builder { graph, pass, prefix: prefix.to_string() }
     }
 
     /// Adds `op(inputs)` with a fresh output `<prefix>/<what>`; returns the output's name.
@@ -57,9 +53,7 @@ impl<'g> Builder<'g> {
         what: &str,
         output: &str,
     ) -> Result<(), IrError> {
-        let name = self
-            .graph
-            .unique_name(&format!("{}/{what}/{op}", self.prefix));
+        let name = self.graph.unique_name(&format!("{}/{what}/{op}", self.prefix));
         let inputs = inputs.iter().map(|s| s.to_string()).collect();
         let mut node = Node::new(OpKey::onnx(op), inputs, vec![output.to_string()]).named(name);
         for a in attrs {

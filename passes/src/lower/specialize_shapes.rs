@@ -80,13 +80,8 @@ pub fn parse_dims(items: &[String]) -> Result<BTreeMap<String, i64>, String> {
             return Err(format!("`{item}` has no symbol name"));
         }
         let value = parse_value(value, item)?;
-        if out
-            .insert(name.to_string(), value)
-            .is_some_and(|old| old != value)
-        {
-            return Err(format!(
-                "symbol `{name}` is given twice with different values"
-            ));
+        if out.insert(name.to_string(), value).is_some_and(|old| old != value) {
+            return Err(format!("symbol `{name}` is given twice with different values"));
         }
     }
     Ok(out)
@@ -96,19 +91,14 @@ pub fn parse_dims(items: &[String]) -> Result<BTreeMap<String, i64>, String> {
 pub fn parse_inputs(items: &[String]) -> Result<Vec<(String, Vec<i64>)>, String> {
     let mut out: Vec<(String, Vec<i64>)> = Vec::new();
     for item in items {
-        let (name, shape) = item
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{item}` is not `name:d0xd1x…`"))?;
+        let (name, shape) = item.rsplit_once(':').ok_or_else(|| format!("`{item}` is not `name:d0xd1x…`"))?;
         if name.is_empty() {
             return Err(format!("`{item}` has no input name"));
         }
         let dims = if shape.is_empty() {
             Vec::new()
         } else {
-            shape
-                .split('x')
-                .map(|d| parse_value(d, item))
-                .collect::<Result<_, _>>()?
+            shape.split('x').map(|d| parse_value(d, item)).collect::<Result<_, _>>()?
         };
         if out.iter().any(|(n, _)| n == name) {
             return Err(format!("input `{name}` is given twice"));
@@ -180,21 +170,14 @@ impl Pass for SpecializeShapes {
                 retyped += 1;
             }
         }
-        for v in graph
-            .inputs
-            .iter_mut()
-            .chain(graph.outputs.iter_mut())
-            .chain(graph.value_info.iter_mut())
-        {
+        for v in graph.inputs.iter_mut().chain(graph.outputs.iter_mut()).chain(graph.value_info.iter_mut()) {
             if let Some(n) = substitute(v, &bindings, &mut used) {
                 dims_set += n;
                 retyped += 1;
             }
         }
         for symbol in self.dims.keys().filter(|s| !used.contains(*s)) {
-            cx.note(format!(
-                "{NAME}: symbol `{symbol}` does not appear in the graph's declared types"
-            ));
+            cx.note(format!("{NAME}: symbol `{symbol}` does not appear in the graph's declared types"));
         }
         for v in &graph.inputs {
             let free: Vec<String> =
@@ -206,11 +189,7 @@ impl Pass for SpecializeShapes {
                     .map(ToString::to_string)
                     .collect();
             if !free.is_empty() {
-                cx.note(format!(
-                    "{NAME}: input `{}` still has free dimensions: {}",
-                    v.name,
-                    free.join(", ")
-                ));
+                cx.note(format!("{NAME}: input `{}` still has free dimensions: {}", v.name, free.join(", ")));
             }
         }
         Ok(PassOutcome::changed(retyped > 0)
@@ -221,9 +200,7 @@ impl Pass for SpecializeShapes {
 
 fn bind(bindings: &mut BTreeMap<String, i64>, symbol: &str, value: i64) -> Result<(), String> {
     match bindings.get(symbol) {
-        Some(&old) if old != value => {
-            Err(format!("symbol `{symbol}` would be both {old} and {value}"))
-        }
+        Some(&old) if old != value => Err(format!("symbol `{symbol}` would be both {old} and {value}")),
         _ => {
             bindings.insert(symbol.to_string(), value);
             Ok(())
@@ -232,13 +209,7 @@ fn bind(bindings: &mut BTreeMap<String, i64>, symbol: &str, value: i64) -> Resul
 }
 
 fn show(dims: &[Dim]) -> String {
-    format!(
-        "[{}]",
-        dims.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    format!("[{}]", dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
 }
 
 /// How many dimensions of `new` are concrete where `old` was not.
@@ -250,11 +221,7 @@ fn count_unknown(old: Option<&TypeInfo>, new: &TypeInfo) -> i64 {
 }
 
 /// Replaces bound symbols in `v`'s type; the number of dimensions replaced, if any.
-fn substitute(
-    v: &mut ValueInfo,
-    bindings: &BTreeMap<String, i64>,
-    used: &mut BTreeSet<String>,
-) -> Option<i64> {
+fn substitute(v: &mut ValueInfo, bindings: &BTreeMap<String, i64>, used: &mut BTreeSet<String>) -> Option<i64> {
     let ty = v.ty.as_ref()?;
     let dtype = ty.dtype()?;
     let mut dims = ty.dims()?;

@@ -70,12 +70,7 @@ pub fn find_block_stacks(graph: &Graph) -> Result<Vec<BlockStack>, String> {
     let mut block_of_node: HashMap<NodeId, (String, usize)> = HashMap::new();
     for &id in &order {
         if let Some((stack, index)) = node_block(graph, id) {
-            members
-                .entry(stack.clone())
-                .or_default()
-                .entry(index)
-                .or_default()
-                .push(id);
+            members.entry(stack.clone()).or_default().entry(index).or_default().push(id);
             block_of_node.insert(id, (stack, index));
         }
     }
@@ -84,10 +79,7 @@ pub fn find_block_stacks(graph: &Graph) -> Result<Vec<BlockStack>, String> {
                     blocks are found from the exporter's `pkg.torch.onnx.name_scopes` metadata or TorchScript node names"
             .to_string());
     }
-    members
-        .into_iter()
-        .map(|(name, blocks)| link_stack(graph, &name, blocks, &block_of_node))
-        .collect()
+    members.into_iter().map(|(name, blocks)| link_stack(graph, &name, blocks, &block_of_node)).collect()
 }
 
 /// What one block reads from and hands to the rest of the graph.
@@ -107,17 +99,11 @@ fn link_stack(
     blocks: BTreeMap<usize, Vec<NodeId>>,
     block_of_node: &HashMap<NodeId, (String, usize)>,
 ) -> Result<BlockStack, String> {
-    let bounds: Vec<Boundary> = blocks
-        .into_iter()
-        .map(|(index, nodes)| boundary(graph, name, index, nodes, block_of_node))
-        .collect();
+    let bounds: Vec<Boundary> =
+        blocks.into_iter().map(|(index, nodes)| boundary(graph, name, index, nodes, block_of_node)).collect();
     let n = bounds.len();
-    let last_hands: Vec<&String> = bounds[n - 1]
-        .hands
-        .iter()
-        .filter(|(_, readers)| readers.is_empty())
-        .map(|(v, _)| v)
-        .collect();
+    let last_hands: Vec<&String> =
+        bounds[n - 1].hands.iter().filter(|(_, readers)| readers.is_empty()).map(|(v, _)| v).collect();
     let stream_type = match last_hands.as_slice() {
         [one] => graph.value_type(one),
         _ => None,
@@ -129,31 +115,25 @@ fn link_stack(
             Some(next) => b
                 .hands
                 .iter()
-                .filter(|(_, readers)| {
-                    readers.contains(&next.index) && readers.iter().all(|&r| r <= next.index)
-                })
+                .filter(|(_, readers)| readers.contains(&next.index) && readers.iter().all(|&r| r <= next.index))
                 .map(|(v, _)| v)
                 .collect(),
             // Read by no other block of the stack.
-            None => b
-                .hands
-                .iter()
-                .filter(|(_, readers)| readers.is_empty())
-                .map(|(v, _)| v)
-                .collect(),
+            None => b.hands.iter().filter(|(_, readers)| readers.is_empty()).map(|(v, _)| v).collect(),
         };
         // Shared values read by the next block only (a two-block stack) look like the stream;
         // the stream has the type of the value the last block hands on.
         let candidates = match (candidates.len(), bounds.get(i + 1), stream_type.as_ref()) {
-            (2.., Some(_), Some(t)) => candidates
-                .into_iter()
-                .filter(|v| graph.value_type(v).as_ref() == Some(t))
-                .collect(),
+            (2.., Some(_), Some(t)) => {
+                candidates.into_iter().filter(|v| graph.value_type(v).as_ref() == Some(t)).collect()
+            }
             _ => candidates,
         };
         match candidates.as_slice() {
             [one] => outputs.push((*one).clone()),
-            [] => return Err(format!("block {name}.{}: no value leaves it for {}", b.index, successor(name, &bounds, i))),
+            [] => {
+                return Err(format!("block {name}.{}: no value leaves it for {}", b.index, successor(name, &bounds, i)))
+            }
             many => {
                 return Err(format!(
                     "block {name}.{}: cannot tell the residual stream among the values it hands to {}: {}",
@@ -166,11 +146,7 @@ fn link_stack(
     }
     let mut linked = Vec::with_capacity(n);
     for (i, b) in bounds.iter().enumerate() {
-        let input = if i == 0 {
-            first_input(graph, name, &bounds, &outputs)?
-        } else {
-            outputs[i - 1].clone()
-        };
+        let input = if i == 0 { first_input(graph, name, &bounds, &outputs)? } else { outputs[i - 1].clone() };
         if !b.reads.contains(&input) {
             return Err(format!(
                 "block {name}.{} does not read `{input}`, the stream value block {name}.{} hands on; the blocks are not chained",
@@ -178,17 +154,9 @@ fn link_stack(
                 bounds[i - 1].index
             ));
         }
-        linked.push(Block {
-            index: b.index,
-            nodes: b.nodes.clone(),
-            input,
-            output: outputs[i].clone(),
-        });
+        linked.push(Block { index: b.index, nodes: b.nodes.clone(), input, output: outputs[i].clone() });
     }
-    Ok(BlockStack {
-        name: name.to_string(),
-        blocks: linked,
-    })
+    Ok(BlockStack { name: name.to_string(), blocks: linked })
 }
 
 fn boundary(
@@ -228,22 +196,12 @@ fn boundary(
             }
         }
     }
-    Boundary {
-        index,
-        nodes,
-        reads,
-        hands,
-    }
+    Boundary { index, nodes, reads, hands }
 }
 
 /// The first block's stream input: its only read; else the value it reads the way the second
 /// block reads its stream input; else the read whose type equals the block's output type.
-fn first_input(
-    graph: &Graph,
-    stack: &str,
-    bounds: &[Boundary],
-    outputs: &[String],
-) -> Result<String, String> {
+fn first_input(graph: &Graph, stack: &str, bounds: &[Boundary], outputs: &[String]) -> Result<String, String> {
     let first = &bounds[0];
     if let [only] = first.reads.as_slice() {
         return Ok(only.clone());
@@ -252,30 +210,19 @@ fn first_input(
         // The same readers as in the second block; failing that, those readers and more (the
         // first block may also derive shared values, a mask or a shape, from its input).
         let want = signature(graph, &second.nodes, &outputs[0]);
-        let exact: Vec<&String> = first
-            .reads
-            .iter()
-            .filter(|v| signature(graph, &first.nodes, v) == want)
-            .collect();
+        let exact: Vec<&String> = first.reads.iter().filter(|v| signature(graph, &first.nodes, v) == want).collect();
         if let [one] = exact.as_slice() {
             return Ok((*one).clone());
         }
-        let covering: Vec<&String> = first
-            .reads
-            .iter()
-            .filter(|v| covers(&signature(graph, &first.nodes, v), &want))
-            .collect();
+        let covering: Vec<&String> =
+            first.reads.iter().filter(|v| covers(&signature(graph, &first.nodes, v), &want)).collect();
         if let [one] = covering.as_slice() {
             return Ok((*one).clone());
         }
     }
     let out_type = graph.value_type(&outputs[0]);
     let by_type: Vec<&String> = match &out_type {
-        Some(t) => first
-            .reads
-            .iter()
-            .filter(|v| graph.value_type(v).as_ref() == Some(t))
-            .collect(),
+        Some(t) => first.reads.iter().filter(|v| graph.value_type(v).as_ref() == Some(t)).collect(),
         None => Vec::new(),
     };
     match by_type.as_slice() {
@@ -294,12 +241,7 @@ fn signature(graph: &Graph, nodes: &[NodeId], value: &str) -> Vec<(String, usize
         .uses(value)
         .iter()
         .filter(|u| nodes.contains(&u.node))
-        .map(|u| {
-            (
-                graph.node(u.node).op().op_type.clone(),
-                u.slot.unwrap_or(usize::MAX),
-            )
-        })
+        .map(|u| (graph.node(u.node).op().op_type.clone(), u.slot.unwrap_or(usize::MAX)))
         .collect();
     sig.sort();
     sig
@@ -314,9 +256,7 @@ fn covers(have: &[(String, usize)], want: &[(String, usize)]) -> bool {
 /// Initializers (not overridable graph inputs) and `Constant` outputs.
 fn is_constant(graph: &Graph, value: &str) -> bool {
     (graph.initializer(value).is_some() && !graph.is_graph_input(value))
-        || graph
-            .producer(value)
-            .is_some_and(|(p, _)| graph.node(p).op().is("Constant"))
+        || graph.producer(value).is_some_and(|(p, _)| graph.node(p).op().is("Constant"))
 }
 
 fn successor(stack: &str, bounds: &[Boundary], i: usize) -> String {
@@ -327,9 +267,5 @@ fn successor(stack: &str, bounds: &[Boundary], i: usize) -> String {
 }
 
 fn list(values: &[&String]) -> String {
-    values
-        .iter()
-        .map(|v| format!("`{v}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    values.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
 }

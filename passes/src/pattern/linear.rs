@@ -80,10 +80,7 @@ impl LinearLayer {
     /// Nodes of the pattern in graph-independent order: the MatMul/Gemm, then the Transpose
     /// and the bias Add when present.
     pub fn nodes(&self) -> Vec<NodeId> {
-        std::iter::once(self.node)
-            .chain(self.transpose_node)
-            .chain(self.bias_node)
-            .collect()
+        std::iter::once(self.node).chain(self.transpose_node).chain(self.bias_node).collect()
     }
 }
 
@@ -95,9 +92,7 @@ pub struct NoMatch {
 
 impl NoMatch {
     fn new(reason: impl Into<String>) -> NoMatch {
-        NoMatch {
-            reason: reason.into(),
-        }
+        NoMatch { reason: reason.into() }
     }
 }
 
@@ -128,11 +123,7 @@ enum Operand<'g> {
 
 fn operand<'g>(graph: &'g Graph, value: &str) -> Operand<'g> {
     if let Some(t) = graph.initializer(value) {
-        return if graph.is_graph_input(value) {
-            Operand::GraphInputInit
-        } else {
-            Operand::Const(t)
-        };
+        return if graph.is_graph_input(value) { Operand::GraphInputInit } else { Operand::Const(t) };
     }
     if let Some((p, 0)) = graph.producer(value) {
         let node = graph.node(p);
@@ -151,10 +142,7 @@ fn is_activation(graph: &Graph, value: &str) -> bool {
 
 /// Every linear layer of `graph`, in graph order; each MatMul/Gemm is matched at most once.
 pub fn find_linear_layers(graph: &Graph) -> Vec<LinearLayer> {
-    linear_candidates(graph)
-        .into_iter()
-        .filter_map(|(_, r)| r.ok())
-        .collect()
+    linear_candidates(graph).into_iter().filter_map(|(_, r)| r.ok()).collect()
 }
 
 /// Every MatMul and Gemm of `graph` in graph order with its match result, for reports and
@@ -196,10 +184,7 @@ struct Core {
 fn match_matmul(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
     let node = graph.node(id);
     let (Some(x), Some(w), 2) = (node.input(0), node.input(1), node.inputs().len()) else {
-        return Err(NoMatch::new(format!(
-            "MatMul has inputs {:?}, expected two",
-            node.inputs()
-        )));
+        return Err(NoMatch::new(format!("MatMul has inputs {:?}, expected two", node.inputs())));
     };
     if node.output(0).is_none() {
         return Err(NoMatch::new("MatMul has no output"));
@@ -216,9 +201,7 @@ fn match_matmul(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
                 } else {
                     "input 0 is the constant, so this computes W·x, not x·W"
                 };
-                return Err(NoMatch::new(format!(
-                    "input 1 `{w}` is an activation, not a constant weight ({why})"
-                )));
+                return Err(NoMatch::new(format!("input 1 `{w}` is an activation, not a constant weight ({why})")));
             }
         },
     };
@@ -233,30 +216,15 @@ fn match_matmul(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
         WeightLayout::OutIn => (dims[1], dims[0]),
     };
     check_activation(graph, x, in_features, false)?;
-    let form = if transpose_node.is_some() {
-        LinearForm::MatMulTransposed
-    } else {
-        LinearForm::MatMul
-    };
-    let core = Core {
-        form,
-        input: x.to_string(),
-        weight,
-        transpose_node,
-        layout,
-        in_features,
-        out_features,
-    };
+    let form = if transpose_node.is_some() { LinearForm::MatMulTransposed } else { LinearForm::MatMul };
+    let core = Core { form, input: x.to_string(), weight, transpose_node, layout, in_features, out_features };
     finish(graph, id, core, None)
 }
 
 /// `value` = `Transpose(C, perm=[1,0])` of a rank-2 constant `C`: `(transpose, C, tensor)`.
 /// `Ok(None)` when `value` is not a Transpose of a constant; an error when it is one of the
 /// wrong kind.
-fn transposed_constant<'g>(
-    graph: &'g Graph,
-    value: &str,
-) -> Result<Option<(NodeId, String, &'g Tensor)>, NoMatch> {
+fn transposed_constant<'g>(graph: &'g Graph, value: &str) -> Result<Option<(NodeId, String, &'g Tensor)>, NoMatch> {
     let Some((tr, 0)) = graph.producer(value) else {
         return Ok(None);
     };
@@ -273,10 +241,7 @@ fn transposed_constant<'g>(
         Operand::Activation => return Ok(None),
     };
     let dims = rank2(src, tensor)?;
-    let perm = t_node
-        .attr("perm")
-        .and_then(|a| a.as_ints())
-        .map(<[i64]>::to_vec);
+    let perm = t_node.attr("perm").and_then(|a| a.as_ints()).map(<[i64]>::to_vec);
     if perm.as_ref().is_some_and(|p| p.as_slice() != [1, 0]) {
         return Err(NoMatch::new(format!(
             "input 1 is a Transpose of constant `{src}` {dims:?} with perm {:?}, expected [1, 0]",
@@ -290,27 +255,18 @@ fn match_gemm(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
     let node = graph.node(id);
     let trans_a = node.attr_int("transA", 0);
     if trans_a != 0 {
-        return Err(NoMatch::new(format!(
-            "Gemm with transA={trans_a} is not a linear layer"
-        )));
+        return Err(NoMatch::new(format!("Gemm with transA={trans_a} is not a linear layer")));
     }
     let trans_b = node.attr_int("transB", 0);
     if trans_b != 0 && trans_b != 1 {
-        return Err(NoMatch::new(format!(
-            "Gemm has transB={trans_b}, expected 0 or 1"
-        )));
+        return Err(NoMatch::new(format!("Gemm has transB={trans_b}, expected 0 or 1")));
     }
     let alpha = node.attr("alpha").and_then(|a| a.as_float()).unwrap_or(1.0);
     if alpha != 1.0 {
-        return Err(NoMatch::new(format!(
-            "Gemm with alpha={alpha} is not a plain linear layer (alpha must be 1)"
-        )));
+        return Err(NoMatch::new(format!("Gemm with alpha={alpha} is not a plain linear layer (alpha must be 1)")));
     }
     let (Some(x), Some(w)) = (node.input(0), node.input(1)) else {
-        return Err(NoMatch::new(format!(
-            "Gemm has inputs {:?}, expected A and B",
-            node.inputs()
-        )));
+        return Err(NoMatch::new(format!("Gemm has inputs {:?}, expected A and B", node.inputs())));
     };
     if node.inputs().len() > 3 || node.output(0).is_none() {
         return Err(NoMatch::new("Gemm has unexpected inputs or no output"));
@@ -318,17 +274,13 @@ fn match_gemm(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
     let c = node.input(2);
     let beta = node.attr("beta").and_then(|a| a.as_float()).unwrap_or(1.0);
     if c.is_some() && beta != 1.0 {
-        return Err(NoMatch::new(format!(
-            "Gemm with beta={beta} is not a plain linear layer (beta must be 1)"
-        )));
+        return Err(NoMatch::new(format!("Gemm with beta={beta} is not a plain linear layer (beta must be 1)")));
     }
     let tensor = match operand(graph, w) {
         Operand::Const(t) => t,
         Operand::GraphInputInit => return Err(graph_input_weight(w)),
         Operand::Activation => {
-            return Err(NoMatch::new(format!(
-                "input 1 `{w}` is an activation, not a constant weight"
-            )));
+            return Err(NoMatch::new(format!("input 1 `{w}` is an activation, not a constant weight")));
         }
     };
     if !is_activation(graph, x) {
@@ -337,11 +289,8 @@ fn match_gemm(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
         )));
     }
     let dims = rank2(w, tensor)?;
-    let (layout, in_features, out_features) = if trans_b == 1 {
-        (WeightLayout::OutIn, dims[1], dims[0])
-    } else {
-        (WeightLayout::InOut, dims[0], dims[1])
-    };
+    let (layout, in_features, out_features) =
+        if trans_b == 1 { (WeightLayout::OutIn, dims[1], dims[0]) } else { (WeightLayout::InOut, dims[0], dims[1]) };
     check_activation(graph, x, in_features, true)?;
     let bias = match c {
         None => None,
@@ -349,14 +298,10 @@ fn match_gemm(graph: &Graph, id: NodeId) -> Result<LinearLayer, NoMatch> {
             let t = match operand(graph, c) {
                 Operand::Const(t) => t,
                 Operand::GraphInputInit => {
-                    return Err(NoMatch::new(format!(
-                        "bias C `{c}` is a graph input, not a constant"
-                    )));
+                    return Err(NoMatch::new(format!("bias C `{c}` is a graph input, not a constant")));
                 }
                 Operand::Activation => {
-                    return Err(NoMatch::new(format!(
-                        "input C `{c}` is an activation, not a constant bias"
-                    )));
+                    return Err(NoMatch::new(format!("input C `{c}` is an activation, not a constant bias")));
                 }
             };
             let ok = t.dims() == [out_features] || t.dims() == [1, out_features];
@@ -390,10 +335,7 @@ fn graph_input_weight(w: &str) -> NoMatch {
 fn rank2(name: &str, t: &Tensor) -> Result<[u64; 2], NoMatch> {
     match *t.dims() {
         [a, b] => Ok([a, b]),
-        ref d => Err(NoMatch::new(format!(
-            "weight `{name}` is {}-D {d:?}, expected 2-D",
-            d.len()
-        ))),
+        ref d => Err(NoMatch::new(format!("weight `{name}` is {}-D {d:?}, expected 2-D", d.len()))),
     }
 }
 
@@ -404,10 +346,7 @@ fn check_activation(graph: &Graph, x: &str, in_features: u64, gemm: bool) -> Res
         return Ok(());
     };
     if dims.is_empty() || (gemm && dims.len() != 2) {
-        return Err(NoMatch::new(format!(
-            "activation `{x}` has rank {}",
-            dims.len()
-        )));
+        return Err(NoMatch::new(format!("activation `{x}` has rank {}", dims.len())));
     }
     // Gemm with transA=0 reads the last dimension of A, as does MatMul.
     if let Some(Dim::Known(k)) = dims.last() {
@@ -421,12 +360,7 @@ fn check_activation(graph: &Graph, x: &str, in_features: u64, gemm: bool) -> Res
 }
 
 /// Takes a following bias `Add` (unless Gemm already has one) and recovers the module path.
-fn finish(
-    graph: &Graph,
-    id: NodeId,
-    core: Core,
-    gemm_bias: Option<String>,
-) -> Result<LinearLayer, NoMatch> {
+fn finish(graph: &Graph, id: NodeId, core: Core, gemm_bias: Option<String>) -> Result<LinearLayer, NoMatch> {
     let out = graph.node(id).output(0).unwrap_or_default().to_string();
     let (bias, bias_node, output) = match gemm_bias {
         Some(b) => (Some(b), None, out),
@@ -494,11 +428,7 @@ mod tests {
         g.inputs.push(ValueInfo::tensor(
             "x",
             DataType::Float,
-            vec![
-                Dim::Symbol("batch".into()),
-                Dim::Symbol("seq".into()),
-                Dim::Known(in_features),
-            ],
+            vec![Dim::Symbol("batch".into()), Dim::Symbol("seq".into()), Dim::Known(in_features)],
         ));
         g
     }
@@ -514,12 +444,9 @@ mod tests {
     }
 
     fn gemm(g: &mut Graph, attrs: Vec<Attribute>, inputs: &[&str]) -> NodeId {
-        let mut node = Node::new(
-            OpKey::onnx("Gemm"),
-            inputs.iter().map(|s| s.to_string()).collect(),
-            vec!["y".to_string()],
-        )
-        .named("/fc/Gemm");
+        let mut node =
+            Node::new(OpKey::onnx("Gemm"), inputs.iter().map(|s| s.to_string()).collect(), vec!["y".to_string()])
+                .named("/fc/Gemm");
         for a in attrs {
             node = node.with_attr(a);
         }
@@ -528,11 +455,7 @@ mod tests {
 
     fn gemm_graph() -> Graph {
         let mut g = Graph::new("g");
-        g.inputs.push(ValueInfo::tensor(
-            "x",
-            DataType::Float,
-            vec![Dim::Symbol("n".into()), Dim::Known(4)],
-        ));
+        g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Symbol("n".into()), Dim::Known(4)]));
         g.add_initializer(zeros("fc.weight", &[3, 4])).unwrap();
         g.add_initializer(zeros("fc.bias", &[3])).unwrap();
         g
@@ -548,13 +471,7 @@ mod tests {
             let mut g = graph_with_x(4);
             g.add_initializer(zeros("w", &[4, 3])).unwrap();
             g.add_initializer(zeros("b", &[3])).unwrap();
-            let mm = op(
-                &mut g,
-                "MatMul",
-                "/enc/layer.2/q/MatMul",
-                &["x", "w"],
-                &["mm"],
-            );
+            let mm = op(&mut g, "MatMul", "/enc/layer.2/q/MatMul", &["x", "w"], &["mm"]);
             let ins: &[&str] = if swap { &["b", "mm"] } else { &["mm", "b"] };
             let add = op(&mut g, "Add", "/enc/layer.2/q/Add", ins, &["y"]);
             let l = match_linear(&g, mm).unwrap();
@@ -617,11 +534,7 @@ mod tests {
     #[test]
     fn gemm_forms() {
         let mut g = gemm_graph();
-        let id = gemm(
-            &mut g,
-            vec![Attribute::int("transB", 1)],
-            &["x", "fc.weight", "fc.bias"],
-        );
+        let id = gemm(&mut g, vec![Attribute::int("transB", 1)], &["x", "fc.weight", "fc.bias"]);
         let l = match_linear(&g, id).unwrap();
         assert_eq!(l.form, LinearForm::Gemm);
         assert_eq!(l.layout, WeightLayout::OutIn);
@@ -633,11 +546,7 @@ mod tests {
 
         // No C; a beta other than 1 then has no effect.
         let mut g = gemm_graph();
-        let id = gemm(
-            &mut g,
-            vec![Attribute::int("transB", 1), Attribute::float("beta", 0.5)],
-            &["x", "fc.weight"],
-        );
+        let id = gemm(&mut g, vec![Attribute::int("transB", 1), Attribute::float("beta", 0.5)], &["x", "fc.weight"]);
         let l = match_linear(&g, id).unwrap();
         assert_eq!(l.bias, None);
     }
@@ -645,25 +554,14 @@ mod tests {
     #[test]
     fn gemm_trans_a_is_refused() {
         let mut g = gemm_graph();
-        let id = gemm(
-            &mut g,
-            vec![Attribute::int("transA", 1), Attribute::int("transB", 1)],
-            &["x", "fc.weight"],
-        );
-        assert_eq!(
-            reason(match_linear(&g, id)),
-            "Gemm with transA=1 is not a linear layer"
-        );
+        let id = gemm(&mut g, vec![Attribute::int("transA", 1), Attribute::int("transB", 1)], &["x", "fc.weight"]);
+        assert_eq!(reason(match_linear(&g, id)), "Gemm with transA=1 is not a linear layer");
     }
 
     #[test]
     fn gemm_alpha_and_beta_must_be_one() {
         let mut g = gemm_graph();
-        let id = gemm(
-            &mut g,
-            vec![Attribute::int("transB", 1), Attribute::float("alpha", 0.5)],
-            &["x", "fc.weight"],
-        );
+        let id = gemm(&mut g, vec![Attribute::int("transB", 1), Attribute::float("alpha", 0.5)], &["x", "fc.weight"]);
         let r = reason(match_linear(&g, id));
         assert!(r.contains("alpha=0.5"), "{r}");
 
@@ -681,21 +579,13 @@ mod tests {
     fn gemm_bias_must_fit() {
         let mut g = gemm_graph();
         g.add_initializer(zeros("c", &[2, 3])).unwrap();
-        let id = gemm(
-            &mut g,
-            vec![Attribute::int("transB", 1)],
-            &["x", "fc.weight", "c"],
-        );
+        let id = gemm(&mut g, vec![Attribute::int("transB", 1)], &["x", "fc.weight", "c"]);
         let r = reason(match_linear(&g, id));
         assert!(r.contains("[2, 3]"), "{r}");
 
         let mut g = gemm_graph();
         g.add_initializer(zeros("c", &[1, 3])).unwrap();
-        let id = gemm(
-            &mut g,
-            vec![Attribute::int("transB", 1)],
-            &["x", "fc.weight", "c"],
-        );
+        let id = gemm(&mut g, vec![Attribute::int("transB", 1)], &["x", "fc.weight", "c"]);
         assert_eq!(match_linear(&g, id).unwrap().bias.as_deref(), Some("c"));
     }
 
@@ -703,11 +593,7 @@ mod tests {
     fn weight_that_is_a_graph_input_is_not_constant() {
         let mut g = graph_with_x(4);
         g.add_initializer(zeros("w", &[4, 3])).unwrap();
-        g.inputs.push(ValueInfo::tensor(
-            "w",
-            DataType::Float,
-            vec![Dim::Known(4), Dim::Known(3)],
-        ));
+        g.inputs.push(ValueInfo::tensor("w", DataType::Float, vec![Dim::Known(4), Dim::Known(3)]));
         let mm = op(&mut g, "MatMul", "mm", &["x", "w"], &["y"]);
         let r = reason(match_linear(&g, mm));
         assert!(r.contains("graph input"), "{r}");
@@ -732,10 +618,7 @@ mod tests {
         let qk = op(&mut g, "MatMul", "qk", &["x", "kT"], &["s"]);
         let wx = op(&mut g, "MatMul", "wx", &["w", "x"], &["z"]);
         let r = reason(match_linear(&g, qk));
-        assert!(
-            r.contains("is an activation") && r.contains("attention"),
-            "{r}"
-        );
+        assert!(r.contains("is an activation") && r.contains("attention"), "{r}");
         let r = reason(match_linear(&g, wx));
         assert!(r.contains("is an activation") && r.contains("W·x"), "{r}");
         assert!(find_linear_layers(&g).is_empty());
@@ -744,17 +627,12 @@ mod tests {
     #[test]
     fn matmul_transposed() {
         let mut g = graph_with_x(4);
-        g.add_initializer(zeros("dec.layers.1.up.weight", &[3, 4]))
-            .unwrap();
+        g.add_initializer(zeros("dec.layers.1.up.weight", &[3, 4])).unwrap();
         let t = g
             .add_node(
-                Node::new(
-                    OpKey::onnx("Transpose"),
-                    vec!["dec.layers.1.up.weight".into()],
-                    vec!["t".into()],
-                )
-                .named("node_t")
-                .with_attr(Attribute::ints("perm", vec![1, 0])),
+                Node::new(OpKey::onnx("Transpose"), vec!["dec.layers.1.up.weight".into()], vec!["t".into()])
+                    .named("node_t")
+                    .with_attr(Attribute::ints("perm", vec![1, 0])),
             )
             .unwrap();
         let mm = op(&mut g, "MatMul", "node_matmul", &["x", "t"], &["y"]);
@@ -810,19 +688,12 @@ mod tests {
     #[test]
     fn rank_one_activation_and_unknown_shapes_match() {
         let mut g = Graph::new("g");
-        g.inputs
-            .push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(4)]));
+        g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(4)]));
         g.inputs.push(ValueInfo::new("u", None));
         g.add_initializer(zeros("w", &[4, 3])).unwrap();
         let a = op(&mut g, "MatMul", "a", &["x", "w"], &["ya"]);
         let b = op(&mut g, "MatMul", "b", &["u", "w"], &["yb"]);
-        assert_eq!(
-            find_linear_layers(&g)
-                .iter()
-                .map(|l| l.node)
-                .collect::<Vec<_>>(),
-            vec![a, b]
-        );
+        assert_eq!(find_linear_layers(&g).iter().map(|l| l.node).collect::<Vec<_>>(), vec![a, b]);
     }
 
     #[test]
@@ -839,38 +710,18 @@ mod tests {
     fn name_scopes_win_over_names() {
         let mut g = graph_with_x(4);
         g.add_initializer(zeros("head.weight", &[4, 3])).unwrap();
-        let mm = op(
-            &mut g,
-            "MatMul",
-            "/other/MatMul",
-            &["x", "head.weight"],
-            &["y"],
-        );
-        g.node_mut(mm).metadata.set(
-            super::super::module_path::NAME_SCOPES_KEY,
-            "['', 'lm_head', 'linear_28']",
-        );
+        let mm = op(&mut g, "MatMul", "/other/MatMul", &["x", "head.weight"], &["y"]);
+        g.node_mut(mm).metadata.set(super::super::module_path::NAME_SCOPES_KEY, "['', 'lm_head', 'linear_28']");
         let l = match_linear(&g, mm).unwrap();
-        assert_eq!(
-            (l.module_path.as_deref(), l.path_source),
-            (Some("lm_head"), PathSource::NameScopes)
-        );
+        assert_eq!((l.module_path.as_deref(), l.path_source), (Some("lm_head"), PathSource::NameScopes));
 
         // Unparseable metadata falls through to the node name.
-        g.node_mut(mm)
-            .metadata
-            .set(super::super::module_path::NAME_SCOPES_KEY, "garbage");
+        g.node_mut(mm).metadata.set(super::super::module_path::NAME_SCOPES_KEY, "garbage");
         let l = match_linear(&g, mm).unwrap();
-        assert_eq!(
-            (l.module_path.as_deref(), l.path_source),
-            (Some("other"), PathSource::NodeName)
-        );
+        assert_eq!((l.module_path.as_deref(), l.path_source), (Some("other"), PathSource::NodeName));
 
         g.node_mut(mm).name = "node_MatMul_3".into();
         let l = match_linear(&g, mm).unwrap();
-        assert_eq!(
-            (l.module_path.as_deref(), l.path_source),
-            (Some("head"), PathSource::Initializer)
-        );
+        assert_eq!((l.module_path.as_deref(), l.path_source), (Some("head"), PathSource::Initializer));
     }
 }

@@ -33,7 +33,7 @@ pub mod module_path;
 
 pub use blocks::{find_block_stacks, node_block, Block, BlockStack};
 pub use linear::{
-    constant_tensor, find_linear_layers, linear_candidates, match_linear, LinearForm, LinearLayer,
-    NoMatch, WeightLayout,
+    constant_tensor, find_linear_layers, linear_candidates, match_linear, LinearForm, LinearLayer, NoMatch,
+    WeightLayout,
 };
 pub use module_path::{block_index, block_of, parse_name_scopes, PathSource};

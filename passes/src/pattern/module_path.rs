@@ -33,10 +33,7 @@ pub enum PathSource {
 /// comma is allowed. Anything else (non-string items, unbalanced quotes, text after the list)
 /// gives `None`.
 pub fn parse_name_scopes(s: &str) -> Option<Vec<String>> {
-    let mut p = ReprParser {
-        chars: s.chars().collect(),
-        pos: 0,
-    };
+    let mut p = ReprParser { chars: s.chars().collect(), pos: 0 };
     p.skip_ws();
     p.expect('[')?;
     let mut items = Vec::new();
@@ -139,9 +136,7 @@ impl ReprParser {
 pub fn is_module_path(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|c| !c.is_empty())
-        && !s
-            .chars()
-            .any(|c| c.is_whitespace() || c == '/' || c == ':' || c == '\'' || c == '"')
+        && !s.chars().any(|c| c.is_whitespace() || c == '/' || c == ':' || c == '\'' || c == '"')
 }
 
 /// The module path in a `name_scopes` list: the element before the op's own name (the last
@@ -171,9 +166,7 @@ pub fn path_from_node_name(name: &str) -> Option<String> {
 /// `transformer.h.0.attn.c_attn.bias` → `transformer.h.0.attn.c_attn`. Other names (`val_84`,
 /// `onnx::MatMul_101`, a bare `weight`) give `None`.
 pub fn path_from_initializer(name: &str) -> Option<String> {
-    let path = name
-        .strip_suffix(".weight")
-        .or_else(|| name.strip_suffix(".bias"))?;
+    let path = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias"))?;
     is_module_path(path).then(|| path.to_string())
 }
 
@@ -210,18 +203,11 @@ pub fn node_name_scopes_path(graph: &Graph, node: NodeId) -> Option<String> {
 /// Recovers a module path for a pattern made of `nodes` (most significant first) that reads the
 /// parameters `initializers` (most significant first): every node's `name_scopes` first, then
 /// every node's name, then the initializer names.
-pub fn recover_module_path(
-    graph: &Graph,
-    nodes: &[NodeId],
-    initializers: &[&str],
-) -> (Option<String>, PathSource) {
+pub fn recover_module_path(graph: &Graph, nodes: &[NodeId], initializers: &[&str]) -> (Option<String>, PathSource) {
     if let Some(p) = nodes.iter().find_map(|&n| node_name_scopes_path(graph, n)) {
         return (Some(p), PathSource::NameScopes);
     }
-    if let Some(p) = nodes
-        .iter()
-        .find_map(|&n| path_from_node_name(&graph.node(n).name))
-    {
+    if let Some(p) = nodes.iter().find_map(|&n| path_from_node_name(&graph.node(n).name)) {
         return (Some(p), PathSource::NodeName);
     }
     if let Some(p) = initializers.iter().find_map(|i| path_from_initializer(i)) {
@@ -246,33 +232,19 @@ mod tests {
         assert_eq!(v.len(), 7);
         assert_eq!(v[0], "");
         assert_eq!(v[6], "linear");
-        assert_eq!(
-            path_from_name_scopes(&v).as_deref(),
-            Some("encoder.layer.0.attention.self.query")
-        );
+        assert_eq!(path_from_name_scopes(&v).as_deref(), Some("encoder.layer.0.attention.self.query"));
     }
 
     #[test]
     fn parses_odd_quoting() {
         // Python switches to double quotes when the string holds a single quote.
-        let v = parse_name_scopes(
-            r#"["it's", 'a\'b', "q\"x", 'back\\slash', 'tab\there', '\x41\u00e9\U0001F600']"#,
-        )
-        .unwrap();
-        assert_eq!(
-            v,
-            strings(&["it's", "a'b", "q\"x", "back\\slash", "tab\there", "Aé😀"])
-        );
+        let v = parse_name_scopes(r#"["it's", 'a\'b', "q\"x", 'back\\slash', 'tab\there', '\x41\u00e9\U0001F600']"#)
+            .unwrap();
+        assert_eq!(v, strings(&["it's", "a'b", "q\"x", "back\\slash", "tab\there", "Aé😀"]));
         // Whitespace and a trailing comma.
-        assert_eq!(
-            parse_name_scopes("  [ 'a' ,\n 'b', ]  ").unwrap(),
-            strings(&["a", "b"])
-        );
+        assert_eq!(parse_name_scopes("  [ 'a' ,\n 'b', ]  ").unwrap(), strings(&["a", "b"]));
         // Brackets and commas inside strings are not structure.
-        assert_eq!(
-            parse_name_scopes("['a,b', ']', '[']").unwrap(),
-            strings(&["a,b", "]", "["])
-        );
+        assert_eq!(parse_name_scopes("['a,b', ']', '[']").unwrap(), strings(&["a,b", "]", "["]));
     }
 
     #[test]
@@ -320,10 +292,7 @@ mod tests {
             path_from_node_name("/encoder/layer.0/attention/self/query/MatMul").as_deref(),
             Some("encoder.layer.0.attention.self.query")
         );
-        assert_eq!(
-            path_from_node_name("/classifier/Gemm").as_deref(),
-            Some("classifier")
-        );
+        assert_eq!(path_from_node_name("/classifier/Gemm").as_deref(), Some("classifier"));
         assert_eq!(path_from_node_name("node_MatMul_83"), None);
         assert_eq!(path_from_node_name("node_linear_3"), None);
         assert_eq!(path_from_node_name("/MatMul"), None);
@@ -335,18 +304,12 @@ mod tests {
 
     #[test]
     fn initializer_names() {
-        assert_eq!(
-            path_from_initializer("classifier.weight").as_deref(),
-            Some("classifier")
-        );
+        assert_eq!(path_from_initializer("classifier.weight").as_deref(), Some("classifier"));
         assert_eq!(
             path_from_initializer("transformer.h.0.attn.c_attn.weight").as_deref(),
             Some("transformer.h.0.attn.c_attn")
         );
-        assert_eq!(
-            path_from_initializer("pooler.dense.bias").as_deref(),
-            Some("pooler.dense")
-        );
+        assert_eq!(path_from_initializer("pooler.dense.bias").as_deref(), Some("pooler.dense"));
         assert_eq!(path_from_initializer("val_84"), None);
         assert_eq!(path_from_initializer("onnx::MatMul_101"), None);
         assert_eq!(path_from_initializer("onnx::Add_102.bias"), None);
@@ -363,10 +326,7 @@ mod tests {
         assert_eq!(block_index("transformer.h.0.attn.c_attn"), Some(0));
         assert_eq!(block_index("blocks.7.attn.qkv"), Some(7));
         // T5: the block index, not the sub-layer index after it.
-        assert_eq!(
-            block_index("encoder.block.2.layer.0.SelfAttention.q"),
-            Some(2)
-        );
+        assert_eq!(block_index("encoder.block.2.layer.0.SelfAttention.q"), Some(2));
         assert_eq!(block_index("pooler.dense"), None);
         assert_eq!(block_index("lm_head"), None);
         assert_eq!(block_index("layer"), None);

@@ -22,14 +22,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// The task types PEFT knows (`PeftConfig.task_type`).
-pub const TASK_TYPES: [&str; 6] = [
-    "SEQ_CLS",
-    "SEQ_2_SEQ_LM",
-    "CAUSAL_LM",
-    "TOKEN_CLS",
-    "QUESTION_ANS",
-    "FEATURE_EXTRACTION",
-];
+pub const TASK_TYPES: [&str; 6] =
+    ["SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"];
 
 /// `target_modules` / `exclude_modules`: a list of names (a name matches a module called that
 /// or ending in `.name`) or one regex that must match the whole module name.
@@ -43,12 +37,8 @@ impl TargetModules {
     /// Whether PEFT would select module `key` (a name relative to the base model).
     pub fn matches(&self, key: &str) -> bool {
         match self {
-            TargetModules::List(names) => names
-                .iter()
-                .any(|t| key == t || key.ends_with(&format!(".{t}"))),
-            TargetModules::Regex(re) => {
-                Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(key))
-            }
+            TargetModules::List(names) => names.iter().any(|t| key == t || key.ends_with(&format!(".{t}"))),
+            TargetModules::Regex(re) => Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(key)),
         }
     }
 }
@@ -62,11 +52,7 @@ pub struct Pattern {
 impl PartialEq for Pattern {
     fn eq(&self, other: &Pattern) -> bool {
         self.entries.len() == other.entries.len()
-            && self
-                .entries
-                .iter()
-                .zip(&other.entries)
-                .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
     }
 }
 
@@ -104,12 +90,7 @@ impl Pattern {
     }
 
     fn to_json(&self) -> Value {
-        Value::Object(
-            self.entries
-                .iter()
-                .map(|(k, v, _)| (k.clone(), number(*v)))
-                .collect(),
-        )
+        Value::Object(self.entries.iter().map(|(k, v, _)| (k.clone(), number(*v))).collect())
     }
 }
 
@@ -271,13 +252,12 @@ fn is_set(v: &Option<Value>) -> bool {
 impl LoraAdapterConfig {
     /// Parses `adapter_config.json` text. Errors say which key is wrong.
     pub fn parse(text: &str) -> Result<LoraAdapterConfig, String> {
-        let raw: Raw =
-            serde_json::from_str(text).map_err(|e| format!("not a valid adapter config: {e}"))?;
+        let raw: Raw = serde_json::from_str(text).map_err(|e| format!("not a valid adapter config: {e}"))?;
         match raw.peft_type.as_deref() {
             Some("LORA") => {}
-            Some(other) => return Err(format!(
-                "peft_type is `{other}`; only LORA adapters (LoRA, rsLoRA, DoRA) can be imported"
-            )),
+            Some(other) => {
+                return Err(format!("peft_type is `{other}`; only LORA adapters (LoRA, rsLoRA, DoRA) can be imported"))
+            }
             None => return Err("no `peft_type` key: not a PEFT adapter config".into()),
         }
         let r = raw.r.ok_or("no `r` key")?;
@@ -287,23 +267,15 @@ impl LoraAdapterConfig {
         let unsupported: [(&str, bool); 8] = [
             ("lora_bias", raw.lora_bias == Some(true)),
             ("use_qalora", raw.use_qalora == Some(true)),
-            (
-                "alora_invocation_tokens",
-                is_set(&raw.alora_invocation_tokens),
-            ),
+            ("alora_invocation_tokens", is_set(&raw.alora_invocation_tokens)),
             ("layer_replication", is_set(&raw.layer_replication)),
-            (
-                "trainable_token_indices",
-                is_set(&raw.trainable_token_indices),
-            ),
+            ("trainable_token_indices", is_set(&raw.trainable_token_indices)),
             ("target_parameters", is_set(&raw.target_parameters)),
             ("arrow_config", is_set(&raw.arrow_config)),
             ("use_bdlora", is_set(&raw.use_bdlora)),
         ];
         if let Some((key, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(format!(
-                "`{key}` is set; adaptc does not support this LoRA variant"
-            ));
+            return Err(format!("`{key}` is set; adaptc does not support this LoRA variant"));
         }
         let bias = raw.bias.unwrap_or_else(|| "none".into());
         if bias != "none" {
@@ -311,20 +283,13 @@ impl LoraAdapterConfig {
                 "`bias` is `{bias}`: the adapter trains base-model biases, which adaptc cannot import (only \"none\")"
             ));
         }
-        for (name, p) in [
-            ("rank_pattern", &raw.rank_pattern),
-            ("alpha_pattern", &raw.alpha_pattern),
-        ] {
+        for (name, p) in [("rank_pattern", &raw.rank_pattern), ("alpha_pattern", &raw.alpha_pattern)] {
             for (k, v, re) in &p.entries {
                 if re.is_none() {
-                    return Err(format!(
-                        "{name} key `{k}` is not a regex adaptc can evaluate"
-                    ));
+                    return Err(format!("{name} key `{k}` is not a regex adaptc can evaluate"));
                 }
                 if name == "rank_pattern" && (v.fract() != 0.0 || *v < 1.0) {
-                    return Err(format!(
-                        "{name}[`{k}`] = {v} is not a positive integer rank"
-                    ));
+                    return Err(format!("{name}[`{k}`] = {v} is not a positive integer rank"));
                 }
             }
         }
@@ -336,8 +301,7 @@ impl LoraAdapterConfig {
         };
         let target_modules = modules(raw.target_modules);
         if let Some(TargetModules::Regex(re)) = &target_modules {
-            Regex::new(re)
-                .map_err(|e| format!("target_modules regex `{re}` does not compile: {e}"))?;
+            Regex::new(re).map_err(|e| format!("target_modules regex `{re}` does not compile: {e}"))?;
         }
         Ok(LoraAdapterConfig {
             r: r as usize,
@@ -390,10 +354,7 @@ impl LoraAdapterConfig {
         };
         m.insert("alpha_pattern".into(), self.alpha_pattern.to_json());
         m.insert("auto_mapping".into(), Value::Null);
-        m.insert(
-            "base_model_name_or_path".into(),
-            json!(self.base_model_name_or_path),
-        );
+        m.insert("base_model_name_or_path".into(), json!(self.base_model_name_or_path));
         m.insert("bias".into(), json!(self.bias));
         m.insert("exclude_modules".into(), modules(&self.exclude_modules));
         m.insert("fan_in_fan_out".into(), json!(self.fan_in_fan_out));
@@ -429,20 +390,14 @@ mod tests {
 
     #[test]
     fn pattern_lookup_follows_get_pattern_key() {
-        let p = Pattern::new([
-            ("key".to_string(), 3.0),
-            ("encoder.layer.1.attention.self.query".to_string(), 2.0),
-        ]);
+        let p = Pattern::new([("key".to_string(), 3.0), ("encoder.layer.1.attention.self.query".to_string(), 2.0)]);
         assert_eq!(p.lookup("encoder.layer.0.attention.self.key"), Some(3.0));
         assert_eq!(p.lookup("encoder.layer.1.attention.self.query"), Some(2.0));
         assert_eq!(p.lookup("encoder.layer.0.attention.self.query"), None);
         // A suffix must start at a component boundary.
         assert_eq!(p.lookup("encoder.layer.0.attention.self.monkey"), None);
         // First match in file order wins.
-        let p = Pattern::new([
-            ("query".to_string(), 4.0),
-            (r"layer\.1\..*query".to_string(), 2.0),
-        ]);
+        let p = Pattern::new([("query".to_string(), 4.0), (r"layer\.1\..*query".to_string(), 2.0)]);
         assert_eq!(p.lookup("encoder.layer.1.attention.self.query"), Some(4.0));
     }
 
@@ -450,22 +405,15 @@ mod tests {
     fn refuses_other_peft_types_and_variants() {
         let e = LoraAdapterConfig::parse(r#"{"peft_type": "IA3", "r": 8}"#).unwrap_err();
         assert!(e.contains("`IA3`"), "{e}");
-        let e = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 8, "lora_bias": true}"#)
-            .unwrap_err();
+        let e = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 8, "lora_bias": true}"#).unwrap_err();
         assert!(e.contains("lora_bias"), "{e}");
-        let e = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 8, "bias": "all"}"#)
-            .unwrap_err();
+        let e = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 8, "bias": "all"}"#).unwrap_err();
         assert!(e.contains("`bias` is `all`"), "{e}");
         let e = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 0}"#).unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
-        let e = LoraAdapterConfig::parse(
-            r#"{"peft_type": "LORA", "r": 4, "rank_pattern": {"q": 1.5}}"#,
-        )
-        .unwrap_err();
+        let e = LoraAdapterConfig::parse(r#"{"peft_type": "LORA", "r": 4, "rank_pattern": {"q": 1.5}}"#).unwrap_err();
         assert!(e.contains("positive integer"), "{e}");
-        assert!(LoraAdapterConfig::parse("[1]")
-            .unwrap_err()
-            .contains("not a valid adapter config"));
+        assert!(LoraAdapterConfig::parse("[1]").unwrap_err().contains("not a valid adapter config"));
     }
 
     #[test]
@@ -486,26 +434,14 @@ mod tests {
             lora_alpha: 16.0,
             target_modules: Some(TargetModules::List(vec!["query".into(), "value".into()])),
             rank_pattern: Pattern::new([("encoder.layer.0.attention.self.query".to_string(), 4.0)]),
-            alpha_pattern: Pattern::new([(
-                "encoder.layer.0.attention.self.query".to_string(),
-                2.5,
-            )]),
+            alpha_pattern: Pattern::new([("encoder.layer.0.attention.self.query".to_string(), 2.5)]),
             ..LoraAdapterConfig::default()
         };
         let text = c.to_json();
         assert!(text.contains("\"lora_alpha\": 16,"), "{text}");
-        assert!(
-            text.contains("\"encoder.layer.0.attention.self.query\": 2.5"),
-            "{text}"
-        );
+        assert!(text.contains("\"encoder.layer.0.attention.self.query\": 2.5"), "{text}");
         assert_eq!(LoraAdapterConfig::parse(&text).unwrap(), c);
-        assert_eq!(
-            c.rank_alpha("encoder.layer.0.attention.self.query"),
-            (4, 2.5)
-        );
-        assert_eq!(
-            c.rank_alpha("encoder.layer.1.attention.self.query"),
-            (8, 16.0)
-        );
+        assert_eq!(c.rank_alpha("encoder.layer.0.attention.self.query"), (4, 2.5));
+        assert_eq!(c.rank_alpha("encoder.layer.1.attention.self.query"), (8, 16.0));
     }
 }

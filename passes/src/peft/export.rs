@@ -45,11 +45,7 @@ pub struct ExportOptions {
 
 impl Default for ExportOptions {
     fn default() -> ExportOptions {
-        ExportOptions {
-            prefix: DEFAULT_PREFIX.to_string(),
-            base_model_name_or_path: None,
-            task_type: None,
-        }
+        ExportOptions { prefix: DEFAULT_PREFIX.to_string(), base_model_name_or_path: None, task_type: None }
     }
 }
 
@@ -81,61 +77,36 @@ fn mismatch(msg: impl Into<String>) -> PeftError {
 /// Builds the PEFT adapter for the LoRA/DoRA adapters recorded in `model`.
 pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAdapter, PeftError> {
     if !(opts.prefix.is_empty() || opts.prefix.ends_with('.')) {
-        return Err(mismatch(format!(
-            "the prefix `{}` must be empty or end with `.`",
-            opts.prefix
-        )));
+        return Err(mismatch(format!("the prefix `{}` must be empty or end with `.`", opts.prefix)));
     }
     if let Some(t) = &opts.task_type {
         if !TASK_TYPES.contains(&t.as_str()) {
-            return Err(mismatch(format!(
-                "unknown task type `{t}`; PEFT knows {}",
-                TASK_TYPES.join(", ")
-            )));
+            return Err(mismatch(format!("unknown task type `{t}`; PEFT knows {}", TASK_TYPES.join(", "))));
         }
     }
     let state = AdapterState::load(model)?;
-    let loras: Vec<&AdapterRecord> = state
-        .adapters
-        .iter()
-        .filter(|a| matches!(a.method, Method::Lora | Method::Dora))
-        .collect();
+    let loras: Vec<&AdapterRecord> =
+        state.adapters.iter().filter(|a| matches!(a.method, Method::Lora | Method::Dora)).collect();
     let mut notes = Vec::new();
     let mut others: BTreeMap<String, usize> = BTreeMap::new();
-    for a in state
-        .adapters
-        .iter()
-        .filter(|a| !matches!(a.method, Method::Lora | Method::Dora))
-    {
-        *others
-            .entry(format!("{:?}", a.method).to_lowercase())
-            .or_default() += 1;
+    for a in state.adapters.iter().filter(|a| !matches!(a.method, Method::Lora | Method::Dora)) {
+        *others.entry(format!("{:?}", a.method).to_lowercase()).or_default() += 1;
     }
-    let others_text = others
-        .iter()
-        .map(|(m, n)| format!("{n} {m}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let others_text = others.iter().map(|(m, n)| format!("{n} {m}")).collect::<Vec<_>>().join(", ");
     if loras.is_empty() {
-        let has = if others.is_empty() {
-            "no adapters at all".to_string()
-        } else {
-            format!("only {others_text} adapters")
-        };
+        let has =
+            if others.is_empty() { "no adapters at all".to_string() } else { format!("only {others_text} adapters") };
         return Err(mismatch(format!(
             "the model has no LoRA or DoRA adapters to export ({has}); insert them with `insert-lora` or `import-peft`"
         )));
     }
     if !others.is_empty() {
-        notes.push(format!(
-            "not exported (PEFT LoRA adapters hold only LoRA/DoRA): {others_text} adapters"
-        ));
+        notes.push(format!("not exported (PEFT LoRA adapters hold only LoRA/DoRA): {others_text} adapters"));
     }
 
     let dora = loras[0].method == Method::Dora;
     if loras.iter().any(|a| (a.method == Method::Dora) != dora) {
-        let (d, l): (Vec<&AdapterRecord>, Vec<&AdapterRecord>) =
-            loras.iter().partition(|a| a.method == Method::Dora);
+        let (d, l): (Vec<&AdapterRecord>, Vec<&AdapterRecord>) = loras.iter().partition(|a| a.method == Method::Dora);
         return Err(mismatch(format!(
             "the model mixes DoRA ({} layers, e.g. `{}`) and plain LoRA ({} layers, e.g. `{}`); a PEFT adapter has one \
              `use_dora` switch for all layers",
@@ -156,9 +127,7 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
             return Err(fail("the adapter has no module path".into()));
         }
         if !seen.insert(m.clone()) {
-            return Err(fail(
-                "the module has two LoRA adapters; PEFT holds one per module".into(),
-            ));
+            return Err(fail("the module has two LoRA adapters; PEFT holds one per module".into()));
         }
         if let Some(init) = rec.extra.get("init").and_then(|v| v.as_str()) {
             if init == "pissa" || init == "olora" {
@@ -171,21 +140,10 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
         }
         let r = rec.rank as u64;
         let read = |role: &str| -> Result<(Vec<u64>, Vec<f32>), PeftError> {
-            let name = rec
-                .params
-                .get(role)
-                .ok_or_else(|| fail(format!("the record has no `{role}` parameter")))?;
-            let t = graph
-                .initializer(name)
-                .ok_or_else(|| fail(format!("initializer `{name}` ({role}) is missing")))?;
-            if !matches!(
-                t.dtype(),
-                DataType::Float | DataType::Float16 | DataType::BFloat16 | DataType::Double
-            ) {
-                return Err(fail(format!(
-                    "`{name}` is {}, expected a float tensor",
-                    t.dtype()
-                )));
+            let name = rec.params.get(role).ok_or_else(|| fail(format!("the record has no `{role}` parameter")))?;
+            let t = graph.initializer(name).ok_or_else(|| fail(format!("initializer `{name}` ({role}) is missing")))?;
+            if !matches!(t.dtype(), DataType::Float | DataType::Float16 | DataType::BFloat16 | DataType::Double) {
+                return Err(fail(format!("`{name}` is {}, expected a float tensor", t.dtype())));
             }
             Ok((t.dims().to_vec(), t.to_f32_lossy()?))
         };
@@ -202,9 +160,7 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
         let magnitude = if rec.method == Method::Dora {
             let (m_dims, m) = read("magnitude")?;
             if m_dims != [out] {
-                return Err(fail(format!(
-                    "the DoRA magnitude is {m_dims:?}, expected [{out}]"
-                )));
+                return Err(fail(format!("the DoRA magnitude is {m_dims:?}, expected [{out}]")));
             }
             Some(m)
         } else {
@@ -218,14 +174,7 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
                 if rec.rslora { "√r" } else { "r" }
             )));
         }
-        entries.push(Entry {
-            rec,
-            a,
-            b,
-            magnitude,
-            inp,
-            out,
-        });
+        entries.push(Entry { rec, a, b, magnitude, inp, out });
     }
 
     // r, alpha, rsLoRA: the common choice globally, the rest as patterns.
@@ -269,10 +218,8 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
         .collect();
     let target_modules = target_modules_for(&modules, &left_alone);
 
-    let dropout = entries
-        .iter()
-        .filter_map(|e| e.rec.extra.get("dropout").and_then(|v| v.as_f64()))
-        .fold(0.0f64, f64::max);
+    let dropout =
+        entries.iter().filter_map(|e| e.rec.extra.get("dropout").and_then(|v| v.as_f64())).fold(0.0f64, f64::max);
     let config = LoraAdapterConfig {
         r,
         lora_alpha: alpha,
@@ -308,39 +255,20 @@ pub fn adapter_from_model(model: &Model, opts: &ExportOptions) -> Result<PeftAda
         }
     }
     if let Some(extra) = left_alone.iter().find(|p| targets.matches(p)) {
-        return Err(mismatch(format!(
-            "internal check failed: target_modules would also select `{extra}`"
-        )));
+        return Err(mismatch(format!("internal check failed: target_modules would also select `{extra}`")));
     }
 
     let mut tensors = Vec::with_capacity(entries.len() * 3);
     for e in entries {
         let key = format!("{}{}", opts.prefix, e.rec.module);
         let r = e.rec.rank as u64;
-        tensors.push(OwnedTensor::f32(
-            format!("{key}.lora_A.weight"),
-            vec![r, e.inp],
-            &e.a,
-        ));
-        tensors.push(OwnedTensor::f32(
-            format!("{key}.lora_B.weight"),
-            vec![e.out, r],
-            &e.b,
-        ));
+        tensors.push(OwnedTensor::f32(format!("{key}.lora_A.weight"), vec![r, e.inp], &e.a));
+        tensors.push(OwnedTensor::f32(format!("{key}.lora_B.weight"), vec![e.out, r], &e.b));
         if let Some(m) = &e.magnitude {
-            tensors.push(OwnedTensor::f32(
-                format!("{key}.lora_magnitude_vector"),
-                vec![e.out],
-                m,
-            ));
+            tensors.push(OwnedTensor::f32(format!("{key}.lora_magnitude_vector"), vec![e.out], m));
         }
     }
-    Ok(PeftAdapter {
-        config,
-        tensors,
-        modules,
-        notes,
-    })
+    Ok(PeftAdapter { config, tensors, modules, notes })
 }
 
 fn scaling(rslora: bool, r: usize, alpha: f64) -> f64 {
@@ -367,17 +295,12 @@ fn mode<T: Copy + Ord>(values: impl Iterator<Item = T>) -> T {
         }
     }
     let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
-    counts
-        .into_iter()
-        .find(|(_, n)| *n == best)
-        .map(|(v, _)| v)
-        .expect("at least one value")
+    counts.into_iter().find(|(_, n)| *n == best).map(|(v, _)| v).expect("at least one value")
 }
 
 /// PEFT `target_modules` selecting exactly `adapted` among `adapted ∪ left_alone`.
 fn target_modules_for(adapted: &[String], left_alone: &BTreeSet<String>) -> TargetModules {
-    let selects =
-        |suffix: &str, path: &str| path == suffix || path.ends_with(&format!(".{suffix}"));
+    let selects = |suffix: &str, path: &str| path == suffix || path.ends_with(&format!(".{suffix}"));
     let mut names = BTreeSet::new();
     for m in adapted {
         let parts: Vec<&str> = m.split('.').collect();
@@ -392,11 +315,7 @@ fn target_modules_for(adapted: &[String], left_alone: &BTreeSet<String>) -> Targ
                 names.insert(s);
             }
             None => {
-                let alternation = adapted
-                    .iter()
-                    .map(|m| regex::escape(m))
-                    .collect::<Vec<_>>()
-                    .join("|");
+                let alternation = adapted.iter().map(|m| regex::escape(m)).collect::<Vec<_>>().join("|");
                 return TargetModules::Regex(format!("({alternation})"));
             }
         }
@@ -418,17 +337,12 @@ pub fn write_adapter(dir: &Path, adapter: &PeftAdapter) -> Result<(), PeftError>
     let unique = format!(
         "{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
     );
 
     if dir.exists() {
         if !dir.is_dir() {
-            return Err(mismatch(format!(
-                "{} exists and is not a folder",
-                dir.display()
-            )));
+            return Err(mismatch(format!("{} exists and is not a folder", dir.display())));
         }
         let stage = dir.join(format!(".adaptc-export.tmp-{unique}"));
         let result = (|| {
@@ -437,8 +351,7 @@ pub fn write_adapter(dir: &Path, adapter: &PeftAdapter) -> Result<(), PeftError>
                 write_synced(&stage.join(name), bytes)?;
             }
             for (name, _) in files {
-                std::fs::rename(stage.join(name), dir.join(name))
-                    .map_err(|e| PeftError::io(&dir.join(name), e))?;
+                std::fs::rename(stage.join(name), dir.join(name)).map_err(|e| PeftError::io(&dir.join(name), e))?;
             }
             Ok(())
         })();
@@ -446,9 +359,7 @@ pub fn write_adapter(dir: &Path, adapter: &PeftAdapter) -> Result<(), PeftError>
         return result;
     }
 
-    let name = dir
-        .file_name()
-        .ok_or_else(|| mismatch(format!("{} is not a folder name", dir.display())))?;
+    let name = dir.file_name().ok_or_else(|| mismatch(format!("{} is not a folder name", dir.display())))?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -485,14 +396,11 @@ mod tests {
 
     #[test]
     fn shortest_safe_suffixes() {
-        let adapted: Vec<String> = [
-            "l.0.attention.self.query",
-            "l.1.attention.self.query",
-            "l.0.attention.output.dense",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let adapted: Vec<String> =
+            ["l.0.attention.self.query", "l.1.attention.self.query", "l.0.attention.output.dense"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         let alone = set(&[
             "l.0.attention.self.key",
             "l.0.output.dense",
@@ -500,21 +408,12 @@ mod tests {
             "l.0.intermediate.dense",
         ]);
         match target_modules_for(&adapted, &alone) {
-            TargetModules::List(l) => assert_eq!(
-                l,
-                vec!["l.0.attention.output.dense".to_string(), "query".into()]
-            ),
+            TargetModules::List(l) => assert_eq!(l, vec!["l.0.attention.output.dense".to_string(), "query".into()]),
             other => panic!("{other:?}"),
         }
         // Every `dense` adapted: the bare name suffices.
-        let adapted: Vec<String> = ["a.dense", "b.dense"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            target_modules_for(&adapted, &set(&["a.q"])),
-            TargetModules::List(vec!["dense".into()])
-        );
+        let adapted: Vec<String> = ["a.dense", "b.dense"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(target_modules_for(&adapted, &set(&["a.q"])), TargetModules::List(vec!["dense".into()]));
         // A module whose full path is a suffix of a left-alone one: regex of full paths.
         let adapted = vec!["dense".to_string()];
         let t = target_modules_for(&adapted, &set(&["x.dense"]));

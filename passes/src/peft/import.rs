@@ -45,17 +45,12 @@ pub struct LoadedAdapter {
 /// Reads `DIR/adapter_config.json` and `DIR/adapter_model.safetensors`.
 pub fn read_adapter(dir: &Path) -> Result<LoadedAdapter, PeftError> {
     if !dir.is_dir() {
-        return Err(PeftError::Mismatch(format!(
-            "{} is not a folder (expected a PEFT adapter folder)",
-            dir.display()
-        )));
+        return Err(PeftError::Mismatch(format!("{} is not a folder (expected a PEFT adapter folder)", dir.display())));
     }
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| PeftError::io(&config_path, e))?;
-    let config = LoraAdapterConfig::parse(&text).map_err(|reason| PeftError::Config {
-        file: config_path.display().to_string(),
-        reason,
-    })?;
+    let config = LoraAdapterConfig::parse(&text)
+        .map_err(|reason| PeftError::Config { file: config_path.display().to_string(), reason })?;
     let weights_path = dir.join(WEIGHTS_FILE);
     if !weights_path.exists() && dir.join("adapter_model.bin").exists() {
         return Err(PeftError::Mismatch(format!(
@@ -65,11 +60,7 @@ pub fn read_adapter(dir: &Path) -> Result<LoadedAdapter, PeftError> {
         )));
     }
     let weights = SafeTensors::read(&weights_path)?;
-    Ok(LoadedAdapter {
-        dir: dir.to_path_buf(),
-        config,
-        weights,
-    })
+    Ok(LoadedAdapter { dir: dir.to_path_buf(), config, weights })
 }
 
 /// Options of [`import_adapter`].
@@ -81,9 +72,7 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> ImportOptions {
-        ImportOptions {
-            prefix: DEFAULT_PREFIX.to_string(),
-        }
+        ImportOptions { prefix: DEFAULT_PREFIX.to_string() }
     }
 }
 
@@ -99,11 +88,7 @@ pub enum PathMapping {
 }
 
 impl PathMapping {
-    const ALL: [PathMapping; 3] = [
-        PathMapping::Exact,
-        PathMapping::StripModel,
-        PathMapping::AddModel,
-    ];
+    const ALL: [PathMapping; 3] = [PathMapping::Exact, PathMapping::StripModel, PathMapping::AddModel];
 
     /// The graph module path for an adapter module path.
     pub fn apply(self, key: &str) -> Option<String> {
@@ -159,12 +144,7 @@ struct Parts<'a> {
 const MAX_LISTED: usize = 12;
 
 fn list(items: &[String]) -> String {
-    let mut s = items
-        .iter()
-        .take(MAX_LISTED)
-        .map(|m| format!("`{m}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = items.iter().take(MAX_LISTED).map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
     if items.len() > MAX_LISTED {
         s += &format!(" … and {} more", items.len() - MAX_LISTED);
     }
@@ -197,9 +177,8 @@ pub fn import_adapter(
             (m, 0)
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
             (m, 1)
-        } else if let Some(m) = rest
-            .strip_suffix(".lora_magnitude_vector")
-            .or_else(|| rest.strip_suffix(".lora_magnitude_vector.weight"))
+        } else if let Some(m) =
+            rest.strip_suffix(".lora_magnitude_vector").or_else(|| rest.strip_suffix(".lora_magnitude_vector.weight"))
         {
             (m, 2)
         } else {
@@ -231,25 +210,15 @@ pub fn import_adapter(
     let mut incomplete = Vec::new();
     for (m, p) in &modules {
         if p.a.is_none() || p.b.is_none() {
-            incomplete.push(format!(
-                "{m} (no {})",
-                if p.a.is_none() { "lora_A" } else { "lora_B" }
-            ));
+            incomplete.push(format!("{m} (no {})", if p.a.is_none() { "lora_A" } else { "lora_B" }));
         } else if cfg.use_dora && p.magnitude.is_none() {
-            incomplete.push(format!(
-                "{m} (use_dora is true but there is no lora_magnitude_vector)"
-            ));
+            incomplete.push(format!("{m} (use_dora is true but there is no lora_magnitude_vector)"));
         } else if !cfg.use_dora && p.magnitude.is_some() {
-            incomplete.push(format!(
-                "{m} (a lora_magnitude_vector, but use_dora is false)"
-            ));
+            incomplete.push(format!("{m} (a lora_magnitude_vector, but use_dora is false)"));
         }
     }
     if !incomplete.is_empty() {
-        return Err(mismatch(format!(
-            "incomplete or inconsistent modules: {}",
-            list(&incomplete)
-        )));
+        return Err(mismatch(format!("incomplete or inconsistent modules: {}", list(&incomplete))));
     }
 
     // 2. Modules → linear layers of the graph.
@@ -264,24 +233,12 @@ pub fn import_adapter(
         }
     }
     let found = |mapping: PathMapping, m: &str| mapping.apply(m).filter(|p| layers.contains_key(p));
-    let counts: Vec<usize> = PathMapping::ALL
-        .iter()
-        .map(|&map| order.iter().filter(|m| found(map, m).is_some()).count())
-        .collect();
-    let Some(best) = PathMapping::ALL
-        .iter()
-        .zip(&counts)
-        .find(|(_, &n)| n == order.len())
-        .map(|(m, _)| *m)
-    else {
-        let (i, _) = counts
-            .iter()
-            .enumerate()
-            .max_by_key(|&(i, n)| (*n, std::cmp::Reverse(i)))
-            .unwrap_or((0, &0));
+    let counts: Vec<usize> =
+        PathMapping::ALL.iter().map(|&map| order.iter().filter(|m| found(map, m).is_some()).count()).collect();
+    let Some(best) = PathMapping::ALL.iter().zip(&counts).find(|(_, &n)| n == order.len()).map(|(m, _)| *m) else {
+        let (i, _) = counts.iter().enumerate().max_by_key(|&(i, n)| (*n, std::cmp::Reverse(i))).unwrap_or((0, &0));
         let map = PathMapping::ALL[i];
-        let (hit, miss): (Vec<&str>, Vec<&str>) =
-            order.iter().partition(|m| found(map, m).is_some());
+        let (hit, miss): (Vec<&str>, Vec<&str>) = order.iter().partition(|m| found(map, m).is_some());
         let mut known: Vec<String> = layers.keys().cloned().collect();
         known.sort();
         return Err(mismatch(format!(
@@ -311,10 +268,7 @@ pub fn import_adapter(
         let path = best.apply(m).expect("mapping checked above");
         let candidates = &layers[&path];
         if candidates.len() > 1 {
-            problems.push(format!(
-                "`{m}`: the module is applied at {} places in the model",
-                candidates.len()
-            ));
+            problems.push(format!("`{m}`: the module is applied at {} places in the model", candidates.len()));
             continue;
         }
         let layer = candidates[0].clone();
@@ -323,10 +277,7 @@ pub fn import_adapter(
             (matches!(a.method, Method::Lora | Method::Dora) && a.module == path)
                 || (!node_name.is_empty() && a.target_node == *node_name)
         }) {
-            problems.push(format!(
-                "`{m}`: the layer already has a {:?} adapter",
-                a.method
-            ));
+            problems.push(format!("`{m}`: the layer already has a {:?} adapter", a.method));
             continue;
         }
         match constant_tensor(graph, &layer.weight).map(|t| t.dtype()) {
@@ -343,40 +294,24 @@ pub fn import_adapter(
         let (r, alpha) = cfg.rank_alpha(m);
         let (inp, out) = (layer.in_features, layer.out_features);
         let parts = &modules[m];
-        let view = |name: Option<&str>| {
-            adapter
-                .weights
-                .get(name.expect("checked complete"))
-                .expect("name from the file")
-        };
+        let view =
+            |name: Option<&str>| adapter.weights.get(name.expect("checked complete")).expect("name from the file");
         let (va, vb) = (view(parts.a), view(parts.b));
         let mut bad = Vec::new();
         if va.shape != [r as u64, inp] {
-            bad.push(format!(
-                "lora_A is {:?}, expected [r, in] = [{r}, {inp}]",
-                va.shape
-            ));
+            bad.push(format!("lora_A is {:?}, expected [r, in] = [{r}, {inp}]", va.shape));
         }
         if vb.shape != [out, r as u64] {
-            bad.push(format!(
-                "lora_B is {:?}, expected [out, r] = [{out}, {r}]",
-                vb.shape
-            ));
+            bad.push(format!("lora_B is {:?}, expected [out, r] = [{out}, {r}]", vb.shape));
         }
         let vm = parts.magnitude.map(|n| view(Some(n)));
         if let Some(vm) = &vm {
             if vm.shape != [out] {
-                bad.push(format!(
-                    "lora_magnitude_vector is {:?}, expected [out] = [{out}]",
-                    vm.shape
-                ));
+                bad.push(format!("lora_magnitude_vector is {:?}, expected [out] = [{out}]", vm.shape));
             }
         }
         if !bad.is_empty() {
-            problems.push(format!(
-                "`{m}` (graph layer {inp} → {out}, config r = {r}): {}",
-                bad.join("; ")
-            ));
+            problems.push(format!("`{m}` (graph layer {inp} → {out}, config r = {r}): {}", bad.join("; ")));
             continue;
         }
         let values = |v: super::safetensors::TensorView| v.to_f32().map_err(mismatch);
@@ -397,13 +332,7 @@ pub fn import_adapter(
             a,
             b,
             magnitude,
-            report: ImportedModule {
-                adapter_module: m.to_string(),
-                module: path,
-                rank: r,
-                alpha,
-                scale,
-            },
+            report: ImportedModule { adapter_module: m.to_string(), module: path, rank: r, alpha, scale },
         });
     }
     if !problems.is_empty() {
@@ -411,12 +340,7 @@ pub fn import_adapter(
             "{} of {} modules do not fit the model:\n  {}",
             problems.len(),
             order.len(),
-            problems
-                .iter()
-                .take(MAX_LISTED * 2)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n  ")
+            problems.iter().take(MAX_LISTED * 2).cloned().collect::<Vec<_>>().join("\n  ")
         )));
     }
 
@@ -427,32 +351,13 @@ pub fn import_adapter(
     let mut report = Vec::with_capacity(plans.len());
     for plan in plans {
         // Re-match: earlier insertions renamed values around other layers' outputs.
-        let layer = match_linear(&graph, plan.layer.node).map_err(|e| {
-            mismatch(format!(
-                "`{}`: the layer no longer matches: {e}",
-                plan.report.module
-            ))
-        })?;
-        params +=
-            (plan.a.len() + plan.b.len() + plan.magnitude.as_ref().map_or(0, Vec::len)) as u64;
-        insert_lora_with(
-            &mut graph,
-            &mut state,
-            &layer,
-            &plan.cfg,
-            plan.a,
-            plan.b,
-            plan.magnitude,
-        )?;
+        let layer = match_linear(&graph, plan.layer.node)
+            .map_err(|e| mismatch(format!("`{}`: the layer no longer matches: {e}", plan.report.module)))?;
+        params += (plan.a.len() + plan.b.len() + plan.magnitude.as_ref().map_or(0, Vec::len)) as u64;
+        insert_lora_with(&mut graph, &mut state, &layer, &plan.cfg, plan.a, plan.b, plan.magnitude)?;
         report.push(plan.report);
     }
     model.graph = graph;
     state.store(model);
-    Ok(ImportReport {
-        mapping: best,
-        modules: report,
-        params,
-        dora: cfg.use_dora,
-        rslora: cfg.use_rslora,
-    })
+    Ok(ImportReport { mapping: best, modules: report, params, dora: cfg.use_dora, rslora: cfg.use_rslora })
 }

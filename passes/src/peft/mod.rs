@@ -26,9 +26,7 @@ use thiserror::Error;
 
 pub use config::{LoraAdapterConfig, Pattern, TargetModules};
 pub use export::{adapter_from_model, write_adapter, ExportOptions, PeftAdapter};
-pub use import::{
-    import_adapter, read_adapter, ImportOptions, ImportReport, LoadedAdapter, PathMapping,
-};
+pub use import::{import_adapter, read_adapter, ImportOptions, ImportReport, LoadedAdapter, PathMapping};
 pub use safetensors::{Dtype, OwnedTensor, SafeTensors, SafetensorsError};
 
 /// The adapter configuration's file name.
@@ -68,9 +66,6 @@ pub enum PeftError {
 
 impl PeftError {
     fn io(path: &Path, source: std::io::Error) -> PeftError {
-        PeftError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        PeftError::Io { path: path.to_path_buf(), source }
     }
 }

@@ -38,10 +38,7 @@ pub struct SafetensorsError {
 
 impl SafetensorsError {
     fn new(origin: &str, reason: impl Into<String>) -> SafetensorsError {
-        SafetensorsError {
-            origin: origin.to_string(),
-            reason: reason.into(),
-        }
+        SafetensorsError { origin: origin.to_string(), reason: reason.into() }
     }
 }
 
@@ -163,29 +160,15 @@ impl TensorView<'_> {
     pub fn to_f32(&self) -> Result<Vec<f32>, String> {
         let d = self.data;
         Ok(match self.dtype {
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => d
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => d
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::F64 => d
                 .chunks_exact(8)
-                .map(|c| {
-                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                })
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
                 .collect(),
             other => {
-                return Err(format!(
-                    "tensor `{}` is {other}, expected a float tensor (F32, F16, BF16, F64)",
-                    self.name
-                ))
+                return Err(format!("tensor `{}` is {other}, expected a float tensor (F32, F16, BF16, F64)", self.name))
             }
         })
     }
@@ -226,12 +209,9 @@ impl SafeTensors {
     /// Reads and validates a file.
     pub fn read(path: &Path) -> Result<SafeTensors, SafetensorsError> {
         let origin = path.display().to_string();
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| SafetensorsError::new(&origin, format!("cannot open: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| SafetensorsError::new(&origin, format!("cannot stat: {e}")))?
-            .len();
+        let mut file =
+            std::fs::File::open(path).map_err(|e| SafetensorsError::new(&origin, format!("cannot open: {e}")))?;
+        let len = file.metadata().map_err(|e| SafetensorsError::new(&origin, format!("cannot stat: {e}")))?.len();
         // Check the header length against the file size before reading everything.
         let mut prefix = [0u8; 8];
         if len < 8 {
@@ -240,13 +220,11 @@ impl SafeTensors {
                 format!("truncated: {len} bytes, shorter than the 8-byte header length"),
             ));
         }
-        file.read_exact(&mut prefix)
-            .map_err(|e| SafetensorsError::new(&origin, format!("cannot read: {e}")))?;
+        file.read_exact(&mut prefix).map_err(|e| SafetensorsError::new(&origin, format!("cannot read: {e}")))?;
         check_header_len(&origin, u64::from_le_bytes(prefix), len)?;
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         bytes.extend_from_slice(&prefix);
-        file.read_to_end(&mut bytes)
-            .map_err(|e| SafetensorsError::new(&origin, format!("cannot read: {e}")))?;
+        file.read_to_end(&mut bytes).map_err(|e| SafetensorsError::new(&origin, format!("cannot read: {e}")))?;
         SafeTensors::parse(bytes, &origin)
     }
 
@@ -254,26 +232,18 @@ impl SafeTensors {
     pub fn parse(bytes: Vec<u8>, origin: &str) -> Result<SafeTensors, SafetensorsError> {
         let err = |reason: String| SafetensorsError::new(origin, reason);
         if bytes.len() < 8 {
-            return Err(err(format!(
-                "truncated: {} bytes, shorter than the 8-byte header length",
-                bytes.len()
-            )));
+            return Err(err(format!("truncated: {} bytes, shorter than the 8-byte header length", bytes.len())));
         }
-        let n = u64::from_le_bytes(
-            bytes[..8]
-                .try_into()
-                .map_err(|_| err("unreadable header length".into()))?,
-        );
+        let n = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| err("unreadable header length".into()))?);
         check_header_len(origin, n, bytes.len() as u64)?;
         let data_start = 8 + n as usize;
         let header = &bytes[8..data_start];
         if header.first() != Some(&b'{') {
             return Err(err("the header does not start with `{`".into()));
         }
-        let text = std::str::from_utf8(header)
-            .map_err(|e| err(format!("the header is not UTF-8: {e}")))?;
-        let raw: RawHeader = serde_json::from_str(text)
-            .map_err(|e| err(format!("the header is not valid JSON: {e}")))?;
+        let text = std::str::from_utf8(header).map_err(|e| err(format!("the header is not UTF-8: {e}")))?;
+        let raw: RawHeader =
+            serde_json::from_str(text).map_err(|e| err(format!("the header is not valid JSON: {e}")))?;
 
         let data_len = bytes.len() - data_start;
         let mut metadata = BTreeMap::new();
@@ -294,18 +264,13 @@ impl SafeTensors {
                 return Err(err(format!("tensor `{name}` appears twice in the header")));
             }
             let t_err = |reason: String| err(format!("tensor `{name}`: {reason}"));
-            let entry: RawEntry = serde_json::from_value(value).map_err(|e| {
-                t_err(format!(
-                    "bad header entry (expected dtype, shape, data_offsets): {e}"
-                ))
-            })?;
-            let dtype = Dtype::from_name(&entry.dtype)
-                .ok_or_else(|| t_err(format!("unsupported dtype `{}`", entry.dtype)))?;
+            let entry: RawEntry = serde_json::from_value(value)
+                .map_err(|e| t_err(format!("bad header entry (expected dtype, shape, data_offsets): {e}")))?;
+            let dtype =
+                Dtype::from_name(&entry.dtype).ok_or_else(|| t_err(format!("unsupported dtype `{}`", entry.dtype)))?;
             let (begin, end) = entry.data_offsets;
             if begin > end {
-                return Err(t_err(format!(
-                    "data_offsets [{begin}, {end}] run backwards"
-                )));
+                return Err(t_err(format!("data_offsets [{begin}, {end}] run backwards")));
             }
             if end > data_len as u64 {
                 return Err(t_err(format!(
@@ -317,9 +282,8 @@ impl SafeTensors {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| t_err(format!("shape {:?} overflows", entry.shape)))?;
-            let size = numel
-                .checked_mul(dtype.size())
-                .ok_or_else(|| t_err(format!("shape {:?} overflows", entry.shape)))?;
+            let size =
+                numel.checked_mul(dtype.size()).ok_or_else(|| t_err(format!("shape {:?} overflows", entry.shape)))?;
             if size != end - begin {
                 return Err(t_err(format!(
                     "shape {:?} of {dtype} needs {size} bytes, but data_offsets [{begin}, {end}] hold {}",
@@ -327,12 +291,7 @@ impl SafeTensors {
                     end - begin
                 )));
             }
-            tensors.push(TensorInfo {
-                name,
-                dtype,
-                shape: entry.shape,
-                range: begin as usize..end as usize,
-            });
+            tensors.push(TensorInfo { name, dtype, shape: entry.shape, range: begin as usize..end as usize });
         }
 
         // The ranges must tile the data section: sorted by offset, each starts where the last
@@ -365,13 +324,7 @@ impl SafeTensors {
                 data_len - at
             )));
         }
-        Ok(SafeTensors {
-            origin: origin.to_string(),
-            metadata,
-            tensors,
-            bytes,
-            data_start,
-        })
+        Ok(SafeTensors { origin: origin.to_string(), metadata, tensors, bytes, data_start })
     }
 
     /// Where the file came from (for error messages).
@@ -420,17 +373,11 @@ fn check_header_len(origin: &str, n: u64, file_len: u64) -> Result<(), Safetenso
     if n > file_len - 8 {
         return Err(SafetensorsError::new(
             origin,
-            format!(
-                "truncated: the header claims {n} bytes but only {} follow the length",
-                file_len - 8
-            ),
+            format!("truncated: the header claims {n} bytes but only {} follow the length", file_len - 8),
         ));
     }
     if n < 2 {
-        return Err(SafetensorsError::new(
-            origin,
-            format!("header length {n} is too short for a JSON object"),
-        ));
+        return Err(SafetensorsError::new(origin, format!("header length {n} is too short for a JSON object")));
     }
     Ok(())
 }
@@ -468,40 +415,27 @@ pub fn serialize(
     order.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
     for w in order.windows(2) {
         if w[0].name == w[1].name {
-            return Err(SafetensorsError::new(
-                origin,
-                format!("tensor `{}` given twice", w[0].name),
-            ));
+            return Err(SafetensorsError::new(origin, format!("tensor `{}` given twice", w[0].name)));
         }
     }
     let mut header = String::from("{");
     let mut first = true;
     if let Some(m) = metadata {
         header += "\"__metadata__\":";
-        header +=
-            &serde_json::to_string(m).map_err(|e| SafetensorsError::new(origin, e.to_string()))?;
+        header += &serde_json::to_string(m).map_err(|e| SafetensorsError::new(origin, e.to_string()))?;
         first = false;
     }
     let mut offset = 0u64;
     for t in &order {
         if t.name == "__metadata__" {
-            return Err(SafetensorsError::new(
-                origin,
-                "a tensor cannot be called `__metadata__`",
-            ));
+            return Err(SafetensorsError::new(origin, "a tensor cannot be called `__metadata__`"));
         }
         let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let want = numel.and_then(|n| n.checked_mul(t.dtype.size()));
         if want != Some(t.data.len() as u64) {
             return Err(SafetensorsError::new(
                 origin,
-                format!(
-                    "tensor `{}`: {} bytes of data for shape {:?} of {}",
-                    t.name,
-                    t.data.len(),
-                    t.shape,
-                    t.dtype
-                ),
+                format!("tensor `{}`: {} bytes of data for shape {:?} of {}", t.name, t.data.len(), t.shape, t.dtype),
             ));
         }
         let end = offset + t.data.len() as u64;
@@ -509,18 +443,10 @@ pub fn serialize(
             header.push(',');
         }
         first = false;
-        let name = serde_json::to_string(&t.name)
-            .map_err(|e| SafetensorsError::new(origin, e.to_string()))?;
-        let shape = t
-            .shape
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        header += &format!(
-            "{name}:{{\"dtype\":\"{}\",\"shape\":[{shape}],\"data_offsets\":[{offset},{end}]}}",
-            t.dtype
-        );
+        let name = serde_json::to_string(&t.name).map_err(|e| SafetensorsError::new(origin, e.to_string()))?;
+        let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        header +=
+            &format!("{name}:{{\"dtype\":\"{}\",\"shape\":[{shape}],\"data_offsets\":[{offset},{end}]}}", t.dtype);
         offset = end;
     }
     header.push('}');
@@ -548,8 +474,8 @@ mod tests {
     #[test]
     fn dtype_names_round_trip() {
         for name in [
-            "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32",
-            "F32", "F64", "I64", "U64",
+            "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
+            "U64",
         ] {
             assert_eq!(Dtype::from_name(name).unwrap().name(), name);
         }

@@ -14,17 +14,11 @@ pub fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> Node {
 }
 
 pub fn node_with(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<Attribute>) -> Node {
-    attrs
-        .into_iter()
-        .fold(node(op, inputs, outputs), Node::with_attr)
+    attrs.into_iter().fold(node(op, inputs, outputs), Node::with_attr)
 }
 
 pub fn f32_input(name: &str, dims: &[i64]) -> ValueInfo {
-    ValueInfo::tensor(
-        name,
-        DataType::Float,
-        dims.iter().map(|&d| Dim::Known(d)).collect(),
-    )
+    ValueInfo::tensor(name, DataType::Float, dims.iter().map(|&d| Dim::Known(d)).collect())
 }
 
 pub fn output(name: &str) -> ValueInfo {
@@ -51,11 +45,8 @@ pub fn bools(name: &str, dims: &[u64], values: &[bool]) -> Tensor {
 
 /// Runs `pipeline` with the builtin passes (verify-each on) and returns the report.
 pub fn run(pipeline: &str, model: &mut Model) -> RunReport {
-    let manager = PassManager::new(&Registry::builtin(), pipeline)
-        .unwrap_or_else(|e| panic!("{pipeline}: {e}"));
-    manager
-        .run(model)
-        .unwrap_or_else(|e| panic!("{pipeline}: {e}"))
+    let manager = PassManager::new(&Registry::builtin(), pipeline).unwrap_or_else(|e| panic!("{pipeline}: {e}"));
+    manager.run(model).unwrap_or_else(|e| panic!("{pipeline}: {e}"))
 }
 
 /// A counter of a report (0 when absent).
@@ -75,8 +66,5 @@ pub fn model(opset: i64, build: impl FnOnce(&mut Graph)) -> Model {
 pub fn assert_dump(model: &Model, expected: &str) {
     let actual = adaptc_ir::dump(model);
     let expected = expected.trim_start_matches('\n');
-    assert!(
-        actual == expected,
-        "dump mismatch\n--- expected\n{expected}\n--- actual\n{actual}"
-    );
+    assert!(actual == expected, "dump mismatch\n--- expected\n{expected}\n--- actual\n{actual}");
 }

@@ -23,23 +23,12 @@ pub struct Arr {
 impl Arr {
     pub fn new(dims: &[usize], data: Vec<f64>) -> Arr {
         assert_eq!(dims.iter().product::<usize>(), data.len(), "{dims:?}");
-        Arr {
-            dims: dims.to_vec(),
-            data,
-        }
+        Arr { dims: dims.to_vec(), data }
     }
 
     pub fn from_tensor(t: &Tensor) -> Arr {
-        let data = t
-            .to_f32_lossy()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect();
-        Arr::new(
-            &t.dims().iter().map(|&d| d as usize).collect::<Vec<_>>(),
-            data,
-        )
+        let data = t.to_f32_lossy().unwrap().into_iter().map(f64::from).collect();
+        Arr::new(&t.dims().iter().map(|&d| d as usize).collect::<Vec<_>>(), data)
     }
 
     /// Deterministic pseudo-random values in [-1, 1).
@@ -59,11 +48,7 @@ impl Arr {
 
     pub fn max_abs_diff(&self, other: &Arr) -> f64 {
         assert_eq!(self.dims, other.dims, "shapes differ");
-        self.data
-            .iter()
-            .zip(&other.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
+        self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
     }
 
     pub fn max_abs(&self) -> f64 {
@@ -88,10 +73,7 @@ impl Arr {
     }
 
     pub fn scale(&self, s: f64) -> Arr {
-        Arr {
-            dims: self.dims.clone(),
-            data: self.data.iter().map(|v| v * s).collect(),
-        }
+        Arr { dims: self.dims.clone(), data: self.data.iter().map(|v| v * s).collect() }
     }
 }
 
@@ -105,22 +87,13 @@ fn strides(dims: &[usize]) -> Vec<usize> {
 
 fn broadcast(a: &Arr, b: &Arr, f: impl Fn(f64, f64) -> f64) -> Arr {
     let rank = a.dims.len().max(b.dims.len());
-    let pad = |d: &[usize]| -> Vec<usize> {
-        std::iter::repeat_n(1, rank - d.len())
-            .chain(d.iter().copied())
-            .collect()
-    };
+    let pad = |d: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, rank - d.len()).chain(d.iter().copied()).collect() };
     let (da, db) = (pad(&a.dims), pad(&b.dims));
     let dims: Vec<usize> = da
         .iter()
         .zip(&db)
         .map(|(&x, &y)| {
-            assert!(
-                x == y || x == 1 || y == 1,
-                "cannot broadcast {:?} with {:?}",
-                a.dims,
-                b.dims
-            );
+            assert!(x == y || x == 1 || y == 1, "cannot broadcast {:?} with {:?}", a.dims, b.dims);
             x.max(y)
         })
         .collect();
@@ -163,35 +136,11 @@ fn transpose(a: &Arr, perm: &[usize]) -> Arr {
 fn matmul(a: &Arr, b: &Arr) -> Arr {
     let a1 = a.dims.len() == 1;
     let b1 = b.dims.len() == 1;
-    let a2 = if a1 {
-        Arr {
-            dims: vec![1, a.dims[0]],
-            data: a.data.clone(),
-        }
-    } else {
-        a.clone()
-    };
-    let b2 = if b1 {
-        Arr {
-            dims: vec![b.dims[0], 1],
-            data: b.data.clone(),
-        }
-    } else {
-        b.clone()
-    };
-    assert_eq!(
-        b2.dims.len(),
-        2,
-        "the evaluator's MatMul takes a 2-D right operand"
-    );
+    let a2 = if a1 { Arr { dims: vec![1, a.dims[0]], data: a.data.clone() } } else { a.clone() };
+    let b2 = if b1 { Arr { dims: vec![b.dims[0], 1], data: b.data.clone() } } else { b.clone() };
+    assert_eq!(b2.dims.len(), 2, "the evaluator's MatMul takes a 2-D right operand");
     let (k, n) = (b2.dims[0], b2.dims[1]);
-    assert_eq!(
-        *a2.dims.last().unwrap(),
-        k,
-        "MatMul {:?} · {:?}",
-        a.dims,
-        b.dims
-    );
+    assert_eq!(*a2.dims.last().unwrap(), k, "MatMul {:?} · {:?}", a.dims, b.dims);
     let rows = a2.data.len() / k;
     let mut data = vec![0.0; rows * n];
     for r in 0..rows {
@@ -230,32 +179,17 @@ fn eval_into(graph: &Graph, memo: &mut HashMap<String, Arr>, value: &str) -> Arr
     if let Some(t) = graph.initializer(value) {
         return Arr::from_tensor(t);
     }
-    let (id, slot) = graph
-        .producer(value)
-        .unwrap_or_else(|| panic!("`{value}` is neither fed nor produced"));
+    let (id, slot) = graph.producer(value).unwrap_or_else(|| panic!("`{value}` is neither fed nor produced"));
     assert_eq!(slot, 0, "only first outputs are evaluated");
     let node = graph.node(id).clone();
-    let ins: Vec<Arr> = node
-        .inputs()
-        .iter()
-        .filter(|i| !i.is_empty())
-        .map(|i| eval_into(graph, memo, i))
-        .collect();
+    let ins: Vec<Arr> = node.inputs().iter().filter(|i| !i.is_empty()).map(|i| eval_into(graph, memo, i)).collect();
     let op = node.op().op_type.as_str();
     let out = match op {
         "Constant" => Arr::from_tensor(node.attr("value").and_then(|a| a.as_tensor()).unwrap()),
         "MatMul" => matmul(&ins[0], &ins[1]),
         "Gemm" => {
-            let a = if node.attr_int("transA", 0) == 1 {
-                ins[0].t()
-            } else {
-                ins[0].clone()
-            };
-            let b = if node.attr_int("transB", 0) == 1 {
-                ins[1].t()
-            } else {
-                ins[1].clone()
-            };
+            let a = if node.attr_int("transA", 0) == 1 { ins[0].t() } else { ins[0].clone() };
+            let b = if node.attr_int("transB", 0) == 1 { ins[1].t() } else { ins[1].clone() };
             let y = matmul(&a, &b);
             match ins.get(2) {
                 Some(c) => y.add(c),
@@ -266,14 +200,8 @@ fn eval_into(graph: &Graph, memo: &mut HashMap<String, Arr>, value: &str) -> Arr
         "Sub" => broadcast(&ins[0], &ins[1], |x, y| x - y),
         "Mul" => broadcast(&ins[0], &ins[1], |x, y| x * y),
         "Div" => broadcast(&ins[0], &ins[1], |x, y| x / y),
-        "Sqrt" => Arr {
-            dims: ins[0].dims.clone(),
-            data: ins[0].data.iter().map(|v| v.sqrt()).collect(),
-        },
-        "Relu" => Arr {
-            dims: ins[0].dims.clone(),
-            data: ins[0].data.iter().map(|v| v.max(0.0)).collect(),
-        },
+        "Sqrt" => Arr { dims: ins[0].dims.clone(), data: ins[0].data.iter().map(|v| v.sqrt()).collect() },
+        "Relu" => Arr { dims: ins[0].dims.clone(), data: ins[0].data.iter().map(|v| v.max(0.0)).collect() },
         "Identity" | "Dropout" => ins[0].clone(),
         "Transpose" => {
             let perm: Vec<usize> = match node.attr("perm").and_then(|a| a.as_ints()) {
@@ -282,10 +210,7 @@ fn eval_into(graph: &Graph, memo: &mut HashMap<String, Arr>, value: &str) -> Arr
             };
             transpose(&ins[0], &perm)
         }
-        other => panic!(
-            "the test evaluator does not know {other} (node `{}`)",
-            node.label()
-        ),
+        other => panic!("the test evaluator does not know {other} (node `{}`)", node.label()),
     };
     memo.insert(value.to_string(), out.clone());
     out
@@ -298,22 +223,11 @@ pub fn s(v: &[&str]) -> Vec<String> {
 }
 
 pub fn op(g: &mut Graph, op: &str, name: &str, inputs: &[&str], outputs: &[&str]) {
-    g.add_node(Node::new(OpKey::onnx(op), s(inputs), s(outputs)).named(name))
-        .unwrap();
+    g.add_node(Node::new(OpKey::onnx(op), s(inputs), s(outputs)).named(name)).unwrap();
 }
 
-pub fn op_with(
-    g: &mut Graph,
-    op: &str,
-    name: &str,
-    inputs: &[&str],
-    outputs: &[&str],
-    attrs: Vec<Attribute>,
-) {
-    let node = attrs.into_iter().fold(
-        Node::new(OpKey::onnx(op), s(inputs), s(outputs)).named(name),
-        Node::with_attr,
-    );
+pub fn op_with(g: &mut Graph, op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<Attribute>) {
+    let node = attrs.into_iter().fold(Node::new(OpKey::onnx(op), s(inputs), s(outputs)).named(name), Node::with_attr);
     g.add_node(node).unwrap();
 }
 
@@ -373,11 +287,7 @@ impl Form {
 pub fn form_model(form: Form) -> Model {
     let (w, b) = form_weights();
     let mut g = Graph::new("g");
-    let xd: Vec<Dim> = form
-        .x_dims()
-        .iter()
-        .map(|&d| Dim::Known(d as i64))
-        .collect();
+    let xd: Vec<Dim> = form.x_dims().iter().map(|&d| Dim::Known(d as i64)).collect();
     g.inputs.push(ValueInfo::tensor("x", DataType::Float, xd));
     g.outputs.push(ValueInfo::new("z", None));
     match form {
@@ -409,15 +319,8 @@ pub fn form_model(form: Form) -> Model {
         }
         Form::GemmNoTransBias => {
             g.add_initializer(tensor("fc.weight", &w.t())).unwrap();
-            g.add_initializer(tensor("fc.bias", &Arr::new(&[1, OUT], b.data.clone())))
-                .unwrap();
-            op(
-                &mut g,
-                "Gemm",
-                "/fc/Gemm",
-                &["x", "fc.weight", "fc.bias"],
-                &["y"],
-            );
+            g.add_initializer(tensor("fc.bias", &Arr::new(&[1, OUT], b.data.clone()))).unwrap();
+            op(&mut g, "Gemm", "/fc/Gemm", &["x", "fc.weight", "fc.bias"], &["y"]);
         }
         Form::MatMulTransposedBias => {
             g.add_initializer(tensor("fc.weight", &w)).unwrap();
@@ -452,11 +355,8 @@ pub fn linear(x: &Arr, w: &Arr, b: Option<&Arr>) -> Arr {
 
 /// Runs `pipeline` with verify-each; panics on error.
 pub fn run(pipeline: &str, model: &mut Model) -> RunReport {
-    let manager = PassManager::new(&Registry::builtin(), pipeline)
-        .unwrap_or_else(|e| panic!("{pipeline}: {e}"));
-    manager
-        .run(model)
-        .unwrap_or_else(|e| panic!("{pipeline}: {e}"))
+    let manager = PassManager::new(&Registry::builtin(), pipeline).unwrap_or_else(|e| panic!("{pipeline}: {e}"));
+    manager.run(model).unwrap_or_else(|e| panic!("{pipeline}: {e}"))
 }
 
 /// Runs `pipeline` expecting an error; returns its text.
@@ -471,10 +371,7 @@ pub fn run_err(pipeline: &str, model: &mut Model) -> String {
 }
 
 /// Runs one pass directly, returning its outcome and notes.
-pub fn run_pass(
-    pipeline: &str,
-    model: &mut Model,
-) -> Result<(adaptc_passes::PassOutcome, Vec<String>), PassError> {
+pub fn run_pass(pipeline: &str, model: &mut Model) -> Result<(adaptc_passes::PassOutcome, Vec<String>), PassError> {
     let p = adaptc_passes::Pipeline::parse(pipeline)?;
     let pass = Registry::builtin().build(&p.passes[0])?;
     let mut cx = PassContext::new();
@@ -487,12 +384,7 @@ pub fn state(model: &Model) -> AdapterState {
 }
 
 pub fn init_values(model: &Model, name: &str) -> Arr {
-    Arr::from_tensor(
-        model
-            .graph
-            .initializer(name)
-            .unwrap_or_else(|| panic!("no initializer `{name}`")),
-    )
+    Arr::from_tensor(model.graph.initializer(name).unwrap_or_else(|| panic!("no initializer `{name}`")))
 }
 
 /// The layer's weight as `[out, in]`, whatever its stored layout.
@@ -508,9 +400,7 @@ pub fn weight_out_in(model: &Model, name: &str, in_out: bool) -> Arr {
 // ----- fixtures ------------------------------------------------------------------------------
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel)
 }
 
 pub fn load(rel: &str) -> Model {
@@ -523,10 +413,7 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let p = std::env::temp_dir().join(format!("adaptc-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)

@@ -34,11 +34,7 @@ macro_rules! map_data {
             Data::I64($v) => Data::I64($body),
             Data::I32($v) => Data::I32($body),
             Data::Bool($v) => Data::Bool($body),
-            Data::Raw {
-                dtype: $dt,
-                elem: $el,
-                bytes: $b,
-            } => $raw,
+            Data::Raw { dtype: $dt, elem: $el, bytes: $b } => $raw,
         }
     };
 }
@@ -128,37 +124,24 @@ impl Arr {
         if t.byte_len() > MAX_INPUT_BYTES {
             return Err(Skip::TooLarge);
         }
-        let dims = t
-            .dims()
-            .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| Skip::TooLarge))
-            .collect::<Result<_, _>>()?;
+        let dims =
+            t.dims().iter().map(|&d| usize::try_from(d).map_err(|_| Skip::TooLarge)).collect::<Result<_, _>>()?;
         let bytes = t.bytes().map_err(|e| Skip::Invalid(e.to_string()))?;
         let data = match dtype {
-            DataType::Float => Data::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
+            DataType::Float => {
+                Data::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
             DataType::Int64 => Data::I64(
                 bytes
                     .chunks_exact(8)
                     .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                     .collect(),
             ),
-            DataType::Int32 => Data::I32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
+            DataType::Int32 => {
+                Data::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
             DataType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
-            _ => Data::Raw {
-                dtype,
-                elem: (bits / 8) as usize,
-                bytes: bytes.into_owned(),
-            },
+            _ => Data::Raw { dtype, elem: (bits / 8) as usize, bytes: bytes.into_owned() },
         };
         Ok(Arr { dims, data })
     }
@@ -274,10 +257,7 @@ mod tests {
 
     #[test]
     fn broadcasting() {
-        assert_eq!(
-            broadcast_shape(&[&[2, 1, 3], &[4, 1]]).unwrap(),
-            vec![2, 4, 3]
-        );
+        assert_eq!(broadcast_shape(&[&[2, 1, 3], &[4, 1]]).unwrap(), vec![2, 4, 3]);
         assert_eq!(broadcast_shape(&[&[], &[3]]).unwrap(), vec![3]);
         assert_eq!(broadcast_shape(&[&[0], &[1]]).unwrap(), vec![0]);
         assert!(broadcast_shape(&[&[2], &[3]]).is_err());

@@ -69,9 +69,7 @@ pub struct FoldConstants {
 
 impl Default for FoldConstants {
     fn default() -> FoldConstants {
-        FoldConstants {
-            max_bytes: DEFAULT_MAX_BYTES,
-        }
+        FoldConstants { max_bytes: DEFAULT_MAX_BYTES }
     }
 }
 
@@ -97,12 +95,8 @@ impl Pass for FoldConstants {
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let Some(opset) = model.opset("") else {
-            cx.note(
-                "fold-constants: the model does not import the default ONNX domain; nothing folded",
-            );
-            return Ok(PassOutcome::unchanged()
-                .stat("fold.nodes_folded", 0)
-                .stat("fold.too_large", 0));
+            cx.note("fold-constants: the model does not import the default ONNX domain; nothing folded");
+            return Ok(PassOutcome::unchanged().stat("fold.nodes_folded", 0).stat("fold.too_large", 0));
         };
         let graph = &mut model.graph;
         let (mut folded, mut too_large) = (0, 0);
@@ -116,17 +110,11 @@ impl Pass for FoldConstants {
                 Err(Skip::TooLarge) => too_large += 1,
                 Err(Skip::Invalid(reason)) => {
                     let node = graph.node(id);
-                    cx.note(format!(
-                        "fold-constants: left `{}` ({}) alone: {reason}",
-                        node.label(),
-                        node.op()
-                    ));
+                    cx.note(format!("fold-constants: left `{}` ({}) alone: {reason}", node.label(), node.op()));
                 }
             }
         }
-        Ok(PassOutcome::changed(folded > 0)
-            .stat("fold.nodes_folded", folded)
-            .stat("fold.too_large", too_large))
+        Ok(PassOutcome::changed(folded > 0).stat("fold.nodes_folded", folded).stat("fold.too_large", too_large))
     }
 }
 
@@ -136,9 +124,7 @@ fn evaluate(graph: &Graph, id: NodeId, opset: i64, max_bytes: u64) -> Result<Vec
     if !is_default_domain(&node.op().domain) || node.has_subgraphs() {
         return Err(Skip::Unsupported);
     }
-    if node.outputs().len() != 1
-        || node.output(0).is_none()
-        || node.outputs().iter().any(|o| graph.is_graph_output(o))
+    if node.outputs().len() != 1 || node.output(0).is_none() || node.outputs().iter().any(|o| graph.is_graph_output(o))
     {
         return Err(Skip::Unsupported);
     }
@@ -149,12 +135,7 @@ fn evaluate(graph: &Graph, id: NodeId, opset: i64, max_bytes: u64) -> Result<Vec
         if let [x] = node.inputs() {
             if !x.is_empty() && !is_constant(graph, x) {
                 let dims = declared_dims(graph, x).ok_or(Skip::Unsupported)?;
-                let cx = ops::Cx {
-                    node,
-                    inputs: &[None],
-                    opset,
-                    max_bytes,
-                };
+                let cx = ops::Cx { node, inputs: &[None], opset, max_bytes };
                 return ops::shape_of(&cx, &dims).map(|t| vec![t]);
             }
         }
@@ -169,12 +150,7 @@ fn evaluate(graph: &Graph, id: NodeId, opset: i64, max_bytes: u64) -> Result<Vec
             return Err(Skip::Unsupported);
         }
     }
-    let cx = ops::Cx {
-        node,
-        inputs: &inputs,
-        opset,
-        max_bytes,
-    };
+    let cx = ops::Cx { node, inputs: &inputs, opset, max_bytes };
     ops::eval(&cx).map(|t| vec![t])
 }
 
@@ -202,16 +178,10 @@ fn constant_value(node: &adaptc_ir::Node) -> Result<Tensor, Skip> {
             t.name = out.to_string();
             Ok(t)
         }
-        ("value_float", AttrValue::Float(f)) => {
-            Tensor::from_f32(out, vec![], &[*f]).map_err(invalid)
-        }
-        ("value_floats", AttrValue::Floats(v)) => {
-            Tensor::from_f32(out, vec![v.len() as u64], v).map_err(invalid)
-        }
+        ("value_float", AttrValue::Float(f)) => Tensor::from_f32(out, vec![], &[*f]).map_err(invalid),
+        ("value_floats", AttrValue::Floats(v)) => Tensor::from_f32(out, vec![v.len() as u64], v).map_err(invalid),
         ("value_int", AttrValue::Int(i)) => Tensor::from_i64(out, vec![], &[*i]).map_err(invalid),
-        ("value_ints", AttrValue::Ints(v)) => {
-            Tensor::from_i64(out, vec![v.len() as u64], v).map_err(invalid)
-        }
+        ("value_ints", AttrValue::Ints(v)) => Tensor::from_i64(out, vec![v.len() as u64], v).map_err(invalid),
         _ => Err(Skip::Unsupported),
     }
 }

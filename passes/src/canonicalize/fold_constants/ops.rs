@@ -25,8 +25,7 @@ impl Cx<'_> {
     }
 
     fn required(&self, slot: usize) -> Result<&Tensor, Skip> {
-        self.input(slot)
-            .ok_or_else(|| invalid(format!("input {slot} is missing")))
+        self.input(slot).ok_or_else(|| invalid(format!("input {slot} is missing")))
     }
 
     fn arr(&self, slot: usize) -> Result<Arr, Skip> {
@@ -35,16 +34,11 @@ impl Cx<'_> {
 
     /// An integer (int64/int32) input, flattened.
     fn ints(&self, slot: usize) -> Result<Vec<i64>, Skip> {
-        self.arr(slot)?
-            .ints()
-            .ok_or_else(|| invalid(format!("input {slot} is not an integer tensor")))
+        self.arr(slot)?.ints().ok_or_else(|| invalid(format!("input {slot} is not an integer tensor")))
     }
 
     fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.node
-            .attr(name)
-            .and_then(|a| a.as_ints())
-            .map(<[i64]>::to_vec)
+        self.node.attr(name).and_then(|a| a.as_ints()).map(<[i64]>::to_vec)
     }
 
     fn expect_inputs(&self, min: usize, max: usize) -> Result<(), Skip> {
@@ -106,9 +100,7 @@ fn axis(a: i64, rank: usize, what: &str) -> Result<usize, Skip> {
     if (0..r).contains(&n) {
         Ok(n as usize)
     } else {
-        Err(invalid(format!(
-            "{what} {a} is out of range for rank {rank}"
-        )))
+        Err(invalid(format!("{what} {a} is out of range for rank {rank}")))
     }
 }
 
@@ -138,11 +130,7 @@ fn identity(cx: &Cx<'_>) -> Result<Tensor, Skip> {
 
 fn cast(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     cx.expect_inputs(1, 1)?;
-    let to = cx
-        .node
-        .attr("to")
-        .and_then(|a| a.as_int())
-        .ok_or_else(|| invalid("attribute `to` is missing"))?;
+    let to = cx.node.attr("to").and_then(|a| a.as_int()).ok_or_else(|| invalid("attribute `to` is missing"))?;
     let to = i32::try_from(to)
         .ok()
         .and_then(DataType::from_code)
@@ -165,9 +153,7 @@ fn cast(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         (Data::I32(v), DataType::Int64) => Data::I64(v.iter().map(|&x| i64::from(x)).collect()),
         (Data::I32(v), DataType::Int32) => Data::I32(v.clone()),
         (Data::I32(v), DataType::Bool) => Data::Bool(v.iter().map(|&x| x != 0).collect()),
-        (Data::Bool(v), DataType::Float) => {
-            Data::F32(v.iter().map(|&b| f32::from(u8::from(b))).collect())
-        }
+        (Data::Bool(v), DataType::Float) => Data::F32(v.iter().map(|&b| f32::from(u8::from(b))).collect()),
         (Data::Bool(v), DataType::Int64) => Data::I64(v.iter().map(|&b| i64::from(b)).collect()),
         (Data::Bool(v), DataType::Int32) => Data::I32(v.iter().map(|&b| i32::from(b)).collect()),
         (Data::Bool(v), DataType::Bool) => Data::Bool(v.clone()),
@@ -187,19 +173,11 @@ pub(crate) fn shape_of(cx: &Cx<'_>, dims: &[u64]) -> Result<Tensor, Skip> {
     let rank = dims.len() as i64;
     let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
     let (start, end) = if cx.opset >= 15 {
-        (
-            clamp(cx.node.attr_int("start", 0)),
-            clamp(cx.node.attr_int("end", rank)),
-        )
+        (clamp(cx.node.attr_int("start", 0)), clamp(cx.node.attr_int("end", rank)))
     } else {
         (0, dims.len())
     };
-    let values: Vec<i64> = dims
-        .get(start..end.max(start))
-        .unwrap_or_default()
-        .iter()
-        .map(|&d| d as i64)
-        .collect();
+    let values: Vec<i64> = dims.get(start..end.max(start)).unwrap_or_default().iter().map(|&d| d as i64).collect();
     cx.finish(Arr::new(vec![values.len()], Data::I64(values)))
 }
 
@@ -209,22 +187,13 @@ fn unsqueeze(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         cx.ints(1)?
     } else {
         cx.expect_inputs(1, 1)?;
-        cx.attr_ints("axes")
-            .ok_or_else(|| invalid("attribute `axes` is missing"))?
+        cx.attr_ints("axes").ok_or_else(|| invalid("attribute `axes` is missing"))?
     };
     let x = cx.arr(0)?;
     let rank = x.rank() + axes.len();
     let axes = axes_set(&axes, rank, "axis")?;
     let mut src = x.dims.iter();
-    let dims = (0..rank)
-        .map(|i| {
-            if axes.contains(&i) {
-                1
-            } else {
-                src.next().copied().unwrap_or(1)
-            }
-        })
-        .collect();
+    let dims = (0..rank).map(|i| if axes.contains(&i) { 1 } else { src.next().copied().unwrap_or(1) }).collect();
     cx.finish(Arr::new(dims, x.data))
 }
 
@@ -250,17 +219,9 @@ fn squeeze(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         Some(axes) => {
             let axes = axes_set(&axes, x.rank(), "axis")?;
             if let Some(&a) = axes.iter().find(|&&a| x.dims[a] != 1) {
-                return Err(invalid(format!(
-                    "cannot squeeze axis {a} of size {}",
-                    x.dims[a]
-                )));
+                return Err(invalid(format!("cannot squeeze axis {a} of size {}", x.dims[a])));
             }
-            x.dims
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !axes.contains(i))
-                .map(|(_, &d)| d)
-                .collect()
+            x.dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
         }
     };
     cx.finish(Arr::new(dims, x.data))
@@ -285,10 +246,7 @@ fn reshape(cx: &Cx<'_>) -> Result<Tensor, Skip> {
             }
             0 if !allowzero => {
                 let d = x.dims.get(i).ok_or_else(|| {
-                    invalid(format!(
-                        "shape copies dimension {i}, but the input has rank {}",
-                        x.rank()
-                    ))
+                    invalid(format!("shape copies dimension {i}, but the input has rank {}", x.rank()))
                 })?;
                 dims.push(*d);
             }
@@ -303,9 +261,7 @@ fn reshape(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         }
         let known = numel(&dims).ok_or(Skip::TooLarge)?;
         if known == 0 || total % known != 0 {
-            return Err(invalid(format!(
-                "cannot infer the -1 in {shape:?} for {total} elements"
-            )));
+            return Err(invalid(format!("cannot infer the -1 in {shape:?} for {total} elements")));
         }
         dims[i] = total / known;
     } else if numel(&dims) != Some(total) {
@@ -318,9 +274,7 @@ fn concat(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     if cx.inputs.is_empty() {
         return Err(invalid("has no inputs"));
     }
-    let parts = (0..cx.inputs.len())
-        .map(|i| cx.arr(i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let parts = (0..cx.inputs.len()).map(|i| cx.arr(i)).collect::<Result<Vec<_>, _>>()?;
     let first = &parts[0];
     let rank = first.rank();
     if rank == 0 {
@@ -335,16 +289,9 @@ fn concat(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     let mut dims = first.dims.clone();
     dims[ax] = 0;
     for p in &parts {
-        let same_rest = p.rank() == rank
-            && p.dims
-                .iter()
-                .enumerate()
-                .all(|(i, &d)| i == ax || d == first.dims[i]);
+        let same_rest = p.rank() == rank && p.dims.iter().enumerate().all(|(i, &d)| i == ax || d == first.dims[i]);
         if !same_rest {
-            return Err(invalid(format!(
-                "cannot concatenate {:?} and {:?} on axis {ax}",
-                first.dims, p.dims
-            )));
+            return Err(invalid(format!("cannot concatenate {:?} and {:?} on axis {ax}", first.dims, p.dims)));
         }
         if p.data.dtype() != first.data.dtype() {
             return Err(invalid("inputs have different types"));
@@ -375,9 +322,7 @@ fn concat(cx: &Cx<'_>) -> Result<Tensor, Skip> {
 fn gather(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     cx.expect_inputs(2, 2)?;
     let indices = cx.arr(1)?;
-    let idx_values = indices
-        .ints()
-        .ok_or_else(|| invalid("indices are not an integer tensor"))?;
+    let idx_values = indices.ints().ok_or_else(|| invalid("indices are not an integer tensor"))?;
     let x = cx.arr(0)?;
     if x.rank() == 0 {
         return Err(invalid("cannot gather from a scalar"));
@@ -391,9 +336,7 @@ fn gather(cx: &Cx<'_>) -> Result<Tensor, Skip> {
             if (0..size as i64).contains(&n) {
                 Ok(n as usize)
             } else {
-                Err(invalid(format!(
-                    "index {i} is out of range for axis {ax} of size {size}"
-                )))
+                Err(invalid(format!("index {i} is out of range for axis {ax} of size {size}")))
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -425,34 +368,20 @@ fn ceil_div_nonneg(a: i128, b: i128) -> i128 {
 fn slice(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     let (starts, ends, axes, steps) = if cx.opset < 10 {
         cx.expect_inputs(1, 1)?;
-        let starts = cx
-            .attr_ints("starts")
-            .ok_or_else(|| invalid("attribute `starts` is missing"))?;
-        let ends = cx
-            .attr_ints("ends")
-            .ok_or_else(|| invalid("attribute `ends` is missing"))?;
+        let starts = cx.attr_ints("starts").ok_or_else(|| invalid("attribute `starts` is missing"))?;
+        let ends = cx.attr_ints("ends").ok_or_else(|| invalid("attribute `ends` is missing"))?;
         (starts, ends, cx.attr_ints("axes"), None)
     } else {
         cx.expect_inputs(3, 5)?;
-        let axes = if cx.input(3).is_some() {
-            Some(cx.ints(3)?)
-        } else {
-            None
-        };
-        let steps = if cx.input(4).is_some() {
-            Some(cx.ints(4)?)
-        } else {
-            None
-        };
+        let axes = if cx.input(3).is_some() { Some(cx.ints(3)?) } else { None };
+        let steps = if cx.input(4).is_some() { Some(cx.ints(4)?) } else { None };
         (cx.ints(1)?, cx.ints(2)?, axes, steps)
     };
     let n = starts.len();
     let axes = axes.unwrap_or_else(|| (0..n as i64).collect());
     let steps = steps.unwrap_or_else(|| vec![1; n]);
     if ends.len() != n || axes.len() != n || steps.len() != n {
-        return Err(invalid(
-            "starts, ends, axes and steps have different lengths",
-        ));
+        return Err(invalid("starts, ends, axes and steps have different lengths"));
     }
     let x = cx.arr(0)?;
     let axes = axes_set(&axes, x.rank(), "axis")?;
@@ -492,10 +421,8 @@ fn slice(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         view[a] = if len > 1 { step * src[a] as i128 } else { 0 };
     }
     cx.check_size(&dims, x.data.dtype())?;
-    let view: Vec<isize> = view
-        .iter()
-        .map(|&v| isize::try_from(v).map_err(|_| Skip::TooLarge))
-        .collect::<Result<_, _>>()?;
+    let view: Vec<isize> =
+        view.iter().map(|&v| isize::try_from(v).map_err(|_| Skip::TooLarge)).collect::<Result<_, _>>()?;
     let base = isize::try_from(base).map_err(|_| Skip::TooLarge)?;
     let map = strided(&dims, &view, base);
     cx.finish(Arr::new(dims, x.data.take(&map)))
@@ -516,17 +443,11 @@ fn transpose(cx: &Cx<'_>) -> Result<Tensor, Skip> {
                         seen[a] = true;
                         out.push(a);
                     }
-                    None => {
-                        return Err(invalid(format!(
-                            "perm {p:?} is not a permutation of rank {rank}"
-                        )))
-                    }
+                    None => return Err(invalid(format!("perm {p:?} is not a permutation of rank {rank}"))),
                 }
             }
             if out.len() != rank {
-                return Err(invalid(format!(
-                    "perm {p:?} is not a permutation of rank {rank}"
-                )));
+                return Err(invalid(format!("perm {p:?} is not a permutation of rank {rank}")));
             }
             out
         }
@@ -611,20 +532,11 @@ fn broadcast(cx: &Cx<'_>, inputs: &[&Arr]) -> Result<(Vec<usize>, Vec<Vec<usize>
     let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.dims.as_slice()).collect();
     let out = broadcast_shape(&shapes)?;
     numel(&out).ok_or(Skip::TooLarge)?;
-    let maps = inputs
-        .iter()
-        .map(|a| broadcast_index(&out, &a.dims))
-        .collect();
+    let maps = inputs.iter().map(|a| broadcast_index(&out, &a.dims)).collect();
     Ok((out, maps))
 }
 
-fn zip_with<T: Copy, U>(
-    x: &[T],
-    y: &[T],
-    ix: &[usize],
-    iy: &[usize],
-    f: impl Fn(T, T) -> Option<U>,
-) -> Option<Vec<U>> {
+fn zip_with<T: Copy, U>(x: &[T], y: &[T], ix: &[usize], iy: &[usize], f: impl Fn(T, T) -> Option<U>) -> Option<Vec<U>> {
     ix.iter().zip(iy).map(|(&i, &j)| f(x[i], y[j])).collect()
 }
 
@@ -722,8 +634,7 @@ fn where_(cx: &Cx<'_>) -> Result<Tensor, Skip> {
         .zip(&maps[2])
         .map(|((&ic, &ix), &iy)| if cond[ic] { ix } else { nx + iy })
         .collect();
-    let both =
-        Data::concat(&[&x.data, &y.data]).ok_or_else(|| invalid("X and Y have different types"))?;
+    let both = Data::concat(&[&x.data, &y.data]).ok_or_else(|| invalid("X and Y have different types"))?;
     cx.finish(Arr::new(dims, both.take(&map)))
 }
 
@@ -761,9 +672,7 @@ fn max_min(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     if cx.inputs.is_empty() {
         return Err(invalid("has no inputs"));
     }
-    let arrs: Vec<Arr> = (0..cx.inputs.len())
-        .map(|i| cx.arr(i))
-        .collect::<Result<_, _>>()?;
+    let arrs: Vec<Arr> = (0..cx.inputs.len()).map(|i| cx.arr(i)).collect::<Result<_, _>>()?;
     if arrs.iter().any(|a| a.data.dtype() != arrs[0].data.dtype()) {
         return Err(invalid("inputs have different types"));
     }
@@ -809,16 +718,8 @@ fn max_min(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     };
     let data = match arrs[0].data {
         Data::F32(_) => fold!(F32, pick_f),
-        Data::I64(_) => fold!(I64, |p: i64, q: i64| if is_max {
-            p.max(q)
-        } else {
-            p.min(q)
-        }),
-        Data::I32(_) => fold!(I32, |p: i32, q: i32| if is_max {
-            p.max(q)
-        } else {
-            p.min(q)
-        }),
+        Data::I64(_) => fold!(I64, |p: i64, q: i64| if is_max { p.max(q) } else { p.min(q) }),
+        Data::I32(_) => fold!(I32, |p: i32, q: i32| if is_max { p.max(q) } else { p.min(q) }),
         _ => return Err(Skip::Unsupported),
     };
     cx.finish(Arr::new(dims, data))
@@ -871,10 +772,7 @@ fn expand(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     let shape = cx.ints(1)?;
     let mut target = Vec::with_capacity(shape.len());
     for s in shape {
-        target.push(
-            usize::try_from(s)
-                .map_err(|_| invalid(format!("shape has the negative dimension {s}")))?,
-        );
+        target.push(usize::try_from(s).map_err(|_| invalid(format!("shape has the negative dimension {s}")))?);
     }
     let dims = broadcast_shape(&[x.dims.as_slice(), target.as_slice()])?;
     cx.check_size(&dims, x.data.dtype())?;
@@ -887,16 +785,11 @@ fn gather_nd(cx: &Cx<'_>) -> Result<Tensor, Skip> {
     cx.expect_inputs(2, 2)?;
     let data = cx.arr(0)?;
     let idx_arr = cx.arr(1)?;
-    let indices = idx_arr
-        .ints()
-        .ok_or_else(|| invalid("indices are not integers"))?;
-    let b = usize::try_from(cx.node.attr_int("batch_dims", 0))
-        .map_err(|_| invalid("negative batch_dims"))?;
+    let indices = idx_arr.ints().ok_or_else(|| invalid("indices are not integers"))?;
+    let b = usize::try_from(cx.node.attr_int("batch_dims", 0)).map_err(|_| invalid("negative batch_dims"))?;
     let (r, q) = (data.dims.len(), idx_arr.dims.len());
     if q == 0 || b >= q || b >= r {
-        return Err(invalid(
-            "batch_dims must be smaller than the ranks of data and indices",
-        ));
+        return Err(invalid("batch_dims must be smaller than the ranks of data and indices"));
     }
     let k = idx_arr.dims[q - 1];
     if k == 0 || b + k > r || data.dims[..b] != idx_arr.dims[..b] {
@@ -919,16 +812,13 @@ fn gather_nd(cx: &Cx<'_>) -> Result<Tensor, Skip> {
             rem /= data.dims[d];
         }
         for t in 0..per_batch_tuples {
-            let tuple =
-                &indices[(bi * per_batch_tuples + t) * k..(bi * per_batch_tuples + t + 1) * k];
+            let tuple = &indices[(bi * per_batch_tuples + t) * k..(bi * per_batch_tuples + t + 1) * k];
             let mut off = base;
             for (j, &ix) in tuple.iter().enumerate() {
                 let dim = data.dims[b + j] as i64;
                 let n = if ix < 0 { ix + dim } else { ix };
                 if !(0..dim).contains(&n) {
-                    return Err(invalid(format!(
-                        "index {ix} is out of range for a dimension of {dim}"
-                    )));
+                    return Err(invalid(format!("index {ix} is out of range for a dimension of {dim}")));
                 }
                 off += n as usize * data_strides[b + j];
             }
