@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use adaptc_ir::{onnx, Model, TypeInfo};
-use adaptc_passes::pattern::{find_linear_layers, LinearLayer};
+use adaptc_passes::pattern::{find_block_stacks, find_linear_layers, BlockStack, LinearLayer};
 use anyhow::Result;
 use serde_json::json;
 
@@ -36,6 +36,8 @@ struct Summary {
     param_bytes: u64,
     external_bytes: u64,
     layers: Vec<LinearLayer>,
+    /// The transformer blocks, or why none were found.
+    blocks: Result<Vec<BlockStack>, String>,
 }
 
 fn summarize(model: &Model) -> Summary {
@@ -51,7 +53,14 @@ fn summarize(model: &Model) -> Summary {
             external_bytes += t.byte_len();
         }
     }
-    Summary { ops, params, param_bytes, external_bytes, layers: find_linear_layers(&model.graph) }
+    Summary {
+        ops,
+        params,
+        param_bytes,
+        external_bytes,
+        layers: find_linear_layers(&model.graph),
+        blocks: find_block_stacks(&model.graph),
+    }
 }
 
 fn ty(t: &Option<TypeInfo>) -> String {
@@ -82,6 +91,15 @@ pub fn run(args: Args) -> Result<()> {
                 "in_features": l.in_features, "out_features": l.out_features, "bias": l.bias.is_some(),
                 "weight": l.weight,
             })).collect::<Vec<_>>(),
+            "block_stacks": match &s.blocks {
+                Ok(stacks) => json!(stacks.iter().map(|st| json!({
+                    "name": st.name,
+                    "blocks": st.blocks.iter().map(|b| json!({
+                        "index": b.index, "nodes": b.nodes.len(), "input": b.input, "output": b.output,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>()),
+                Err(reason) => json!({"error": reason}),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -118,6 +136,7 @@ pub fn run(args: Args) -> Result<()> {
     for (op, n) in hist {
         println!("  {n:>6}  {op}");
     }
+    print_blocks(&s.blocks);
     println!("\nlinear layers ({})", s.layers.len());
     if !s.layers.is_empty() {
         println!("  {:<48} {:<28} {:>6} {:>6}  bias", "module", "node", "in", "out");
@@ -134,4 +153,25 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The block stacks (what `prune-layers{layers=…}` indexes) and the residual stream between blocks.
+fn print_blocks(blocks: &Result<Vec<BlockStack>, String>) {
+    match blocks {
+        Ok(stacks) => {
+            for st in stacks {
+                let (first, last) = (&st.blocks[0], &st.blocks[st.blocks.len() - 1]);
+                println!(
+                    "\nblocks  {} {}–{} ({} blocks; residual stream `{}` → … → `{}`)",
+                    st.name,
+                    first.index,
+                    last.index,
+                    st.blocks.len(),
+                    first.input,
+                    last.output
+                );
+            }
+        }
+        Err(reason) => println!("\nblocks  none found: {reason}"),
+    }
 }
