@@ -63,6 +63,8 @@ impl Registry {
         r.register(crate::lower::decompose::info());
         r.register(crate::compress::quantize::info());
         r.register(crate::compress::dequantize::info());
+        r.register(crate::compress::prune::info());
+        r.register(crate::compress::factorize::info());
         r
     }
 
