@@ -320,6 +320,28 @@ fn bert6_full_rank() {
     assert_eq!(adaptc_ir::dump(&back), adaptc_ir::dump(&m));
 }
 
+#[test]
+fn llama4_with_external_data() {
+    let base = lora_support::load("llama4/model.onnx");
+    let mut m = base.clone();
+    // Random initial weights have a flat spectrum: a fixed rank is what shrinks them. Two of
+    // the four blocks keep the debug-build SVDs short.
+    let report = run("factorize-lowrank{rank=8 layers=0,3}", &mut m);
+    assert_eq!(stat(&report, "lowrank.layers"), 14, "every projection of blocks 0 and 3");
+    assert!(stat(&report, "lowrank.params_after") < stat(&report, "lowrank.params_before"));
+    let dir = lora_support::TempDir::new("lowrank-llama4");
+    let path = dir.0.join("model.onnx");
+    adaptc_ir::onnx::save(&m, &path, &Default::default()).unwrap();
+    let back = adaptc_ir::onnx::load(&path).unwrap();
+    adaptc_ir::verify(&back.graph).unwrap();
+    // The factors went to the external data file with the rest (the dump marks them so).
+    assert_eq!(adaptc_ir::dump(&back).replace(" (external)", ""), adaptc_ir::dump(&m).replace(" (external)", ""));
+    assert_eq!(find_linear_layers(&back.graph).len(), 29 + 14);
+    for t in m.graph.initializers().filter(|t| t.name.ends_with("_lowrank_a")) {
+        assert!(back.graph.initializer(&t.name).is_some_and(|u| u.same_value(t)), "{}", t.name);
+    }
+}
+
 // ----- refusals --------------------------------------------------------------------------------
 
 #[test]
@@ -379,4 +401,26 @@ fn non_float_weights_and_empty_selections_are_refused() {
     let mut m = tiny(4);
     let e = run_err("factorize-lowrank{rank=2 targets=nonexistent}", &mut m);
     assert!(e.contains("no linear layer matches targets=nonexistent"), "{e}");
+}
+
+/// Speed on one BERT-base-sized FFN weight (`[384, 1536]`, full SVD for `energy`): run with
+/// `cargo test --release -p adaptc-passes --test factorize -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run in release"]
+fn speed_384_by_1536() {
+    let mut m = model(17, |g| {
+        g.inputs.push(f32_input("x", &[2, 384]));
+        g.add_initializer(f32s("ffn.weight", &[384, 1536], &values(384 * 1536, 5))).unwrap();
+        add(g, node("MatMul", &["x", "ffn.weight"], &["h"]).named("/ffn/MatMul"));
+        add(g, node("Relu", &["h"], &["y"]));
+        g.outputs.push(output("y"));
+    });
+    let start = std::time::Instant::now();
+    let report = run("factorize-lowrank{targets=ffn energy=0.95}", &mut m);
+    eprintln!(
+        "factorize-lowrank{{energy=0.95}} on one [384, 1536] weight: {:?} (rank {})",
+        start.elapsed(),
+        dims(&m, "ffn.weight_lowrank_a")[1]
+    );
+    assert_eq!(stat(&report, "lowrank.layers"), 1);
 }

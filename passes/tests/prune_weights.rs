@@ -337,6 +337,31 @@ fn bert6_two_of_four() {
     }
 }
 
+#[test]
+fn llama4_with_external_data() {
+    let base = lora_support::load("llama4/model.onnx");
+    let mut m = base.clone();
+    let report = run("prune-weights{sparsity=0.5}", &mut m);
+    assert_eq!(stat(&report, "prune.layers"), 28, "every projection, not the head");
+    let dir = lora_support::TempDir::new("prune-llama4");
+    let path = dir.0.join("model.onnx");
+    adaptc_ir::onnx::save(&m, &path, &Default::default()).unwrap();
+    let back = adaptc_ir::onnx::load(&path).unwrap();
+    adaptc_ir::verify(&back.graph).unwrap();
+    let mut pruned = 0;
+    for l in find_linear_layers(&back.graph) {
+        let w = l.weight_tensor(&back.graph).unwrap().to_f32_lossy().unwrap();
+        let zeros = w.iter().filter(|v| **v == 0.0).count();
+        if l.module_path.as_deref() == Some("lm_head") {
+            assert!(zeros < w.len() / 2, "the head stays dense");
+        } else {
+            assert_eq!(zeros, w.len() / 2, "{:?}", l.module_path);
+            pruned += 1;
+        }
+    }
+    assert_eq!(pruned, 28);
+}
+
 // ----- refusals --------------------------------------------------------------------------------
 
 #[test]
