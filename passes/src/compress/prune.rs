@@ -190,7 +190,7 @@ impl Pass for PruneWeights {
         let state = AdapterState::load(model)?;
         let weights = select_weights(PASS, &model.graph, &state, &self.selection, &self.described)?;
         if let Pattern::NOfM { m, .. } = self.pattern {
-            if let Some(w) = weights.iter().find(|w| w.in_features % m != 0) {
+            if let Some(w) = weights.iter().find(|w| w.in_features.checked_rem(m) != Some(0)) {
                 return Err(fail(
                     PASS,
                     &w.module,
