@@ -324,10 +324,9 @@ fn bert6_full_rank() {
 fn llama4_with_external_data() {
     let base = lora_support::load("llama4/model.onnx");
     let mut m = base.clone();
-    // Random initial weights have a flat spectrum: a fixed rank is what shrinks them. Two of
-    // the four blocks keep the debug-build SVDs short.
-    let report = run("factorize-lowrank{rank=8 layers=0,3}", &mut m);
-    assert_eq!(stat(&report, "lowrank.layers"), 14, "every projection of blocks 0 and 3");
+    // Random initial weights have a flat spectrum: a fixed rank is what shrinks them.
+    let report = run("factorize-lowrank{rank=8}", &mut m);
+    assert_eq!(stat(&report, "lowrank.layers"), 28, "every projection, not the head");
     assert!(stat(&report, "lowrank.params_after") < stat(&report, "lowrank.params_before"));
     let dir = lora_support::TempDir::new("lowrank-llama4");
     let path = dir.0.join("model.onnx");
@@ -336,7 +335,7 @@ fn llama4_with_external_data() {
     adaptc_ir::verify(&back.graph).unwrap();
     // The factors went to the external data file with the rest (the dump marks them so).
     assert_eq!(adaptc_ir::dump(&back).replace(" (external)", ""), adaptc_ir::dump(&m).replace(" (external)", ""));
-    assert_eq!(find_linear_layers(&back.graph).len(), 29 + 14);
+    assert_eq!(find_linear_layers(&back.graph).len(), 2 * 28 + 1);
     for t in m.graph.initializers().filter(|t| t.name.ends_with("_lowrank_a")) {
         assert!(back.graph.initializer(&t.name).is_some_and(|u| u.same_value(t)), "{}", t.name);
     }
