@@ -173,12 +173,7 @@ mod tests {
     fn rank_deficient_tall_matrices_give_finite_balanced_factors() {
         // Rank one, 5×3 (taller than wide: the eigenvectors are V's).
         let (u, v) = ([1.0, -2.0, 0.5, 3.0, 1e-3], [2.0, 0.0, -1.0]);
-        let mut w = Mat::zeros(5, 3);
-        for i in 0..5 {
-            for j in 0..3 {
-                w.data[i * 3 + j] = u[i] * v[j];
-            }
-        }
+        let w = Mat { rows: 5, cols: 3, data: u.iter().flat_map(|a| v.iter().map(move |b| a * b)).collect() };
         let f = factorize(&w, RankRule::Rank(3), DataType::Float16).unwrap();
         assert!(f.a.iter().chain(&f.b).all(|x| x.is_finite() && x.abs() < 10.0), "{:?} {:?}", f.a, f.b);
         assert!(f.rel_err < 2e-3, "{}", f.rel_err);
