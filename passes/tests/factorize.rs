@@ -423,3 +423,16 @@ fn speed_384_by_1536() {
     );
     assert_eq!(stat(&report, "lowrank.layers"), 1);
 }
+
+#[test]
+fn adapted_layers_are_refused() {
+    let mut m = tiny(4);
+    run("insert-lora{rank=2 targets=query}", &mut m);
+    let e = run_err("factorize-lowrank{rank=2}", &mut m);
+    assert!(e.contains("`layer.0.query`") && e.contains("carries a Lora adapter") && e.contains("merge-lora"), "{e}");
+    // The adapter's own MatMuls are never selected; the other layers go through.
+    let report = run("factorize-lowrank{rank=2 exclude=query}", &mut m);
+    assert_eq!(stat(&report, "lowrank.layers"), 2);
+    run("merge-lora", &mut m);
+    adaptc_ir::verify(&m.graph).unwrap();
+}

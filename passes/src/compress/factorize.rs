@@ -24,7 +24,8 @@
 //!
 //! Refused, changing nothing (all SVDs run before the graph is touched): a trainable weight, a
 //! weight of another type, a non-finite weight, a weight read by anything but selected linear
-//! layers of one layout (see [`super::layer_weights`]).
+//! layers of one layout (see [`super::layer_weights`]), a layer carrying a recorded adapter
+//! (merge it first: the record points at the weight and node this pass replaces).
 //!
 //! Reports: statistics `lowrank.layers`, `lowrank.params_before`, `lowrank.params_after`,
 //! `lowrank.max_rel_err_e6` (the largest relative Frobenius error `‖W − A·B‖/‖W‖` of a layer,
@@ -194,6 +195,9 @@ impl Pass for FactorizeLowrank {
         let state = AdapterState::load(model)?;
         let weights = select_weights(PASS, &model.graph, &state, &self.selection, &self.described)?;
         let graph = &model.graph;
+        for w in &weights {
+            refuse_adapted(graph, &state, w)?;
+        }
         let plans = map_parallel(weights, |w| self.plan(graph, w)).into_iter().collect::<Result<Vec<_>, _>>()?;
         let report = self.report(&plans);
         if let Some(path) = &self.report {
@@ -264,6 +268,28 @@ impl FactorizeLowrank {
             total_params_after: plans.iter().map(|p| p.report.params_after).sum(),
             max_rel_err: plans.iter().map(|p| p.report.rel_err).fold(0.0, f64::max),
         }
+    }
+}
+
+/// A layer carrying a recorded adapter keeps its weight: the record names the weight and the
+/// MatMul/Gemm that `merge-lora` folds into, and both go away here.
+fn refuse_adapted(graph: &Graph, state: &AdapterState, w: &LayerWeight) -> Result<(), PassError> {
+    let names: Vec<String> = w.layers.iter().map(|l| graph.node(l.node).name.clone()).collect();
+    let adapter = state
+        .adapters
+        .iter()
+        .find(|a| a.base_weight == w.weight || (!a.target_node.is_empty() && names.contains(&a.target_node)));
+    match adapter {
+        Some(a) => Err(fail(
+            PASS,
+            &w.module,
+            format!(
+                "the layer carries a {:?} adapter (`{}`): factorizing would remove the weight it merges into; \
+                 merge it first (merge-lora) or exclude the layer",
+                a.method, a.module
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
