@@ -230,7 +230,7 @@ fn rank_above_min_keeps_full_rank_and_says_so() {
     assert_eq!(stat(&report, "lowrank.params_before"), 30);
     assert_eq!(stat(&report, "lowrank.params_after"), 55);
     let notes = &report.runs[0].notes;
-    assert!(notes.iter().any(|n| n.contains("rank=9 ≥ min(in, out) = 5: kept full rank 5")), "{notes:?}");
+    assert!(notes.iter().any(|n| n == "`fc`: rank=9 ≥ min(in, out) = 5: kept full rank"), "{notes:?}");
     assert!(notes.iter().any(|n| n.contains("55 parameters, more than the 30")), "{notes:?}");
 }
 
@@ -305,6 +305,11 @@ fn bert6_full_rank() {
     assert_eq!(stat(&report, "lowrank.params_after"), after);
     assert!(stat(&report, "lowrank.max_rel_err_e6") <= 2, "{}", stat(&report, "lowrank.max_rel_err_e6"));
     assert_eq!(find_linear_layers(&m.graph).len(), 74);
+    // One note per kind, not one per layer.
+    let notes = &report.runs[0].notes;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].starts_with("rank=384 ≥ min(in, out) for 37 layers (`encoder.layer.0.attention.self.query`"));
+    assert!(notes[1].contains(&format!("hold more parameters factorized than dense: {before} → {after} in total")));
     // No value changed shape: every value_info entry still describes a value of the graph.
     for v in &m.graph.value_info {
         assert!(m.graph.producer(&v.name).is_some() || m.graph.initializer(&v.name).is_some(), "{}", v.name);

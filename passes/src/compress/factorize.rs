@@ -204,20 +204,8 @@ impl Pass for FactorizeLowrank {
             write_json(PASS, path, &report)?;
         }
 
+        self.notes(&plans, cx);
         for plan in &plans {
-            let full = plan.weight.in_features.min(plan.weight.out_features);
-            let r = &plan.report;
-            if let RankRule::Rank(asked) = self.rule {
-                if asked >= full {
-                    cx.note(format!("`{}`: rank={asked} ≥ min(in, out) = {full}: kept full rank {full}", r.module));
-                }
-            }
-            if r.params_after > r.params_before {
-                cx.note(format!(
-                    "`{}`: rank {} factors hold {} parameters, more than the {} of the {}×{} weight",
-                    r.module, r.rank, r.params_after, r.params_before, r.in_features, r.out_features
-                ));
-            }
             apply(&mut model.graph, plan)?;
         }
         Ok(PassOutcome::changed(!plans.is_empty())
@@ -255,6 +243,39 @@ impl FactorizeLowrank {
         Ok(Plan { weight, factors, report })
     }
 
+    /// Says which layers kept full rank and which grew, one line each (per layer when one).
+    fn notes(&self, plans: &[Plan], cx: &mut PassContext) {
+        if let RankRule::Rank(asked) = self.rule {
+            let full: Vec<&LayerReport> =
+                plans.iter().map(|p| &p.report).filter(|r| asked >= r.in_features.min(r.out_features)).collect();
+            match full[..] {
+                [] => {}
+                [r] => cx.note(format!("`{}`: rank={asked} ≥ min(in, out) = {}: kept full rank", r.module, r.rank)),
+                _ => cx.note(format!(
+                    "rank={asked} ≥ min(in, out) for {} layers ({}): kept full rank",
+                    full.len(),
+                    modules(&full)
+                )),
+            }
+        }
+        let grown: Vec<&LayerReport> =
+            plans.iter().map(|p| &p.report).filter(|r| r.params_after > r.params_before).collect();
+        match grown[..] {
+            [] => {}
+            [r] => cx.note(format!(
+                "`{}`: rank {} factors hold {} parameters, more than the {} of the {}×{} weight",
+                r.module, r.rank, r.params_after, r.params_before, r.in_features, r.out_features
+            )),
+            _ => cx.note(format!(
+                "{} layers ({}) hold more parameters factorized than dense: {} → {} in total",
+                grown.len(),
+                modules(&grown),
+                grown.iter().map(|r| r.params_before).sum::<u64>(),
+                grown.iter().map(|r| r.params_after).sum::<u64>()
+            )),
+        }
+    }
+
     fn report(&self, plans: &[Plan]) -> Report {
         Report {
             pass: PASS,
@@ -269,6 +290,15 @@ impl FactorizeLowrank {
             max_rel_err: plans.iter().map(|p| p.report.rel_err).fold(0.0, f64::max),
         }
     }
+}
+
+/// The first three modules, and how many more.
+fn modules(layers: &[&LayerReport]) -> String {
+    let mut text = layers.iter().take(3).map(|r| format!("`{}`", r.module)).collect::<Vec<_>>().join(", ");
+    if layers.len() > 3 {
+        text += &format!(", … {} more", layers.len() - 3);
+    }
+    text
 }
 
 /// A layer carrying a recorded adapter keeps its weight: the record names the weight and the
