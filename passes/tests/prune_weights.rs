@@ -130,6 +130,10 @@ graph g {
     );
     // Biases are not pruned.
     assert_eq!(weight(&m, "layer.0.query.bias"), values(8, 2));
+    // A second run finds nothing left to do.
+    let report = run("prune-weights", &mut m);
+    assert!(!report.runs[0].changed);
+    assert_eq!(stat(&report, "prune.zeros"), 3 * 64);
 }
 
 // ----- numerics --------------------------------------------------------------------------------
@@ -282,6 +286,7 @@ fn report_lists_every_layer() {
     assert_eq!(layers[1]["weight"], "layer.0.key.weight");
     assert_eq!(layers[1]["shape"], serde_json::json!([8, 16]));
     assert_eq!(layers[1]["zeros"], 64);
+    assert_eq!(layers[1]["elements"], 128);
     assert_eq!(layers[1]["sparsity"], 0.5);
     assert!(!dir.0.join("prune.json.tmp").exists());
 }

@@ -203,10 +203,14 @@ impl LayerWeight {
         Ok(values)
     }
 
-    /// Writes `values` (stored layout, `f32`) back into the weight in its own type; the
-    /// initializer keeps its name, position and metadata, a `Constant` node gets a new `value`.
-    pub fn store(&self, pass: &str, graph: &mut Graph, values: &[f32]) -> Result<(), PassError> {
-        let bytes = encode_floats(self.dtype, values);
+    /// `values` (stored layout) encoded in the weight's own type, ready for [`Self::store`].
+    pub fn encode(&self, values: &[f32]) -> Vec<u8> {
+        encode_floats(self.dtype, values)
+    }
+
+    /// Writes `bytes` (from [`Self::encode`]) into the weight; the initializer keeps its name,
+    /// position and metadata, a `Constant` node gets a new `value`.
+    pub fn store(&self, pass: &str, graph: &mut Graph, bytes: Vec<u8>) -> Result<(), PassError> {
         if let Some(t) = graph.initializer_mut(&self.weight) {
             return t.set_bytes(bytes).map_err(PassError::from);
         }

@@ -14,7 +14,8 @@
 //! The graph keeps its nodes, values and shapes; only the weight data changes (in its own
 //! type: float32, float16 or bfloat16; zero is exact in all three). Dense kernels gain nothing
 //! from the zeros: they pay off in a sparse runtime, in compression, or as a starting point for
-//! sparse fine-tuning.
+//! sparse fine-tuning. Pruning again with the same options changes nothing (the pass says so),
+//! and a weight none of whose values changes is not rewritten (external data stays external).
 //!
 //! Refused, changing nothing (every weight is checked and planned before any is written): a
 //! trainable weight, a weight of another type, a non-finite weight, a weight read by anything
@@ -152,6 +153,7 @@ pub struct LayerReport {
     pub shape: [u64; 2],
     pub in_features: usize,
     pub out_features: usize,
+    pub elements: u64,
     /// Zeros after pruning.
     pub zeros: u64,
     /// `zeros / elements`.
@@ -173,10 +175,12 @@ pub struct Report {
     pub sparsity: f64,
 }
 
-/// One weight's new values, computed before anything is written.
+/// One weight's new data, computed before anything is written (in the weight's own type, so
+/// all plans together take at most the selected weights' size).
 struct Plan {
     weight: LayerWeight,
-    values: Vec<f32>,
+    /// The pruned weight's bytes; `None` when pruning changed no value.
+    bytes: Option<Vec<u8>>,
     changed: usize,
     report: LayerReport,
 }
@@ -202,15 +206,17 @@ impl Pass for PruneWeights {
                 ));
             }
         }
-        let plans = weights.into_iter().map(|w| self.plan(&model.graph, w)).collect::<Result<Vec<_>, _>>()?;
+        let mut plans = weights.into_iter().map(|w| self.plan(&model.graph, w)).collect::<Result<Vec<_>, _>>()?;
         let report = self.report(&plans);
         if let Some(path) = &self.report {
             write_json(PASS, path, &report)?;
         }
 
         let mut changed = 0;
-        for plan in &plans {
-            plan.weight.store(PASS, &mut model.graph, &plan.values)?;
+        for plan in &mut plans {
+            if let Some(bytes) = plan.bytes.take() {
+                plan.weight.store(PASS, &mut model.graph, bytes)?;
+            }
             changed += plan.changed;
             if plan.weight.layers.len() > 1 {
                 cx.note(format!(
@@ -252,12 +258,14 @@ impl PruneWeights {
             out_features: weight.out_features,
             zeros,
             sparsity: if values.is_empty() { 0.0 } else { zeros as f64 / values.len() as f64 },
+            elements: values.len() as u64,
         };
-        Ok(Plan { weight, values, changed, report })
+        let bytes = (changed > 0).then(|| weight.encode(&values));
+        Ok(Plan { weight, bytes, changed, report })
     }
 
     fn report(&self, plans: &[Plan]) -> Report {
-        let total_weights: u64 = plans.iter().map(|p| p.values.len() as u64).sum();
+        let total_weights: u64 = plans.iter().map(|p| p.report.elements).sum();
         let total_zeros: u64 = plans.iter().map(|p| p.report.zeros).sum();
         Report {
             pass: PASS,
