@@ -265,21 +265,30 @@ fn report_and_shared_weights() {
 }
 
 #[test]
-fn float16_weights_give_float16_factors() {
-    let mut m = model(17, |g| {
-        g.inputs.push(ValueInfo::tensor("x", DataType::Float16, vec![Dim::Known(2), Dim::Known(8)]));
-        let bytes = values(32, 9).iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
-        let t = adaptc_ir::Tensor::from_bytes("fc.weight", DataType::Float16, vec![8, 4], bytes).unwrap();
-        g.add_initializer(t).unwrap();
-        add(g, node("MatMul", &["x", "fc.weight"], &["h"]).named("/fc/MatMul"));
-        add(g, node("Relu", &["h"], &["y"]));
-        g.outputs.push(output("y"));
-    });
-    let report = run("factorize-lowrank{targets=fc rank=4}", &mut m);
-    // Full rank, rounded to float16: about 1e-3 relative.
-    assert!(stat(&report, "lowrank.max_rel_err_e6") < 3000, "{}", stat(&report, "lowrank.max_rel_err_e6"));
-    for name in ["fc.weight_lowrank_a", "fc.weight_lowrank_b"] {
-        assert_eq!(m.graph.initializer(name).unwrap().dtype(), DataType::Float16);
+fn half_precision_weights_give_factors_of_their_type() {
+    // Full rank, rounded to the type: float16 keeps 11 bits, bfloat16 8.
+    for (dtype, limit) in [(DataType::Float16, 3_000), (DataType::BFloat16, 20_000)] {
+        let mut m = model(17, |g| {
+            g.inputs.push(ValueInfo::tensor("x", dtype, vec![Dim::Known(2), Dim::Known(8)]));
+            let bytes = values(32, 9)
+                .iter()
+                .flat_map(|&v| match dtype {
+                    DataType::Float16 => half::f16::from_f32(v).to_le_bytes(),
+                    _ => half::bf16::from_f32(v).to_le_bytes(),
+                })
+                .collect();
+            let t = adaptc_ir::Tensor::from_bytes("fc.weight", dtype, vec![8, 4], bytes).unwrap();
+            g.add_initializer(t).unwrap();
+            add(g, node("MatMul", &["x", "fc.weight"], &["h"]).named("/fc/MatMul"));
+            add(g, node("Relu", &["h"], &["y"]));
+            g.outputs.push(output("y"));
+        });
+        let report = run("factorize-lowrank{targets=fc rank=4}", &mut m);
+        let err = stat(&report, "lowrank.max_rel_err_e6");
+        assert!(err > 0 && err < limit, "{dtype}: {err}");
+        for name in ["fc.weight_lowrank_a", "fc.weight_lowrank_b"] {
+            assert_eq!(m.graph.initializer(name).unwrap().dtype(), dtype);
+        }
     }
 }
 
