@@ -64,6 +64,8 @@ impl Registry {
         r.register(crate::compress::quantize::info());
         r.register(crate::compress::dequantize::info());
         r.register(crate::compress::prune_layers::info());
+        r.register(crate::compress::prune::info());
+        r.register(crate::compress::factorize::info());
         r
     }
 

@@ -1,4 +1,5 @@
-//! Compression passes: weight quantization and its inverse, pruning.
+//! Compression passes: weight quantization and its inverse, layer and magnitude pruning,
+//! low-rank factorization.
 //!
 //! - [`quantize`]: `quantize-weights` — round-to-nearest int8/int4 quantization of linear-layer
 //!   weights, per output channel or in blocks along the input features, written as standard
@@ -10,7 +11,13 @@
 //!   stream;
 //! - [`quant`]: the numbers (grids, rounding, packing, the operand layouts), shared by both;
 //! - [`opset`]: raising a model's default-domain opset (DequantizeLinear with int4 or blocks
-//!   needs opset 21) only when no operator of the graph changes meaning on the way.
+//!   needs opset 21) only when no operator of the graph changes meaning on the way;
+//! - [`prune`]: `prune-weights` — magnitude pruning of linear-layer weights in place,
+//!   unstructured or `N:M` (2:4) along the input features; [`sparsity`] holds the rules;
+//! - [`factorize`]: `factorize-lowrank` — a layer's weight replaced by truncated-SVD factors
+//!   `A·B` (a rank, or the energy to keep), two MatMuls; [`lowrank`] holds the numbers;
+//! - [`layer_weights`]: the selected layers' weights, grouped and checked for a pass that
+//!   rewrites their values; [`parallel`] and [`report`]: per-weight threads, JSON reports.
 //!
 //! ```no_run
 //! use adaptc_passes::{PassManager, Registry};
@@ -22,14 +29,25 @@
 //! ```
 
 pub mod dequantize;
+pub mod factorize;
+pub mod layer_weights;
+pub mod lowrank;
 pub mod opset;
 #[rustfmt::skip]
 mod opset_history;
+pub mod parallel;
+pub mod prune;
 pub mod prune_layers;
 pub mod quant;
 pub mod quantize;
+pub mod report;
+pub mod sparsity;
 
 pub use dequantize::DequantizeWeights;
+pub use factorize::FactorizeLowrank;
+pub use lowrank::RankRule;
+pub use prune::PruneWeights;
 pub use prune_layers::PruneLayers;
 pub use quant::{Grid, QuantizedMatrix, Scheme};
 pub use quantize::{Format, QuantizeWeights};
+pub use sparsity::Pattern;
