@@ -11,8 +11,10 @@ built independently in PyTorch/numpy from the Hugging Face model:
      of the producers' row j — intermediate.dense, or gate_proj and up_proj — and the consumer's
      column j — output.dense / down_proj; ties by index), so the channel choice and the
      shrinking are both checked — within 1e-4; the parameter count reported;
-  h  prune-weights: unstructured 50% (per layer, smallest |w| zeroed) and 2:4 (per output row,
-     the two largest |w| of every 4 consecutive inputs kept), references pruned in numpy —
+  h  prune-weights: unstructured 50% (per layer, smallest |w| zeroed; equal |w| by position in
+     the [out, in] weight, earlier first — all-MiniLM-L6-v2 has many exact ties) and 2:4 (per
+     output row, the two largest |w| of every 4 consecutive inputs kept, earlier first among
+     equals), references pruned in numpy —
      outputs within 1e-4, sparsity measured on the written weights;
   i  factorize-lowrank: at full rank the outputs equal the base model's within 1e-4; with
      energy=0.95 the parameter reduction and the output cosine are reported.
@@ -203,8 +205,9 @@ def check_i(spec, res: Results):
     a, b = base[0].reshape(-1, base[0].shape[-1]), got[0].reshape(-1, got[0].shape[-1])
     cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
     before, after = onnx_params(spec.onnx), onnx_params(low)
-    res.add(spec.name, "i. factorize-lowrank{energy=0.95}: parameters, min cosine", f"{after / before:.1%}", "report",
-            after < before, f"(min per-token cosine of the first output {cos:.4f}; {dt:.2f} s)")
+    # A figure to report, not a pass/fail check: at this energy small layers can even grow.
+    res.add(spec.name, "i. factorize-lowrank{energy=0.95}: parameters vs base", f"{after / before:.1%}", "report",
+            True, f"(runs in ORT; min per-token cosine of the first output {cos:.4f}; {dt:.2f} s)")
 
 
 CHECKS = [("f", check_f), ("g", check_g), ("h", check_h), ("i", check_i)]

@@ -241,7 +241,7 @@ impl PruneWeights {
         let changed = match self.pattern {
             Pattern::Unstructured { sparsity } => {
                 let count = unstructured_count(sparsity, values.len());
-                prune_unstructured(&mut values, count)
+                prune_unstructured(&mut values, count, weight.in_features, weight.layout == WeightLayout::InOut)
             }
             Pattern::NOfM { n, m } => {
                 prune_n_of_m(&mut values, weight.in_features, weight.layout == WeightLayout::InOut, n, m)

@@ -59,21 +59,23 @@ pub fn unstructured_count(sparsity: f64, numel: usize) -> usize {
     (count.max(0.0) as usize).min(numel)
 }
 
-/// `a` ranks below `b`: smaller `|w|`, or equal and later in the matrix.
-fn weaker(values: &[f32], a: usize, b: usize) -> Ordering {
-    values[a].abs().total_cmp(&values[b].abs()).then(b.cmp(&a))
-}
-
-/// Zeroes the `count` weights of smallest `|w|` (ties: the later element goes first).
+/// Zeroes the `count` weights of smallest `|w|`. Ties go by position in PyTorch's `[out, in]`
+/// orientation, earlier first, whatever the stored layout (`in_out`: stored `[in, out]` with
+/// `in_features` rows), so the choice does not depend on how the exporter stored the weight.
 /// Returns how many values changed (weights already zero do not count).
-pub fn prune_unstructured(values: &mut [f32], count: usize) -> usize {
+pub fn prune_unstructured(values: &mut [f32], count: usize, in_features: usize, in_out: bool) -> usize {
     let count = count.min(values.len());
     if count == 0 {
         return 0;
     }
+    let out_features = values.len() / in_features.max(1);
+    // Position of stored element `i` in the `[out, in]` orientation.
+    let position = |i: usize| if in_out { (i % out_features) * in_features + i / out_features } else { i };
+    let weaker =
+        |a: &usize, b: &usize| values[*a].abs().total_cmp(&values[*b].abs()).then(position(*a).cmp(&position(*b)));
     let mut order: Vec<usize> = (0..values.len()).collect();
     if count < order.len() {
-        order.select_nth_unstable_by(count - 1, |&a, &b| weaker(values, a, b));
+        order.select_nth_unstable_by(count - 1, weaker);
     }
     let mut changed = 0;
     for &i in &order[..count] {
@@ -106,8 +108,8 @@ pub fn prune_n_of_m(values: &mut [f32], in_features: usize, in_out: bool, n: usi
         for start in (0..in_features).step_by(m) {
             group.clear();
             group.extend((start..start + m).map(|f| index(channel, f)));
-            // Strongest first.
-            group.sort_by(|&a, &b| weaker(values, b, a));
+            // Strongest first; among equals, the earlier feature.
+            group.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()).then(a.cmp(&b)));
             for &i in &group[n.min(m)..] {
                 changed += usize::from(values[i] != 0.0);
                 values[i] = 0.0;
@@ -131,13 +133,17 @@ mod tests {
 
     #[test]
     fn unstructured_zeroes_the_smallest_with_ties_by_position() {
+        // [out=1, in=6]: |−0.1| = |0.1|, the earlier one (index 1) goes first.
         let mut v = vec![0.5, -0.1, 0.3, 0.1, -0.2, 0.9];
-        assert_eq!(prune_unstructured(&mut v, 3), 3);
-        // |−0.1| = |0.1|: the later one (index 3) goes first, then index 1, then −0.2.
+        assert_eq!(prune_unstructured(&mut v, 1, 6, false), 1);
+        assert_eq!(v, vec![0.5, 0.0, 0.3, 0.1, -0.2, 0.9]);
+        assert_eq!(prune_unstructured(&mut v, 3, 6, false), 2);
         assert_eq!(v, vec![0.5, 0.0, 0.3, 0.0, 0.0, 0.9]);
-        let mut v = vec![0.5, -0.1, 0.3, 0.1];
-        prune_unstructured(&mut v, 1);
-        assert_eq!(v, vec![0.5, -0.1, 0.3, 0.0]);
+        // The same weight as [out=2, in=2] stored [in, out] = [[0.1, 0.1], [0.1, 0.1]]: position
+        // (out 0, in 0) is stored 0, (out 0, in 1) is stored 2.
+        let mut t = vec![0.1, 0.1, 0.1, 0.1];
+        prune_unstructured(&mut t, 2, 2, true);
+        assert_eq!(t, vec![0.0, 0.1, 0.0, 0.1]);
     }
 
     #[test]
