@@ -86,6 +86,19 @@ fn decode_with(bytes: &[u8], resolver: Option<ExternalResolver>) -> Result<Model
     decode::Decoder::new(resolver).model(proto)
 }
 
+/// Decodes one serialized `TensorProto` (the `input_0.pb` files of ONNX's test data sets),
+/// with the same checks as an initializer. External data is refused.
+pub fn decode_tensor(bytes: &[u8]) -> Result<crate::tensor::Tensor, IrError> {
+    let mut input = CodedInputStream::from_bytes(bytes);
+    input.set_recursion_limit(MAX_NESTING);
+    let mut proto = pb::TensorProto::new();
+    proto
+        .merge_from(&mut input)
+        .and_then(|()| input.check_eof())
+        .map_err(|e| IrError::Decode { path: Default::default(), reason: e.to_string() })?;
+    tensor_codec::decode_tensor(proto, None)
+}
+
 /// Parses a `ModelProto` with the nesting limit.
 fn parse_model(bytes: &[u8]) -> Result<pb::ModelProto, IrError> {
     if bytes.is_empty() {

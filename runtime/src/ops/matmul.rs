@@ -1,0 +1,212 @@
+//! MatMul (numpy semantics: 1-D promotion, broadcast batch dims) and Gemm.
+//!
+//! f32/f64 products go through [`gemm_into`], the one place that picks the GEMM
+//! implementation (the `gemm` crate today), so it can be swapped after benchmarking; other
+//! element types use a plain loop through f64 (exact for the integers the suite uses).
+
+use super::num::Num;
+use super::util::{broadcast_index, broadcast_shapes, checked_numel};
+use super::{Inputs, KernelFn, OpCtx};
+use crate::error::{kbail, KResult};
+use crate::tensor::{Elem, Storage, Tensor};
+
+/// A strided matrix view: element (r, c) is at `off + r·rs + c·cs`.
+#[derive(Clone, Copy)]
+pub struct View {
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Element types the GEMM library handles.
+pub trait GemmElem: Num {
+    const FAST: bool;
+}
+impl<T: Num> GemmElem for T {
+    const FAST: bool = matches!(T::DTYPE, adaptc_ir::DataType::Float | adaptc_ir::DataType::Double);
+}
+
+/// A matrix operand: its storage and where the matrix lies in it.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub view: View,
+}
+
+/// `out[m×n] = a[m×k] · b[k×n]` (out row-major, contiguous).
+pub fn gemm_into<T: GemmElem>([m, n, k]: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [T]) {
+    let (av, bv, a, b) = (a.view, b.view, a.data, b.data);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.iter_mut().for_each(|x| *x = T::zero());
+        return;
+    }
+    if T::FAST {
+        let par = if m * n * k >= 1 << 18 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the views were checked by the callers to lie inside `a` and `b`, `out` holds
+        // m·n elements, and `T` is f32 or f64 (FAST), which `gemm` supports.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr().add(av.off),
+                av.cs as isize,
+                av.rs as isize,
+                b.as_ptr().add(bv.off),
+                bv.cs as isize,
+                bv.rs as isize,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        return;
+    }
+    for r in 0..m {
+        for c in 0..n {
+            let mut acc = 0f64;
+            for j in 0..k {
+                acc += a[av.off + r * av.rs + j * av.cs].to_f64() * b[bv.off + j * bv.rs + c * bv.cs].to_f64();
+            }
+            out[r * n + c] = T::from_f64(acc);
+        }
+    }
+}
+
+pub fn matmul_tensors(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
+    if a.dtype() != b.dtype() {
+        kbail!("operands have different types: {} and {}", a.dtype(), b.dtype());
+    }
+    if a.rank() == 0 || b.rank() == 0 {
+        kbail!("operands must have rank ≥ 1, got {:?} and {:?}", a.shape(), b.shape());
+    }
+    let ash: Vec<usize> = if a.rank() == 1 { vec![1, a.shape()[0]] } else { a.shape().to_vec() };
+    let bsh: Vec<usize> = if b.rank() == 1 { vec![b.shape()[0], 1] } else { b.shape().to_vec() };
+    let (m, k) = (ash[ash.len() - 2], ash[ash.len() - 1]);
+    let (k2, n) = (bsh[bsh.len() - 2], bsh[bsh.len() - 1]);
+    if k != k2 {
+        kbail!("inner dimensions differ: {:?} × {:?}", a.shape(), b.shape());
+    }
+    let (abatch, bbatch) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
+    let batch = broadcast_shapes(&[abatch, bbatch])?;
+    let ia = broadcast_index(abatch, &batch);
+    let ib = broadcast_index(bbatch, &batch);
+    let mut out_shape = batch.clone();
+    if a.rank() > 1 {
+        out_shape.push(m);
+    }
+    if b.rank() > 1 {
+        out_shape.push(n);
+    }
+    checked_numel(&[ia.len(), m, n])?;
+    fn go<T: GemmElem>(a: &[T], b: &[T], ia: &[usize], ib: &[usize], [m, n, k]: [usize; 3]) -> Storage {
+        let mut out = vec![T::zero(); ia.len() * m * n];
+        for (p, (&x, &y)) in ia.iter().zip(ib).enumerate() {
+            let av = View { off: x * m * k, rs: k, cs: 1 };
+            let bv = View { off: y * k * n, rs: n, cs: 1 };
+            let (a, b) = (Mat { data: a, view: av }, Mat { data: b, view: bv });
+            gemm_into([m, n, k], a, b, &mut out[p * m * n..(p + 1) * m * n]);
+        }
+        T::wrap(out)
+    }
+    let data = crate::with_arith!(a.data(), x => go(x, <_ as Elem>::slice(b.data()).unwrap_or(&[]), &ia, &ib, [m, n, k]), _ => kbail!("MatMul does not take {}", a.dtype()));
+    Ok(Tensor::from_parts(out_shape, data))
+}
+
+pub fn matmul(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    Ok(vec![matmul_tensors(i.req(0)?, i.req(1)?)?])
+}
+
+pub fn gemm_op(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (a, b) = (i.req(0)?, i.req(1)?);
+    if a.rank() != 2 || b.rank() != 2 || a.dtype() != b.dtype() {
+        kbail!("A and B must be 2-D of one type, got {:?} {} and {:?} {}", a.shape(), a.dtype(), b.shape(), b.dtype());
+    }
+    let (ta, tb) = (c.int("transA", 0) != 0, c.int("transB", 0) != 0);
+    let (alpha, beta) = (f64::from(c.float("alpha", 1.0)), f64::from(c.float("beta", 1.0)));
+    let (m, k) = if ta { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
+    let (k2, n) = if tb { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
+    if k != k2 {
+        kbail!("inner dimensions differ: A {:?} (transA={ta}) × B {:?} (transB={tb})", a.shape(), b.shape());
+    }
+    let av = if ta { View { off: 0, rs: 1, cs: m } } else { View { off: 0, rs: k, cs: 1 } };
+    let bv = if tb { View { off: 0, rs: 1, cs: k } } else { View { off: 0, rs: n, cs: 1 } };
+    let cterm = match i.opt(2) {
+        Some(ct) => {
+            if ct.dtype() != a.dtype() {
+                kbail!("C is {} but A is {}", ct.dtype(), a.dtype());
+            }
+            broadcast_shapes(&[ct.shape(), &[m, n]]).ok().filter(|s| s == &[m, n]).ok_or_else(|| {
+                crate::error::KernelError::Invalid(format!("C {:?} does not broadcast to [{m}, {n}]", ct.shape()))
+            })?;
+            Some((ct, broadcast_index(ct.shape(), &[m, n])))
+        }
+        None => None,
+    };
+    checked_numel(&[m, n])?;
+    fn go<T: GemmElem>(
+        a: Mat<T>,
+        b: Mat<T>,
+        [m, n, k]: [usize; 3],
+        [alpha, beta]: [f64; 2],
+        cterm: Option<(&[T], &[usize])>,
+    ) -> Storage {
+        let mut out = vec![T::zero(); m * n];
+        gemm_into([m, n, k], a, b, &mut out);
+        if alpha != 1.0 {
+            out.iter_mut().for_each(|x| *x = T::from_f64(x.to_f64() * alpha));
+        }
+        if let Some((cv, ci)) = cterm {
+            for (x, &j) in out.iter_mut().zip(ci) {
+                *x = if T::IS_FLOAT {
+                    T::from_f64(x.to_f64() + beta * cv[j].to_f64())
+                } else {
+                    T::from_i128(x.to_i128() + (beta as i128) * cv[j].to_i128())
+                };
+            }
+        }
+        T::wrap(out)
+    }
+    let data = crate::with_arith!(a.data(), x => {
+        let bs = <_ as Elem>::slice(b.data()).unwrap_or(&[]);
+        let ct = cterm.as_ref().map(|(t, idx)| (<_ as Elem>::slice(t.data()).unwrap_or(&[]), idx.as_slice()));
+        go(Mat { data: x, view: av }, Mat { data: bs, view: bv }, [m, n, k], [alpha, beta], ct)
+    }, _ => kbail!("Gemm does not take {}", a.dtype()));
+    Ok(vec![Tensor::from_parts(vec![m, n], data)])
+}
+
+pub const OPS: &[(&str, KernelFn)] = &[("MatMul", matmul), ("Gemm", gemm_op)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_broadcast_matmul() {
+        let a = Tensor::from_vec(vec![2, 1, 2], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let b = Tensor::from_vec(vec![2, 1], vec![10.0f32, 1.0]).unwrap();
+        let c = matmul_tensors(&a, &b).unwrap();
+        assert_eq!(c.shape(), &[2, 1, 1]);
+        assert_eq!(c.as_slice::<f32>().unwrap(), &[12.0, 34.0]);
+        let v = Tensor::from_vec(vec![2], vec![1i64, 2]).unwrap();
+        let m = Tensor::from_vec(vec![2, 2], vec![1i64, 2, 3, 4]).unwrap();
+        let r = matmul_tensors(&v, &m).unwrap();
+        assert_eq!(r.shape(), &[2]);
+        assert_eq!(r.as_slice::<i64>().unwrap(), &[7, 10]);
+        assert!(matmul_tensors(&m, &Tensor::from_vec(vec![3], vec![1i64, 2, 3]).unwrap()).is_err());
+    }
+}
