@@ -44,6 +44,7 @@
 //!    (the failure reason, and that nothing changed).
 
 pub mod adapters;
+pub mod calibrate;
 pub mod canonicalize;
 pub mod compress;
 pub mod lower;

@@ -190,3 +190,98 @@ fn several_stacks_need_a_choice() {
     assert!(model.graph.initializer("enc.layer.0.ffn.weight").is_none());
     assert!(model.graph.initializer("dec.layer.0.w").is_some());
 }
+
+// ----- drop=N by=angular -----------------------------------------------------------------------
+
+/// `input_ids → Gather(embedding)` then three blocks `out = in + (in·W_k)·s_k` with scales
+/// `s = [1, 0.001, 0.5]`: block 1 barely turns the hidden state, block 0 turns it most.
+fn embedded_stack() -> Model {
+    let mut g = Graph::new("embedded");
+    g.inputs.push(ValueInfo::tensor(
+        "input_ids",
+        DataType::Int64,
+        vec![Dim::Symbol("batch".into()), Dim::Symbol("seq".into())],
+    ));
+    g.outputs.push(ValueInfo::new("y", None));
+    g.add_initializer(tensor("embed.weight", &Arr::random(&[10, 4], 3))).unwrap();
+    op(&mut g, "Gather", "/embed/Gather", &["embed.weight", "input_ids"], &["e"]);
+    let mut stream = "e".to_string();
+    for (k, scale) in [1.0, 0.001, 0.5].into_iter().enumerate() {
+        let w = format!("enc.layer.{k}.ffn.weight");
+        let s = format!("enc.layer.{k}.ffn.scale");
+        g.add_initializer(tensor(&w, &Arr::random(&[4, 4], k as u64 + 1))).unwrap();
+        g.add_initializer(tensor(&s, &Arr::new(&[1], vec![scale]))).unwrap();
+        let out = if k == 2 { "y".to_string() } else { format!("out{k}") };
+        op(&mut g, "MatMul", &format!("/enc/layer.{k}/ffn/MatMul"), &[&stream, &w], &[&format!("m{k}")]);
+        op(&mut g, "Mul", &format!("/enc/layer.{k}/ffn/Mul"), &[&format!("m{k}"), &s], &[&format!("g{k}")]);
+        op(&mut g, "Add", &format!("/enc/layer.{k}/Add"), &[&stream, &format!("g{k}")], &[&out]);
+        stream = out;
+    }
+    adaptc_ir::verify(&g).unwrap();
+    Model::new(g, 17)
+}
+
+fn calibration_file(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.0.join("calib.jsonl");
+    let rows = [
+        "{\"input_ids\": [1, 2, 3, 4], \"text\": \"ignored\"}",
+        "{\"input_ids\": [5, 6]}",
+        "{\"input_ids\": [7, 8, 9]}",
+    ];
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn angular_drop_removes_the_block_that_changes_least() {
+    let dir = TempDir::new("prune-angular");
+    let calib = calibration_file(&dir);
+    let mut model = embedded_stack();
+    let report = run(&format!("prune-layers{{drop=1 by=angular calib={} batch=2}}", calib.display()), &mut model);
+    assert_eq!(report.stat("prune.blocks_removed"), Some(1));
+    assert!(model.graph.initializer("enc.layer.1.ffn.weight").is_none());
+    assert!(model.graph.initializer("enc.layer.0.ffn.weight").is_some());
+    let note = report.runs[0].notes.iter().find(|n| n.contains("angular distance")).expect("a distance note");
+    assert!(note.contains("removing {1}"), "{note}");
+
+    // The distances against a hand computation of block 1's: in = out0, out = in + s·(in·W).
+    let base = embedded_stack();
+    let table = init_values(&base, "embed.weight");
+    let mut sum = 0.0;
+    let mut tokens = 0;
+    for ids in [vec![1, 2, 3, 4], vec![5, 6], vec![7, 8, 9]] {
+        // The evaluator has no Gather: feed the embedded rows as `e`.
+        let rows: Vec<f64> = ids.iter().flat_map(|&i| table.data[i * 4..i * 4 + 4].to_vec()).collect();
+        let feeds = HashMap::from([("e".to_string(), Arr::new(&[1, ids.len(), 4], rows))]);
+        let (x, y) = (eval(&base.graph, &feeds, "out0"), eval(&base.graph, &feeds, "out1"));
+        for t in 0..ids.len() {
+            let (a, b) = (&x.data[t * 4..t * 4 + 4], &y.data[t * 4..t * 4 + 4]);
+            let dot: f64 = a.iter().zip(b).map(|(p, q)| p * q).sum();
+            let norm = |v: &[f64]| v.iter().map(|p| p * p).sum::<f64>().sqrt();
+            sum += (dot / (norm(a) * norm(b))).clamp(-1.0, 1.0).acos() / std::f64::consts::PI;
+            tokens += 1;
+        }
+    }
+    let expected = format!("1: {:.4}", sum / tokens as f64);
+    assert!(note.contains(&expected), "{note} should list {expected}");
+}
+
+#[test]
+fn angular_refusals_say_why() {
+    let dir = TempDir::new("prune-angular-bad");
+    let mut model = embedded_stack();
+    assert!(run_err("prune-layers{drop=1}", &mut model).contains("give calib=FILE.jsonl"));
+    assert!(run_err("prune-layers{drop=1 layers=2 calib=x.jsonl}", &mut model).contains("either `layers` or `drop`"));
+    let calib = calibration_file(&dir);
+    assert!(run_err(&format!("prune-layers{{drop=3 calib={}}}", calib.display()), &mut model)
+        .contains("drop must leave at least one"));
+    let missing = dir.0.join("missing.jsonl");
+    assert!(
+        run_err(&format!("prune-layers{{drop=1 calib={}}}", missing.display()), &mut model).contains("missing.jsonl")
+    );
+    let bad = dir.0.join("bad.jsonl");
+    std::fs::write(&bad, "{\"tokens\": [1, 2]}\n").unwrap();
+    let err = run_err(&format!("prune-layers{{drop=1 calib={}}}", bad.display()), &mut model);
+    assert!(err.contains("bad.jsonl line 1: no array `input_ids`"), "{err}");
+    assert_eq!(adaptc_ir::dump(&model), adaptc_ir::dump(&embedded_stack()), "refusals change nothing");
+}

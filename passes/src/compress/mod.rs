@@ -8,7 +8,7 @@
 //! - [`dequantize`]: `dequantize-weights` — QDQ weights and `MatMulNBits` back to float
 //!   weights with the exact dequantized values, reporting what a re-quantization would add;
 //! - [`prune_layers`]: `prune-layers` — removes whole transformer blocks along the residual
-//!   stream;
+//!   stream, named or chosen by [`block_distance`] on calibration data;
 //! - [`quant`]: the numbers (grids, rounding, packing, the operand layouts), shared by both;
 //! - [`opset`]: raising a model's default-domain opset (DequantizeLinear with int4 or blocks
 //!   needs opset 21) only when no operator of the graph changes meaning on the way;
@@ -28,6 +28,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod block_distance;
 pub mod dequantize;
 pub mod factorize;
 pub mod layer_weights;

@@ -13,9 +13,10 @@
 //! `layers` are module indices (`layers=4,5` removes `encoder.layer.4` and `encoder.layer.5`);
 //! a graph with several stacks (an encoder and a decoder) needs `stack=<container path>`.
 //!
-//! Calibrated choice of the blocks (`drop=N by=angular`, the Block Influence of ShortGPT / "The
-//! Unreasonable Ineffectiveness of the Deeper Layers") needs the runtime to measure hidden
-//! states and is not implemented yet.
+//! `drop=N by=angular calib=rows.jsonl` chooses the blocks by measurement instead: adaptc's CPU
+//! runtime runs the model on the calibration rows and the `N` blocks whose output hidden state
+//! is closest in angle to their input (see [`super::block_distance`]) go; the notes list every
+//! block's distance.
 //!
 //! Statistics: `prune.blocks_removed`, `prune.nodes_removed`, `prune.initializers_removed`,
 //! `prune.params_before`, `prune.params_after` (initializer elements of the model).
@@ -23,12 +24,14 @@
 //! Preconditions: a verified graph whose nodes carry module paths. Preserves: graph inputs and
 //! outputs (names and types), every kept block, value names.
 //!
-//! Example pipeline: `prune-layers{layers=4,5}`.
+//! Example pipelines: `prune-layers{layers=4,5}`,
+//! `prune-layers{drop=2 by=angular calib=train.jsonl samples=64}`.
 
 use std::collections::BTreeSet;
 
 use adaptc_ir::{Graph, Model, Node, OpKey};
 
+use super::block_distance::{block_distances, Calibration};
 use crate::adapters::record::AdapterState;
 use crate::canonicalize::dce::remove_dead_code;
 use crate::options::{OptionInfo, OptionKind, Options};
@@ -39,10 +42,19 @@ use crate::registry::PassInfo;
 /// The pass name.
 pub const PASS: &str = "prune-layers";
 
+/// Which blocks go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Choice {
+    /// These module indices.
+    Layers(BTreeSet<usize>),
+    /// The `drop` blocks with the smallest angular distance on calibration data.
+    Angular { drop: usize, calibration: Calibration },
+}
+
 /// The `prune-layers` pass.
 #[derive(Clone, Debug)]
 pub struct PruneLayers {
-    layers: BTreeSet<usize>,
+    choice: Choice,
     stack: Option<String>,
 }
 
@@ -52,6 +64,26 @@ pub(crate) fn info() -> PassInfo {
         summary: "remove whole transformer blocks, connecting the residual stream around them",
         options: vec![
             OptionInfo::new("layers", OptionKind::List, Some(""), "block indices to remove (e.g. 4,5)"),
+            OptionInfo::new(
+                "drop",
+                OptionKind::Int,
+                Some("0"),
+                "instead of layers: remove this many blocks, those that change the hidden state least (by=angular)",
+            ),
+            OptionInfo::new(
+                "by",
+                OptionKind::Enum(&["angular"]),
+                Some("angular"),
+                "with drop: the measure, the angular distance between a block's input and output hidden states",
+            ),
+            OptionInfo::new(
+                "calib",
+                OptionKind::String,
+                Some(""),
+                "with drop: calibration rows, JSONL keyed by the model's input names (e.g. input_ids, attention_mask)",
+            ),
+            OptionInfo::new("samples", OptionKind::Int, Some("64"), "with drop: calibration rows to read at most"),
+            OptionInfo::new("batch", OptionKind::Int, Some("8"), "with drop: calibration rows per run"),
             OptionInfo::new(
                 "stack",
                 OptionKind::String,
@@ -72,14 +104,79 @@ fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
             .map_err(|_| PassError::bad_option(PASS, "layers", format!("`{l}` is not a block index")))?;
         layers.insert(i);
     }
+    let drop = o.usize("drop")?;
+    let calib = o.string("calib")?;
+    let choice = match (layers.is_empty(), drop) {
+        (false, 0) => Choice::Layers(layers),
+        (false, _) => return Err(PassError::bad_option(PASS, "drop", "give either `layers` or `drop`, not both")),
+        (true, 0) => Choice::Layers(layers), // refused when run: the registry builds every pass bare
+        (true, drop) => {
+            if calib.is_empty() {
+                return Err(PassError::bad_option(
+                    PASS,
+                    "calib",
+                    "`drop` measures the blocks on sample data: give calib=FILE.jsonl (rows keyed by the model's \
+                     input names, e.g. input_ids and attention_mask)",
+                ));
+            }
+            let calibration = Calibration {
+                data: calib.into(),
+                samples: o.usize("samples")?.max(1),
+                batch: o.usize("batch")?.max(1),
+            };
+            Choice::Angular { drop, calibration }
+        }
+    };
     let stack = o.string("stack")?;
-    Ok(Box::new(PruneLayers { layers, stack: (!stack.is_empty()).then_some(stack) }))
+    Ok(Box::new(PruneLayers { choice, stack: (!stack.is_empty()).then_some(stack) }))
 }
 
 impl PruneLayers {
     /// Removes blocks `layers` of the model's only stack (or of `stack`).
     pub fn new(layers: impl IntoIterator<Item = usize>, stack: Option<String>) -> PruneLayers {
-        PruneLayers { layers: layers.into_iter().collect(), stack }
+        PruneLayers { choice: Choice::Layers(layers.into_iter().collect()), stack }
+    }
+
+    /// The module indices to remove from `stack`.
+    fn removed(&self, model: &Model, stack: &BlockStack, cx: &mut PassContext) -> Result<BTreeSet<usize>, PassError> {
+        let indices: Vec<usize> = stack.blocks.iter().map(|b| b.index).collect();
+        match &self.choice {
+            Choice::Layers(layers) if layers.is_empty() => Err(PassError::bad_option(
+                PASS,
+                "layers",
+                "name the blocks to remove, e.g. `layers=4,5`, or use drop=N",
+            )),
+            Choice::Layers(layers) => match layers.iter().find(|l| !indices.contains(l)) {
+                Some(missing) => Err(PassError::bad_option(
+                    PASS,
+                    "layers",
+                    format!("`{}` has no block {missing}; its blocks are {:?}", stack.name, indices),
+                )),
+                None => Ok(layers.clone()),
+            },
+            Choice::Angular { drop, .. } if *drop >= indices.len() => Err(PassError::bad_option(
+                PASS,
+                "drop",
+                format!("`{}` has {} blocks; drop must leave at least one", stack.name, indices.len()),
+            )),
+            Choice::Angular { drop, calibration } => {
+                let distances = block_distances(model, stack, calibration).map_err(|r| {
+                    PassError::failed(PASS, format!("measuring the blocks on {}: {r}", calibration.data.display()))
+                })?;
+                let mut order: Vec<usize> = (0..indices.len()).collect();
+                order.sort_by(|&a, &b| distances[a].total_cmp(&distances[b]).then(a.cmp(&b)));
+                let removed: BTreeSet<usize> = order[..*drop].iter().map(|&i| indices[i]).collect();
+                let shown: Vec<String> = indices.iter().zip(&distances).map(|(i, d)| format!("{i}: {d:.4}")).collect();
+                cx.note(format!(
+                    "angular distance per block of `{}` ({}): {}; removing {:?}",
+                    stack.name,
+                    calibration.data.display(),
+                    shown.join(", "),
+                    removed
+                ));
+                Ok(removed)
+            }
+        }
     }
 
     fn choose<'s>(&self, stacks: &'s [BlockStack]) -> Result<&'s BlockStack, PassError> {
@@ -108,31 +205,21 @@ impl Pass for PruneLayers {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
-        if self.layers.is_empty() {
-            return Err(PassError::bad_option(PASS, "layers", "name the blocks to remove, e.g. `layers=4,5`"));
-        }
         let stacks = find_block_stacks(&model.graph).map_err(|r| PassError::failed(PASS, r))?;
         let stack = self.choose(&stacks)?;
-        let indices: Vec<usize> = stack.blocks.iter().map(|b| b.index).collect();
-        if let Some(missing) = self.layers.iter().find(|l| !indices.contains(l)) {
-            return Err(PassError::bad_option(
-                PASS,
-                "layers",
-                format!("`{}` has no block {missing}; its blocks are {:?}", stack.name, indices),
-            ));
-        }
+        let removed = self.removed(model, stack, cx)?;
 
         // Runs of consecutive removed blocks: (stream in of the first, stream out of the last).
         let mut runs: Vec<(String, String)> = Vec::new();
         let mut previous_removed = false;
         for block in &stack.blocks {
-            let removed = self.layers.contains(&block.index);
-            match (removed, previous_removed, runs.last_mut()) {
+            let gone = removed.contains(&block.index);
+            match (gone, previous_removed, runs.last_mut()) {
                 (true, true, Some(run)) => run.1 = block.output.clone(),
                 (true, _, _) => runs.push((block.input.clone(), block.output.clone())),
                 _ => {}
             }
-            previous_removed = removed;
+            previous_removed = gone;
         }
 
         let params_before = params(&model.graph);
@@ -141,11 +228,11 @@ impl Pass for PruneLayers {
             bypass(graph, input, output)?;
         }
         let (nodes_removed, initializers_removed) = remove_dead_code(graph)?;
-        note_survivors(graph, &stack.name, &self.layers, cx);
+        note_survivors(graph, &stack.name, &removed, cx);
         drop_stale_adapters(model, cx)?;
 
         Ok(PassOutcome::changed(true)
-            .stat("prune.blocks_removed", self.layers.len() as i64)
+            .stat("prune.blocks_removed", removed.len() as i64)
             .stat("prune.nodes_removed", nodes_removed)
             .stat("prune.initializers_removed", initializers_removed)
             .stat("prune.params_before", params_before)

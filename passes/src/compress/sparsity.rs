@@ -6,7 +6,6 @@
 //! (reduction) axis, which is the stored rows of `[in,out]` and the stored columns of
 //! `[out,in]`.
 
-use std::cmp::Ordering;
 use std::fmt;
 
 /// How a layer's weights are thinned.
