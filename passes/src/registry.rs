@@ -63,6 +63,7 @@ impl Registry {
         r.register(crate::lower::decompose::info());
         r.register(crate::compress::quantize::info());
         r.register(crate::compress::dequantize::info());
+        r.register(crate::compress::prune_channels::info());
         r
     }
 

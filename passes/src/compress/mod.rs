@@ -7,6 +7,9 @@
 //! - [`dequantize`]: `dequantize-weights` — QDQ weights and `MatMulNBits` back to float
 //!   weights with the exact dequantized values, reporting what a re-quantization would add;
 //! - [`quant`]: the numbers (grids, rounding, packing, the operand layouts), shared by both;
+//! - [`prune_channels`]: `prune-channels` — structured pruning of FFN intermediate channels and
+//!   attention heads, cutting the weights themselves (the model really shrinks), with a
+//!   per-block report;
 //! - [`opset`]: raising a model's default-domain opset (DequantizeLinear with int4 or blocks
 //!   needs opset 21) only when no operator of the graph changes meaning on the way.
 //!
@@ -23,9 +26,11 @@ pub mod dequantize;
 pub mod opset;
 #[rustfmt::skip]
 mod opset_history;
+pub mod prune_channels;
 pub mod quant;
 pub mod quantize;
 
 pub use dequantize::DequantizeWeights;
+pub use prune_channels::PruneChannels;
 pub use quant::{Grid, QuantizedMatrix, Scheme};
 pub use quantize::{Format, QuantizeWeights};
