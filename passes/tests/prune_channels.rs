@@ -401,7 +401,7 @@ fn bert6_ffn_quarter() {
         .map(|l| l.out_features)
         .collect();
     assert_eq!(widths, vec![96; 6]);
-    for v in &m.graph.value_info {
+    for v in m.graph.value_info.iter().filter(|v| !v.name.starts_with("embeddings.")) {
         if let Some(dims) = v.ty.as_ref().and_then(|t| t.dims()) {
             assert_ne!(dims.last(), Some(&Dim::Known(128)), "`{}` is still declared with 128 channels", v.name);
         }
