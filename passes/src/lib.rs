@@ -26,7 +26,8 @@
 //! - [`lower`]: `specialize-shapes`, `decompose` (concrete shapes and a smaller op set for a
 //!   runtime);
 //! - [`compress`]: `quantize-weights`, `dequantize-weights` (int8/int4 weights as
-//!   DequantizeLinear or MatMulNBits, and back).
+//!   DequantizeLinear or MatMulNBits, and back), `prune-channels` (structured pruning of FFN
+//!   channels and attention heads).
 //!
 //! # Adding a pass in three steps
 //!

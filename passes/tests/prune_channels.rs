@@ -288,6 +288,7 @@ fn attention_heads_golden_and_numbers() {
     assert!(!dump.contains("init %split_shape:"), "the unused original is removed\n{dump}");
     assert_eq!(Arr::from_tensor(m.graph.initializer("split_shape_pruned").unwrap()).data, vec![0.0, 0.0, 2.0, 4.0]);
     assert_eq!(declared_dims(&m, "query_heads"), None, "stale head shapes are dropped");
+    assert_eq!(declared_dims(&m, "query_out"), Some(vec![Dim::Known(2), Dim::Known(5), Dim::Known(8)]));
 }
 
 #[test]
@@ -437,6 +438,10 @@ fn llama4_ffn_and_gqa() {
     for l in layers.iter().filter(|l| l.module_path.as_deref().is_some_and(|p| p.ends_with("down_proj"))) {
         assert_eq!(l.in_features, 96);
     }
+
+    let mut m = fixture("llama4/model.onnx");
+    let r = run(r"prune-channels{ffn=0.5 targets=re:.*layers\.1\..*}", &mut m);
+    assert_eq!((stat(&r, "prune.ffn_groups"), stat(&r, "prune.channels_removed")), (1, 64));
 
     let mut m = fixture("llama4/model.onnx");
     let e = run_err("prune-channels{heads=1}", &mut m);

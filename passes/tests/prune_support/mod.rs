@@ -412,6 +412,7 @@ pub fn attention(kv_heads: usize) -> Model {
     op_with(&mut g, "Transpose", "/attn/merge_t", &["ctx"], &["ctx_t"], vec![Attribute::ints("perm", vec![0, 2, 1, 3])]);
     op(&mut g, "Reshape", "/attn/merge", &["ctx_t", "merge_shape"], &["merged"]);
     linear(&mut g, Form::MatMulBias, &format!("{a}.output.dense"), "merged", "y", &Arr::random(&[HIDDEN, width], 30), &Arr::random(&[HIDDEN], 31));
+    declare(&mut g, "query_out", &[2, 5, width as i64]);
     declare(&mut g, "query_heads", &[2, 5, HEADS as i64, HEAD as i64]);
     declare(&mut g, "merged", &[2, 5, width as i64]);
     adaptc_ir::verify(&g).unwrap();

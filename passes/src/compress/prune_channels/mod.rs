@@ -63,7 +63,7 @@ use crate::adapters::record::{AdapterState, CREATED_BY};
 use crate::adapters::targets::Target;
 use crate::options::{OptionInfo, OptionKind, Options};
 use crate::pass::{Pass, PassContext, PassError, PassOutcome};
-use crate::pattern::{block_index, find_linear_layers, LinearLayer};
+use crate::pattern::{find_linear_layers, LinearLayer};
 use crate::registry::PassInfo;
 
 /// The pass name.
@@ -167,15 +167,19 @@ impl Edits {
 }
 
 impl PruneChannels {
-    /// Whether the group made of `layers` in `block` is chosen by `targets`.
-    fn wants<'l>(&self, block: Option<usize>, mut layers: impl Iterator<Item = &'l LinearLayer>) -> bool {
-        let paths: Vec<&str> = layers.by_ref().filter_map(|l| l.module_path.as_deref()).collect();
+    /// Whether `targets` choose the group in `block` whose layers have these module paths.
+    fn wants(&self, block: Option<usize>, paths: &[&str]) -> bool {
         self.targets.iter().any(|t| match t {
             GroupTarget::All => true,
             GroupTarget::Block(b) => block == Some(*b),
             GroupTarget::Module(m) => paths.iter().any(|p| m.matches(p)),
         })
     }
+}
+
+/// The module paths of `layers`.
+fn paths<'l>(layers: impl Iterator<Item = &'l LinearLayer>) -> Vec<&'l str> {
+    layers.filter_map(|l| l.module_path.as_deref()).collect()
 }
 
 /// Initializer elements of the model.
@@ -206,13 +210,13 @@ impl Pass for PruneChannels {
             let mut refusals = Vec::new();
             for found in ffn::find_ffn_groups(graph, &layers) {
                 match found {
-                    Ok(group) if self.wants(group.block, group.layers()) => {
+                    Ok(group) if self.wants(group.block, &paths(group.layers())) => {
                         let report = plan_ffn::plan_ffn(graph, &state, &group, amount, &mut edits)
                             .map_err(|r| PassError::failed(PASS, format!("FFN `{}`: {r}", group.module(graph))))?;
                         ffn_reports.push((group.block, report));
                     }
                     Ok(_) => {}
-                    Err(r) if self.wants_block(r.block, &r.module) => {
+                    Err(r) if self.wants(r.block, &[&r.module]) => {
                         refusals.push(format!("`{}`: {}", r.module, r.reason));
                     }
                     Err(_) => {}
@@ -236,12 +240,12 @@ impl Pass for PruneChannels {
             for found in groups {
                 let group = match found {
                     Ok(group) => group,
-                    Err(r) if self.wants_block(r.block, &r.module) => {
+                    Err(r) if self.wants(r.block, &[&r.module]) => {
                         return Err(PassError::failed(PASS, format!("attention `{}`: {}", r.module, r.reason)));
                     }
                     Err(_) => continue,
                 };
-                if !self.wants(group.block, group.layers()) {
+                if !self.wants(group.block, &paths(group.layers())) {
                     continue;
                 }
                 any = true;
@@ -279,18 +283,3 @@ impl Pass for PruneChannels {
     }
 }
 
-impl PruneChannels {
-    /// `targets` for a refused group, known only by its block and module path.
-    fn wants_block(&self, block: Option<usize>, module: &str) -> bool {
-        self.targets.iter().any(|t| match t {
-            GroupTarget::All => true,
-            GroupTarget::Block(b) => block == Some(*b),
-            GroupTarget::Module(m) => m.matches(module),
-        })
-    }
-}
-
-/// The block of a layer, from its module path.
-pub fn layer_block(layer: &LinearLayer) -> Option<usize> {
-    layer.module_path.as_deref().and_then(block_index)
-}

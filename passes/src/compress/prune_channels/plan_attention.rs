@@ -120,7 +120,7 @@ pub fn plan_heads(
         if let Some(t) = l.transpose_node.and_then(|t| graph.node(t).output(0)) {
             edits.resize(t, 0, width, new_heads * d);
         }
-        if let Some(mm) = graph.node(l.node).output(0) {
+        if let Some(mm) = graph.node(l.node).output(0).filter(|mm| *mm != l.output) {
             edits.resize(mm, 0, width, new_heads * d);
         }
         edits.resize(&l.output, 0, width, new_heads * d);

@@ -69,8 +69,8 @@ impl Cut {
     }
 }
 
-/// Rewrites the declared dimension `axis` (counted from the end when `from_end`) of `value` from
-/// `old` to `new`; drops the declaration when it says something else there.
+/// Rewrites the declared dimension `from_end` places from the end of `value` from `old` to
+/// `new` (idempotent); drops the declaration when it says something else there.
 pub fn resize_declared(graph: &mut Graph, value: &str, from_end: usize, old: u64, new: u64) {
     graph.value_info.retain_mut(|v| {
         if v.name != value {
@@ -80,7 +80,7 @@ pub fn resize_declared(graph: &mut Graph, value: &str, from_end: usize, old: u64
         let (Some(dtype), Some(mut dims)) = (ty.dtype(), ty.dims()) else { return true };
         let Some(i) = dims.len().checked_sub(from_end + 1) else { return false };
         match dims[i] {
-            Dim::Known(d) if d == old as i64 => {
+            Dim::Known(d) if d == old as i64 || d == new as i64 => {
                 dims[i] = Dim::Known(new as i64);
                 v.ty = Some(TypeInfo::tensor(dtype, Some(dims)));
                 true
