@@ -428,7 +428,9 @@ impl Graph {
     pub fn replace_initializer(&mut self, tensor: Tensor) -> Result<Tensor, IrError> {
         match self.initializers.get_mut(&tensor.name) {
             Some(slot) => Ok(std::mem::replace(slot, tensor)),
-            None => Err(IrError::Invalid { graph: self.name.clone(), reason: format!("no initializer `{}`", tensor.name) }),
+            None => {
+                Err(IrError::Invalid { graph: self.name.clone(), reason: format!("no initializer `{}`", tensor.name) })
+            }
         }
     }
 

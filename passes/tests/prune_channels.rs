@@ -339,10 +339,20 @@ fn trainable_weights_are_refused() {
 fn non_elementwise_path_is_refused() {
     let mut m = bert_ffn(Form::MatMulBias, Form::MatMulBias);
     let consumer = m.graph.producer("y_mm").unwrap().0;
-    op_with(&mut m.graph, "Softmax", "/encoder/layer.0/intermediate/Softmax", &["a"], &["sm"], vec![adaptc_ir::Attribute::int("axis", -1)]);
+    op_with(
+        &mut m.graph,
+        "Softmax",
+        "/encoder/layer.0/intermediate/Softmax",
+        &["a"],
+        &["sm"],
+        vec![adaptc_ir::Attribute::int("axis", -1)],
+    );
     m.graph.set_input(consumer, 0, "sm").unwrap();
     let e = run_err("prune-channels{ffn=0.25}", &mut m);
-    assert!(e.contains("goes through Softmax `/encoder/layer.0/intermediate/Softmax`, which is not element-wise"), "{e}");
+    assert!(
+        e.contains("goes through Softmax `/encoder/layer.0/intermediate/Softmax`, which is not element-wise"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -419,7 +429,11 @@ fn bert6_heads_and_targets() {
     assert_eq!(stat(&r, "prune.heads_removed"), 2);
     let layers = adaptc_passes::pattern::find_linear_layers(&m.graph);
     let width = |suffix: &str| -> Vec<u64> {
-        layers.iter().filter(|l| l.module_path.as_deref().is_some_and(|p| p.ends_with(suffix))).map(|l| l.out_features).collect()
+        layers
+            .iter()
+            .filter(|l| l.module_path.as_deref().is_some_and(|p| p.ends_with(suffix)))
+            .map(|l| l.out_features)
+            .collect()
     };
     assert_eq!(width("attention.self.query"), vec![48, 48, 64, 64, 64, 64]);
     assert_eq!(width("intermediate.dense"), vec![64, 64, 128, 128, 128, 128]);

@@ -333,7 +333,14 @@ pub fn linear(g: &mut Graph, form: Form, prefix: &str, x: &str, y: &str, w: &Arr
             g.add_initializer(tensor(&bname, b)).unwrap();
             let t = format!("{y}_wt");
             let mm = format!("{y}_mm");
-            op_with(g, "Transpose", &format!("/{p}/Transpose"), &[&wname], &[&t], vec![Attribute::ints("perm", vec![1, 0])]);
+            op_with(
+                g,
+                "Transpose",
+                &format!("/{p}/Transpose"),
+                &[&wname],
+                &[&t],
+                vec![Attribute::ints("perm", vec![1, 0])],
+            );
             op(g, "MatMul", &format!("/{p}/MatMul"), &[x, &t], &[&mm]);
             op(g, "Add", &format!("/{p}/Add"), &[&mm, &bname], &[y]);
         }
@@ -347,13 +354,30 @@ pub const FFN: usize = 8;
 /// consumer in the given forms. `x` is `[2, 3, 6]`, or `[3, 6]` when a form is a Gemm.
 pub fn bert_ffn(up: Form, down: Form) -> Model {
     let mut g = Graph::new("g");
-    let gemm = matches!(up, Form::GemmTransB | Form::GemmNoTrans) || matches!(down, Form::GemmTransB | Form::GemmNoTrans);
+    let gemm =
+        matches!(up, Form::GemmTransB | Form::GemmNoTrans) || matches!(down, Form::GemmTransB | Form::GemmNoTrans);
     let x: &[i64] = if gemm { &[3, HIDDEN as i64] } else { &[2, 3, HIDDEN as i64] };
     input(&mut g, "x", x);
     g.outputs.push(ValueInfo::new("y", None));
-    linear(&mut g, up, "encoder.layer.0.intermediate.dense", "x", "h", &Arr::random(&[FFN, HIDDEN], 1), &Arr::random(&[FFN], 2));
+    linear(
+        &mut g,
+        up,
+        "encoder.layer.0.intermediate.dense",
+        "x",
+        "h",
+        &Arr::random(&[FFN, HIDDEN], 1),
+        &Arr::random(&[FFN], 2),
+    );
     op(&mut g, "Gelu", "/encoder/layer.0/intermediate/Gelu", &["h"], &["a"]);
-    linear(&mut g, down, "encoder.layer.0.output.dense", "a", "y", &Arr::random(&[HIDDEN, FFN], 3), &Arr::random(&[HIDDEN], 4));
+    linear(
+        &mut g,
+        down,
+        "encoder.layer.0.output.dense",
+        "a",
+        "y",
+        &Arr::random(&[HIDDEN, FFN], 3),
+        &Arr::random(&[HIDDEN], 4),
+    );
     let mut ffn_dims = x.to_vec();
     *ffn_dims.last_mut().unwrap() = FFN as i64;
     declare(&mut g, "h", &ffn_dims);
@@ -369,7 +393,15 @@ pub fn llama_ffn() -> Model {
     g.outputs.push(ValueInfo::new("y", None));
     let zero = Arr::new(&[FFN], vec![0.0; FFN]);
     let mlp = "model.layers.0.mlp";
-    linear(&mut g, Form::MatMulNoBias, &format!("{mlp}.gate_proj"), "x", "gate", &Arr::random(&[FFN, HIDDEN], 5), &zero);
+    linear(
+        &mut g,
+        Form::MatMulNoBias,
+        &format!("{mlp}.gate_proj"),
+        "x",
+        "gate",
+        &Arr::random(&[FFN, HIDDEN], 5),
+        &zero,
+    );
     op(&mut g, "Sigmoid", "/model/layers.0/mlp/act_fn/Sigmoid", &["gate"], &["sig"]);
     op(&mut g, "Mul", "/model/layers.0/mlp/act_fn/Mul", &["gate", "sig"], &["silu"]);
     linear(&mut g, Form::MatMulNoBias, &format!("{mlp}.up_proj"), "x", "up", &Arr::random(&[FFN, HIDDEN], 6), &zero);
@@ -399,19 +431,55 @@ pub fn attention(kv_heads: usize) -> Model {
     g.add_initializer(Tensor::from_f32("scale", vec![], &[0.5]).unwrap()).unwrap();
     for (i, (name, w)) in [("query", width), ("key", kv), ("value", kv)].into_iter().enumerate() {
         let y = format!("{name}_out");
-        linear(&mut g, Form::MatMulBias, &format!("{a}.self.{name}"), "x", &y, &Arr::random(&[w, HIDDEN], 10 + i as u64), &Arr::random(&[w], 20 + i as u64));
+        linear(
+            &mut g,
+            Form::MatMulBias,
+            &format!("{a}.self.{name}"),
+            "x",
+            &y,
+            &Arr::random(&[w, HIDDEN], 10 + i as u64),
+            &Arr::random(&[w], 20 + i as u64),
+        );
         let shape = if name == "query" { "split_shape" } else { "kv_shape" };
-        op(&mut g, "Reshape", &format!("/{a}/self/{name}/Reshape").replace('.', "/"), &[&y, shape], &[&format!("{name}_heads")]);
+        op(
+            &mut g,
+            "Reshape",
+            &format!("/{a}/self/{name}/Reshape").replace('.', "/"),
+            &[&y, shape],
+            &[&format!("{name}_heads")],
+        );
         let perm = if name == "key" { vec![0, 2, 3, 1] } else { vec![0, 2, 1, 3] };
-        op_with(&mut g, "Transpose", &format!("/{a}/self/{name}/Transpose").replace('.', "/"), &[&format!("{name}_heads")], &[&format!("{name}_t")], vec![Attribute::ints("perm", perm)]);
+        op_with(
+            &mut g,
+            "Transpose",
+            &format!("/{a}/self/{name}/Transpose").replace('.', "/"),
+            &[&format!("{name}_heads")],
+            &[&format!("{name}_t")],
+            vec![Attribute::ints("perm", perm)],
+        );
     }
     op(&mut g, "MatMul", "/attn/scores", &["query_t", "key_t"], &["scores"]);
     op(&mut g, "Mul", "/attn/scale", &["scores", "scale"], &["scaled"]);
     op_with(&mut g, "Softmax", "/attn/softmax", &["scaled"], &["probs"], vec![Attribute::int("axis", -1)]);
     op(&mut g, "MatMul", "/attn/context", &["probs", "value_t"], &["ctx"]);
-    op_with(&mut g, "Transpose", "/attn/merge_t", &["ctx"], &["ctx_t"], vec![Attribute::ints("perm", vec![0, 2, 1, 3])]);
+    op_with(
+        &mut g,
+        "Transpose",
+        "/attn/merge_t",
+        &["ctx"],
+        &["ctx_t"],
+        vec![Attribute::ints("perm", vec![0, 2, 1, 3])],
+    );
     op(&mut g, "Reshape", "/attn/merge", &["ctx_t", "merge_shape"], &["merged"]);
-    linear(&mut g, Form::MatMulBias, &format!("{a}.output.dense"), "merged", "y", &Arr::random(&[HIDDEN, width], 30), &Arr::random(&[HIDDEN], 31));
+    linear(
+        &mut g,
+        Form::MatMulBias,
+        &format!("{a}.output.dense"),
+        "merged",
+        "y",
+        &Arr::random(&[HIDDEN, width], 30),
+        &Arr::random(&[HIDDEN], 31),
+    );
     declare(&mut g, "query_out", &[2, 5, width as i64]);
     declare(&mut g, "query_heads", &[2, 5, HEADS as i64, HEAD as i64]);
     declare(&mut g, "merged", &[2, 5, width as i64]);

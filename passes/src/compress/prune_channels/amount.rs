@@ -21,7 +21,9 @@ impl Amount {
             return Err(PassError::bad_option(
                 PASS,
                 "ffn",
-                format!("{value} is not a fraction in [0, 1): give the share of intermediate channels to remove, e.g. 0.25"),
+                format!(
+                    "{value} is not a fraction in [0, 1): give the share of intermediate channels to remove, e.g. 0.25"
+                ),
             ));
         }
         Ok((value > 0.0).then_some(Amount::Fraction(value)))
@@ -39,7 +41,7 @@ impl Amount {
             return Ok((n > 0).then_some(Amount::Count(n)));
         }
         match text.parse::<f64>() {
-            Ok(f) if f == 0.0 => Ok(None),
+            Ok(0.0) => Ok(None),
             Ok(f) if f > 0.0 && f < 1.0 => Ok(Some(Amount::Fraction(f))),
             Ok(_) => Err(bad("is neither a fraction in (0, 1) nor a whole number of heads")),
             Err(_) => Err(bad("is not a number: give a fraction (0.25) or a head count (2)")),

@@ -97,11 +97,7 @@ pub fn find_attention_groups(graph: &Graph, layers: &[LinearLayer]) -> Vec<Resul
         }
     }
     let by_node: HashMap<NodeId, &LinearLayer> = layers.iter().map(|l| (l.node, l)).collect();
-    by_input
-        .into_iter()
-        .filter(|(_, v)| v.len() == 3)
-        .map(|(_, v)| match_block(graph, &by_node, v))
-        .collect()
+    by_input.into_iter().filter(|(_, v)| v.len() == 3).map(|(_, v)| match_block(graph, &by_node, v)).collect()
 }
 
 /// The `Reshape` reading `layer`'s result as its only use, with a constant tail of at least two
@@ -238,7 +234,11 @@ fn match_block(
             ))
         })?;
     if o.in_features != width {
-        return Err(refuse(format!("`{}` reads {} features, not {heads}×{head_size}", graph.node(o.node).label(), o.in_features)));
+        return Err(refuse(format!(
+            "`{}` reads {} features, not {heads}×{head_size}",
+            graph.node(o.node).label(),
+            o.in_features
+        )));
     }
 
     // No other constant of the block may speak of the head count.
@@ -267,7 +267,9 @@ fn match_block(
         // A Concat feeding a reshape in the block: its constants are shape entries.
         if node.op().is("Reshape") && !found.iter().any(|(_, t)| t.reshape == id) && merge.reshape != id {
             if let Some(tail) = shape_tail(graph, id) {
-                if let Some(e) = tail.entries.iter().find(|e| heads > 1 && (e.value == heads as i64 || e.value == width as i64)) {
+                if let Some(e) =
+                    tail.entries.iter().find(|e| heads > 1 && (e.value == heads as i64 || e.value == width as i64))
+                {
                     return Err(refuse(format!(
                         "cannot prove the head split: the shape of `{}` holds {} in `{}`",
                         node.label(),

@@ -18,9 +18,30 @@ use crate::pattern::{block_index, constant_tensor, LinearLayer};
 
 /// Unary ops that act on every element alone.
 const UNARY: &[&str] = &[
-    "Gelu", "Erf", "Sigmoid", "HardSigmoid", "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Tanh", "Softplus",
-    "Softsign", "HardSwish", "Mish", "ThresholdedRelu", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Sin",
-    "Cos", "Identity",
+    "Gelu",
+    "Erf",
+    "Sigmoid",
+    "HardSigmoid",
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "HardSwish",
+    "Mish",
+    "ThresholdedRelu",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Sin",
+    "Cos",
+    "Identity",
 ];
 
 /// Binary ops that act element-wise (with numpy broadcasting).
@@ -99,7 +120,7 @@ fn match_group(
             continue;
         }
         if let Some(p) = by_output.get(value.as_str()) {
-            if p.out_features as u64 != consumer.in_features || p.node == consumer.node {
+            if p.out_features != consumer.in_features || p.node == consumer.node {
                 return None;
             }
             walk.producers.push(p);
@@ -112,8 +133,12 @@ fn match_group(
         walk.path.push(id);
         let node = graph.node(id);
         let op = node.op();
-        let activations: Vec<&str> =
-            node.inputs().iter().filter(|i| !i.is_empty() && constant_tensor(graph, i).is_none()).map(|s| s.as_str()).collect();
+        let activations: Vec<&str> = node
+            .inputs()
+            .iter()
+            .filter(|i| !i.is_empty() && constant_tensor(graph, i).is_none())
+            .map(|s| s.as_str())
+            .collect();
         let elementwise = adaptc_ir::is_default_domain(&op.domain)
             && node.outputs().len() == 1
             && ((UNARY.contains(&op.op_type.as_str()) && node.inputs().len() == 1)
@@ -129,7 +154,11 @@ fn match_group(
                 check_constant(graph, node.label(), c, width, &mut walk);
             }
         } else if activations.len() == 1 {
-            walk.problems.push(format!("the path goes through {} `{}`, which is not element-wise", op.op_type, node.label()));
+            walk.problems.push(format!(
+                "the path goes through {} `{}`, which is not element-wise",
+                op.op_type,
+                node.label()
+            ));
         } else {
             return None;
         }

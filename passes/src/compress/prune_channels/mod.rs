@@ -91,7 +91,12 @@ pub(crate) fn info() -> PassInfo {
         name: PASS,
         summary: "structured pruning: remove the lowest-magnitude FFN channels and attention heads from the weights",
         options: vec![
-            OptionInfo::new("ffn", OptionKind::Float, Some("0"), "fraction of intermediate channels removed in every FFN, in [0, 1)"),
+            OptionInfo::new(
+                "ffn",
+                OptionKind::Float,
+                Some("0"),
+                "fraction of intermediate channels removed in every FFN, in [0, 1)",
+            ),
             OptionInfo::new(
                 "heads",
                 OptionKind::String,
@@ -282,4 +287,3 @@ impl Pass for PruneChannels {
             .stat("prune.params_after", after as i64))
     }
 }
-

@@ -50,7 +50,8 @@ impl ShapeEdit {
                 inputs[slot] = name;
                 let out = graph.unique_name(&format!("{}_pruned", self.shape));
                 let mut node = old.attrs().iter().cloned().fold(
-                    Node::new(old.op().clone(), inputs, vec![out.clone()]).named(graph.unique_name(&format!("{}_pruned", old.name))),
+                    Node::new(old.op().clone(), inputs, vec![out.clone()])
+                        .named(graph.unique_name(&format!("{}_pruned", old.name))),
                     Node::with_attr,
                 );
                 node.metadata.set(CREATED_BY, PASS);

@@ -60,7 +60,11 @@ pub struct Report {
 
 impl Report {
     /// Gathers the entries by block, in block order.
-    pub fn new(ffn: Vec<(Option<usize>, FfnReport)>, heads: Vec<(Option<usize>, HeadReport)>, params_before: u64) -> Report {
+    pub fn new(
+        ffn: Vec<(Option<usize>, FfnReport)>,
+        heads: Vec<(Option<usize>, HeadReport)>,
+        params_before: u64,
+    ) -> Report {
         let mut blocks: Vec<BlockReport> = Vec::new();
         fn entry(blocks: &mut Vec<BlockReport>, block: Option<usize>) -> &mut BlockReport {
             let i = blocks.iter().position(|b| b.block == block).unwrap_or_else(|| {

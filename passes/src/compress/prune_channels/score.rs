@@ -35,7 +35,7 @@ pub fn channel_scores(sq: &[Vec<f64>]) -> Vec<f64> {
 /// (attention heads: the head's q/k/v output channels and o input channels).
 pub fn block_scores(sq: &[Vec<f64>], block: usize) -> Vec<f64> {
     let width = sq.first().map_or(0, Vec::len);
-    let blocks = if block == 0 { 0 } else { width / block };
+    let blocks = width.checked_div(block).unwrap_or(0);
     (0..blocks).map(|h| sq.iter().map(|n| n[h * block..(h + 1) * block].iter().sum::<f64>().sqrt()).sum()).collect()
 }
 

@@ -31,7 +31,7 @@ impl Cut {
             return Err(format!("`{}` is {}, whose elements are not whole bytes", self.value, t.dtype()));
         };
         let block = self.block.max(1);
-        if len as usize % block != 0 || self.keep.iter().any(|&k| (k + 1) * block > len as usize) {
+        if (len as usize).checked_rem(block) != Some(0) || self.keep.iter().any(|&k| (k + 1) * block > len as usize) {
             return Err(format!("`{}` {dims:?}: axis {} does not hold the blocks to keep", self.value, self.axis));
         }
         let elem = (bits / 8) as usize;
