@@ -274,19 +274,51 @@ fn attention_heads_golden_and_numbers() {
     let f = feeds("x", &[2, 5, HIDDEN], 11);
     let diff = eval(&m.graph, &f, "y").max_abs_diff(&eval(&zeroed.graph, &f, "y"));
     assert!(diff < 1e-12, "{diff}");
-    let dump = adaptc_ir::dump(&m);
-    for line in [
-        "init %split_shape_pruned: i64[4]",
-        "init %merge_shape_pruned: i64[3]",
-        "init %encoder.layer.0.attention.self.query.weight: f32[6, 8]",
-        "init %encoder.layer.0.attention.output.dense.weight: f32[8, 6]",
-        "%query_heads = Reshape(%query_out, %split_shape_pruned)",
-        "%merged = Reshape(%ctx_t, %merge_shape_pruned)",
-    ] {
-        assert!(dump.contains(line), "{line}\n{dump}");
-    }
-    assert!(!dump.contains("init %split_shape:"), "the unused original is removed\n{dump}");
+    common::assert_dump(
+        &m,
+        r#"
+model ir_version=10 opsets=[ai.onnx=20]
+graph g {
+  input %x: f32[2, 5, 6]
+  init %scale: f32[]
+  init %encoder.layer.0.attention.self.query.weight: f32[6, 8]
+  init %encoder.layer.0.attention.self.query.bias: f32[8]
+  init %encoder.layer.0.attention.self.key.weight: f32[6, 8]
+  init %encoder.layer.0.attention.self.key.bias: f32[8]
+  init %encoder.layer.0.attention.self.value.weight: f32[6, 8]
+  init %encoder.layer.0.attention.self.value.bias: f32[8]
+  init %encoder.layer.0.attention.output.dense.weight: f32[8, 6]
+  init %encoder.layer.0.attention.output.dense.bias: f32[6]
+  init %kv_shape_pruned: i64[4]
+  init %split_shape_pruned: i64[4]
+  init %merge_shape_pruned: i64[3]
+  %query_out_mm = MatMul(%x, %encoder.layer.0.attention.self.query.weight)  # /encoder/layer/0/attention/self/query/MatMul
+  %query_out = Add(%query_out_mm, %encoder.layer.0.attention.self.query.bias)  # /encoder/layer/0/attention/self/query/Add
+  %query_heads = Reshape(%query_out, %split_shape_pruned)  # /encoder/layer/0/attention/self/query/Reshape
+  %query_t = Transpose(%query_heads) {perm=[0, 2, 1, 3]}  # /encoder/layer/0/attention/self/query/Transpose
+  %key_out_mm = MatMul(%x, %encoder.layer.0.attention.self.key.weight)  # /encoder/layer/0/attention/self/key/MatMul
+  %key_out = Add(%key_out_mm, %encoder.layer.0.attention.self.key.bias)  # /encoder/layer/0/attention/self/key/Add
+  %key_heads = Reshape(%key_out, %kv_shape_pruned)  # /encoder/layer/0/attention/self/key/Reshape
+  %key_t = Transpose(%key_heads) {perm=[0, 2, 3, 1]}  # /encoder/layer/0/attention/self/key/Transpose
+  %value_out_mm = MatMul(%x, %encoder.layer.0.attention.self.value.weight)  # /encoder/layer/0/attention/self/value/MatMul
+  %value_out = Add(%value_out_mm, %encoder.layer.0.attention.self.value.bias)  # /encoder/layer/0/attention/self/value/Add
+  %value_heads = Reshape(%value_out, %kv_shape_pruned)  # /encoder/layer/0/attention/self/value/Reshape
+  %value_t = Transpose(%value_heads) {perm=[0, 2, 1, 3]}  # /encoder/layer/0/attention/self/value/Transpose
+  %scores = MatMul(%query_t, %key_t)  # /attn/scores
+  %scaled = Mul(%scores, %scale)  # /attn/scale
+  %probs = Softmax(%scaled) {axis=-1}  # /attn/softmax
+  %ctx = MatMul(%probs, %value_t)  # /attn/context
+  %ctx_t = Transpose(%ctx) {perm=[0, 2, 1, 3]}  # /attn/merge_t
+  %merged = Reshape(%ctx_t, %merge_shape_pruned)  # /attn/merge
+  %y_mm = MatMul(%merged, %encoder.layer.0.attention.output.dense.weight)  # /encoder/layer/0/attention/output/dense/MatMul
+  %y = Add(%y_mm, %encoder.layer.0.attention.output.dense.bias)  # /encoder/layer/0/attention/output/dense/Add
+  output %y: ?
+}
+"#,
+    );
+    // The originals had no other reader and are gone; the copies say 2 heads.
     assert_eq!(Arr::from_tensor(m.graph.initializer("split_shape_pruned").unwrap()).data, vec![0.0, 0.0, 2.0, 4.0]);
+    assert_eq!(Arr::from_tensor(m.graph.initializer("merge_shape_pruned").unwrap()).data, vec![0.0, 0.0, 8.0]);
     assert_eq!(declared_dims(&m, "query_heads"), None, "stale head shapes are dropped");
     assert_eq!(declared_dims(&m, "query_out"), Some(vec![Dim::Known(2), Dim::Known(5), Dim::Known(8)]));
 }
@@ -460,4 +492,44 @@ fn llama4_ffn_and_gqa() {
     let mut m = fixture("llama4/model.onnx");
     let e = run_err("prune-channels{heads=1}", &mut m);
     assert!(e.contains("grouped-query attention is not supported yet"), "{e}");
+}
+
+#[test]
+fn shared_shape_constants_are_cloned() {
+    // `split_shape` is also read by an unrelated Reshape: it stays, the block gets a copy.
+    let mut m = attention(HEADS);
+    m.graph.inputs.push(adaptc_ir::ValueInfo::tensor(
+        "other",
+        adaptc_ir::DataType::Float,
+        vec![Dim::Known(1), Dim::Known(1), Dim::Known(12)],
+    ));
+    op(&mut m.graph, "Reshape", "unrelated", &["other", "split_shape"], &["other_heads"]);
+    m.graph.outputs.push(adaptc_ir::ValueInfo::new("other_heads", None));
+    run("prune-channels{heads=1}", &mut m);
+    assert_eq!(Arr::from_tensor(m.graph.initializer("split_shape").unwrap()).data, vec![0.0, 0.0, 3.0, 4.0]);
+    assert_eq!(m.graph.node(m.graph.producer("other_heads").unwrap().0).input(1), Some("split_shape"));
+    assert_eq!(m.graph.node(m.graph.producer("query_heads").unwrap().0).input(1), Some("split_shape_pruned"));
+}
+
+#[test]
+fn unprovable_head_layouts_are_refused() {
+    // A per-head table [1, H, 1, 1] multiplies the scores: the pass would have to cut it too.
+    let mut m = attention(HEADS);
+    m.graph.add_initializer(tensor("per_head", &Arr::random(&[1, HEADS, 1, 1], 3))).unwrap();
+    let softmax = m.graph.producer("probs").unwrap().0;
+    op(&mut m.graph, "Mul", "/attn/per_head", &["scaled", "per_head"], &["tabled"]);
+    m.graph.set_input(softmax, 0, "tabled").unwrap();
+    let e = run_err("prune-channels{heads=1}", &mut m);
+    assert!(e.contains("cannot prove the head split: `/attn/per_head` reads `per_head`"), "{e}");
+}
+
+#[test]
+fn adapted_weights_are_refused() {
+    let mut m = bert_ffn(Form::MatMulBias, Form::MatMulBias);
+    run("insert-lora{targets=intermediate.dense rank=2}", &mut m);
+    let e = run_err("prune-channels{ffn=0.25}", &mut m);
+    assert!(
+        e.contains("1 adapter(s) (e.g. on `encoder.layer.0.intermediate.dense`)") && e.contains("merge-lora"),
+        "{e}"
+    );
 }

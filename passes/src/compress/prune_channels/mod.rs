@@ -182,6 +182,18 @@ impl PruneChannels {
     }
 }
 
+/// Adapters join their result to the base layer's with an `Add`, which hides the structure.
+fn adapter_hint(state: &AdapterState) -> String {
+    match state.adapters.len() {
+        0 => String::new(),
+        n => format!(
+            "; the model carries {n} adapter(s) (e.g. on `{}`), whose Add hides the structure: merge them first \
+             (merge-lora), then prune",
+            state.adapters[0].module
+        ),
+    }
+}
+
 /// The module paths of `layers`.
 fn paths<'l>(layers: impl Iterator<Item = &'l LinearLayer>) -> Vec<&'l str> {
     layers.filter_map(|l| l.module_path.as_deref()).collect()
@@ -233,8 +245,11 @@ impl Pass for PruneChannels {
             if ffn_reports.is_empty() {
                 return Err(PassError::failed(
                     PASS,
-                    "nothing to prune: no FFN group (producer linear layers → element-wise ops → one consumer linear layer) \
-                     matches the targets",
+                    format!(
+                        "nothing to prune: no FFN group (producer linear layers → element-wise ops → one consumer \
+                         linear layer) matches the targets{}",
+                        adapter_hint(&state)
+                    ),
                 ));
             }
         }
@@ -261,8 +276,11 @@ impl Pass for PruneChannels {
             if !any {
                 return Err(PassError::failed(
                     PASS,
-                    "nothing to prune: no attention block (q/k/v projections reshaped to [.., H, D] and an output \
-                     projection of the merged heads) matches the targets",
+                    format!(
+                        "nothing to prune: no attention block (q/k/v projections reshaped to [.., H, D] and an output \
+                         projection of the merged heads) matches the targets{}",
+                        adapter_hint(&state)
+                    ),
                 ));
             }
         }
