@@ -35,6 +35,11 @@
 //! the whole model); with `report=path.json`, per block the channels and heads before and after,
 //! the removed indices and the parameters removed.
 //!
+//! Not found (yet), so not pruned: an FFN with a `Reshape` on its path (GPT-2's `Gemm`s on 2-D
+//! views), attention whose k/v read another input (cross-attention) or a fused QKV weight, and
+//! layers carrying adapters (their `Add` hides the structure: merge them first; the "nothing to
+//! prune" error says so).
+//!
 //! Preconditions: a verified graph; run `dce` first if old values linger. Preserves: graph
 //! inputs and outputs, node and value names; not the function — pruning is an approximation
 //! (the pruned model equals the original with the removed channels' consumer rows zeroed).
