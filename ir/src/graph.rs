@@ -418,6 +418,17 @@ impl Graph {
         Ok(())
     }
 
+    /// Replaces the initializer of the same name in place (same position), returning the old
+    /// one: how a pass changes a weight's shape without rewiring its readers.
+    pub fn replace_initializer(&mut self, tensor: Tensor) -> Result<Tensor, IrError> {
+        match self.initializers.get_mut(&tensor.name) {
+            Some(slot) => Ok(std::mem::replace(slot, tensor)),
+            None => {
+                Err(IrError::Invalid { graph: self.name.clone(), reason: format!("no initializer `{}`", tensor.name) })
+            }
+        }
+    }
+
     /// Removes an initializer, keeping the order of the others. Refuses while it is used.
     pub fn remove_initializer(&mut self, name: &str) -> Result<Tensor, IrError> {
         if let Some(u) = self.uses(name).first() {

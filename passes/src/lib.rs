@@ -26,8 +26,11 @@
 //! - [`lower`]: `specialize-shapes`, `decompose` (concrete shapes and a smaller op set for a
 //!   runtime);
 //! - [`compress`]: `quantize-weights`, `dequantize-weights` (int8/int4 weights as
-//!   DequantizeLinear or MatMulNBits, and back), `prune-weights` (magnitude pruning,
-//!   unstructured or 2:4), `factorize-lowrank` (truncated-SVD factors `W ≈ A·B`).
+//!   DequantizeLinear or MatMulNBits, and back), `prune-layers` (whole blocks),
+//!   `prune-channels` (structured pruning of FFN channels and attention heads), `prune-weights`
+//!   (magnitude pruning, unstructured or 2:4), `factorize-lowrank` (truncated-SVD factors
+//!   `W ≈ A·B`);
+//! - [`calibrate`]: running a model on sample rows for passes that choose by measurement.
 //!
 //! # Adding a pass in three steps
 //!

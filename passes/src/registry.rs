@@ -66,6 +66,7 @@ impl Registry {
         r.register(crate::compress::prune_layers::info());
         r.register(crate::compress::prune::info());
         r.register(crate::compress::factorize::info());
+        r.register(crate::compress::prune_channels::info());
         r
     }
 

@@ -9,7 +9,11 @@
 //!   weights with the exact dequantized values, reporting what a re-quantization would add;
 //! - [`prune_layers`]: `prune-layers` — removes whole transformer blocks along the residual
 //!   stream, named or chosen by [`block_distance`] on calibration data;
-//! - [`quant`]: the numbers (grids, rounding, packing, the operand layouts), shared by both;
+//! - [`prune_channels`]: `prune-channels` — structured pruning of FFN intermediate channels and
+//!   attention heads, cutting the weights themselves (the model really shrinks), with a
+//!   per-block report;
+//! - [`quant`]: the numbers (grids, rounding, packing, the operand layouts), shared by the
+//!   quantization passes;
 //! - [`opset`]: raising a model's default-domain opset (DequantizeLinear with int4 or blocks
 //!   needs opset 21) only when no operator of the graph changes meaning on the way;
 //! - [`prune`]: `prune-weights` — magnitude pruning of linear-layer weights in place,
@@ -38,6 +42,7 @@ pub mod opset;
 mod opset_history;
 pub mod parallel;
 pub mod prune;
+pub mod prune_channels;
 pub mod prune_layers;
 pub mod quant;
 pub mod quantize;
@@ -48,6 +53,7 @@ pub use dequantize::DequantizeWeights;
 pub use factorize::FactorizeLowrank;
 pub use lowrank::RankRule;
 pub use prune::PruneWeights;
+pub use prune_channels::PruneChannels;
 pub use prune_layers::PruneLayers;
 pub use quant::{Grid, QuantizedMatrix, Scheme};
 pub use quantize::{Format, QuantizeWeights};
