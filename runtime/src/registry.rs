@@ -48,6 +48,9 @@ impl Registry {
                 ops::pool::OPS,
                 ops::quant::OPS,
                 ops::misc::OPS,
+                ops::loss::OPS,
+                ops::attention::OPS,
+                ops::resize::OPS,
             ];
             for family in families {
                 for &(name, kernel) in *family {

@@ -72,6 +72,15 @@ pub fn clip(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
 }
 
 pub fn cum_sum(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    cumulative(c, i, false)
+}
+
+pub fn cum_prod(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    cumulative(c, i, true)
+}
+
+/// Running sums or products along an axis (`exclusive` shifts by one, `reverse` runs back).
+fn cumulative(c: &OpCtx, i: &Inputs, prod: bool) -> KResult<Vec<Tensor>> {
     let x = i.req(0)?;
     let Some(&a) = ints(i.req(1)?)?.first() else { kbail!("axis must be a scalar") };
     let ax = axis(a, x.rank())?;
@@ -79,19 +88,20 @@ pub fn cum_sum(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let outer: usize = x.shape()[..ax].iter().product();
     let dim = x.shape()[ax];
     let inner: usize = x.shape()[ax + 1..].iter().product();
-    fn go<T: Num>(v: &[T], outer: usize, dim: usize, inner: usize, excl: bool, rev: bool) -> Storage {
+    fn go<T: Num>(v: &[T], [outer, dim, inner]: [usize; 3], excl: bool, rev: bool, prod: bool) -> Storage {
         let mut out = vec![T::zero(); v.len()];
+        let (init, f): (T, fn(T, T) -> T) = if prod { (T::one(), T::mul) } else { (T::zero(), T::add) };
         for o in 0..outer {
             for r in 0..inner {
-                let mut acc = T::zero();
+                let mut acc = init;
                 for s in 0..dim {
                     let j = if rev { dim - 1 - s } else { s };
                     let at = (o * dim + j) * inner + r;
                     if excl {
                         out[at] = acc;
-                        acc = acc.add(v[at]);
+                        acc = f(acc, v[at]);
                     } else {
-                        acc = acc.add(v[at]);
+                        acc = f(acc, v[at]);
                         out[at] = acc;
                     }
                 }
@@ -99,8 +109,7 @@ pub fn cum_sum(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         }
         T::wrap(out)
     }
-    let data =
-        crate::with_arith!(x.data(), v => go(v, outer, dim, inner, excl, rev), _ => kbail!("cannot sum {}", x.dtype()));
+    let data = crate::with_arith!(x.data(), v => go(v, [outer, dim, inner], excl, rev, prod), _ => kbail!("cannot sum {}", x.dtype()));
     Ok(vec![Tensor::from_parts(x.shape().to_vec(), data)])
 }
 
@@ -185,6 +194,7 @@ pub const OPS: &[(&str, KernelFn)] = &[
     ("Constant", constant),
     ("Clip", clip),
     ("CumSum", cum_sum),
+    ("CumProd", cum_prod),
     ("NonZero", non_zero),
     ("TopK", top_k),
     ("Dropout", dropout),

@@ -7,17 +7,20 @@
 pub mod num;
 pub mod util;
 
+pub mod attention;
 pub mod binary;
 pub mod cast;
 pub mod compare;
 pub mod conv;
 pub mod gather;
+pub mod loss;
 pub mod matmul;
 pub mod misc;
 pub mod norm;
 pub mod pool;
 pub mod quant;
 pub mod reduce;
+pub mod resize;
 pub mod shape;
 pub mod slice;
 pub mod softmax;

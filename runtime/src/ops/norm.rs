@@ -98,10 +98,7 @@ fn per_channel(x: &Tensor) -> KResult<(usize, usize, usize)> {
 
 pub fn batch_norm(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let x = i.req(0)?;
-    if c.int("training_mode", 0) != 0 {
-        crate::error::unsupported!("training_mode=1");
-    }
-    let (_, ch, sp) = per_channel(x)?;
+    let (n, ch, sp) = per_channel(x)?;
     let eps = f64::from(c.float("epsilon", 1e-5));
     let [s, b, m, v] = [1, 2, 3, 4].map(|k| i.req(k).and_then(f64s));
     let (s, b, m, v) = (s?, b?, m?, v?);
@@ -109,15 +106,40 @@ pub fn batch_norm(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         kbail!("scale, bias, mean and var must have {ch} elements");
     }
     let xv = f64s(x)?;
+    let training = c.int("training_mode", 0) != 0;
+    // Training mode normalises with the batch's statistics and updates the running ones.
+    let (mean, var) = if training {
+        let count = (n * sp).max(1) as f64;
+        let mut mean = vec![0f64; ch];
+        let mut var = vec![0f64; ch];
+        for (k, &val) in xv.iter().enumerate() {
+            mean[(k / sp.max(1)) % ch] += val / count;
+        }
+        for (k, &val) in xv.iter().enumerate() {
+            let cidx = (k / sp.max(1)) % ch;
+            var[cidx] += (val - mean[cidx]) * (val - mean[cidx]) / count;
+        }
+        (mean, var)
+    } else {
+        (m.clone(), v.clone())
+    };
     let y: Vec<f64> = xv
         .iter()
         .enumerate()
         .map(|(k, &val)| {
             let cidx = (k / sp.max(1)) % ch;
-            s[cidx] * (val - m[cidx]) / (v[cidx] + eps).sqrt() + b[cidx]
+            s[cidx] * (val - mean[cidx]) / (var[cidx] + eps).sqrt() + b[cidx]
         })
         .collect();
-    Ok(vec![back(x.shape(), y, x.dtype())?])
+    let mut out = vec![back(x.shape(), y, x.dtype())?];
+    if training {
+        let momentum = f64::from(c.float("momentum", 0.9));
+        let run =
+            |old: &[f64], cur: &[f64]| old.iter().zip(cur).map(|(o, c)| o * momentum + c * (1.0 - momentum)).collect();
+        out.push(back(&[ch], run(&m, &mean), i.req(3)?.dtype())?);
+        out.push(back(&[ch], run(&v, &var), i.req(4)?.dtype())?);
+    }
+    Ok(out)
 }
 
 /// Normalises every group of `per` contiguous channels of every sample; `scale`/`bias` are

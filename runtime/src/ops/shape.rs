@@ -333,6 +333,8 @@ pub fn range(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         match s.data() {
             Storage::F32(_) => go::<f32>(s, l, d),
             Storage::F64(_) => go::<f64>(s, l, d),
+            Storage::F16(_) => go::<half::f16>(s, l, d),
+            Storage::BF16(_) => go::<half::bf16>(s, l, d),
             Storage::I16(_) => go::<i16>(s, l, d),
             Storage::I32(_) => go::<i32>(s, l, d),
             Storage::I64(_) => go::<i64>(s, l, d),
