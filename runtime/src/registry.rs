@@ -51,6 +51,7 @@ impl Registry {
                 ops::loss::OPS,
                 ops::attention::OPS,
                 ops::resize::OPS,
+                ops::signal::OPS,
             ];
             for family in families {
                 for &(name, kernel) in *family {

@@ -22,6 +22,7 @@ pub mod quant;
 pub mod reduce;
 pub mod resize;
 pub mod shape;
+pub mod signal;
 pub mod slice;
 pub mod softmax;
 pub mod unary;

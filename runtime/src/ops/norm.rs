@@ -238,7 +238,32 @@ pub fn mean_variance_norm(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![back(x.shape(), y, x.dtype())?])
 }
 
+/// Local response normalisation across channels.
+pub fn lrn(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let (_, ch, sp) = per_channel(x)?;
+    let size = c.int("size", 0);
+    if size < 1 {
+        kbail!("size must be positive");
+    }
+    let (alpha, beta, bias) =
+        (f64::from(c.float("alpha", 1e-4)), f64::from(c.float("beta", 0.75)), f64::from(c.float("bias", 1.0)));
+    let (lo, hi) = (((size - 1) / 2) as usize, ((size - 1) as usize).div_ceil(2));
+    let xv = f64s(x)?;
+    let y: Vec<f64> = (0..xv.len())
+        .map(|k| {
+            let (cidx, base) = ((k / sp.max(1)) % ch, k - ((k / sp.max(1)) % ch) * sp);
+            let from = cidx.saturating_sub(lo);
+            let to = (cidx + hi).min(ch - 1);
+            let sq: f64 = (from..=to).map(|j| xv[base + j * sp].powi(2)).sum();
+            xv[k] / (bias + alpha / size as f64 * sq).powf(beta)
+        })
+        .collect();
+    Ok(vec![back(x.shape(), y, x.dtype())?])
+}
+
 pub const OPS: &[(&str, KernelFn)] = &[
+    ("LRN", lrn),
     ("LayerNormalization", layer_norm),
     ("RMSNormalization", rms_norm),
     ("BatchNormalization", batch_norm),
