@@ -52,6 +52,7 @@ impl Registry {
                 ops::attention::OPS,
                 ops::resize::OPS,
                 ops::signal::OPS,
+                ops::einsum::OPS,
             ];
             for family in families {
                 for &(name, kernel) in *family {
