@@ -53,6 +53,7 @@ impl Registry {
                 ops::resize::OPS,
                 ops::signal::OPS,
                 ops::einsum::OPS,
+                ops::grid_sample::OPS,
             ];
             for family in families {
                 for &(name, kernel) in *family {

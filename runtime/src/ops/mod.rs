@@ -14,6 +14,7 @@ pub mod compare;
 pub mod conv;
 pub mod einsum;
 pub mod gather;
+pub mod grid_sample;
 pub mod loss;
 pub mod matmul;
 pub mod misc;
