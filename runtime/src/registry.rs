@@ -54,6 +54,7 @@ impl Registry {
                 ops::signal::OPS,
                 ops::einsum::OPS,
                 ops::grid_sample::OPS,
+                ops::detection::OPS,
             ];
             for family in families {
                 for &(name, kernel) in *family {

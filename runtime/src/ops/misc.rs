@@ -190,7 +190,60 @@ pub fn dropout(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(out)
 }
 
+pub fn string_concat(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (a, b) = (i.req(0)?, i.req(1)?);
+    let (Some(x), Some(y)) = (a.as_slice::<String>(), b.as_slice::<String>()) else {
+        kbail!("expects string inputs, got {} and {}", a.dtype(), b.dtype())
+    };
+    let out = super::util::broadcast_shapes(&[a.shape(), b.shape()])?;
+    let (ia, ib) = (super::util::broadcast_index(a.shape(), &out), super::util::broadcast_index(b.shape(), &out));
+    let v = ia.iter().zip(&ib).map(|(&p, &q)| format!("{}{}", x[p], y[q])).collect();
+    Ok(vec![Tensor::from_parts(out, Storage::Str(v))])
+}
+
+/// Determinants of the trailing square matrices (LU with partial pivoting, in f64).
+pub fn det(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let r = x.rank();
+    if r < 2 || x.shape()[r - 1] != x.shape()[r - 2] {
+        kbail!("input must end in a square matrix, got {:?}", x.shape());
+    }
+    let m = x.shape()[r - 1];
+    let v = floats(x)?;
+    let count = v.len() / (m * m).max(1);
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let mut a = v[k * m * m..(k + 1) * m * m].to_vec();
+        let mut d = 1.0;
+        for col in 0..m {
+            let p = (col..m).max_by(|&p, &q| a[p * m + col].abs().total_cmp(&a[q * m + col].abs())).unwrap_or(col);
+            if a[p * m + col] == 0.0 {
+                d = 0.0;
+                break;
+            }
+            if p != col {
+                for j in 0..m {
+                    a.swap(p * m + j, col * m + j);
+                }
+                d = -d;
+            }
+            d *= a[col * m + col];
+            for row in col + 1..m {
+                let f = a[row * m + col] / a[col * m + col];
+                for j in col..m {
+                    a[row * m + j] -= f * a[col * m + j];
+                }
+            }
+        }
+        out.push(d);
+    }
+    let t = Tensor::from_parts(x.shape()[..r - 2].to_vec(), Storage::F64(out));
+    Ok(vec![super::cast::cast_to(&t, x.dtype())?])
+}
+
 pub const OPS: &[(&str, KernelFn)] = &[
+    ("StringConcat", string_concat),
+    ("Det", det),
     ("Constant", constant),
     ("Clip", clip),
     ("CumSum", cum_sum),

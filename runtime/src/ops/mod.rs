@@ -12,6 +12,7 @@ pub mod binary;
 pub mod cast;
 pub mod compare;
 pub mod conv;
+pub mod detection;
 pub mod einsum;
 pub mod gather;
 pub mod grid_sample;
