@@ -257,6 +257,9 @@ fn resize_core(
         (None, None) => kbail!("one of scales and sizes is required"),
     }
     checked_numel(&out)?;
+    if ax.iter().any(|&a| !(1e-6..=1e6).contains(&scale[a]) && out[a] > 0) {
+        kbail!("scales {scale:?} are out of range");
+    }
     let roi_full = match roi.filter(|v| !v.is_empty()) {
         Some(v) if v.len() == 2 * ax.len() => {
             let mut full = vec![(0.0, 1.0); r];
