@@ -160,4 +160,50 @@ pub fn grid_sample(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![super::cast::cast_to(&t, x.dtype())?])
 }
 
-pub const OPS: &[(&str, KernelFn)] = &[("GridSample", grid_sample)];
+/// `AffineGrid`: the sampling grid of an affine transform `theta` (2-D `[N, 2, 3]` or 3-D
+/// `[N, 3, 4]`) over an output of `size`, in GridSample's normalised coordinates.
+pub fn affine_grid(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (theta, size) = (i.req(0)?, i.req(1)?);
+    let size = super::util::to_shape(&super::util::ints(size)?)?;
+    let nd = size.len().saturating_sub(2);
+    if !(nd == 2 || nd == 3) || theta.shape() != [size[0], nd, nd + 1] {
+        kbail!("theta {:?} does not fit size {size:?}", theta.shape());
+    }
+    let align = c.int("align_corners", 0) != 0;
+    let coord = |k: usize, len: usize| -> f64 {
+        if align {
+            if len <= 1 {
+                -1.0
+            } else {
+                -1.0 + 2.0 * k as f64 / (len - 1) as f64
+            }
+        } else {
+            (2 * k + 1) as f64 / len as f64 - 1.0
+        }
+    };
+    let sp = &size[2..];
+    let mut shape = vec![size[0]];
+    shape.extend_from_slice(sp);
+    shape.push(nd);
+    checked_numel(&shape)?;
+    let th = floats(theta)?;
+    let count: usize = sp.iter().product();
+    let mut out = Vec::with_capacity(size[0] * count * nd);
+    let mut pos = vec![0usize; nd];
+    for b in 0..size[0] {
+        let t = &th[b * nd * (nd + 1)..(b + 1) * nd * (nd + 1)];
+        for p in 0..count {
+            super::conv::unravel(p, sp, &mut pos);
+            // Base point in (x, y[, z], 1) order: the last spatial dim is x.
+            let mut base: Vec<f64> = (0..nd).map(|d| coord(pos[nd - 1 - d], sp[nd - 1 - d])).collect();
+            base.push(1.0);
+            for row in 0..nd {
+                out.push((0..=nd).map(|k| t[row * (nd + 1) + k] * base[k]).sum());
+            }
+        }
+    }
+    let t = Tensor::from_parts(shape, Storage::F64(out));
+    Ok(vec![super::cast::cast_to(&t, theta.dtype())?])
+}
+
+pub const OPS: &[(&str, KernelFn)] = &[("GridSample", grid_sample), ("AffineGrid", affine_grid)];
