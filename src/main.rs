@@ -18,6 +18,7 @@ Examples:
   adaptc export adapted.onnx --peft adapter/     LoRA adapters as a PEFT folder (or --merged out.onnx)
   adaptc import-peft model.onnx --adapter adapter/ -o adapted.onnx
   adaptc verify model.onnx out.onnx              same outputs on the same random inputs (tract)
+  adaptc run model.onnx --input x=x.npy --out-dir out/   run on the CPU runtime, outputs as .npy
 
 Pipelines are MLIR-style text: passes separated by commas, options in braces separated by
 spaces, list values separated by commas:  \"fold-constants,cse,dce\"";
@@ -38,6 +39,7 @@ enum Command {
     Export(cmd::export::Args),
     ImportPeft(cmd::import_peft::Args),
     Verify(cmd::verify::Args),
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cmd::export::run(args),
         Command::ImportPeft(args) => cmd::import_peft::run(args),
         Command::Verify(args) => cmd::verify::run(args),
+        Command::Run(args) => cmd::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,6 +48,13 @@ impl Registry {
                 ops::pool::OPS,
                 ops::quant::OPS,
                 ops::misc::OPS,
+                ops::loss::OPS,
+                ops::attention::OPS,
+                ops::resize::OPS,
+                ops::signal::OPS,
+                ops::einsum::OPS,
+                ops::grid_sample::OPS,
+                ops::detection::OPS,
             ];
             for family in families {
                 for &(name, kernel) in *family {

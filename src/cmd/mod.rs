@@ -5,4 +5,5 @@ pub mod import_peft;
 pub mod inspect;
 pub mod passes;
 pub mod rewrite;
+pub mod run;
 pub mod verify;

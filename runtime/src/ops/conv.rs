@@ -23,8 +23,8 @@ pub struct Window {
 impl Window {
     pub fn new(c: &OpCtx, spatial: &[usize], kernel: Vec<usize>, ceil: bool) -> KResult<Window> {
         let nd = spatial.len();
-        if kernel.len() != nd {
-            kbail!("kernel shape {kernel:?} does not match {nd} spatial dims");
+        if kernel.len() != nd || kernel.contains(&0) {
+            kbail!("kernel shape {kernel:?} does not fit {nd} spatial dims");
         }
         let get = |name: &str| -> KResult<Vec<usize>> {
             match c.ints(name) {
@@ -180,6 +180,9 @@ pub fn conv_transpose(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let spatial = &x.shape()[2..];
     let nd = spatial.len();
     let kshape = w.shape()[2..].to_vec();
+    if kshape.contains(&0) {
+        kbail!("W {:?} has an empty kernel", w.shape());
+    }
     let attr = |name: &str, d: usize| -> Vec<usize> {
         c.ints(name).map(|v| v.iter().map(|&x| x.max(0) as usize).collect()).unwrap_or_else(|| vec![d; nd])
     };

@@ -233,7 +233,103 @@ pub fn compress(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![Tensor::from_parts(out, src.data().take(&map))])
 }
 
+/// `Unique`: distinct elements (or slices along `axis`), sorted or in order of appearance,
+/// with first indices, inverse indices and counts.
+pub fn unique(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let (src, ax) = match c.node.attr("axis").and_then(|a| a.as_int()) {
+        Some(a) => (x.clone(), axis(a, x.rank())?),
+        None => (Tensor::from_parts(vec![x.numel()], x.data().clone()), 0),
+    };
+    let dim = src.shape()[ax];
+    let outer: usize = src.shape()[..ax].iter().product();
+    let inner: usize = src.shape()[ax + 1..].iter().product();
+    // Each slice as a comparable key: its elements' flat indices, compared by value.
+    let slice_idx = |k: usize| -> Vec<usize> {
+        (0..outer).flat_map(|o| (0..inner).map(move |r| (o * dim + k) * inner + r)).collect()
+    };
+    let keys: Vec<Vec<KeyVal>> = (0..dim).map(|k| slice_idx(k).iter().map(|&j| key(src.data(), j)).collect()).collect();
+    let mut firsts: Vec<usize> = Vec::new();
+    let mut inverse = vec![0usize; dim];
+    let mut counts: Vec<i64> = Vec::new();
+    for k in 0..dim {
+        match firsts.iter().position(|&f| keys[f] == keys[k]) {
+            Some(u) => {
+                inverse[k] = u;
+                counts[u] += 1;
+            }
+            None => {
+                inverse[k] = firsts.len();
+                firsts.push(k);
+                counts.push(1);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..firsts.len()).collect();
+    if c.int("sorted", 1) != 0 {
+        order.sort_by(|&p, &q| cmp_keys(&keys[firsts[p]], &keys[firsts[q]]));
+    }
+    let mut rank = vec![0usize; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        rank[old] = new;
+    }
+    let mut shape = src.shape().to_vec();
+    shape[ax] = order.len();
+    let mut map = Vec::new();
+    for o in 0..outer {
+        for &u in &order {
+            let base = (o * dim + firsts[u]) * inner;
+            map.extend(base..base + inner);
+        }
+    }
+    let y = Tensor::from_parts(shape, src.data().take(&map));
+    let n = order.len();
+    let idx = order.iter().map(|&u| firsts[u] as i64).collect();
+    let inv = inverse.iter().map(|&u| rank[u] as i64).collect();
+    let cnt = order.iter().map(|&u| counts[u]).collect();
+    Ok(vec![
+        y,
+        Tensor::from_parts(vec![n], Storage::I64(idx)),
+        Tensor::from_parts(vec![dim], Storage::I64(inv)),
+        Tensor::from_parts(vec![n], Storage::I64(cnt)),
+    ])
+}
+
+/// A comparable element value.
+#[derive(Clone, PartialEq)]
+enum KeyVal {
+    Num(f64),
+    Int(i128),
+    Str(String),
+}
+
+fn key(s: &Storage, j: usize) -> KeyVal {
+    match s {
+        Storage::Str(v) => KeyVal::Str(v[j].clone()),
+        Storage::F32(_) | Storage::F64(_) | Storage::F16(_) | Storage::BF16(_) => {
+            crate::with_float!(s, v => KeyVal::Num(v[j].to_f64()), _ => KeyVal::Num(0.0))
+        }
+        other => crate::with_num!(other, v => KeyVal::Int(v[j].to_i128()), _ => KeyVal::Int(0)),
+    }
+}
+
+fn cmp_keys(a: &[KeyVal], b: &[KeyVal]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = match (x, y) {
+            (KeyVal::Num(p), KeyVal::Num(q)) => p.total_cmp(q),
+            (KeyVal::Int(p), KeyVal::Int(q)) => p.cmp(q),
+            (KeyVal::Str(p), KeyVal::Str(q)) => p.cmp(q),
+            _ => std::cmp::Ordering::Equal,
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
 pub const OPS: &[(&str, KernelFn)] = &[
+    ("Unique", unique),
     ("Gather", gather),
     ("GatherElements", gather_elements),
     ("GatherND", gather_nd),

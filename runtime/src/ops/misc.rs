@@ -72,6 +72,15 @@ pub fn clip(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
 }
 
 pub fn cum_sum(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    cumulative(c, i, false)
+}
+
+pub fn cum_prod(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    cumulative(c, i, true)
+}
+
+/// Running sums or products along an axis (`exclusive` shifts by one, `reverse` runs back).
+fn cumulative(c: &OpCtx, i: &Inputs, prod: bool) -> KResult<Vec<Tensor>> {
     let x = i.req(0)?;
     let Some(&a) = ints(i.req(1)?)?.first() else { kbail!("axis must be a scalar") };
     let ax = axis(a, x.rank())?;
@@ -79,19 +88,20 @@ pub fn cum_sum(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let outer: usize = x.shape()[..ax].iter().product();
     let dim = x.shape()[ax];
     let inner: usize = x.shape()[ax + 1..].iter().product();
-    fn go<T: Num>(v: &[T], outer: usize, dim: usize, inner: usize, excl: bool, rev: bool) -> Storage {
+    fn go<T: Num>(v: &[T], [outer, dim, inner]: [usize; 3], excl: bool, rev: bool, prod: bool) -> Storage {
         let mut out = vec![T::zero(); v.len()];
+        let (init, f): (T, fn(T, T) -> T) = if prod { (T::one(), T::mul) } else { (T::zero(), T::add) };
         for o in 0..outer {
             for r in 0..inner {
-                let mut acc = T::zero();
+                let mut acc = init;
                 for s in 0..dim {
                     let j = if rev { dim - 1 - s } else { s };
                     let at = (o * dim + j) * inner + r;
                     if excl {
                         out[at] = acc;
-                        acc = acc.add(v[at]);
+                        acc = f(acc, v[at]);
                     } else {
-                        acc = acc.add(v[at]);
+                        acc = f(acc, v[at]);
                         out[at] = acc;
                     }
                 }
@@ -99,8 +109,7 @@ pub fn cum_sum(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         }
         T::wrap(out)
     }
-    let data =
-        crate::with_arith!(x.data(), v => go(v, outer, dim, inner, excl, rev), _ => kbail!("cannot sum {}", x.dtype()));
+    let data = crate::with_arith!(x.data(), v => go(v, [outer, dim, inner], excl, rev, prod), _ => kbail!("cannot sum {}", x.dtype()));
     Ok(vec![Tensor::from_parts(x.shape().to_vec(), data)])
 }
 
@@ -181,10 +190,64 @@ pub fn dropout(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(out)
 }
 
+pub fn string_concat(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (a, b) = (i.req(0)?, i.req(1)?);
+    let (Some(x), Some(y)) = (a.as_slice::<String>(), b.as_slice::<String>()) else {
+        kbail!("expects string inputs, got {} and {}", a.dtype(), b.dtype())
+    };
+    let out = super::util::broadcast_shapes(&[a.shape(), b.shape()])?;
+    let (ia, ib) = (super::util::broadcast_index(a.shape(), &out), super::util::broadcast_index(b.shape(), &out));
+    let v = ia.iter().zip(&ib).map(|(&p, &q)| format!("{}{}", x[p], y[q])).collect();
+    Ok(vec![Tensor::from_parts(out, Storage::Str(v))])
+}
+
+/// Determinants of the trailing square matrices (LU with partial pivoting, in f64).
+pub fn det(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let r = x.rank();
+    if r < 2 || x.shape()[r - 1] != x.shape()[r - 2] {
+        kbail!("input must end in a square matrix, got {:?}", x.shape());
+    }
+    let m = x.shape()[r - 1];
+    let v = floats(x)?;
+    let count = v.len() / (m * m).max(1);
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let mut a = v[k * m * m..(k + 1) * m * m].to_vec();
+        let mut d = 1.0;
+        for col in 0..m {
+            let p = (col..m).max_by(|&p, &q| a[p * m + col].abs().total_cmp(&a[q * m + col].abs())).unwrap_or(col);
+            if a[p * m + col] == 0.0 {
+                d = 0.0;
+                break;
+            }
+            if p != col {
+                for j in 0..m {
+                    a.swap(p * m + j, col * m + j);
+                }
+                d = -d;
+            }
+            d *= a[col * m + col];
+            for row in col + 1..m {
+                let f = a[row * m + col] / a[col * m + col];
+                for j in col..m {
+                    a[row * m + j] -= f * a[col * m + j];
+                }
+            }
+        }
+        out.push(d);
+    }
+    let t = Tensor::from_parts(x.shape()[..r - 2].to_vec(), Storage::F64(out));
+    Ok(vec![super::cast::cast_to(&t, x.dtype())?])
+}
+
 pub const OPS: &[(&str, KernelFn)] = &[
+    ("StringConcat", string_concat),
+    ("Det", det),
     ("Constant", constant),
     ("Clip", clip),
     ("CumSum", cum_sum),
+    ("CumProd", cum_prod),
     ("NonZero", non_zero),
     ("TopK", top_k),
     ("Dropout", dropout),

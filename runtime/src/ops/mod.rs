@@ -7,18 +7,25 @@
 pub mod num;
 pub mod util;
 
+pub mod attention;
 pub mod binary;
 pub mod cast;
 pub mod compare;
 pub mod conv;
+pub mod detection;
+pub mod einsum;
 pub mod gather;
+pub mod grid_sample;
+pub mod loss;
 pub mod matmul;
 pub mod misc;
 pub mod norm;
 pub mod pool;
 pub mod quant;
 pub mod reduce;
+pub mod resize;
 pub mod shape;
+pub mod signal;
 pub mod slice;
 pub mod softmax;
 pub mod unary;

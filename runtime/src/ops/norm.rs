@@ -98,10 +98,7 @@ fn per_channel(x: &Tensor) -> KResult<(usize, usize, usize)> {
 
 pub fn batch_norm(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let x = i.req(0)?;
-    if c.int("training_mode", 0) != 0 {
-        crate::error::unsupported!("training_mode=1");
-    }
-    let (_, ch, sp) = per_channel(x)?;
+    let (n, ch, sp) = per_channel(x)?;
     let eps = f64::from(c.float("epsilon", 1e-5));
     let [s, b, m, v] = [1, 2, 3, 4].map(|k| i.req(k).and_then(f64s));
     let (s, b, m, v) = (s?, b?, m?, v?);
@@ -109,15 +106,40 @@ pub fn batch_norm(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         kbail!("scale, bias, mean and var must have {ch} elements");
     }
     let xv = f64s(x)?;
+    let training = c.int("training_mode", 0) != 0;
+    // Training mode normalises with the batch's statistics and updates the running ones.
+    let (mean, var) = if training {
+        let count = (n * sp).max(1) as f64;
+        let mut mean = vec![0f64; ch];
+        let mut var = vec![0f64; ch];
+        for (k, &val) in xv.iter().enumerate() {
+            mean[(k / sp.max(1)) % ch] += val / count;
+        }
+        for (k, &val) in xv.iter().enumerate() {
+            let cidx = (k / sp.max(1)) % ch;
+            var[cidx] += (val - mean[cidx]) * (val - mean[cidx]) / count;
+        }
+        (mean, var)
+    } else {
+        (m.clone(), v.clone())
+    };
     let y: Vec<f64> = xv
         .iter()
         .enumerate()
         .map(|(k, &val)| {
             let cidx = (k / sp.max(1)) % ch;
-            s[cidx] * (val - m[cidx]) / (v[cidx] + eps).sqrt() + b[cidx]
+            s[cidx] * (val - mean[cidx]) / (var[cidx] + eps).sqrt() + b[cidx]
         })
         .collect();
-    Ok(vec![back(x.shape(), y, x.dtype())?])
+    let mut out = vec![back(x.shape(), y, x.dtype())?];
+    if training {
+        let momentum = f64::from(c.float("momentum", 0.9));
+        let run =
+            |old: &[f64], cur: &[f64]| old.iter().zip(cur).map(|(o, c)| o * momentum + c * (1.0 - momentum)).collect();
+        out.push(back(&[ch], run(&m, &mean), i.req(3)?.dtype())?);
+        out.push(back(&[ch], run(&v, &var), i.req(4)?.dtype())?);
+    }
+    Ok(out)
 }
 
 /// Normalises every group of `per` contiguous channels of every sample; `scale`/`bias` are
@@ -216,7 +238,32 @@ pub fn mean_variance_norm(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![back(x.shape(), y, x.dtype())?])
 }
 
+/// Local response normalisation across channels.
+pub fn lrn(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let (_, ch, sp) = per_channel(x)?;
+    let size = c.int("size", 0);
+    if size < 1 {
+        kbail!("size must be positive");
+    }
+    let (alpha, beta, bias) =
+        (f64::from(c.float("alpha", 1e-4)), f64::from(c.float("beta", 0.75)), f64::from(c.float("bias", 1.0)));
+    let (lo, hi) = (((size - 1) / 2) as usize, ((size - 1) as usize).div_ceil(2));
+    let xv = f64s(x)?;
+    let y: Vec<f64> = (0..xv.len())
+        .map(|k| {
+            let (cidx, base) = ((k / sp.max(1)) % ch, k - ((k / sp.max(1)) % ch) * sp);
+            let from = cidx.saturating_sub(lo);
+            let to = (cidx + hi).min(ch - 1);
+            let sq: f64 = (from..=to).map(|j| xv[base + j * sp].powi(2)).sum();
+            xv[k] / (bias + alpha / size as f64 * sq).powf(beta)
+        })
+        .collect();
+    Ok(vec![back(x.shape(), y, x.dtype())?])
+}
+
 pub const OPS: &[(&str, KernelFn)] = &[
+    ("LRN", lrn),
     ("LayerNormalization", layer_norm),
     ("RMSNormalization", rms_norm),
     ("BatchNormalization", batch_norm),

@@ -107,7 +107,15 @@ fn pool(c: &OpCtx, i: &Inputs, kind: Kind, global: bool) -> KResult<Vec<Tensor>>
     let mut out = vec![t];
     if kind == Kind::Max && c.node.outputs().len() > 1 {
         if c.int("storage_order", 0) != 0 {
-            crate::error::unsupported!("storage_order=1");
+            // Column-major indices: the spatial offset with the last two dims swapped.
+            let hw: Vec<usize> = spatial.iter().rev().copied().collect();
+            for v in idx.iter_mut() {
+                let (nc, off) = (*v as usize / isz.max(1), *v as usize % isz.max(1));
+                let mut p = vec![0; nd];
+                unravel(off, &spatial, &mut p);
+                p.reverse();
+                *v = (nc * isz + ravel(&p, &hw)) as i64;
+            }
         }
         out.push(Tensor::from_parts(out_shape, Storage::I64(idx)));
     }

@@ -187,7 +187,95 @@ pub fn matmul_nbits(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![super::cast::cast_to(&y, a.dtype())?])
 }
 
-pub const OPS: &[(&str, KernelFn)] = &[("DequantizeLinear", dequantize_linear), ("QuantizeLinear", quantize_linear)];
+/// `(q − zp)` for a matmul operand, with a scalar zero point or one per row (`per_row`) or
+/// column of the last two dims.
+fn centered(q: &Tensor, zp: Option<&Tensor>, per_row: bool) -> KResult<Tensor> {
+    let v = floats(q)?;
+    let z = match zp {
+        Some(z) => floats(z)?,
+        None => vec![0.0],
+    };
+    let r = q.rank();
+    let (rows, cols) =
+        if r >= 2 { (q.shape()[r - 2], q.shape()[r - 1]) } else { (1, q.shape().first().copied().unwrap_or(1)) };
+    let out: Vec<f64> = if z.len() == 1 {
+        v.iter().map(|x| x - z[0]).collect()
+    } else if per_row && z.len() == rows {
+        v.iter().enumerate().map(|(k, x)| x - z[(k / cols.max(1)) % rows.max(1)]).collect()
+    } else if !per_row && z.len() == cols {
+        v.iter().enumerate().map(|(k, x)| x - z[k % cols.max(1)]).collect()
+    } else {
+        unsupported!("zero point of shape {:?}", zp.map(|t| t.shape().to_vec()))
+    };
+    Ok(Tensor::from_parts(q.shape().to_vec(), Storage::F64(out)))
+}
+
+pub fn matmul_integer(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let a = centered(i.req(0)?, i.opt(2), true)?;
+    let b = centered(i.req(1)?, i.opt(3), false)?;
+    let y = super::matmul::matmul_tensors(&a, &b)?;
+    Ok(vec![super::cast::cast_to(&y, DataType::Int32)?])
+}
+
+pub fn qlinear_matmul(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let a = centered(i.req(0)?, i.opt(2), true)?;
+    let b = centered(i.req(3)?, i.opt(5), false)?;
+    let scalar = |k: usize| -> KResult<f64> {
+        match floats(i.req(k)?)?.as_slice() {
+            [v] => Ok(*v),
+            _ => unsupported!("per-channel scales"),
+        }
+    };
+    let (sa, sb, sy) = (scalar(1)?, scalar(4)?, scalar(6)?);
+    let zy = match i.opt(7) {
+        Some(z) => floats(z)?.first().copied().unwrap_or(0.0),
+        None => 0.0,
+    };
+    let out_dtype = i.opt(7).map_or(i.req(0)?.dtype(), |z| z.dtype());
+    let (lo, hi) = match out_dtype {
+        DataType::Uint8 => (0.0, 255.0),
+        DataType::Int8 => (-128.0, 127.0),
+        other => unsupported!("QLinearMatMul to {other}"),
+    };
+    let y = super::matmul::matmul_tensors(&a, &b)?;
+    let v: Vec<f64> = floats(&y)?
+        .iter()
+        .map(|&acc| {
+            let q = acc * (sa * sb / sy) as f32 as f64;
+            let q = q as f32 as f64;
+            let r = if (q - q.trunc()).abs() == 0.5 { 2.0 * (q / 2.0).round() } else { q.round() };
+            (r + zy).clamp(lo, hi)
+        })
+        .collect();
+    let t = Tensor::from_parts(y.shape().to_vec(), Storage::F64(v));
+    Ok(vec![super::cast::cast_to(&t, out_dtype)?])
+}
+
+pub fn dynamic_quantize_linear(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let v = floats(x)?;
+    let min = v.iter().copied().fold(0.0f64, f64::min) as f32;
+    let max = v.iter().copied().fold(0.0f64, f64::max) as f32;
+    let scale = if max == min { 1.0f32 } else { (max - min) / 255.0 };
+    let round = |q: f32| -> f32 {
+        if (q - q.trunc()).abs() == 0.5 {
+            2.0 * (q / 2.0).round()
+        } else {
+            q.round()
+        }
+    };
+    let zp = round((0.0 - min) / scale).clamp(0.0, 255.0);
+    let y: Vec<u8> = v.iter().map(|&x| (round(x as f32 / scale) + zp).clamp(0.0, 255.0) as u8).collect();
+    Ok(vec![Tensor::from_parts(x.shape().to_vec(), Storage::U8(y)), Tensor::scalar(scale), Tensor::scalar(zp as u8)])
+}
+
+pub const OPS: &[(&str, KernelFn)] = &[
+    ("DequantizeLinear", dequantize_linear),
+    ("QuantizeLinear", quantize_linear),
+    ("MatMulInteger", matmul_integer),
+    ("QLinearMatMul", qlinear_matmul),
+    ("DynamicQuantizeLinear", dynamic_quantize_linear),
+];
 
 /// Ops of the `com.microsoft` domain.
 pub const MS_OPS: &[(&str, KernelFn)] = &[("MatMulNBits", matmul_nbits)];

@@ -333,6 +333,8 @@ pub fn range(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         match s.data() {
             Storage::F32(_) => go::<f32>(s, l, d),
             Storage::F64(_) => go::<f64>(s, l, d),
+            Storage::F16(_) => go::<half::f16>(s, l, d),
+            Storage::BF16(_) => go::<half::bf16>(s, l, d),
             Storage::I16(_) => go::<i16>(s, l, d),
             Storage::I32(_) => go::<i32>(s, l, d),
             Storage::I64(_) => go::<i64>(s, l, d),
@@ -430,7 +432,30 @@ pub fn space_to_depth(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![Tensor::from_parts(vec![n, ch * b * b, h / b, w / b], p.into_data())])
 }
 
+pub fn reverse_sequence(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let lens = ints(i.req(1)?)?;
+    let (bax, tax) = (axis(c.int("batch_axis", 1), x.rank())?, axis(c.int("time_axis", 0), x.rank())?);
+    if bax == tax || lens.len() != x.shape()[bax] {
+        kbail!("batch_axis {bax}, time_axis {tax} and {} lengths do not fit {:?}", lens.len(), x.shape());
+    }
+    let st = strides(x.shape());
+    let t = x.shape()[tax] as i64;
+    let mut map = Vec::with_capacity(x.numel());
+    for k in 0..x.numel() {
+        let (b, ti) = ((k / st[bax]) % x.shape()[bax], ((k / st[tax]) % x.shape()[tax]) as i64);
+        let len = lens[b];
+        if !(0..=t).contains(&len) {
+            kbail!("sequence length {len} is out of range for {t} steps");
+        }
+        let src = if ti < len { len - 1 - ti } else { ti };
+        map.push((k as i64 + (src - ti) * st[tax] as i64) as usize);
+    }
+    Ok(vec![Tensor::from_parts(x.shape().to_vec(), x.data().take(&map))])
+}
+
 pub const OPS: &[(&str, KernelFn)] = &[
+    ("ReverseSequence", reverse_sequence),
     ("Reshape", reshape),
     ("Flatten", flatten),
     ("Squeeze", squeeze),

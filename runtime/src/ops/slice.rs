@@ -158,7 +158,47 @@ pub fn pad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     Ok(vec![Tensor::from_parts(out, data.take(&idx))])
 }
 
-pub const OPS: &[(&str, KernelFn)] = &[("Slice", slice), ("Pad", pad)];
+/// Crops or pads each listed axis, centred, to the requested size (padding with zeros).
+pub fn center_crop_pad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let x = i.req(0)?;
+    let want = ints(i.req(1)?)?;
+    let ax = match c.ints("axes") {
+        Some(a) => axes(&a, x.rank())?,
+        None => (0..x.rank()).collect(),
+    };
+    if want.len() != ax.len() || want.iter().any(|&w| w < 0) {
+        kbail!("shape {want:?} does not fit {} axes", ax.len());
+    }
+    let mut out = x.shape().to_vec();
+    // Offset of output index 0 in input coordinates, per axis (negative: padding first).
+    let mut shift = vec![0i64; x.rank()];
+    for (k, &a) in ax.iter().enumerate() {
+        let (inp, o) = (x.shape()[a] as i64, want[k]);
+        shift[a] = if o <= inp { (inp - o) / 2 } else { -((o - inp) / 2) };
+        out[a] = o as usize;
+    }
+    let n = checked_numel(&out)?;
+    let (st, ost) = (strides(x.shape()), strides(&out));
+    let sentinel = x.numel();
+    let map: Vec<usize> = (0..n)
+        .map(|k| {
+            let mut off = 0usize;
+            for d in 0..x.rank() {
+                let p = ((k / ost[d]) % out[d]) as i64 + shift[d];
+                if p < 0 || p >= x.shape()[d] as i64 {
+                    return sentinel;
+                }
+                off += p as usize * st[d];
+            }
+            off
+        })
+        .collect();
+    let zero = crate::tensor::Storage::zeros(x.dtype(), 1).unwrap_or(crate::tensor::Storage::F32(vec![0.0]));
+    let data = super::shape::concat_storage(x.data(), &zero);
+    Ok(vec![Tensor::from_parts(out, data.take(&map))])
+}
+
+pub const OPS: &[(&str, KernelFn)] = &[("Slice", slice), ("Pad", pad), ("CenterCropPad", center_crop_pad)];
 
 #[cfg(test)]
 mod tests {
