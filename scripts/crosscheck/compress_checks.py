@@ -26,6 +26,8 @@ built independently in PyTorch/numpy from the Hugging Face model:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from common import Failed, Results, adaptc, load_meta, ort_run, out_dir, worst_rel
@@ -101,7 +103,7 @@ def check_f(spec, res: Results):
         res.add(spec.name, "f. MatMul nodes left", str(mm), "= 32", mm == 32)
 
 
-def calibration_rows(spec) -> "Path":
+def calibration_rows(spec) -> Path:
     """The calibration rows for `spec` (scripts/make_train_data.py, made on first use)."""
     import subprocess
     import sys

@@ -52,7 +52,6 @@ import shutil
 import subprocess
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -63,7 +62,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import compress_checks  # noqa: E402
-from common import DATA, REPO, WORK, Failed, Results, adaptc, counts, load_meta, ort_run, out_dir, worst_rel  # noqa: E402,F401
+from common import (  # noqa: E402,F401
+    DATA,
+    REPO,
+    WORK,
+    Failed,
+    Results,
+    adaptc,
+    check_peft_loaded,
+    check_safetensors_bytes,
+    counts,
+    load_meta,
+    ort_run,
+    out_dir,
+    worst_rel,
+)
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
