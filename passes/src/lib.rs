@@ -47,6 +47,7 @@
 //!    (the failure reason, and that nothing changed).
 
 pub mod adapters;
+pub mod autodiff;
 pub mod calibrate;
 pub mod canonicalize;
 pub mod compress;
