@@ -21,6 +21,7 @@ pub mod memory;
 pub mod npy;
 pub mod ops;
 pub mod plan;
+pub mod profile;
 pub mod registry;
 pub mod session;
 pub mod tensor;

@@ -5,6 +5,7 @@
 //! than as a kernel failure deep in the graph.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use adaptc_ir::{Dim, Model};
 
@@ -13,6 +14,7 @@ use crate::cpu::CpuBackend;
 use crate::error::{Result, RuntimeError};
 use crate::memory::Usage;
 use crate::plan::{lower, ExecPlan};
+use crate::profile::Profile;
 use crate::registry::Registry;
 use crate::tensor::Tensor;
 
@@ -38,10 +40,12 @@ pub struct Session {
 }
 
 /// What a run did besides its outputs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunStats {
     /// Peak bytes of activations live at once (constants excluded).
     pub peak_bytes: usize,
+    /// Time per op type, when `ADAPTC_PROFILE` is set.
+    pub profile: Option<Profile>,
 }
 
 impl Session {
@@ -114,10 +118,15 @@ impl Session {
             usage.alloc(be.byte_size(&buf));
             slots[pi.buf] = Some(buf);
         }
+        let mut profile = crate::profile::enabled().then(Profile::default);
         for (i, ins) in self.plan.instructions.iter().enumerate() {
             let args: Vec<Option<&<CpuBackend as Backend>::Buffer>> =
                 ins.inputs.iter().map(|b| b.and_then(|b| slots[b].as_ref())).collect();
+            let started = profile.as_ref().map(|_| Instant::now());
             let outs = be.execute(ins, &args)?;
+            if let (Some(p), Some(t)) = (profile.as_mut(), started) {
+                p.record(&ins.node.op().to_string(), t.elapsed());
+            }
             for (slot, out) in ins.outputs.iter().zip(outs) {
                 if let (Some(b), Some(o)) = (slot, out) {
                     usage.alloc(be.byte_size(&o));
@@ -137,7 +146,7 @@ impl Session {
             };
             out.push((name.clone(), be.download(buf)?));
         }
-        Ok((out, RunStats { peak_bytes: usage.peak }))
+        Ok((out, RunStats { peak_bytes: usage.peak, profile }))
     }
 }
 

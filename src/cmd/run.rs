@@ -19,7 +19,7 @@ Every input without an initializer default must be given, as a little-endian C-o
 array of the declared element type and shape. Each graph output is written to
 OUT_DIR/<output name>.npy (characters other than letters, digits, '.', '-' and '_' become '_').
 Outputs are written only when the whole run succeeded, each to a temporary file renamed into
-place.";
+place. With ADAPTC_PROFILE=1 set, the time spent per op type is printed to stderr.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
@@ -75,7 +75,10 @@ pub fn run(args: Args) -> Result<()> {
     let bar = Bar::new();
     let model = onnx::load_with(&args.model, &bar).with_context(|| format!("cannot load {}", args.model.display()))?;
     let session = Session::new(&model, SessionOptions { device: Device::Cpu })?;
-    let outputs = session.run(inputs)?;
+    let (outputs, stats) = session.run_with_stats(inputs)?;
+    if let Some(profile) = &stats.profile {
+        eprintln!("{profile}");
+    }
 
     // Encode everything first so that a failure writes nothing.
     let mut files = Vec::with_capacity(outputs.len());
