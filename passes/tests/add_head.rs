@@ -235,7 +235,7 @@ fn refusals_change_nothing() {
     let e = refused(&model, spec(&[]));
     assert!(e.contains("option `labels`: is required"), "{e}");
     let e = refused(&model, spec(&[("labels", "2"), ("input", "nope")]));
-    assert!(e.contains("no value `nope` in the graph (outputs: `h` float32[b, s, 4])"), "{e}");
+    assert!(e.contains("no value `nope` in the graph (outputs: `h` f32[b, s, 4])"), "{e}");
 
     let mut headed = model.clone();
     run("add-head{labels=2}", &mut headed);
@@ -249,7 +249,7 @@ fn refusals_change_nothing() {
         g.outputs.push(ValueInfo::tensor("y", DataType::Float, vec![Dim::Known(2), Dim::Known(4)]));
     });
     let e = refused(&flat, spec(&[("labels", "2")]));
-    assert!(e.contains("no graph output of rank 3") && e.contains("outputs: `y` float32[2, 4]"), "{e}");
+    assert!(e.contains("no graph output of rank 3") && e.contains("outputs: `y` f32[2, 4]"), "{e}");
     let e = refused(&flat, spec(&[("labels", "2"), ("input", "y")]));
     assert!(e.contains("`y` has rank 2"), "{e}");
 

@@ -400,6 +400,6 @@ mod tests {
         let mut ck = sample(3);
         ck.params[1].1 = Tensor::from_vec(vec![1], vec![1i64]).unwrap();
         let e = ck.save(dir.path(), 0).unwrap_err().to_string();
-        assert!(e.contains("parameter `a.bias` is int64, not float32"), "{e}");
+        assert!(e.contains("parameter `a.bias` is i64, not float32"), "{e}");
     }
 }

@@ -449,7 +449,7 @@ mod tests {
         assert!(e.contains("none.jsonl"), "{e}");
         let odd = vec![("pixel_values".to_string(), DataType::Float16)];
         let e = Dataset::load(&f, &odd, &CLS2, None).unwrap_err().to_string();
-        assert!(e.contains("input `pixel_values` is float16"), "{e}");
+        assert!(e.contains("input `pixel_values` is f16"), "{e}");
         let one = DataOptions { task: Task::Classification { labels: 1 }, max_len: None };
         assert!(Dataset::load(&f, &inputs, &one, None).unwrap_err().to_string().contains("at least 2 labels"));
     }

@@ -439,7 +439,7 @@ mod tests {
         let grads = params.clone();
         let mut one = AdamW::new(AdamWConfig::default(), [("a", 2)]).unwrap();
         let e = one.step_tensors(0.1, &mut params, &grads).unwrap_err().to_string();
-        assert!(e.contains("`a` is int64, parameters and gradients must be float32"), "{e}");
+        assert!(e.contains("`a` is i64, parameters and gradients must be float32"), "{e}");
         assert!(AdamW::new(AdamWConfig::default(), [("a", 1), ("a", 2)]).is_err());
         let bad = AdamWConfig { betas: (1.0, 0.999), ..AdamWConfig::default() };
         assert!(AdamW::new(bad, [("a", 1)]).unwrap_err().to_string().contains("beta1 must be in [0, 1)"));
