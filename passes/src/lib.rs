@@ -30,6 +30,7 @@
 //!   `prune-channels` (structured pruning of FFN channels and attention heads), `prune-weights`
 //!   (magnitude pruning, unstructured or 2:4), `factorize-lowrank` (truncated-SVD factors
 //!   `W ≈ A·B`);
+//! - [`heads`]: `add-head` (a trainable classification head producing `logits`);
 //! - [`calibrate`]: running a model on sample rows for passes that choose by measurement.
 //!
 //! # Adding a pass in three steps
@@ -51,6 +52,7 @@ pub mod autodiff;
 pub mod calibrate;
 pub mod canonicalize;
 pub mod compress;
+pub mod heads;
 pub mod lower;
 pub mod manager;
 pub mod options;

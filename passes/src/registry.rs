@@ -59,6 +59,7 @@ impl Registry {
         r.register(crate::adapters::bottleneck::info());
         r.register(crate::adapters::prompt::info());
         r.register(crate::adapters::trainable::info());
+        r.register(crate::heads::add_head::info());
         r.register(crate::lower::specialize_shapes::info());
         r.register(crate::lower::decompose::info());
         r.register(crate::autodiff::info());

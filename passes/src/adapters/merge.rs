@@ -112,6 +112,10 @@ impl Pass for MergeLora {
                     cx.note(format!("{}: {:?} adapters cannot be merged into weights; kept", rec.module, rec.method));
                     kept += 1;
                 }
+                Method::Head => {
+                    cx.note(format!("{}: a task head is part of the model, not a weight delta; kept", rec.module));
+                    kept += 1;
+                }
             }
         }
 

@@ -34,6 +34,9 @@ pub enum Method {
     Ia3,
     Bottleneck,
     Prompt,
+    /// A task head (`add-head`): trained with the adapters, kept by `merge-lora`, and for PEFT
+    /// a `modules_to_save` module rather than an adapter.
+    Head,
 }
 
 /// How the base weight is stored, so a merge can fold `ΔW` in the right orientation.

@@ -1,0 +1,33 @@
+//! The building blocks of `adaptc train`, each independent of how gradients are computed:
+//!
+//! - [`optimizer`]: AdamW with PyTorch's semantics, and global-norm gradient clipping;
+//! - [`schedule`]: learning-rate warmup and cosine / linear / constant decay;
+//! - [`data`]: JSONL rows (token ids, or text through [`tokenize`]) checked against the
+//!   model's inputs, and padded batches as runtime tensors;
+//! - [`loader`]: the deterministic per-epoch shuffle and the resumable [`Position`];
+//! - [`checkpoint`]: atomic `checkpoints/step-<N>/` folders (parameters, optimizer state, RNG,
+//!   data position, configuration fingerprint), the last K kept;
+//! - [`metrics`]: the `metrics.jsonl` log, truncated on resume;
+//! - [`plot`]: `loss.png`.
+//!
+//! Errors are [`TrainError`]s that name the file, line, parameter or checkpoint at fault.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod loader;
+pub mod metrics;
+pub mod optimizer;
+pub mod plot;
+pub mod schedule;
+pub mod tokenize;
+
+pub use checkpoint::Checkpoint;
+pub use data::{Batch, DataOptions, Dataset, Task};
+pub use error::{Result, TrainError};
+pub use loader::{Loader, Position};
+pub use metrics::{EvalRecord, MetricsWriter, Record, StepRecord};
+pub use optimizer::{clip_grad_norm, clip_grad_norm_tensors, AdamW, AdamWConfig, Moments, ParamGrad};
+pub use plot::plot_loss;
+pub use schedule::{Decay, Schedule};
+pub use tokenize::TextTokenizer;
