@@ -40,6 +40,7 @@ enum Command {
     ImportPeft(cmd::import_peft::Args),
     Verify(cmd::verify::Args),
     Run(cmd::run::Args),
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Command::ImportPeft(args) => cmd::import_peft::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Train(args) => cmd::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

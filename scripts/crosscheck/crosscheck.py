@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import compress_checks  # noqa: E402
+import train_checks  # noqa: E402
 from common import (  # noqa: E402,F401
     DATA,
     REPO,
@@ -408,10 +409,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--adaptc", default=str(REPO / "target" / "release" / "adaptc"))
     ap.add_argument("--models", default="minilm,llama", help="comma-separated subset of minilm,llama")
-    ap.add_argument("--checks", default="abcdefghi", help="which checks to run (letters a–i; default all)")
+    ap.add_argument("--checks", default="abcdefghij", help="which checks to run (letters a–j; default all)")
     ap.add_argument("--refresh", action="store_true", help="re-export the models even if present")
     ap.add_argument("--report", default=str(REPO / "bench" / "results" / "crosscheck.md"))
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="only export the models the Rust tests read (no adaptc binary needed)")
     args = ap.parse_args()
+    if args.prepare_only:
+        specs = {"minilm": MiniLM(), "llama": Llama()}
+        for name in args.models.split(","):
+            print(f"{name}: {specs[name].build(args.refresh)}")
+        return 0
     common.ADAPTC = Path(args.adaptc).resolve()
     if not common.ADAPTC.exists():
         print(f"no adaptc binary at {common.ADAPTC}", file=sys.stderr)
@@ -442,6 +450,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - reported, then the next check
                 res.error(name, f"{letter}.", e)
         compress_checks.run(spec, res, args.checks)
+        train_checks.run(spec, res, args.checks)
     elapsed = time.perf_counter() - t0
     write_report(Path(args.report), res, notes, elapsed)
     print(f"\n{len(res.rows) - len(res.failed)} of {len(res.rows)} checks passed in {elapsed:.0f} s; "

@@ -6,4 +6,5 @@ pub mod inspect;
 pub mod passes;
 pub mod rewrite;
 pub mod run;
+pub mod train;
 pub mod verify;

@@ -54,6 +54,17 @@ pub enum TrainError {
 
     #[error(transparent)]
     Runtime(#[from] adaptc_runtime::RuntimeError),
+
+    /// Building the training graph (or another pass) failed.
+    #[error(transparent)]
+    Pass(#[from] adaptc_passes::PassError),
+
+    /// The loss or the gradients stopped being finite; the step was not applied.
+    #[error(
+        "training stopped at step {step}: {what}; no update was applied and no non-finite weight was \
+         written (lower --lr, or resume from the last checkpoint)"
+    )]
+    NonFinite { step: u64, what: String },
 }
 
 impl TrainError {

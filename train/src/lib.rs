@@ -8,10 +8,12 @@
 //! - [`checkpoint`]: atomic `checkpoints/step-<N>/` folders (parameters, optimizer state, RNG,
 //!   data position, configuration fingerprint), the last K kept;
 //! - [`metrics`]: the `metrics.jsonl` log, truncated on resume;
-//! - [`plot`]: `loss.png`.
+//! - [`plot`]: `loss.png`;
+//! - [`trainer`]: the loop that ties them to the training graph and the runtime.
 //!
 //! Errors are [`TrainError`]s that name the file, line, parameter or checkpoint at fault.
 
+pub mod artifacts;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod optimizer;
 pub mod plot;
 pub mod schedule;
 pub mod tokenize;
+pub mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use data::{Batch, DataOptions, Dataset, Task};
@@ -31,3 +34,4 @@ pub use optimizer::{clip_grad_norm, clip_grad_norm_tensors, AdamW, AdamWConfig, 
 pub use plot::plot_loss;
 pub use schedule::{Decay, Schedule};
 pub use tokenize::TextTokenizer;
+pub use trainer::{train, Objective, Observer, Outcome, RunDir, Stop, TrainConfig};

@@ -1,0 +1,173 @@
+//! `adaptc train` end to end on all-MiniLM-L6-v2 (tests/data, made by scripts/make-test-data.sh):
+//! the run folder's contents, loss going down, exact resume after `kill -9`, the NaN stop and
+//! the refusals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+fn minilm() -> String {
+    data().join("minilm/model.onnx").display().to_string()
+}
+
+fn sentiment(file: &str) -> String {
+    data().join("train/sentiment").join(file).display().to_string()
+}
+
+fn adaptc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adaptc")).args(args).output().unwrap()
+}
+
+/// The common arguments of a short MiniLM LoRA run into `out`.
+fn train_args(out: &Path, steps: &str) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train",
+        &minilm(),
+        "--data",
+        &sentiment("train.jsonl"),
+        "--task",
+        "classification",
+        "--labels",
+        "2",
+        "-p",
+        "insert-lora{rank=8 alpha=16 targets=query,value}",
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--keep-checkpoints",
+        "10",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(out.display().to_string());
+    v
+}
+
+fn run(args: &[String]) -> Output {
+    adaptc(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn steps_of(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn writes_the_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = train_args(&out, "12");
+    args.extend(["--eval".into(), sentiment("eval.jsonl"), "--eval-every".into(), "6".into()]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["metrics.jsonl", "adapted.onnx", "merged.onnx", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "loss.png"] {
+        assert!(out.join(f).is_file(), "{f} is missing; stderr: {}", stderr(&o));
+    }
+    assert!(out.join("checkpoints/step-12").is_dir());
+    let steps = steps_of(&out.join("metrics.jsonl"));
+    assert_eq!(steps.iter().map(|s| s.0).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    let first: f64 = steps[..3].iter().map(|s| s.1).sum::<f64>() / 3.0;
+    let last: f64 = steps[9..].iter().map(|s| s.1).sum::<f64>() / 3.0;
+    assert!(last < first, "the loss did not go down: first steps {first:.4}, last steps {last:.4}");
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(text.matches("eval_loss").count(), 2, "evaluations at steps 6 and 12");
+    // merged.onnx keeps the base inputs and puts the logits first.
+    let merged = adaptc_ir::onnx::load(&out.join("merged.onnx")).unwrap();
+    let inputs: Vec<&str> = merged.graph.inputs.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(inputs, ["input_ids", "attention_mask", "token_type_ids"]);
+    assert_eq!(merged.graph.outputs[0].name, "logits");
+    assert!(!merged.graph.nodes().any(|(_, n)| n.name.contains("lora")), "merged.onnx still has LoRA nodes");
+    // Running it again into the same folder without --resume is refused.
+    let o = run(&train_args(&out, "12"));
+    assert!(!o.status.success() && stderr(&o).contains("--resume"), "{}", stderr(&o));
+}
+
+/// Kill -9 in the middle, resume, and end with exactly the weights of an uninterrupted run.
+#[test]
+fn resume_after_kill_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let o = run(&train_args(&whole, "10"));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cut = tmp.path().join("cut");
+    let args = train_args(&cut, "10");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adaptc"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !cut.join("checkpoints/step-4").is_dir() {
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = steps_of(&cut.join("metrics.jsonl")).len();
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let o = run(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if done < 10 {
+        assert!(stderr(&o).contains("resumed from step"), "{}", stderr(&o));
+    }
+    let a = std::fs::read(whole.join("checkpoints/step-10/params.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("checkpoints/step-10/params.safetensors")).unwrap();
+    assert!(a == b, "the resumed run's final weights differ from the uninterrupted run's");
+    let steps: Vec<u64> = steps_of(&cut.join("metrics.jsonl")).iter().map(|s| s.0).collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "metrics.jsonl after resume");
+}
+
+#[test]
+fn a_diverging_run_stops_without_writing_non_finite_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = train_args(&out, "8");
+    let lr = args.iter().position(|a| a == "--lr").unwrap();
+    args[lr + 1] = "1e30".into();
+    args.extend(["--max-grad-norm".into(), "0".into()]);
+    let o = run(&args);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("training stopped at step"), "{}", stderr(&o));
+    assert!(!out.join("merged.onnx").exists());
+}
+
+#[test]
+fn refusals_name_the_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run").display().to_string();
+    let o = adaptc(&["train", &minilm(), "--data", &sentiment("train.jsonl"), "--task", "classification", "--steps", "1", "--out", &out]);
+    assert!(!o.status.success() && stderr(&o).contains("--labels"), "{}", stderr(&o));
+    let o = adaptc(&["train", &minilm(), "--data", "/nonexistent.jsonl", "--task", "classification", "--labels", "2", "--steps", "1", "-p", "insert-lora{rank=4 targets=query}", "--out", &out]);
+    assert!(!o.status.success() && stderr(&o).contains("nonexistent.jsonl"), "{}", stderr(&o));
+    let o = adaptc(&["train", &minilm(), "--data", &sentiment("train.jsonl"), "--task", "classification", "--labels", "2", "--steps", "1", "-p", "insert-lora{rank=4 targets=nope}", "--out", &out]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(!Path::new(&out).join("metrics.jsonl").exists());
+}
