@@ -8,10 +8,11 @@
 //! - [`checkpoint`]: atomic `checkpoints/step-<N>/` folders (parameters, optimizer state, RNG,
 //!   data position, configuration fingerprint), the last K kept;
 //! - [`metrics`]: the `metrics.jsonl` log, truncated on resume;
-//! - [`plot`]: `loss.png`.
+//! - [`plot`]: the loss chart, `loss.png`.
 //!
 //! Errors are [`TrainError`]s that name the file, line, parameter or checkpoint at fault.
 
+mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
