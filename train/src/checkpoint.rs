@@ -136,7 +136,7 @@ impl Checkpoint {
     /// checkpoints (`keep = 0` keeps all). Returns the folder.
     pub fn save(&self, root: &Path, keep: usize) -> Result<PathBuf> {
         let target = step_dir(root, self.step);
-        let (params, optimizer, state) = self.encode().map_err(|reason| TrainError::checkpoint(&target, reason))?;
+        let [params, optimizer, state] = self.encode().map_err(|reason| TrainError::checkpoint(&target, reason))?;
         std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".step-{}.tmp", self.step))
@@ -162,7 +162,8 @@ impl Checkpoint {
         Ok(target)
     }
 
-    fn encode(&self) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+    /// The bytes of the three files: parameters, optimizer, state.
+    fn encode(&self) -> Result<[Vec<u8>; 3], String> {
         let mut tensors = Vec::with_capacity(self.params.len());
         for (name, t) in &self.params {
             let v = t.as_slice::<f32>().ok_or_else(|| format!("parameter `{name}` is {}, not float32", t.dtype()))?;
@@ -187,7 +188,7 @@ impl Checkpoint {
         };
         let mut json = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
         json.push(b'\n');
-        Ok((params, optimizer, json))
+        Ok([params, optimizer, json])
     }
 
     /// Reads and checks a checkpoint folder.
@@ -195,8 +196,8 @@ impl Checkpoint {
         let bad = |reason: String| TrainError::checkpoint(dir, reason);
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read(&state_path).map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
-        let state: State =
-            serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE} is not a valid checkpoint state: {e}")))?;
+        let state: State = serde_json::from_slice(&text)
+            .map_err(|e| bad(format!("{STATE_FILE} is not a valid checkpoint state: {e}")))?;
         if state.format != FORMAT {
             return Err(bad(format!("{STATE_FILE} has format {}, this adaptc reads format {FORMAT}", state.format)));
         }
@@ -230,7 +231,8 @@ impl Checkpoint {
             }
             moments.push(Moments { name: name.clone(), m, v });
         }
-        extra_tensors(&opt_file, 2 * state.optimizer_params.len()).map_err(|r| bad(format!("{OPTIMIZER_FILE}: {r}")))?;
+        extra_tensors(&opt_file, 2 * state.optimizer_params.len())
+            .map_err(|r| bad(format!("{OPTIMIZER_FILE}: {r}")))?;
         Ok(Checkpoint {
             step: state.step,
             params,
@@ -306,7 +308,10 @@ mod tests {
         Checkpoint {
             step,
             params: vec![
-                ("z.lora_A.weight".into(), Tensor::from_vec(vec![2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, step as f32]).unwrap()),
+                (
+                    "z.lora_A.weight".into(),
+                    Tensor::from_vec(vec![2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, step as f32]).unwrap(),
+                ),
                 ("a.bias".into(), Tensor::from_vec(vec![2], vec![-0.5f32, 0.25]).unwrap()),
             ],
             optimizer_step: step,

@@ -134,8 +134,11 @@ impl Dataset {
             if line.trim().is_empty() {
                 continue;
             }
-            let row = parse_row(&line, inputs, options, tokenizer)
-                .map_err(|reason| TrainError::Row { file: file.to_path_buf(), line: i + 1, reason })?;
+            let row = parse_row(&line, inputs, options, tokenizer).map_err(|reason| TrainError::Row {
+                file: file.to_path_buf(),
+                line: i + 1,
+                reason,
+            })?;
             rows.push(row);
         }
         if rows.is_empty() {
@@ -209,7 +212,9 @@ impl Dataset {
             inputs.push((name.clone(), t));
         }
         let labels = match self.task {
-            Task::Classification { .. } => Tensor::from_vec(vec![n], rows.iter().map(|r| r.label.unwrap_or(0)).collect())?,
+            Task::Classification { .. } => {
+                Tensor::from_vec(vec![n], rows.iter().map(|r| r.label.unwrap_or(0)).collect())?
+            }
             Task::LanguageModel => {
                 let field = |name: &str| self.inputs.iter().position(|(n, _)| n == name);
                 let mut ids = padded(field("input_ids").unwrap_or(0), IGNORE_INDEX);
@@ -397,7 +402,11 @@ mod tests {
     #[test]
     fn language_model_labels_and_truncation() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "c.jsonl", "{\"input_ids\": [1, 2, 3, 4], \"attention_mask\": [1, 1, 1, 0]}\n{\"input_ids\": [9]}\n");
+        let f = write(
+            dir.path(),
+            "c.jsonl",
+            "{\"input_ids\": [1, 2, 3, 4], \"attention_mask\": [1, 1, 1, 0]}\n{\"input_ids\": [9]}\n",
+        );
         let inputs = vec![
             ("input_ids".to_string(), DataType::Int64),
             ("attention_mask".to_string(), DataType::Int64),
@@ -420,10 +429,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inputs = bert_inputs();
         let cases = [
-            ("{\"attention_mask\": [1], \"label\": 0}", "line 2: no `input_ids`: rows need the model's inputs `input_ids`"),
+            (
+                "{\"attention_mask\": [1], \"label\": 0}",
+                "line 2: no `input_ids`: rows need the model's inputs `input_ids`",
+            ),
             ("{\"input_ids\": [1, 2.5], \"label\": 0}", "line 2: `input_ids`[1] is 2.5, not an integer"),
             ("{\"input_ids\": \"abc\", \"label\": 0}", "line 2: `input_ids` is not an array of integers"),
-            ("{\"input_ids\": [1, 2], \"attention_mask\": [1], \"label\": 0}", "line 2: `attention_mask` has 1 values but `input_ids` has 2"),
+            (
+                "{\"input_ids\": [1, 2], \"attention_mask\": [1], \"label\": 0}",
+                "line 2: `attention_mask` has 1 values but `input_ids` has 2",
+            ),
             ("{\"input_ids\": [1], \"label\": 2}", "line 2: label 2 is out of range for 2 labels (0..=1)"),
             ("{\"input_ids\": [1], \"label\": \"pos\"}", "line 2: `label` is \"pos\", not an integer"),
             ("{\"input_ids\": [1]}", "line 2: no `label` (a classifier with 2 labels is trained)"),

@@ -8,12 +8,14 @@
 //! - [`checkpoint`]: atomic `checkpoints/step-<N>/` folders (parameters, optimizer state, RNG,
 //!   data position, configuration fingerprint), the last K kept;
 //! - [`metrics`]: the `metrics.jsonl` log, truncated on resume;
-//! - [`plot`]: `loss.png`;
-//! - [`trainer`]: the loop that ties them to the training graph and the runtime.
+//! - [`plot`]: the loss chart, `loss.png`;
+//! - [`trainer`]: the loop that ties them to the training graph and the runtime;
+//! - [`artifacts`]: adapted/merged ONNX, the PEFT adapter and the plot, written at the end.
 //!
 //! Errors are [`TrainError`]s that name the file, line, parameter or checkpoint at fault.
 
 pub mod artifacts;
+mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -86,13 +86,7 @@ impl MetricsWriter {
             return MetricsWriter::create(path);
         }
         let kept: Vec<Record> = read_records(path)?.into_iter().filter(|r| r.step() <= step).collect();
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainError::io(dir, e))?;
-        for r in &kept {
-            write_line(tmp.as_file_mut(), r).map_err(|e| TrainError::io(path, e))?;
-        }
-        tmp.as_file().sync_all().map_err(|e| TrainError::io(path, e))?;
-        tmp.persist(path).map_err(|e| TrainError::io(path, e.error))?;
+        crate::atomic::replace_file(path, |file| kept.iter().try_for_each(|r| write_line(file, r)))?;
         let file = OpenOptions::new().append(true).open(path).map_err(|e| TrainError::io(path, e))?;
         Ok(MetricsWriter { file, path: path.to_path_buf() })
     }
@@ -137,16 +131,17 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
         match serde_json::from_str::<Record>(line) {
             Ok(r) => out.push(r),
             Err(_) if i + 1 == lines.len() && !complete => {}
-            Err(e) => {
-                return Err(TrainError::Metrics { file: path.to_path_buf(), line: i + 1, reason: e.to_string() })
-            }
+            Err(e) => return Err(TrainError::Metrics { file: path.to_path_buf(), line: i + 1, reason: e.to_string() }),
         }
     }
     Ok(out)
 }
 
+/// `(step, value)` points.
+pub type Series = Vec<(u64, f64)>;
+
 /// `(step, loss)` of the step records and `(step, eval_loss)` of the eval records, for plots.
-pub fn loss_series(records: &[Record]) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+pub fn loss_series(records: &[Record]) -> (Series, Series) {
     let mut train = Vec::new();
     let mut eval = Vec::new();
     for r in records {
@@ -181,7 +176,10 @@ mod tests {
             lines[0],
             r#"{"step":1,"loss":2.5,"lr":0.001,"step_time_s":0.5,"tokens_per_s":1000.0,"grad_norm":1.5}"#
         );
-        assert_eq!(lines[1], r#"{"step":2,"loss":null,"lr":0.001,"step_time_s":0.5,"tokens_per_s":1000.0,"grad_norm":null}"#);
+        assert_eq!(
+            lines[1],
+            r#"{"step":2,"loss":null,"lr":0.001,"step_time_s":0.5,"tokens_per_s":1000.0,"grad_norm":null}"#
+        );
         assert_eq!(lines[2], r#"{"step":2,"eval_loss":2.0,"eval_accuracy":0.75}"#);
         let back = read_records(&path).unwrap();
         assert_eq!(back.len(), 3);

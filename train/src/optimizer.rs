@@ -145,11 +145,7 @@ impl AdamW {
     /// pairs of the same name and shape.
     pub fn step_tensors(&mut self, lr: f32, params: &mut [(String, Tensor)], grads: &[(String, Tensor)]) -> Result<()> {
         if params.len() != grads.len() {
-            return Err(TrainError::Optimizer(format!(
-                "{} parameters but {} gradients",
-                params.len(),
-                grads.len()
-            )));
+            return Err(TrainError::Optimizer(format!("{} parameters but {} gradients", params.len(), grads.len())));
         }
         let mut grad_slices = Vec::with_capacity(grads.len());
         for ((pn, p), (gn, g)) in params.iter().zip(grads) {
@@ -255,8 +251,9 @@ fn check_unique(moments: &[Moments]) -> Result<()> {
 
 /// The values of an f32 tensor, or an error naming it.
 fn f32_slice<'t>(t: &'t Tensor, name: &str) -> Result<&'t [f32]> {
-    t.as_slice::<f32>()
-        .ok_or_else(|| TrainError::Optimizer(format!("`{name}` is {}, parameters and gradients must be float32", t.dtype())))
+    t.as_slice::<f32>().ok_or_else(|| {
+        TrainError::Optimizer(format!("`{name}` is {}, parameters and gradients must be float32", t.dtype()))
+    })
 }
 
 /// Moves an f32 tensor's values out (leaving a scalar behind); the caller puts them back.
@@ -362,6 +359,7 @@ mod tests {
     /// print(p, q, opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])
     /// ```
     #[test]
+    #[allow(clippy::excessive_precision)] // PyTorch's numbers as printed
     fn matches_pytorch_over_three_steps() {
         let grads: [([f32; 4], [f32; 4]); 3] = [
             ([0.1, -0.2, 0.3, 0.0], [1.0, -1.0, 0.5, 0.25]),
@@ -448,6 +446,7 @@ mod tests {
     /// PyTorch: grads [3, 0, 4] and [12, 0] (norm 13), `clip_grad_norm_(…, 1.0)` returns 13 and
     /// leaves [0.2307692170, 0, 0.3076922894] and [0.9230768681, 0].
     #[test]
+    #[allow(clippy::excessive_precision)] // PyTorch's numbers as printed
     fn clipping_matches_pytorch() {
         let mut grads = vec![vec![3.0f32, 0.0, 4.0], vec![12.0f32, 0.0]];
         let norm = clip_grad_norm(&mut grads, 1.0);

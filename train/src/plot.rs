@@ -35,19 +35,14 @@ pub const MIN_SIZE: (u32, u32) = (200, 140);
 /// Writes the chart as an RGB PNG of `width × height` pixels.
 pub fn plot_loss(path: &Path, train: &[(u64, f64)], eval: &[(u64, f64)], width: u32, height: u32) -> Result<()> {
     let pixels = render_loss(train, eval, width, height)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainError::io(dir, e))?;
-    {
-        let mut encoder = png::Encoder::new(BufWriter::new(tmp.as_file()), width, height);
+    crate::atomic::replace_file(path, |file| {
+        let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        let png_err = |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e));
-        let mut writer = encoder.write_header().map_err(png_err)?;
-        writer.write_image_data(&pixels).map_err(png_err)?;
-        writer.finish().map_err(png_err)?;
-    }
-    tmp.persist(path).map_err(|e| TrainError::io(path, e.error))?;
-    Ok(())
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer.write_image_data(&pixels).map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)
+    })
 }
 
 /// The chart's pixels, RGB row by row.
@@ -59,7 +54,8 @@ pub fn render_loss(train: &[(u64, f64)], eval: &[(u64, f64)], width: u32, height
         )));
     }
     let mut c = Canvas::new(i64::from(width), i64::from(height));
-    let finite = |s: &[(u64, f64)]| s.iter().filter(|(_, v)| v.is_finite()).map(|&(x, y)| (x as f64, y)).collect::<Vec<_>>();
+    let finite =
+        |s: &[(u64, f64)]| s.iter().filter(|(_, v)| v.is_finite()).map(|&(x, y)| (x as f64, y)).collect::<Vec<_>>();
     let points: Vec<(f64, f64)> = finite(train).into_iter().chain(finite(eval)).collect();
     let (x0, x1) = bounds(points.iter().map(|p| p.0), (0.0, 1.0));
     let (y0, y1) = bounds(points.iter().map(|p| p.1), (0.0, 1.0));
@@ -322,6 +318,11 @@ mod tests {
         let px = &buf[..info.buffer_size()];
         assert_eq!(px, &render_loss(&train, &eval, 640, 400).unwrap()[..]);
         assert_eq!(pixel(px, 640, 639, 399), WHITE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        }
         // The x axis runs along the bottom of the plot area, the y axis along its left.
         assert_eq!(pixel(px, 640, 320, (400 - BOTTOM) as u32), BLACK);
         assert_eq!(pixel(px, 640, (LEFT - 1) as u32, 200), BLACK);
@@ -348,7 +349,9 @@ mod tests {
         assert_eq!(steps.step, 2.0);
         assert_eq!(steps.label(4.0), "4");
         assert_eq!(Axis::new(1e-5, 5e-5, false).label(2e-5), "2.0E-5");
-        for (train, eval) in [(vec![], vec![]), (vec![(3, 1.0)], vec![]), (vec![(1, f64::NAN), (2, f64::INFINITY)], vec![(1, 2.0)])] {
+        for (train, eval) in
+            [(vec![], vec![]), (vec![(3, 1.0)], vec![]), (vec![(1, f64::NAN), (2, f64::INFINITY)], vec![(1, 2.0)])]
+        {
             let p = render_loss(&train, &eval, 300, 200).unwrap();
             assert_eq!(p.len(), 300 * 200 * 3);
         }

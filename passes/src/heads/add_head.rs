@@ -122,12 +122,20 @@ pub(crate) fn info() -> PassInfo {
 fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
     let kind = o.choice("kind")?;
     if kind != "classification" {
-        return Err(PassError::bad_option(PASS, "kind", format!("`{kind}` heads are not supported; use classification")));
+        return Err(PassError::bad_option(
+            PASS,
+            "kind",
+            format!("`{kind}` heads are not supported; use classification"),
+        ));
     }
     let labels = if o.is_set("labels") { Some(o.usize("labels")?) } else { None };
     if let Some(n) = labels {
         if n < 2 {
-            return Err(PassError::bad_option(PASS, "labels", format!("a classifier needs at least 2 labels, got {n}")));
+            return Err(PassError::bad_option(
+                PASS,
+                "labels",
+                format!("a classifier needs at least 2 labels, got {n}"),
+            ));
         }
     }
     let pooling = if o.choice("pooling")? == "cls" { Pooling::Cls } else { Pooling::Mean };
@@ -286,9 +294,10 @@ impl AddHead {
 fn pool(rw: &mut Rewriter<'_>, plan: &Plan, pooling: Pooling) -> Result<String, PassError> {
     let h = plan.input.as_str();
     // From opset 13 (Unsqueeze, ReduceSum) and 18 (ReduceMean) axes are an input.
-    let axes_input = |rw: &mut Rewriter<'_>, since: i64, what: &str, axes: &[i64]| -> Result<Option<String>, PassError> {
-        Ok(if plan.opset >= since { Some(rw.ints(what, axes)?) } else { None })
-    };
+    let axes_input =
+        |rw: &mut Rewriter<'_>, since: i64, what: &str, axes: &[i64]| -> Result<Option<String>, PassError> {
+            Ok(if plan.opset >= since { Some(rw.ints(what, axes)?) } else { None })
+        };
     let reduce = |rw: &mut Rewriter<'_>, op: &str, since: i64, x: &str, what: &str| -> Result<String, PassError> {
         let keep = Attribute::int("keepdims", 0);
         Ok(match axes_input(rw, since, &format!("{what}_axes"), &[1])? {
