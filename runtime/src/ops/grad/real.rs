@@ -139,7 +139,7 @@ pub fn erf_f32(x: f32) -> f32 {
     for &c in SERIES[..10].iter().rev() {
         p = p * x2 + c;
     }
-    let series = 1.128_379_167_095_512_6 * x * p;
+    let series = std::f32::consts::FRAC_2_SQRT_PI * x * p;
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly =
         t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
