@@ -15,6 +15,9 @@ use crate::ops::{self, KernelFn};
 /// The domain of onnxruntime's contrib ops.
 pub const MS_DOMAIN: &str = "com.microsoft";
 
+/// adaptc's own domain: the gradient ops that the autodiff pass emits ([`ops::grad`]).
+pub const ADAPTC_DOMAIN: &str = "ai.adaptc";
+
 /// What the runtime knows about one op.
 #[derive(Clone, Copy)]
 pub struct OpDef {
@@ -63,6 +66,9 @@ impl Registry {
             }
             for &(name, kernel) in ops::quant::MS_OPS {
                 r.ops.insert((MS_DOMAIN.to_string(), name.to_string()), OpDef { kernel });
+            }
+            for &(name, kernel) in ops::grad::OPS {
+                r.ops.insert((ADAPTC_DOMAIN.to_string(), name.to_string()), OpDef { kernel });
             }
             r
         })

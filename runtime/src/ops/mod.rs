@@ -15,6 +15,7 @@ pub mod conv;
 pub mod detection;
 pub mod einsum;
 pub mod gather;
+pub mod grad;
 pub mod grid_sample;
 pub mod loss;
 pub mod matmul;

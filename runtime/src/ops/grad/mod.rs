@@ -1,0 +1,33 @@
+//! Gradient kernels: the ops of the `ai.adaptc` domain that the autodiff pass emits for the
+//! backward graph. Each is the vector–Jacobian product of a forward ONNX op (or of a family,
+//! for [`index_map_grad`]), written once over f32 (the training path: contiguous slices,
+//! rows across threads, vectorisable math) and f64 (the finite-difference tests).
+//!
+//! One op per file; [`common`] holds the broadcasting moves and [`real`] the float math they
+//! share.
+
+pub mod common;
+pub mod real;
+
+pub mod gelu_grad;
+pub mod index_map_grad;
+pub mod layer_norm_grad;
+pub mod matmul_trans;
+pub mod reduce_grad;
+pub mod softmax_cross_entropy_loss_grad;
+pub mod softmax_grad;
+pub mod sum_to_shape;
+
+use super::KernelFn;
+
+/// The `ai.adaptc` ops, by op type.
+pub const OPS: &[(&str, KernelFn)] = &[
+    ("SumToShape", sum_to_shape::sum_to_shape),
+    ("MatMulTrans", matmul_trans::matmul_trans),
+    ("SoftmaxGrad", softmax_grad::softmax_grad),
+    ("LayerNormalizationGrad", layer_norm_grad::layer_norm_grad),
+    ("GeluGrad", gelu_grad::gelu_grad),
+    ("ReduceGrad", reduce_grad::reduce_grad),
+    ("IndexMapGrad", index_map_grad::index_map_grad),
+    ("SoftmaxCrossEntropyLossGrad", softmax_cross_entropy_loss_grad::softmax_cross_entropy_loss_grad),
+];

@@ -1,0 +1,161 @@
+//! `SoftmaxCrossEntropyLossGrad(dloss, scores, labels[, weights])` (attributes `reduction` =
+//! `"mean"` | `"sum"` | `"none"`, optional `ignore_index`): the gradient of ONNX
+//! SoftmaxCrossEntropyLoss's loss output with respect to `scores` `[N, C, d…]` —
+//! `(softmax(scores) − onehot(label)) · weight[label] · dloss`, divided for `"mean"` by the total
+//! weight of the non-ignored targets (0 when that is 0); ignored targets get 0.
+//!
+//! The language-model head is its hot path (`[B·S, 32000]` f32): rows run in parallel, each in
+//! vectorised passes (max; exp written out; its sum; scaled), never leaving f32.
+
+use rayon::prelude::*;
+
+use super::real::{max, sum, with_real, Real};
+use crate::error::{kbail, unsupported, KResult};
+use crate::ops::util::{ints, PAR_THRESHOLD};
+use crate::ops::{Inputs, OpCtx};
+use crate::tensor::{Elem, Tensor};
+
+/// One contiguous row of class scores: `out = softmax(x)·coef`, `out[label] −= coef`.
+fn row<T: Real>(x: &[T], out: &mut [T], label: usize, coef: T) {
+    if coef == T::zero() {
+        out.fill(T::zero());
+        return;
+    }
+    let m = max(x);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - m).exp();
+    }
+    let scale = coef / sum(out);
+    out.iter_mut().for_each(|o| *o *= scale);
+    out[label] -= coef;
+}
+
+/// Per target: its class (unused when ignored) and the factor its row is scaled by.
+struct Targets<T> {
+    label: Vec<usize>,
+    coef: Vec<T>,
+}
+
+fn targets<T: Real>(
+    labels: &[i64],
+    ch: usize,
+    ignore: Option<i64>,
+    weights: Option<&[T]>,
+    dloss: &[T],
+    reduction: &str,
+) -> KResult<Targets<T>> {
+    let mut label = Vec::with_capacity(labels.len());
+    let mut coef = Vec::with_capacity(labels.len());
+    let mut wsum = 0f64;
+    for (p, &l) in labels.iter().enumerate() {
+        if Some(l) == ignore {
+            label.push(0);
+            coef.push(T::zero());
+            continue;
+        }
+        if l < 0 || l as usize >= ch {
+            kbail!("label {l} is out of range for {ch} classes");
+        }
+        let w = weights.map_or(T::one(), |w| w[l as usize]);
+        wsum += w.to_f64();
+        label.push(l as usize);
+        coef.push(w * if reduction == "none" { dloss[p] } else { dloss[0] });
+    }
+    if reduction == "mean" {
+        if wsum == 0.0 {
+            coef.iter_mut().for_each(|c| *c = T::zero());
+        } else {
+            let inv = T::c(1.0 / wsum);
+            coef.iter_mut().for_each(|c| *c *= inv);
+        }
+    }
+    Ok(Targets { label, coef })
+}
+
+fn go<T: Real>(x: &[T], t: &Targets<T>, ch: usize, inner: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    if x.is_empty() {
+        return out;
+    }
+    if inner == 1 {
+        if x.len() >= PAR_THRESHOLD {
+            out.par_chunks_mut(ch)
+                .zip(x.par_chunks(ch))
+                .zip(t.label.par_iter().zip(t.coef.par_iter()))
+                .for_each(|((o, v), (&l, &c))| row(v, o, l, c));
+        } else {
+            for ((o, v), (&l, &c)) in out.chunks_mut(ch).zip(x.chunks(ch)).zip(t.label.iter().zip(&t.coef)) {
+                row(v, o, l, c);
+            }
+        }
+        return out;
+    }
+    // Classes strided by `inner`: gather each target's scores into a row, then scatter back.
+    let block = |b: usize, o: &mut [T]| {
+        let (mut xs, mut os) = (vec![T::zero(); ch], vec![T::zero(); ch]);
+        for r in 0..inner {
+            let p = b * inner + r;
+            for (j, v) in xs.iter_mut().enumerate() {
+                *v = x[(b * ch + j) * inner + r];
+            }
+            row(&xs, &mut os, t.label[p], t.coef[p]);
+            for (j, &v) in os.iter().enumerate() {
+                o[j * inner + r] = v;
+            }
+        }
+    };
+    if x.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(ch * inner).enumerate().for_each(|(b, o)| block(b, o));
+    } else {
+        out.chunks_mut(ch * inner).enumerate().for_each(|(b, o)| block(b, o));
+    }
+    out
+}
+
+pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (dloss, scores, labels) = (i.req(0)?, i.req(1)?, i.req(2)?);
+    let weights = i.opt(3);
+    if scores.rank() < 2 {
+        kbail!("scores must be [N, C, …], got {:?}", scores.shape());
+    }
+    let (n, ch) = (scores.shape()[0], scores.shape()[1]);
+    let inner: usize = scores.shape()[2..].iter().product();
+    let mut tshape = vec![n];
+    tshape.extend(&scores.shape()[2..]);
+    if labels.shape() != tshape.as_slice() {
+        kbail!("labels have shape {:?}, scores {:?} need {tshape:?}", labels.shape(), scores.shape());
+    }
+    if !matches!(labels.dtype(), adaptc_ir::DataType::Int64 | adaptc_ir::DataType::Int32) {
+        kbail!("labels must be int64 or int32, got {}", labels.dtype());
+    }
+    let reduction = c.string("reduction").unwrap_or_else(|| "mean".into());
+    match reduction.as_str() {
+        "none" => {
+            if dloss.shape() != tshape.as_slice() {
+                kbail!("dloss has shape {:?}; reduction \"none\" needs {tshape:?}", dloss.shape());
+            }
+        }
+        "mean" | "sum" => {
+            if dloss.numel() != 1 {
+                kbail!("dloss must be a scalar for reduction \"{reduction}\", got shape {:?}", dloss.shape());
+            }
+        }
+        other => unsupported!("reduction \"{other}\""),
+    }
+    if dloss.dtype() != scores.dtype() || weights.is_some_and(|w| w.dtype() != scores.dtype()) {
+        kbail!("dloss, scores and weights must have one type, got {} and {}", dloss.dtype(), scores.dtype());
+    }
+    if let Some(w) = weights {
+        if w.shape() != [ch] {
+            kbail!("weights must have shape [{ch}], got {:?}", w.shape());
+        }
+    }
+    let ignore = c.node.attr("ignore_index").and_then(|a| a.as_int());
+    let labels = ints(labels)?;
+    let data = with_real!(scores.data(), x => {
+        let w = weights.map(|w| Elem::slice(w.data()).unwrap_or(&[]));
+        let t = targets(&labels, ch, ignore, w, Elem::slice(dloss.data()).unwrap_or(&[]), &reduction)?;
+        Elem::wrap(go(x, &t, ch, inner))
+    }, _ => kbail!("SoftmaxCrossEntropyLossGrad takes f32 or f64, got {}", scores.dtype()));
+    Ok(vec![Tensor::from_parts(scores.shape().to_vec(), data)])
+}
