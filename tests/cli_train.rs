@@ -82,7 +82,14 @@ fn writes_the_run_folder() {
     args.extend(["--eval".into(), sentiment("eval.jsonl"), "--eval-every".into(), "6".into()]);
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["metrics.jsonl", "adapted.onnx", "merged.onnx", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "loss.png"] {
+    for f in [
+        "metrics.jsonl",
+        "adapted.onnx",
+        "merged.onnx",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "loss.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} is missing; stderr: {}", stderr(&o));
     }
     assert!(out.join("checkpoints/step-12").is_dir());
@@ -163,11 +170,52 @@ fn a_diverging_run_stops_without_writing_non_finite_weights() {
 fn refusals_name_the_option() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run").display().to_string();
-    let o = adaptc(&["train", &minilm(), "--data", &sentiment("train.jsonl"), "--task", "classification", "--steps", "1", "--out", &out]);
+    let o = adaptc(&[
+        "train",
+        &minilm(),
+        "--data",
+        &sentiment("train.jsonl"),
+        "--task",
+        "classification",
+        "--steps",
+        "1",
+        "--out",
+        &out,
+    ]);
     assert!(!o.status.success() && stderr(&o).contains("--labels"), "{}", stderr(&o));
-    let o = adaptc(&["train", &minilm(), "--data", "/nonexistent.jsonl", "--task", "classification", "--labels", "2", "--steps", "1", "-p", "insert-lora{rank=4 targets=query}", "--out", &out]);
+    let o = adaptc(&[
+        "train",
+        &minilm(),
+        "--data",
+        "/nonexistent.jsonl",
+        "--task",
+        "classification",
+        "--labels",
+        "2",
+        "--steps",
+        "1",
+        "-p",
+        "insert-lora{rank=4 targets=query}",
+        "--out",
+        &out,
+    ]);
     assert!(!o.status.success() && stderr(&o).contains("nonexistent.jsonl"), "{}", stderr(&o));
-    let o = adaptc(&["train", &minilm(), "--data", &sentiment("train.jsonl"), "--task", "classification", "--labels", "2", "--steps", "1", "-p", "insert-lora{rank=4 targets=nope}", "--out", &out]);
+    let o = adaptc(&[
+        "train",
+        &minilm(),
+        "--data",
+        &sentiment("train.jsonl"),
+        "--task",
+        "classification",
+        "--labels",
+        "2",
+        "--steps",
+        "1",
+        "-p",
+        "insert-lora{rank=4 targets=nope}",
+        "--out",
+        &out,
+    ]);
     assert!(!o.status.success(), "{}", stderr(&o));
     assert!(!Path::new(&out).join("metrics.jsonl").exists());
 }

@@ -122,18 +122,17 @@ fn check_gradients(model: &Model, trainable: &BTreeSet<String>, data: HashMap<St
     for t in trainable {
         let analytic = base[&format!("{GRAD_PREFIX}{t}")].as_slice::<f64>().expect("f64 gradient").to_vec();
         assert_eq!(analytic.len(), params[t].len(), "gradient of `{t}` has the wrong size");
-        for i in 0..analytic.len() {
+        for (i, &want) in analytic.iter().enumerate() {
             let mut p = params.clone();
             p.get_mut(t).unwrap()[i] += H;
             let up = loss_of(&run(&p));
             p.get_mut(t).unwrap()[i] -= 2.0 * H;
             let down = loss_of(&run(&p));
             let numeric = (up - down) / (2.0 * H);
-            let err = (numeric - analytic[i]).abs();
+            let err = (numeric - want).abs();
             assert!(
                 err <= 1e-7 + 1e-5 * numeric.abs(),
-                "d loss / d {t}[{i}]: analytic {} vs finite differences {numeric} (error {err:e})",
-                analytic[i]
+                "d loss / d {t}[{i}]: analytic {want} vs finite differences {numeric} (error {err:e})"
             );
         }
     }

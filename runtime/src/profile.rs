@@ -43,7 +43,7 @@ impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total = self.total().as_secs_f64().max(1e-12);
         let mut rows: Vec<_> = self.by_op.iter().collect();
-        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
         writeln!(f, "{:<40} {:>10} {:>7} {:>8}", "op", "ms", "%", "calls")?;
         for (op, (d, n)) in rows {
             let ms = d.as_secs_f64() * 1e3;

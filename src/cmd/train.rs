@@ -157,7 +157,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let bar = Bar::new();
-    let mut model = onnx::load_with(&args.model, &bar).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let mut model =
+        onnx::load_with(&args.model, &bar).with_context(|| format!("cannot load {}", args.model.display()))?;
     adaptc_ir::verify(&model.graph).with_context(|| format!("{} is not a valid model", args.model.display()))?;
     let report = manager.run(&mut model)?;
     for run in &report.runs {

@@ -241,7 +241,7 @@ pub fn train(
         };
         metrics.step(&record)?;
         observer.on_step(&record);
-        let eval_due = cfg.eval_every.is_some_and(|e| e > 0 && step % e == 0) || step == cfg.steps;
+        let eval_due = cfg.eval_every.is_some_and(|e| e > 0 && step.is_multiple_of(e)) || step == cfg.steps;
         if let (Some(ds), Some(session), true) = (eval, eval_session.as_ref(), eval_due) {
             let (record, preds) = evaluate(session, ds, cfg, &params, step)?;
             predictions = preds;
@@ -249,7 +249,7 @@ pub fn train(
             observer.on_eval(&record);
             last_eval = Some(record);
         }
-        if step % cfg.checkpoint_every.max(1) == 0 || step == cfg.steps {
+        if step.is_multiple_of(cfg.checkpoint_every.max(1)) || step == cfg.steps {
             save(cfg, run, step, &params, &optimizer, &loader, &fingerprint)?;
         }
     }
@@ -358,8 +358,8 @@ fn initial_params(model: &Model, trainable: &std::collections::BTreeSet<String>)
 }
 
 fn check_same_params(now: &[(String, Tensor)], saved: &[(String, Tensor)]) -> Result<()> {
-    let same = now.len() == saved.len()
-        && now.iter().zip(saved).all(|((a, x), (b, y))| a == b && x.shape() == y.shape());
+    let same =
+        now.len() == saved.len() && now.iter().zip(saved).all(|((a, x), (b, y))| a == b && x.shape() == y.shape());
     if same {
         Ok(())
     } else {

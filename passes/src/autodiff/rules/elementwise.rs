@@ -71,13 +71,7 @@ fn one(g: String) -> Grads {
 
 fn add(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
     let g = dy(cx, dys)?;
-    let mut out = vec![None, None];
-    for slot in 0..2 {
-        if cx.wants(slot) {
-            out[slot] = Some(to_input(cx, &g, slot)?);
-        }
-    }
-    Ok(out)
+    (0..2).map(|slot| if cx.wants(slot) { to_input(cx, &g, slot).map(Some) } else { Ok(None) }).collect()
 }
 
 fn sub(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {

@@ -86,9 +86,10 @@ fn expand(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
 /// and each output that has a gradient (Split's outputs add up).
 fn index_map(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
     let n = cx.node.inputs().len();
-    let mut grads: Grads = vec![None; n];
+    let mut grads: Grads = Vec::with_capacity(n);
     for slot in 0..n {
         if !cx.wants(slot) {
+            grads.push(None);
             continue;
         }
         let x = cx.input(slot)?;
@@ -114,7 +115,7 @@ fn index_map(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError
         for p in parts {
             acc = cx.em.op("Add", &[&acc, &p], vec![], &x)?;
         }
-        grads[slot] = Some(acc);
+        grads.push(Some(acc));
     }
     Ok(grads)
 }
