@@ -2,12 +2,16 @@
 //! here; every command calls the library crates.
 
 mod cmd;
+mod platform;
 mod progress;
 mod verify;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: platform::Allocator = platform::Allocator;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -44,6 +48,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = platform::check_cpu() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    platform::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rewrite(args) => cmd::rewrite::run(args),

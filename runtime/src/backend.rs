@@ -24,6 +24,10 @@ pub trait Backend {
     /// Bytes a buffer occupies (for the memory report).
     fn byte_size(&self, b: &Self::Buffer) -> usize;
 
+    /// Identifies the memory behind a buffer: buffers that alias (a reshape of another) share
+    /// it, so the memory report counts them once.
+    fn storage_key(&self, b: &Self::Buffer) -> usize;
+
     /// Runs one instruction; returns one buffer per declared output slot (`None` for omitted
     /// optional outputs).
     fn execute(&self, ins: &Instruction, inputs: &[Option<&Self::Buffer>]) -> Result<Vec<Option<Self::Buffer>>>;

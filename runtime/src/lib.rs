@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod error;
+pub mod fuse;
 pub mod memory;
 pub mod npy;
 pub mod ops;
@@ -28,5 +29,6 @@ pub mod tensor;
 
 pub use backend::Backend;
 pub use error::{Result, RuntimeError};
+pub use profile::Profile;
 pub use session::{Device, RunStats, Session, SessionOptions};
 pub use tensor::{Storage, Tensor};

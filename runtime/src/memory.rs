@@ -4,6 +4,8 @@
 //!
 //! Invariant: constants and graph outputs are never released by the plan.
 
+use std::collections::HashMap;
+
 use crate::plan::{BufId, Instruction};
 
 /// When buffers die.
@@ -34,20 +36,33 @@ impl MemoryPlan {
     }
 }
 
-/// Tracks live bytes while a plan runs, for the peak report.
-#[derive(Clone, Copy, Debug, Default)]
+/// Tracks live bytes while a plan runs, for the peak report. Buffers that share storage (a
+/// Reshape's output and its input) are counted once, by their storage key.
+#[derive(Clone, Debug, Default)]
 pub struct Usage {
     pub live: usize,
     pub peak: usize,
+    /// Live buffers per storage key.
+    holders: HashMap<usize, usize>,
 }
 
 impl Usage {
-    pub fn alloc(&mut self, bytes: usize) {
-        self.live += bytes;
-        self.peak = self.peak.max(self.live);
+    pub fn alloc(&mut self, key: usize, bytes: usize) {
+        let n = self.holders.entry(key).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.live += bytes;
+            self.peak = self.peak.max(self.live);
+        }
     }
 
-    pub fn free(&mut self, bytes: usize) {
-        self.live = self.live.saturating_sub(bytes);
+    pub fn free(&mut self, key: usize, bytes: usize) {
+        if let Some(n) = self.holders.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.holders.remove(&key);
+                self.live = self.live.saturating_sub(bytes);
+            }
+        }
     }
 }

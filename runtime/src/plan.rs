@@ -86,9 +86,16 @@ pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
         let buf = new_buf(&t.name, &mut bufs);
         constants.push((buf, Tensor::from_ir(t)?));
     }
+    let fusions = crate::fuse::find(graph);
     let mut instructions = Vec::new();
     for id in graph.topo_order()? {
-        let node = graph.node(id);
+        if fusions.absorbed.contains(&id) {
+            continue;
+        }
+        let (node, fused_kernel) = match fusions.replace.get(&id) {
+            Some((n, k)) => (n, Some(*k)),
+            None => (graph.node(id), None),
+        };
         let opset = model.opset(&node.op().domain).unwrap_or(if adaptc_ir::is_default_domain(&node.op().domain) {
             21
         } else {
@@ -110,7 +117,11 @@ pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
             constants.push((buf, value));
             continue;
         }
-        let Some(def) = registry.get(node.op()) else { return Err(unsupported("")) };
+        let kernel = match (fused_kernel, registry.get(node.op())) {
+            (Some(k), _) => k,
+            (None, Some(def)) => def.kernel,
+            (None, None) => return Err(unsupported("")),
+        };
         let mut ins = Vec::with_capacity(node.inputs().len());
         for name in node.inputs() {
             if name.is_empty() {
@@ -133,7 +144,7 @@ pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
             .iter()
             .map(|name| if name.is_empty() { None } else { Some(new_buf(name, &mut bufs)) })
             .collect();
-        instructions.push(Instruction { node: node.clone(), kernel: def.kernel, opset, inputs: ins, outputs: outs });
+        instructions.push(Instruction { node: node.clone(), kernel, opset, inputs: ins, outputs: outs });
     }
     let mut outputs = Vec::new();
     for o in &graph.outputs {

@@ -115,7 +115,7 @@ impl Session {
             };
             check_input(&pi.info, &t)?;
             let buf = be.upload(&t)?;
-            usage.alloc(be.byte_size(&buf));
+            usage.alloc(be.storage_key(&buf), be.byte_size(&buf));
             slots[pi.buf] = Some(buf);
         }
         let mut profile = crate::profile::enabled().then(Profile::default);
@@ -125,17 +125,18 @@ impl Session {
             let started = profile.as_ref().map(|_| Instant::now());
             let outs = be.execute(ins, &args)?;
             if let (Some(p), Some(t)) = (profile.as_mut(), started) {
-                p.record(&ins.node.op().to_string(), t.elapsed());
+                let took = t.elapsed();
+                p.record(&ins.node.op().to_string(), || describe(ins, &slots), took);
             }
             for (slot, out) in ins.outputs.iter().zip(outs) {
                 if let (Some(b), Some(o)) = (slot, out) {
-                    usage.alloc(be.byte_size(&o));
+                    usage.alloc(be.storage_key(&o), be.byte_size(&o));
                     slots[*b] = Some(o);
                 }
             }
             for &b in &self.plan.memory.frees[i] {
                 if let Some(buf) = slots[b].take() {
-                    usage.free(be.byte_size(&buf));
+                    usage.free(be.storage_key(&buf), be.byte_size(&buf));
                 }
             }
         }
@@ -148,6 +149,16 @@ impl Session {
         }
         Ok((out, RunStats { peak_bytes: usage.peak, profile }))
     }
+}
+
+/// A node and its input shapes, for the per-node profile.
+fn describe(ins: &crate::plan::Instruction, slots: &[Option<<CpuBackend as Backend>::Buffer>]) -> String {
+    let shapes: Vec<String> = ins
+        .inputs
+        .iter()
+        .map(|b| b.and_then(|b| slots[b].as_ref()).map_or("-".into(), |t| format!("{:?}", t.shape())))
+        .collect();
+    format!("{} {} {}", ins.node.op(), ins.node.label(), shapes.join(" "))
 }
 
 /// Checks a fed tensor against the declared type of its input.

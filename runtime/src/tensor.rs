@@ -4,6 +4,8 @@
 //! (see [`with_storage!`](crate::with_storage)); the IR's byte-level [`adaptc_ir::Tensor`]
 //! converts to and from it at the boundary.
 
+use std::sync::Arc;
+
 use half::{bf16, f16};
 
 use adaptc_ir::DataType;
@@ -143,6 +145,15 @@ impl Storage {
         with_storage!(self, v => go(v, idx))
     }
 
+    /// The elements read through `strides` from `base`, laid out row-major as `shape`
+    /// (transposes, broadcasts): see [`crate::ops::strided::gather`].
+    pub fn gather_strided(&self, shape: &[usize], strides: &[usize], base: usize) -> Storage {
+        fn go<T: Elem>(v: &[T], shape: &[usize], st: &[usize], base: usize) -> Storage {
+            T::wrap(crate::ops::strided::gather(v, shape, st, base))
+        }
+        with_storage!(self, v => go(v, shape, strides, base))
+    }
+
     /// Bytes one element occupies in memory (strings count their pointer).
     pub fn elem_bytes(&self) -> usize {
         fn size<T>(_: &[T]) -> usize {
@@ -152,11 +163,12 @@ impl Storage {
     }
 }
 
-/// A host tensor.
+/// A host tensor. The elements are shared: cloning a tensor, or reshaping one (Reshape,
+/// Flatten, Squeeze, Unsqueeze, Identity), copies no data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Storage,
+    data: Arc<Storage>,
 }
 
 impl Tensor {
@@ -172,7 +184,7 @@ impl Tensor {
                 reason: format!("shape {shape:?} needs {numel} elements but {} were given", data.len()),
             });
         }
-        Ok(Tensor { shape, data })
+        Ok(Tensor { shape, data: Arc::new(data) })
     }
 
     /// A tensor from a typed vector.
@@ -182,13 +194,24 @@ impl Tensor {
 
     /// A rank-0 tensor.
     pub fn scalar<T: Elem>(v: T) -> Tensor {
-        Tensor { shape: vec![], data: T::wrap(vec![v]) }
+        Tensor { shape: vec![], data: Arc::new(T::wrap(vec![v])) }
     }
 
     /// Builds a tensor the caller knows is consistent (kernels computing their own outputs).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Storage) -> Tensor {
         debug_assert_eq!(numel(&shape), Some(data.len()), "shape {shape:?}");
-        Tensor { shape, data }
+        Tensor { shape, data: Arc::new(data) }
+    }
+
+    /// The same elements, shared, under another shape the caller knows has their count.
+    pub(crate) fn with_shape(&self, shape: Vec<usize>) -> Tensor {
+        debug_assert_eq!(numel(&shape), Some(self.data.len()), "shape {shape:?}");
+        Tensor { shape, data: Arc::clone(&self.data) }
+    }
+
+    /// The address of the shared elements: equal for tensors that alias.
+    pub(crate) fn storage_key(&self) -> usize {
+        Arc::as_ptr(&self.data) as usize
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -211,8 +234,9 @@ impl Tensor {
         &self.data
     }
 
+    /// The elements, moved out when this tensor is their only owner, else copied.
     pub fn into_data(self) -> Storage {
-        self.data
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// The values, when the element type is `T`.
@@ -222,7 +246,13 @@ impl Tensor {
 
     /// The same elements under another shape with the same element count.
     pub fn reshaped(self, shape: Vec<usize>) -> Result<Tensor> {
-        Tensor::new(shape, self.data)
+        match numel(&shape) {
+            Some(n) if n == self.data.len() => Ok(Tensor { shape, data: self.data }),
+            _ => Err(RuntimeError::Tensor {
+                name: String::new(),
+                reason: format!("shape {shape:?} needs another element count than the {} given", self.data.len()),
+            }),
+        }
     }
 
     /// Bytes the elements occupy in memory.
@@ -249,7 +279,7 @@ impl Tensor {
     /// The IR tensor named `name` holding these values.
     pub fn to_ir(&self, name: &str) -> Result<adaptc_ir::Tensor> {
         let dims = self.shape.iter().map(|&d| d as u64).collect();
-        if let Storage::Str(_) = self.data {
+        if let Storage::Str(_) = *self.data {
             return Err(RuntimeError::Tensor {
                 name: name.to_string(),
                 reason: "STRING tensors cannot be converted to raw bytes".into(),
@@ -260,7 +290,7 @@ impl Tensor {
 
     /// Little-endian raw bytes (ONNX `raw_data` layout, also `.npy`'s); strings give nothing.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        match &self.data {
+        match self.data.as_ref() {
             Storage::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),

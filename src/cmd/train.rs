@@ -257,6 +257,9 @@ pub fn run(args: Args) -> Result<()> {
             None => eprintln!("eval at step {}: loss {:.4}", e.step, e.eval_loss),
         }
     }
+    if let Some(profile) = &outcome.profile {
+        eprintln!("time per op over all training steps (ADAPTC_PROFILE):\n{profile}");
+    }
     eprintln!(
         "trained {} steps; peak activation memory {:.1} MiB; wrote {} in {}",
         outcome.step,

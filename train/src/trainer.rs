@@ -14,7 +14,7 @@ use std::time::Instant;
 use adaptc_ir::{DataType, Model, ValueInfo};
 use adaptc_passes::adapters::record::AdapterState;
 use adaptc_passes::autodiff::{build_training_graph, LossKind, GRAD_PREFIX, IGNORE_INDEX};
-use adaptc_runtime::{Session, SessionOptions, Tensor};
+use adaptc_runtime::{Profile, Session, SessionOptions, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Batch, Dataset};
@@ -113,6 +113,8 @@ pub struct Outcome {
     pub predictions: Vec<usize>,
     /// Peak activation bytes of a training step.
     pub peak_bytes: usize,
+    /// Time per op over all training steps, when `ADAPTC_PROFILE` is set.
+    pub profile: Option<Profile>,
 }
 
 /// The files of a run folder.
@@ -178,6 +180,7 @@ pub fn train(
     let mut last_eval = None;
     let mut predictions = Vec::new();
     let mut peak_bytes = 0;
+    let mut profile = None;
     let mut stop = Stop::Finished;
     while step < cfg.steps {
         if observer.interrupted() {
@@ -192,10 +195,13 @@ pub fn train(
         for _ in 0..cfg.grad_accum {
             let batch = loader.next_batch()?;
             tokens += batch.tokens();
-            let mut feeds = feeds(&batch, cfg.objective, &params);
+            let mut feeds = feeds(&batch, cfg.objective);
             feeds.extend(params.iter().cloned());
             let (outputs, stats) = train_session.run_with_stats(feeds)?;
             peak_bytes = peak_bytes.max(stats.peak_bytes);
+            if let Some(p) = &stats.profile {
+                profile.get_or_insert_with(Profile::default).merge(p);
+            }
             let mut outputs: HashMap<String, Tensor> = outputs.into_iter().collect();
             let loss = scalar(outputs.get("loss"))?;
             if !loss.is_finite() {
@@ -253,7 +259,7 @@ pub fn train(
             save(cfg, run, step, &params, &optimizer, &loader, &fingerprint)?;
         }
     }
-    Ok(Outcome { params, step, stop, resumed_from, last_eval, predictions, peak_bytes })
+    Ok(Outcome { params, step, stop, resumed_from, last_eval, predictions, peak_bytes, profile })
 }
 
 /// Runs the forward model on every row of `data`: mean loss, accuracy (of the class, or of the
@@ -371,7 +377,7 @@ fn check_same_params(now: &[(String, Tensor)], saved: &[(String, Tensor)]) -> Re
 
 /// A batch's feeds for the training graph (labels only for classification: the causal-LM
 /// loss reads its targets from `input_ids`).
-fn feeds(batch: &Batch, objective: Objective, _params: &[(String, Tensor)]) -> HashMap<String, Tensor> {
+fn feeds(batch: &Batch, objective: Objective) -> HashMap<String, Tensor> {
     let mut f = batch.feeds();
     if let Objective::Classification { .. } = objective {
         f.insert("labels".into(), batch.labels.clone());

@@ -31,6 +31,10 @@ impl Backend for CpuBackend {
         b.byte_size()
     }
 
+    fn storage_key(&self, b: &Arc<Tensor>) -> usize {
+        b.storage_key()
+    }
+
     fn execute(&self, ins: &Instruction, inputs: &[Option<&Arc<Tensor>>]) -> Result<Vec<Option<Arc<Tensor>>>> {
         let refs: Vec<Option<&Tensor>> = inputs.iter().map(|b| b.map(Arc::as_ref)).collect();
         let ctx = OpCtx { node: &ins.node, opset: ins.opset };

@@ -1,6 +1,7 @@
 //! Comparisons and boolean logic (bool outputs), and `Where`.
 
 use super::num::Num;
+use super::strided::map3;
 use super::util::{broadcast_index, broadcast_shapes, checked_numel, zip_broadcast};
 use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, KResult};
@@ -80,14 +81,12 @@ pub fn where_(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     }
     let out = broadcast_shapes(&[c.shape(), x.shape(), y.shape()])?;
     checked_numel(&out)?;
-    let ic = broadcast_index(c.shape(), &out);
-    let ix = broadcast_index(x.shape(), &out);
-    let iy = broadcast_index(y.shape(), &out);
-    fn go<T: Elem>(cv: &[bool], ic: &[usize], x: &[T], ix: &[usize], y: &Storage, iy: &[usize]) -> Storage {
+    let shapes = [c.shape(), x.shape(), y.shape()];
+    fn go<T: Elem>(cv: &[bool], x: &[T], y: &Storage, shapes: [&[usize]; 3], out: &[usize]) -> Storage {
         let y = T::slice(y).unwrap_or(&[]);
-        T::wrap((0..ic.len()).map(|k| if cv[ic[k]] { x[ix[k]].clone() } else { y[iy[k]].clone() }).collect())
+        T::wrap(map3((cv, x, y), shapes, out, |c, x, y| if c { x.clone() } else { y.clone() }))
     }
-    let data = crate::with_storage!(x.data(), xv => go(cv, &ic, xv, &ix, y.data(), &iy));
+    let data = crate::with_storage!(x.data(), xv => go(cv, xv, y.data(), shapes, &out));
     Ok(vec![Tensor::from_parts(out, data)])
 }
 

@@ -215,7 +215,7 @@ pub fn compress(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let Some(cv) = cond.as_slice::<bool>() else { kbail!("condition must be bool") };
     let (src, ax) = match c.node.attr("axis").and_then(|a| a.as_int()) {
         Some(a) => (x.clone(), axis(a, x.rank())?),
-        None => (Tensor::from_parts(vec![x.numel()], x.data().clone()), 0),
+        None => (x.with_shape(vec![x.numel()]), 0),
     };
     let dim = src.shape()[ax];
     let keep: Vec<usize> = (0..dim.min(cv.len())).filter(|&k| cv[k]).collect();
@@ -239,7 +239,7 @@ pub fn unique(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let x = i.req(0)?;
     let (src, ax) = match c.node.attr("axis").and_then(|a| a.as_int()) {
         Some(a) => (x.clone(), axis(a, x.rank())?),
-        None => (Tensor::from_parts(vec![x.numel()], x.data().clone()), 0),
+        None => (x.with_shape(vec![x.numel()]), 0),
     };
     let dim = src.shape()[ax];
     let outer: usize = src.shape()[..ax].iter().product();

@@ -4,6 +4,8 @@
 //! implementation (the `gemm` crate today), so it can be swapped after benchmarking; other
 //! element types use a plain loop through f64 (exact for the integers the suite uses).
 
+use std::mem::MaybeUninit;
+
 use super::num::Num;
 use super::util::{broadcast_index, broadcast_shapes, checked_numel};
 use super::{Inputs, KernelFn, OpCtx};
@@ -33,40 +35,112 @@ pub struct Mat<'a, T> {
     pub view: View,
 }
 
-/// `out[m×n] = a[m×k] · b[k×n]` (out row-major, contiguous).
-pub fn gemm_into<T: GemmElem>([m, n, k]: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [T]) {
+/// `out[m×n] = a[m×k] · b[k×n]` (out row-major, contiguous), threaded inside when large.
+pub fn gemm_into<T: GemmElem>(dims: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [T]) {
+    // SAFETY: MaybeUninit<T> has T's layout, and gemm_with only writes initialised values.
+    let out = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
+    gemm_with(dims, a, b, out, true)
+}
+
+/// A new vector of `len` elements written by `fill` (GEMM outputs: no zeroing pass over
+/// memory the product overwrites anyway).
+///
+/// # Safety
+/// `fill` must write every one of the `len` elements.
+pub(crate) unsafe fn new_filled<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees `fill` wrote all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// Products from this many multiply-adds on split one GEMM across threads.
+const PAR_GEMM: usize = 1 << 18;
+
+/// `count` independent products of `mat` output elements each (`one(p, threaded, out_p)`):
+/// when there are enough of them, one per thread with single-threaded GEMMs (attention's
+/// many small heads), else one after another, each threaded inside.
+pub fn for_each_product<T: Send>(
+    out: &mut [MaybeUninit<T>],
+    mat: usize,
+    macs: usize,
+    one: impl Fn(usize, bool, &mut [MaybeUninit<T>]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if mat == 0 {
+        return;
+    }
+    let count = out.len() / mat;
+    let threads = rayon::current_num_threads();
+    if count >= 2 * threads || (count >= threads && macs < PAR_GEMM * 16) {
+        out.par_chunks_mut(mat).enumerate().for_each(|(p, o)| one(p, false, o));
+    } else {
+        out.chunks_mut(mat).enumerate().for_each(|(p, o)| one(p, true, o));
+    }
+}
+
+/// [`gemm_into`] with the choice of threading inside the product; writes all m·n elements of
+/// `out` without reading them.
+pub fn gemm_with<T: GemmElem>(dims: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [MaybeUninit<T>], threaded: bool) {
+    gemm_raw(dims, a, b, out, threaded, false)
+}
+
+/// `out += a · b` (out initialised), threaded inside when large.
+fn gemm_accumulate<T: GemmElem>(dims: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [T]) {
+    // SAFETY: MaybeUninit<T> has T's layout; with `accumulate` the elements are read as the
+    // initialised values they are and overwritten with initialised values.
+    let out = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
+    gemm_raw(dims, a, b, out, true, true)
+}
+
+/// The one call into the GEMM library: `out = a·b`, or `out += a·b` when `accumulate` (then
+/// `out` must be initialised).
+fn gemm_raw<T: GemmElem>(
+    [m, n, k]: [usize; 3],
+    a: Mat<T>,
+    b: Mat<T>,
+    out: &mut [MaybeUninit<T>],
+    threaded: bool,
+    accumulate: bool,
+) {
     let (av, bv, a, b) = (a.view, b.view, a.data, b.data);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        out.iter_mut().for_each(|x| *x = T::zero());
+        if !accumulate {
+            out.iter_mut().for_each(|x| {
+                x.write(T::zero());
+            });
+        }
         return;
     }
     if T::FAST {
-        let par = if m * n * k >= 1 << 18 {
+        let par = if threaded && m * n * k >= PAR_GEMM {
             gemm::Parallelism::Rayon(rayon::current_num_threads())
         } else {
             gemm::Parallelism::None
         };
         // SAFETY: the views were checked by the callers to lie inside `a` and `b`, `out` holds
-        // m·n elements, and `T` is f32 or f64 (FAST), which `gemm` supports.
+        // m·n elements, which gemm writes without reading (read_dst = false), and `T` is f32
+        // or f64 (FAST), which `gemm` supports.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                out.as_mut_ptr(),
+                out.as_mut_ptr() as *mut T,
                 1,
                 n as isize,
-                false,
+                accumulate,
                 a.as_ptr().add(av.off),
                 av.cs as isize,
                 av.rs as isize,
                 b.as_ptr().add(bv.off),
                 bv.cs as isize,
                 bv.rs as isize,
-                T::zero(),
+                if accumulate { T::one() } else { T::zero() },
                 T::one(),
                 false,
                 false,
@@ -82,7 +156,14 @@ pub fn gemm_into<T: GemmElem>([m, n, k]: [usize; 3], a: Mat<T>, b: Mat<T>, out: 
             for j in 0..k {
                 acc += a[av.off + r * av.rs + j * av.cs].to_f64() * b[bv.off + j * bv.rs + c * bv.cs].to_f64();
             }
-            out[r * n + c] = T::from_f64(acc);
+            let o = &mut out[r * n + c];
+            if accumulate {
+                // SAFETY: with `accumulate` the caller initialised `out`.
+                let prev = unsafe { o.assume_init_read() };
+                o.write(T::from_f64(prev.to_f64() + acc));
+            } else {
+                o.write(T::from_f64(acc));
+            }
         }
     }
 }
@@ -101,10 +182,17 @@ pub fn matmul_tensors(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     if k != k2 {
         kbail!("inner dimensions differ: {:?} × {:?}", a.shape(), b.shape());
     }
-    let (abatch, bbatch) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
+    let (mut abatch, bbatch) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
     let batch = broadcast_shapes(&[abatch, bbatch])?;
-    let ia = broadcast_index(abatch, &batch);
-    let ib = broadcast_index(bbatch, &batch);
+    // A 2-D right operand (a weight): a's batch dims fold into its rows, so the product is one
+    // tall GEMM that packs `b` once instead of once per batch entry.
+    let rows = if bbatch.is_empty() { abatch.iter().product::<usize>() * m } else { m };
+    if bbatch.is_empty() {
+        abatch = &[];
+    }
+    let folded: Vec<usize> = if bbatch.is_empty() { vec![] } else { batch.clone() };
+    let ia = broadcast_index(abatch, &folded);
+    let ib = broadcast_index(bbatch, &folded);
     let mut out_shape = batch.clone();
     if a.rank() > 1 {
         out_shape.push(m);
@@ -112,18 +200,23 @@ pub fn matmul_tensors(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     if b.rank() > 1 {
         out_shape.push(n);
     }
-    checked_numel(&[ia.len(), m, n])?;
+    checked_numel(&[ia.len(), rows, n])?;
     fn go<T: GemmElem>(a: &[T], b: &[T], ia: &[usize], ib: &[usize], [m, n, k]: [usize; 3]) -> Storage {
-        let mut out = vec![T::zero(); ia.len() * m * n];
-        for (p, (&x, &y)) in ia.iter().zip(ib).enumerate() {
-            let av = View { off: x * m * k, rs: k, cs: 1 };
-            let bv = View { off: y * k * n, rs: n, cs: 1 };
-            let (a, b) = (Mat { data: a, view: av }, Mat { data: b, view: bv });
-            gemm_into([m, n, k], a, b, &mut out[p * m * n..(p + 1) * m * n]);
-        }
+        // SAFETY: the products cover all ia.len() output matrices and gemm_with writes each
+        // whole.
+        let out = unsafe {
+            new_filled(ia.len() * m * n, |out| {
+                for_each_product(out, m * n, m * n * k, |p, threaded, o| {
+                    let av = View { off: ia[p] * m * k, rs: k, cs: 1 };
+                    let bv = View { off: ib[p] * k * n, rs: n, cs: 1 };
+                    let (a, b) = (Mat { data: a, view: av }, Mat { data: b, view: bv });
+                    gemm_with([m, n, k], a, b, o, threaded);
+                })
+            })
+        };
         T::wrap(out)
     }
-    let data = crate::with_arith!(a.data(), x => go(x, <_ as Elem>::slice(b.data()).unwrap_or(&[]), &ia, &ib, [m, n, k]), _ => kbail!("MatMul does not take {}", a.dtype()));
+    let data = crate::with_arith!(a.data(), x => go(x, <_ as Elem>::slice(b.data()).unwrap_or(&[]), &ia, &ib, [rows, n, k]), _ => kbail!("MatMul does not take {}", a.dtype()));
     Ok(Tensor::from_parts(out_shape, data))
 }
 
@@ -187,6 +280,34 @@ pub fn gemm_op(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         go(Mat { data: x, view: av }, Mat { data: bs, view: bv }, [m, n, k], [alpha, beta], ct)
     }, _ => kbail!("Gemm does not take {}", a.dtype()));
     Ok(vec![Tensor::from_parts(vec![m, n], data)])
+}
+
+/// `MatMulAddBias(x, w, bias)` = `Add(MatMul(x, w), bias)`, the plan-time fusion of a linear
+/// layer (see `crate::fuse`): for f32 with a 2-D `w` and `bias` of `w`'s column count, the
+/// output rows start as copies of `bias` and the GEMM accumulates into them, so the product is
+/// never written out and read back for the add. Anything else runs as the two ops.
+pub fn matmul_add_bias(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (a, w, bias) = (i.req(0)?, i.req(1)?, i.req(2)?);
+    if let (Some(av), Some(wv), Some(bv)) = (a.as_slice::<f32>(), w.as_slice::<f32>(), bias.as_slice::<f32>()) {
+        let r = a.rank();
+        if w.rank() == 2 && r >= 2 && a.shape()[r - 1] == w.shape()[0] && bias.shape() == [w.shape()[1]] {
+            let (k, n) = (w.shape()[0], w.shape()[1]);
+            let rows: usize = a.shape()[..r - 1].iter().product();
+            checked_numel(&[rows, n])?;
+            let mut out: Vec<f32> = Vec::with_capacity(rows * n);
+            for _ in 0..rows {
+                out.extend_from_slice(bv);
+            }
+            let am = Mat { data: av, view: View { off: 0, rs: k, cs: 1 } };
+            let wm = Mat { data: wv, view: View { off: 0, rs: n, cs: 1 } };
+            gemm_accumulate([rows, n, k], am, wm, &mut out);
+            let mut shape = a.shape()[..r - 1].to_vec();
+            shape.push(n);
+            return Ok(vec![Tensor::from_parts(shape, Storage::F32(out))]);
+        }
+    }
+    let y = matmul_tensors(a, w)?;
+    super::binary::add(c, &Inputs(&[Some(&y), Some(bias)]))
 }
 
 pub const OPS: &[(&str, KernelFn)] = &[("MatMul", matmul), ("Gemm", gemm_op)];

@@ -29,6 +29,7 @@ pub mod shape;
 pub mod signal;
 pub mod slice;
 pub mod softmax;
+pub mod strided;
 pub mod unary;
 
 use adaptc_ir::{AttrValue, Node};

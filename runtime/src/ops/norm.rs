@@ -34,6 +34,81 @@ fn affine(t: Option<&Tensor>, norm_shape: &[usize]) -> KResult<Option<Vec<f64>>>
     Ok(Some(broadcast_index(t.shape(), norm_shape).into_iter().map(|k| v[k]).collect()))
 }
 
+/// The transformer hot path: f32 rows with an f32 scale (and bias) of the normalised shape,
+/// statistics stashed as f32. Rows run in parallel; sums use eight lanes so they vectorise.
+/// `None` when the inputs are anything else (the general f64 path handles them).
+fn layer_f32(
+    c: &OpCtx,
+    i: &Inputs,
+    rms: bool,
+    (outer, inner): (usize, usize),
+    ax: usize,
+    eps: f64,
+) -> KResult<Option<Vec<Tensor>>> {
+    use rayon::prelude::*;
+    let x = i.req(0)?;
+    let norm_shape = &x.shape()[ax..];
+    fn vec_of<'a>(t: Option<&'a Tensor>, norm_shape: &[usize]) -> Option<Option<&'a [f32]>> {
+        match t {
+            None => Some(None),
+            Some(t) if t.shape() == norm_shape => t.as_slice::<f32>().map(Some),
+            Some(_) => None,
+        }
+    }
+    let stash_f32 = c.node.attr("stash_type").and_then(|a| a.as_int()).is_none_or(|code| code == 1);
+    let (Some(xv), Some(scale), Some(bias), true) = (
+        x.as_slice::<f32>(),
+        vec_of(i.opt(1), norm_shape),
+        vec_of(if rms { None } else { i.opt(2) }, norm_shape),
+        stash_f32,
+    ) else {
+        return Ok(None);
+    };
+    if inner == 0 {
+        return Ok(None);
+    }
+    let eps = eps as f32;
+    let mut y = vec![0f32; xv.len()];
+    let mut stats = vec![(0f32, 0f32); outer];
+    let (per, _) = super::grad::common::row_chunks(outer, inner);
+    y.par_chunks_mut(per * inner).zip(xv.par_chunks(per * inner)).zip(stats.par_chunks_mut(per)).for_each(
+        |((yc, xc), sc)| {
+            for ((yr, r), st) in yc.chunks_exact_mut(inner).zip(xc.chunks_exact(inner)).zip(sc) {
+                let mean = if rms { 0.0 } else { super::grad::real::sum(r) / inner as f32 };
+                let mut acc = [0f32; 8];
+                let rc = r.chunks_exact(8);
+                let tail: f32 = rc.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+                for v in rc {
+                    for k in 0..8 {
+                        acc[k] += (v[k] - mean) * (v[k] - mean);
+                    }
+                }
+                let var = (acc.iter().sum::<f32>() + tail) / inner as f32;
+                let is = 1.0 / (var + eps).sqrt();
+                for (j, (o, &v)) in yr.iter_mut().zip(r).enumerate() {
+                    let mut t = (v - mean) * is;
+                    if let Some(s) = scale {
+                        t *= s[j];
+                    }
+                    if let Some(b) = bias {
+                        t += b[j];
+                    }
+                    *o = t;
+                }
+                *st = (mean, is);
+            }
+        },
+    );
+    let mut out = vec![Tensor::from_parts(x.shape().to_vec(), Storage::F32(y))];
+    if !rms {
+        let mut sshape = x.shape().to_vec();
+        sshape[ax..].iter_mut().for_each(|d| *d = 1);
+        out.push(Tensor::from_parts(sshape.clone(), Storage::F32(stats.iter().map(|s| s.0).collect())));
+        out.push(Tensor::from_parts(sshape, Storage::F32(stats.iter().map(|s| s.1).collect())));
+    }
+    Ok(Some(out))
+}
+
 fn layer_like(c: &OpCtx, i: &Inputs, rms: bool) -> KResult<Vec<Tensor>> {
     let x = i.req(0)?;
     let ax = axis(c.int("axis", -1), x.rank())?;
@@ -41,6 +116,9 @@ fn layer_like(c: &OpCtx, i: &Inputs, rms: bool) -> KResult<Vec<Tensor>> {
     let outer: usize = x.shape()[..ax].iter().product();
     let inner: usize = x.shape()[ax..].iter().product();
     let norm_shape = &x.shape()[ax..];
+    if let Some(out) = layer_f32(c, i, rms, (outer, inner), ax, eps)? {
+        return Ok(out);
+    }
     let scale = affine(i.opt(1), norm_shape)?;
     let bias = if rms { None } else { affine(i.opt(2), norm_shape)? };
     let xv = f64s(x)?;

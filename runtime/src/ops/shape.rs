@@ -6,7 +6,7 @@
 
 use super::num::Num;
 use super::util::{
-    axes, axis, broadcast_index, broadcast_shapes, checked_numel, ints, strided_index, strides, to_shape,
+    axes, axis, broadcast_shapes, broadcast_strides, checked_numel, ints, strided_index, strides, to_shape,
 };
 use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, KResult};
@@ -43,7 +43,7 @@ pub fn reshape(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     if crate::tensor::numel(&shape) != Some(x.numel()) {
         kbail!("cannot reshape {:?} ({} elements) into {shape:?}", x.shape(), x.numel());
     }
-    Ok(vec![Tensor::from_parts(shape, x.data().clone())])
+    Ok(vec![x.with_shape(shape)])
 }
 
 pub fn flatten(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
@@ -56,7 +56,7 @@ pub fn flatten(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let a = if a < 0 { a + r } else { a } as usize;
     let outer: usize = x.shape()[..a].iter().product();
     let inner: usize = x.shape()[a..].iter().product();
-    Ok(vec![Tensor::from_parts(vec![outer, inner], x.data().clone())])
+    Ok(vec![x.with_shape(vec![outer, inner])])
 }
 
 /// Axes from the `axes` input (opset ≥ 13) or attribute (older).
@@ -82,7 +82,7 @@ pub fn squeeze(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         }
         None => x.shape().iter().copied().filter(|&d| d != 1).collect(),
     };
-    Ok(vec![Tensor::from_parts(shape, x.data().clone())])
+    Ok(vec![x.with_shape(shape)])
 }
 
 pub fn unsqueeze(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
@@ -99,7 +99,7 @@ pub fn unsqueeze(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
             shape.push(src.next().copied().unwrap_or(1));
         }
     }
-    Ok(vec![Tensor::from_parts(shape, x.data().clone())])
+    Ok(vec![x.with_shape(shape)])
 }
 
 /// The index map of a transpose by `perm`.
@@ -116,8 +116,9 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Tensor {
     if perm.iter().enumerate().all(|(k, &p)| k == p) {
         return x.clone();
     }
-    let idx = transpose_index(x.shape(), perm);
-    Tensor::from_parts(out_shape, x.data().take(&idx))
+    let st = strides(x.shape());
+    let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+    Tensor::from_parts(out_shape.clone(), x.data().gather_strided(&out_shape, &out_st, 0))
 }
 
 pub fn transpose(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
@@ -140,8 +141,8 @@ pub fn expand(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let target = to_shape(&ints(i.req(1)?)?)?;
     let out = broadcast_shapes(&[x.shape(), &target])?;
     checked_numel(&out)?;
-    let idx = broadcast_index(x.shape(), &out);
-    Ok(vec![Tensor::from_parts(out, x.data().take(&idx))])
+    let st = broadcast_strides(x.shape(), &out);
+    Ok(vec![Tensor::from_parts(out.clone(), x.data().gather_strided(&out, &st, 0))])
 }
 
 pub fn shape(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
@@ -413,7 +414,7 @@ pub fn depth_to_space(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let co = ch / (b * b);
     let (tmp_shape, perm): (Vec<usize>, [usize; 6]) =
         if crd { (vec![n, co, b, b, h, w], [0, 1, 4, 2, 5, 3]) } else { (vec![n, b, b, co, h, w], [0, 3, 4, 1, 5, 2]) };
-    let t = Tensor::from_parts(tmp_shape, x.data().clone());
+    let t = x.with_shape(tmp_shape);
     let p = permute(&t, &perm);
     Ok(vec![Tensor::from_parts(vec![n, co, h * b, w * b], p.into_data())])
 }
@@ -427,7 +428,7 @@ pub fn space_to_depth(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         kbail!("blocksize {b} does not divide {h}x{w}");
     }
     let b = b as usize;
-    let t = Tensor::from_parts(vec![n, ch, h / b, b, w / b, b], x.data().clone());
+    let t = x.with_shape(vec![n, ch, h / b, b, w / b, b]);
     let p = permute(&t, &[0, 3, 5, 1, 2, 4]);
     Ok(vec![Tensor::from_parts(vec![n, ch * b * b, h / b, w / b], p.into_data())])
 }

@@ -90,31 +90,7 @@ pub fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, O: Send>(
     out_shape: &[usize],
     f: impl Fn(A, B) -> O + Sync + Send,
 ) -> Vec<O> {
-    use rayon::prelude::*;
-    let n: usize = out_shape.iter().product();
-    let par = n >= PAR_THRESHOLD;
-    if a.len() == n && b.len() == n {
-        return if par {
-            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
-        } else {
-            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-        };
-    }
-    if b.len() == 1 && a.len() == n {
-        let y = b[0];
-        return if par { a.par_iter().map(|&x| f(x, y)).collect() } else { a.iter().map(|&x| f(x, y)).collect() };
-    }
-    if a.len() == 1 && b.len() == n {
-        let x = a[0];
-        return if par { b.par_iter().map(|&y| f(x, y)).collect() } else { b.iter().map(|&y| f(x, y)).collect() };
-    }
-    let ia = broadcast_index(ash, out_shape);
-    let ib = broadcast_index(bsh, out_shape);
-    if par {
-        ia.par_iter().zip(ib.par_iter()).map(|(&i, &j)| f(a[i], b[j])).collect()
-    } else {
-        ia.iter().zip(&ib).map(|(&i, &j)| f(a[i], b[j])).collect()
-    }
+    super::strided::map2(a, ash, b, bsh, out_shape, f)
 }
 
 /// Element count from which elementwise kernels split work across threads.

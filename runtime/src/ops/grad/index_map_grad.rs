@@ -57,7 +57,7 @@ pub fn index_map_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         if dy.numel() != n {
             kbail!("{op}: dy has shape {:?}, which does not hold the {n} elements of {x_shape:?}", dy.shape());
         }
-        return Ok(vec![Tensor::from_parts(x_shape, dy.data().clone())]);
+        return Ok(vec![dy.with_shape(x_shape)]);
     }
     if op == "Gather" && input == 0 && output == 0 {
         let Some(indices) = fwd.get(1).copied().flatten() else { kbail!("Gather: the indices input is missing") };

@@ -3,18 +3,12 @@
 //! need no materialised transpose. `fold=1` sums `aᵀb` over every leading dim and row in one
 //! GEMM: the weight gradient of `x @ W` for a 2-D `W`, without a `[batch, K, N]` temporary.
 
-use rayon::prelude::*;
-
 use super::real::{with_real, Real};
 use crate::error::{kbail, KResult};
-use crate::ops::matmul::{gemm_into, Mat, View};
+use crate::ops::matmul::{for_each_product, gemm_into, gemm_with, new_filled, Mat, View};
 use crate::ops::util::{broadcast_index, broadcast_shapes, checked_numel};
 use crate::ops::{Inputs, OpCtx};
 use crate::tensor::{Elem, Tensor};
-
-/// Products below this many multiply-adds run one batch per thread instead of threading
-/// inside the GEMM.
-const SMALL_GEMM: usize = 1 << 18;
 
 fn flag(c: &OpCtx, name: &str) -> KResult<bool> {
     match c.int(name, 0) {
@@ -69,8 +63,14 @@ pub fn matmul_trans(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
     let total = checked_numel(&out_shape)?;
-    let ia = broadcast_index(abatch, &batch);
-    let ib = broadcast_index(bbatch, &batch);
+    // A 2-D right operand and an untransposed left one: a's batch dims fold into its rows
+    // (one tall GEMM, `b` packed once).
+    let fold_rows = bbatch.is_empty() && !ta;
+    let (ia, ib, m) = if fold_rows {
+        (vec![0], vec![0], abatch.iter().product::<usize>() * m)
+    } else {
+        (broadcast_index(abatch, &batch), broadcast_index(bbatch, &batch), m)
+    };
     // Element (r, c) of the logical operand: transposed views swap the strides.
     let av = if ta { View { off: 0, rs: 1, cs: ac } } else { View { off: 0, rs: ac, cs: 1 } };
     let bv = if tb { View { off: 0, rs: 1, cs: bc } } else { View { off: 0, rs: bc, cs: 1 } };
@@ -84,21 +84,16 @@ pub fn matmul_trans(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         [m, n, k]: [usize; 3],
         total: usize,
     ) -> Vec<T> {
-        let mut out = vec![T::zero(); total];
-        if total == 0 {
-            return out;
+        // SAFETY: the products cover all `total` elements and gemm_with writes each whole.
+        unsafe {
+            new_filled(total, |out| {
+                for_each_product(out, m * n, m * n * k, |p, threaded, o| {
+                    let a = Mat { data: a, view: View { off: ia[p] * amat, ..av } };
+                    let b = Mat { data: b, view: View { off: ib[p] * bmat, ..bv } };
+                    gemm_with([m, n, k], a, b, o, threaded);
+                })
+            })
         }
-        let one = |p: usize, o: &mut [T]| {
-            let a = Mat { data: a, view: View { off: ia[p] * amat, ..av } };
-            let b = Mat { data: b, view: View { off: ib[p] * bmat, ..bv } };
-            gemm_into([m, n, k], a, b, o);
-        };
-        if ia.len() > 1 && m * n * k < SMALL_GEMM {
-            out.par_chunks_mut(m * n).enumerate().for_each(|(p, o)| one(p, o));
-        } else {
-            out.chunks_mut(m * n).enumerate().for_each(|(p, o)| one(p, o));
-        }
-        out
     }
     let data = with_real!(a.data(), x => {
         let y = Elem::slice(b.data()).unwrap_or(&[]);

@@ -14,9 +14,11 @@ pub fn sum_to_shape(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let target = shape_input(i.req(1)?, "shape")?;
     let dims = sum_plan(dy.shape(), &target)?;
     let n = checked_numel(&target)?;
-    let same = dy.shape() == target.as_slice();
-    let data = with_real!(dy.data(), v => {
-        Elem::wrap(if same { v.clone() } else { sum_to(v, &dims, n) })
-    }, _ => kbail!("dy must be f32 or f64, got {}", dy.dtype()));
+    if dy.shape() == target.as_slice() && matches!(dy.dtype(), adaptc_ir::DataType::Float | adaptc_ir::DataType::Double)
+    {
+        // Nothing was broadcast (the pass could not prove it): share dy rather than copy it.
+        return Ok(vec![dy.clone()]);
+    }
+    let data = with_real!(dy.data(), v => Elem::wrap(sum_to(v, &dims, n)), _ => kbail!("dy must be f32 or f64, got {}", dy.dtype()));
     Ok(vec![Tensor::from_parts(target, data)])
 }
