@@ -8,15 +8,8 @@
 # CROSSCHECK_NO_INSTALL=1   skip the pip install
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${CROSSCHECK_VENV:-$PWD/target/venv-crosscheck}"
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "== creating venv $VENV"
-    python3 -m venv "$VENV"
-fi
-if [ "${CROSSCHECK_NO_INSTALL:-0}" != "1" ]; then
-    echo "== pip install -r scripts/crosscheck/requirements.txt"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/crosscheck/requirements.txt
-fi
+source scripts/crosscheck/venv.sh
+crosscheck_venv "$PWD/target/venv-crosscheck"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ ! -f tests/data/train/sentiment/eval.jsonl ] || [ ! -f tests/data/train/corpus/eval.jsonl ]; then
     "$VENV/bin/python" scripts/make_train_data.py

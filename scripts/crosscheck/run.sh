@@ -15,15 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-VENV="${CROSSCHECK_VENV:-$HOME/.cache/adaptc/venv-crosscheck}"
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "== creating venv $VENV"
-    python3 -m venv "$VENV"
-fi
-if [ "${CROSSCHECK_NO_INSTALL:-0}" != "1" ]; then
-    echo "== pip install -r scripts/crosscheck/requirements.txt"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/crosscheck/requirements.txt
-fi
+source scripts/crosscheck/venv.sh
+crosscheck_venv "$HOME/.cache/adaptc/venv-crosscheck"
 
 PROFILE="${CROSSCHECK_PROFILE:-release}"
 echo "== cargo build --profile $PROFILE"
