@@ -123,8 +123,8 @@ fn gemm_raw<T: GemmElem>(
             gemm::Parallelism::None
         };
         // SAFETY: the views were checked by the callers to lie inside `a` and `b`, `out` holds
-        // m·n elements, which gemm writes without reading (read_dst = false), and `T` is f32
-        // or f64 (FAST), which `gemm` supports.
+        // m·n elements, which gemm writes without reading unless `accumulate` (read_dst; then
+        // the caller initialised them), and `T` is f32 or f64 (FAST), which `gemm` supports.
         unsafe {
             gemm::gemm(
                 m,
@@ -182,17 +182,15 @@ pub fn matmul_tensors(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     if k != k2 {
         kbail!("inner dimensions differ: {:?} × {:?}", a.shape(), b.shape());
     }
-    let (mut abatch, bbatch) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
+    let (abatch, bbatch) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
     let batch = broadcast_shapes(&[abatch, bbatch])?;
     // A 2-D right operand (a weight): a's batch dims fold into its rows, so the product is one
     // tall GEMM that packs `b` once instead of once per batch entry.
-    let rows = if bbatch.is_empty() { abatch.iter().product::<usize>() * m } else { m };
-    if bbatch.is_empty() {
-        abatch = &[];
-    }
-    let folded: Vec<usize> = if bbatch.is_empty() { vec![] } else { batch.clone() };
-    let ia = broadcast_index(abatch, &folded);
-    let ib = broadcast_index(bbatch, &folded);
+    let (ia, ib, rows) = if bbatch.is_empty() {
+        (vec![0], vec![0], abatch.iter().product::<usize>() * m)
+    } else {
+        (broadcast_index(abatch, &batch), broadcast_index(bbatch, &batch), m)
+    };
     let mut out_shape = batch.clone();
     if a.rank() > 1 {
         out_shape.push(m);
