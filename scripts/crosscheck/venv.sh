@@ -11,6 +11,6 @@ crosscheck_venv() {
     fi
     if [ "${CROSSCHECK_NO_INSTALL:-0}" != "1" ]; then
         echo "== pip install -r scripts/crosscheck/requirements.txt"
-        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/crosscheck/requirements.txt
+        "$VENV/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check -r scripts/crosscheck/requirements.txt
     fi
 }
