@@ -96,11 +96,9 @@ pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
             Some((n, k)) => (n, Some(*k)),
             None => (graph.node(id), None),
         };
-        let opset = model.opset(&node.op().domain).unwrap_or(if adaptc_ir::is_default_domain(&node.op().domain) {
-            21
-        } else {
-            1
-        });
+        // A fused node keeps the opset of the node it stands in for (AddSoftmax: Softmax's).
+        let domain = &graph.node(id).op().domain;
+        let opset = model.opset(domain).unwrap_or(if adaptc_ir::is_default_domain(domain) { 21 } else { 1 });
         let unsupported = |reason: &str| RuntimeError::Unsupported {
             node: node.label(),
             op: node.op().to_string(),

@@ -19,8 +19,10 @@ pub fn by_node() -> bool {
     *ON.get_or_init(|| std::env::var("ADAPTC_PROFILE").is_ok_and(|v| v == "nodes"))
 }
 
-/// Nodes listed by `ADAPTC_PROFILE=nodes`.
-const TOP_NODES: usize = 40;
+/// Nodes listed by `ADAPTC_PROFILE=nodes`: `ADAPTC_PROFILE_NODES` (default 40).
+fn top_nodes() -> usize {
+    std::env::var("ADAPTC_PROFILE_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(40)
+}
 
 /// Time per op type (and per node, when asked) over one or more runs.
 #[derive(Clone, Debug, Default)]
@@ -76,7 +78,7 @@ impl fmt::Display for Profile {
             let mut rows: Vec<_> = self.by_node.iter().collect();
             rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
             writeln!(f, "\n\nslowest nodes:")?;
-            for (node, (d, n)) in rows.into_iter().take(TOP_NODES) {
+            for (node, (d, n)) in rows.into_iter().take(top_nodes()) {
                 writeln!(f, "{:>10.1} ms {n:>4}×  {node}", d.as_secs_f64() * 1e3)?;
             }
         }

@@ -64,3 +64,101 @@ fn cuda_is_refused_clearly() {
     let e = Session::new(&model("Relu"), opts).err().unwrap().to_string();
     assert!(e.contains("the CUDA backend is not built yet"), "{e}");
 }
+
+/// `y = x·W + b` with the product also read by `Shape` (as training graphs do): the plan fuses
+/// MatMul and Add into one instruction, the Shape reads the sum, and the values are right.
+#[test]
+fn matmul_bias_fuses_past_shape_readers() {
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(2), Dim::Known(2)]));
+    g.outputs.push(ValueInfo::tensor("y", DataType::Float, vec![Dim::Known(2), Dim::Known(3)]));
+    g.outputs.push(ValueInfo::tensor("s", DataType::Int64, vec![Dim::Known(2)]));
+    g.add_initializer(adaptc_ir::Tensor::from_f32("w", vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap()).unwrap();
+    g.add_initializer(adaptc_ir::Tensor::from_f32("b", vec![3], &[0.5, -1.0, 2.0]).unwrap()).unwrap();
+    g.add_node(Node::new(OpKey::onnx("MatMul"), vec!["x".into(), "w".into()], vec!["p".into()]).named("mm")).unwrap();
+    g.add_node(Node::new(OpKey::onnx("Add"), vec!["p".into(), "b".into()], vec!["y".into()]).named("add")).unwrap();
+    g.add_node(Node::new(OpKey::onnx("Shape"), vec!["p".into()], vec!["s".into()]).named("shape")).unwrap();
+    let s = Session::new(&Model::new(g, 21), SessionOptions::default()).unwrap();
+    let ops: Vec<String> = s.plan().instructions.iter().map(|i| i.node.op().op_type.clone()).collect();
+    assert_eq!(ops, ["MatMulAddBias", "Shape"], "{ops:?}");
+    let out = s.run(x(vec![2, 2], vec![1.0, 0.0, -1.0, 2.0])).unwrap();
+    assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &[1.5, 1.0, 5.0, 7.5, 7.0, 11.0]);
+    assert_eq!(out[1].1.as_slice::<i64>().unwrap(), &[2, 3]);
+}
+
+/// Exported attention's `Where(IsNaN(Softmax(scores + mask)), 0, ·)`, on `scores: [2, 3, 4]`
+/// and `mask` (shape `mask_shape`, in either Add operand order). With `fused` false the sum
+/// and the zero are graph outputs/inputs, which rules the fusions out: the reference plan.
+fn masked_softmax(mask_shape: Vec<usize>, mask_first: bool, fused: bool) -> Model {
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(2), Dim::Known(3), Dim::Known(4)]));
+    let mask: Vec<f32> = (0..mask_shape.iter().product::<usize>())
+        .map(|k| if k % 3 == 1 { f32::NEG_INFINITY } else { k as f32 * 0.25 })
+        .collect();
+    g.add_initializer(adaptc_ir::Tensor::from_f32("m", mask_shape.iter().map(|&d| d as u64).collect(), &mask).unwrap())
+        .unwrap();
+    if fused {
+        g.add_initializer(adaptc_ir::Tensor::from_f32("zero", vec![], &[0.0]).unwrap()).unwrap();
+    } else {
+        g.inputs.push(ValueInfo::tensor("zero", DataType::Float, vec![]));
+        g.outputs.push(ValueInfo::tensor("sum", DataType::Float, vec![]));
+    }
+    for out in ["p", "nan", "y"] {
+        g.outputs.push(ValueInfo::tensor(out, DataType::Float, vec![]));
+    }
+    let add_in = if mask_first { vec!["m".into(), "x".into()] } else { vec!["x".into(), "m".into()] };
+    g.add_node(Node::new(OpKey::onnx("Add"), add_in, vec!["sum".into()]).named("add")).unwrap();
+    g.add_node(Node::new(OpKey::onnx("Softmax"), vec!["sum".into()], vec!["p".into()]).named("softmax")).unwrap();
+    g.add_node(Node::new(OpKey::onnx("IsNaN"), vec!["p".into()], vec!["nan".into()]).named("isnan")).unwrap();
+    g.add_node(
+        Node::new(OpKey::onnx("Where"), vec!["nan".into(), "zero".into(), "p".into()], vec!["y".into()]).named("where"),
+    )
+    .unwrap();
+    Model::new(g, 21)
+}
+
+/// The attention fusions (`AddSoftmax`, `IsNaNWhere`) give what the separate kernels give,
+/// for masks that broadcast in different ways, in both operand orders, and with rows that are
+/// all −∞ (NaN after the softmax, zeroed by the Where).
+#[test]
+fn attention_fusions_match_the_separate_kernels() {
+    let xs: Vec<f32> = (0..24).map(|k| ((k * 7) % 11) as f32 * 0.3 - 1.5).collect();
+    for (mask_shape, mask_first) in
+        [(vec![2, 1, 4], false), (vec![4], true), (vec![2, 3, 4], false), (vec![1, 3, 1], false), (vec![], true)]
+    {
+        let run = |fused: bool| {
+            let s = Session::new(&masked_softmax(mask_shape.clone(), mask_first, fused), SessionOptions::default())
+                .unwrap();
+            let ops: Vec<String> = s.plan().instructions.iter().map(|i| i.node.op().op_type.clone()).collect();
+            let mut feeds = x(vec![2, 3, 4], xs.clone());
+            if !fused {
+                feeds.insert("zero".into(), Tensor::from_vec(vec![], vec![0f32]).unwrap());
+            }
+            let out: HashMap<String, Tensor> = s.run(feeds).unwrap().into_iter().collect();
+            (ops, out)
+        };
+        let (ops, fused) = run(true);
+        assert_eq!(ops, ["AddSoftmax", "IsNaNWhere"], "{mask_shape:?}");
+        let (ops, reference) = run(false);
+        assert_eq!(ops, ["Add", "Softmax", "IsNaN", "Where"], "{mask_shape:?}");
+        for name in ["p", "nan", "y"] {
+            let (a, b) = (&fused[name], &reference[name]);
+            assert_eq!(a.shape(), b.shape(), "{name} {mask_shape:?}");
+            if let (Some(a), Some(b)) = (a.as_slice::<f32>(), b.as_slice::<f32>()) {
+                for (u, v) in a.iter().zip(b) {
+                    assert!(
+                        (u.is_nan() && v.is_nan()) || (u - v).abs() <= 1e-6,
+                        "{name} {mask_shape:?}: {a:?} vs {b:?}"
+                    );
+                }
+            } else {
+                assert_eq!(a.as_slice::<bool>(), b.as_slice::<bool>(), "{name} {mask_shape:?}");
+            }
+        }
+        // The all −∞ mask row (shape [1, 3, 1]: row 1 of every batch) gives NaN, zeroed by Where.
+        if mask_shape == [1, 3, 1] {
+            assert!(fused["p"].as_slice::<f32>().unwrap()[4..8].iter().all(|v| v.is_nan()));
+            assert_eq!(&fused["y"].as_slice::<f32>().unwrap()[4..8], &[0.0; 4]);
+        }
+    }
+}

@@ -301,8 +301,9 @@ pub fn gelu(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     match c.string("approximate").as_deref().unwrap_or("none") {
         "none" => {
             if let Some(v) = x.as_slice::<f32>() {
-                // f32 through the vectorisable erf (within 2e-7), not libm's f64 one.
-                let f = |x: f32| 0.5 * x * (1.0 + super::grad::real::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                // f32 through the vectorisable normal CDF (x·Φ(x), ~1e-6 relative), not libm's
+                // f64 erf.
+                let f = |x: f32| x * super::grad::real::normal_cdf_f32(x);
                 return Ok(vec![Tensor::from_parts(x.shape().to_vec(), Storage::F32(map_vec(v, &f)))]);
             }
             Ok(vec![float_map(x, |x| 0.5 * x * (1.0 + erf_f(x * std::f64::consts::FRAC_1_SQRT_2)))?])
@@ -321,6 +322,23 @@ pub fn is_nan(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         return Ok(vec![Tensor::from_parts(x.shape().to_vec(), Storage::Bool(map_vec(v, &|x: f32| x.is_nan())))]);
     }
     Ok(vec![float_pred(x, f64::is_nan)?])
+}
+
+/// `m = IsNaN(y)` and `Where(m, z, y)` in one pass (plan fusion, `crate::fuse`: the NaN guard
+/// that exported attention puts after its softmax). Inputs `(y, z)`, outputs `(m, where)`.
+/// Without a NaN and with a scalar `z` of y's type, the Where's result is `y` itself, shared
+/// rather than copied; otherwise it is the Where kernel's.
+pub fn is_nan_where(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    let (y, z) = (i.req(0)?, i.req(1)?);
+    let Some(mask) = is_nan(c, &Inputs(&[Some(y)]))?.into_iter().next() else { kbail!("IsNaN gave no output") };
+    let any = mask.as_slice::<bool>().is_none_or(|m| m.iter().any(|&b| b));
+    if !any && z.numel() == 1 && z.rank() <= y.rank() && z.dtype() == y.dtype() {
+        return Ok(vec![mask, y.clone()]);
+    }
+    let Some(out) = super::compare::where_(c, &Inputs(&[Some(&mask), Some(z), Some(y)]))?.into_iter().next() else {
+        kbail!("Where gave no output")
+    };
+    Ok(vec![mask, out])
 }
 
 pub fn is_inf(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {

@@ -50,9 +50,13 @@ pub fn softmax_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
             return dx;
         }
         if dy.len() >= PAR_THRESHOLD {
-            dx.par_chunks_mut(bl)
-                .zip(dy.par_chunks(bl).zip(y.par_chunks(bl)))
-                .for_each(|(o, (g, p))| block(g, p, o, dim, inner));
+            // Tasks of several blocks (~16K elements): attention rows are only 128 long.
+            let task = bl * ((1 << 14) / bl + 1);
+            dx.par_chunks_mut(task).zip(dy.par_chunks(task).zip(y.par_chunks(task))).for_each(|(o, (g, p))| {
+                for ((o, g), p) in o.chunks_mut(bl).zip(g.chunks(bl)).zip(p.chunks(bl)) {
+                    block(g, p, o, dim, inner);
+                }
+            });
         } else {
             for ((o, g), p) in dx.chunks_mut(bl).zip(dy.chunks(bl)).zip(y.chunks(bl)) {
                 block(g, p, o, dim, inner);
