@@ -12,6 +12,10 @@ use rayon::prelude::*;
 
 use super::util::{broadcast_strides, strides, PAR_THRESHOLD};
 
+/// Outer dims up to which [`Nest::fill`] steps rows with an odometer (more fall back to
+/// computing each row's offsets).
+const MAX_ODOMETER: usize = 8;
+
 /// A loop nest over an output shape, with each operand's stride along every dim.
 #[derive(Clone, Debug)]
 pub struct Nest<const N: usize> {
@@ -87,18 +91,65 @@ impl<const N: usize> Nest<N> {
         let n = self.numel();
         let (len, inner) = self.inner();
         let mut out: Vec<O> = Vec::with_capacity(n);
+        let outer = self.dims.len() - 1;
         let chunk = |start: usize, dst: &mut [MaybeUninit<O>]| {
+            if dst.is_empty() {
+                return;
+            }
             let end = start + dst.len();
+            let (row, mut col) = (start / len, start % len);
+            // The outer index of `row` and its offsets, then advanced row by row like an
+            // odometer: no divisions per row (rows can be as short as a head dim of 32).
+            let mut idx = [0usize; MAX_ODOMETER];
+            let mut odometer = outer <= MAX_ODOMETER;
+            if odometer {
+                let mut r = row;
+                for d in (0..outer).rev() {
+                    idx[d] = r % self.dims[d];
+                    r /= self.dims[d];
+                }
+            }
+            let mut row_off = self.row_offsets(row);
             let mut pos = start;
+            let mut next_row = row;
             while pos < end {
-                let (row, col) = (pos / len, pos % len);
                 let seg = (len - col).min(end - pos);
-                let mut off = self.row_offsets(row);
+                let mut off = row_off;
                 for k in 0..N {
                     off[k] += col * inner[k];
                 }
                 run(off, inner, &mut dst[pos - start..pos - start + seg]);
                 pos += seg;
+                col = 0;
+                next_row += 1;
+                if pos >= end {
+                    break;
+                }
+                if !odometer {
+                    row_off = self.row_offsets(next_row);
+                    continue;
+                }
+                let mut d = outer;
+                loop {
+                    if d == 0 {
+                        // Past the last row: only reachable at the very end.
+                        odometer = false;
+                        break;
+                    }
+                    d -= 1;
+                    idx[d] += 1;
+                    let s = self.strides[d];
+                    for k in 0..N {
+                        row_off[k] += s[k];
+                    }
+                    if idx[d] < self.dims[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                    for k in 0..N {
+                        row_off[k] -= self.dims[d] * s[k];
+                    }
+                }
             }
         };
         let spare = &mut out.spare_capacity_mut()[..n];
@@ -216,4 +267,40 @@ pub fn permute<T: Clone + Send + Sync>(x: &[T], shape: &[usize], perm: &[usize])
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
     gather(x, &out_shape, &out_st, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `permute` against index arithmetic done the slow way, on shapes whose parallel chunks
+    /// start mid-row (the odometer restarts there) and with more outer dims than the odometer
+    /// takes (the per-row fallback).
+    #[test]
+    fn permute_matches_naive_indexing() {
+        let cases: [(&[usize], &[usize]); 4] = [
+            (&[16, 37, 12, 29], &[0, 2, 1, 3]),
+            (&[96, 41, 33], &[0, 2, 1]),
+            (&[3, 5, 7], &[2, 0, 1]),
+            (&[2, 2, 3, 2, 2, 3, 2, 2, 3, 2, 2], &[10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]),
+        ];
+        for (shape, perm) in cases {
+            let n: usize = shape.iter().product();
+            let x: Vec<u32> = (0..n as u32).collect();
+            let got = permute(&x, shape, perm);
+            let st = strides(shape);
+            let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            let want: Vec<u32> = (0..n)
+                .map(|mut i| {
+                    let mut src = 0;
+                    for d in (0..out_shape.len()).rev() {
+                        src += (i % out_shape[d]) * st[perm[d]];
+                        i /= out_shape[d];
+                    }
+                    x[src]
+                })
+                .collect();
+            assert_eq!(got, want, "{shape:?} {perm:?}");
+        }
+    }
 }
