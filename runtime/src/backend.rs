@@ -28,7 +28,66 @@ pub trait Backend {
     /// it, so the memory report counts them once.
     fn storage_key(&self, b: &Self::Buffer) -> usize;
 
+    /// The buffer's shape.
+    fn shape<'a>(&self, b: &'a Self::Buffer) -> &'a [usize];
+
     /// Runs one instruction; returns one buffer per declared output slot (`None` for omitted
     /// optional outputs).
     fn execute(&self, ins: &Instruction, inputs: &[Option<&Self::Buffer>]) -> Result<Vec<Option<Self::Buffer>>>;
+
+    /// Waits until all work submitted so far has finished (for per-instruction timings);
+    /// synchronous backends have nothing to wait for.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called at the start of every run (to reset per-run counters).
+    fn begin_run(&self) {}
+
+    /// Called after the last instruction, before the outputs are read: reports errors that
+    /// asynchronous kernels could only flag (an index out of range).
+    fn end_run(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Where the last run's instructions ran and what was copied (`None` for backends where
+    /// everything runs in one place).
+    fn report(&self) -> Option<Placement> {
+        None
+    }
+}
+
+/// Where a run's instructions ran (by op) and what crossed between host and device.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Placement {
+    pub backend: String,
+    /// Op → instructions run on the device.
+    pub device: std::collections::BTreeMap<String, usize>,
+    /// Op → (instructions run on the host, why the first one was).
+    pub host: std::collections::BTreeMap<String, (usize, String)>,
+    pub uploads: usize,
+    pub upload_bytes: usize,
+    pub downloads: usize,
+    pub download_bytes: usize,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        write!(
+            f,
+            "{}: {} instructions on the device, {} uploads ({:.1} MiB), {} downloads ({:.1} MiB)",
+            self.backend,
+            self.device.values().sum::<usize>(),
+            self.uploads,
+            mib(self.upload_bytes),
+            self.downloads,
+            mib(self.download_bytes)
+        )?;
+        if !self.host.is_empty() {
+            let host: Vec<String> = self.host.iter().map(|(op, (n, why))| format!("{op}×{n} ({why})")).collect();
+            write!(f, "; on the host: {}", host.join(", "))?;
+        }
+        Ok(())
+    }
 }

@@ -16,6 +16,8 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod fuse;
 pub mod memory;
@@ -27,8 +29,8 @@ pub mod registry;
 pub mod session;
 pub mod tensor;
 
-pub use backend::Backend;
+pub use backend::{Backend, Placement};
 pub use error::{Result, RuntimeError};
 pub use profile::Profile;
-pub use session::{Device, RunStats, Session, SessionOptions};
+pub use session::{check_device, Device, RunStats, Session, SessionOptions};
 pub use tensor::{Storage, Tensor};

@@ -31,12 +31,39 @@ pub struct SessionOptions {
     pub device: Device,
 }
 
+/// Checks that `device` can be used here, before any work is done for it: the CUDA backend
+/// must be built in, and a driver and a device present.
+pub fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => crate::cuda::probe().map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(not_built()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn not_built() -> RuntimeError {
+    RuntimeError::Backend {
+        backend: "cuda".into(),
+        reason:
+            "this adaptc was built without the CUDA backend; rebuild it with `cargo build --release --features cuda`"
+                .into(),
+    }
+}
+
 /// A model ready to run.
 pub struct Session {
     plan: ExecPlan,
-    backend: CpuBackend,
-    /// Constants uploaded once.
-    constants: Vec<(usize, <CpuBackend as Backend>::Buffer)>,
+    engine: Engine,
+}
+
+/// The backend a session runs on, with the constants it has uploaded once.
+enum Engine {
+    Cpu(Runner<CpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(Runner<crate::cuda::CudaBackend>),
 }
 
 /// What a run did besides its outputs.
@@ -46,20 +73,30 @@ pub struct RunStats {
     pub peak_bytes: usize,
     /// Time per op type, when `ADAPTC_PROFILE` is set.
     pub profile: Option<Profile>,
+    /// Where instructions ran and what was copied (the CUDA backend; `None` on the CPU).
+    pub placement: Option<crate::backend::Placement>,
 }
 
 impl Session {
     pub fn new(model: &Model, options: SessionOptions) -> Result<Session> {
-        if options.device == Device::Cuda {
-            return Err(RuntimeError::Backend {
-                backend: "cuda".into(),
-                reason: "the CUDA backend is not built yet".into(),
-            });
-        }
-        let backend = CpuBackend;
         let plan = lower(model, Registry::cpu())?;
-        let constants = plan.constants.iter().map(|(b, t)| Ok((*b, backend.upload(t)?))).collect::<Result<_>>()?;
-        Ok(Session { plan, backend, constants })
+        let engine = match options.device {
+            Device::Cpu => Engine::Cpu(Runner::new(CpuBackend, &plan)?),
+            #[cfg(feature = "cuda")]
+            Device::Cuda => Engine::Cuda(Runner::new(crate::cuda::CudaBackend::open(0)?, &plan)?),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda => return Err(not_built()),
+        };
+        Ok(Session { plan, engine })
+    }
+
+    /// The backend's name (`cpu`, `cuda:0 (NVIDIA H100 …)`).
+    pub fn backend_name(&self) -> String {
+        match &self.engine {
+            Engine::Cpu(r) => r.backend.name().to_string(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(r) => r.backend.name().to_string(),
+        }
     }
 
     /// Names of the inputs the caller must give (those without an initializer default).
@@ -84,12 +121,7 @@ impl Session {
         self.run_with_stats(inputs).map(|(o, _)| o)
     }
 
-    pub fn run_with_stats(&self, mut inputs: HashMap<String, Tensor>) -> Result<(Vec<(String, Tensor)>, RunStats)> {
-        let be = &self.backend;
-        let mut slots: Vec<Option<<CpuBackend as Backend>::Buffer>> = vec![None; self.plan.num_buffers];
-        for (b, buf) in &self.constants {
-            slots[*b] = Some(buf.clone());
-        }
+    pub fn run_with_stats(&self, inputs: HashMap<String, Tensor>) -> Result<(Vec<(String, Tensor)>, RunStats)> {
         let mut unknown: Vec<&String> =
             inputs.keys().filter(|k| !self.plan.inputs.iter().any(|i| &i.info.name == *k)).collect();
         if !unknown.is_empty() {
@@ -99,8 +131,36 @@ impl Session {
                 reason: format!("the model has no such input (its inputs: {})", self.input_names().join(", ")),
             });
         }
+        match &self.engine {
+            Engine::Cpu(r) => r.run(&self.plan, inputs),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(r) => r.run(&self.plan, inputs),
+        }
+    }
+}
+
+/// A backend and the plan's constants uploaded to it once; runs the plan's instructions in
+/// order, freeing each buffer after its last reader.
+struct Runner<B: Backend> {
+    backend: B,
+    constants: Vec<(usize, B::Buffer)>,
+}
+
+impl<B: Backend> Runner<B> {
+    fn new(backend: B, plan: &ExecPlan) -> Result<Runner<B>> {
+        let constants = plan.constants.iter().map(|(b, t)| Ok((*b, backend.upload(t)?))).collect::<Result<_>>()?;
+        Ok(Runner { backend, constants })
+    }
+
+    fn run(&self, plan: &ExecPlan, mut inputs: HashMap<String, Tensor>) -> Result<(Vec<(String, Tensor)>, RunStats)> {
+        let be = &self.backend;
+        be.begin_run();
+        let mut slots: Vec<Option<B::Buffer>> = vec![None; plan.num_buffers];
+        for (b, buf) in &self.constants {
+            slots[*b] = Some(buf.clone());
+        }
         let mut usage = Usage::default();
-        for pi in &self.plan.inputs {
+        for pi in &plan.inputs {
             let t = match inputs.remove(&pi.info.name) {
                 Some(t) => t,
                 None => match &pi.default {
@@ -119,14 +179,14 @@ impl Session {
             slots[pi.buf] = Some(buf);
         }
         let mut profile = crate::profile::enabled().then(Profile::default);
-        for (i, ins) in self.plan.instructions.iter().enumerate() {
-            let args: Vec<Option<&<CpuBackend as Backend>::Buffer>> =
-                ins.inputs.iter().map(|b| b.and_then(|b| slots[b].as_ref())).collect();
+        for (i, ins) in plan.instructions.iter().enumerate() {
+            let args: Vec<Option<&B::Buffer>> = ins.inputs.iter().map(|b| b.and_then(|b| slots[b].as_ref())).collect();
             let started = profile.as_ref().map(|_| Instant::now());
             let outs = be.execute(ins, &args)?;
             if let (Some(p), Some(t)) = (profile.as_mut(), started) {
+                be.synchronize()?;
                 let took = t.elapsed();
-                p.record(&ins.node.op().to_string(), || describe(ins, &slots), took);
+                p.record(&ins.node.op().to_string(), || describe(be, ins, &slots), took);
             }
             for (slot, out) in ins.outputs.iter().zip(outs) {
                 if let (Some(b), Some(o)) = (slot, out) {
@@ -134,29 +194,30 @@ impl Session {
                     slots[*b] = Some(o);
                 }
             }
-            for &b in &self.plan.memory.frees[i] {
+            for &b in &plan.memory.frees[i] {
                 if let Some(buf) = slots[b].take() {
                     usage.free(be.storage_key(&buf), be.byte_size(&buf));
                 }
             }
         }
-        let mut out = Vec::with_capacity(self.plan.outputs.len());
-        for (name, b) in &self.plan.outputs {
+        be.end_run()?;
+        let mut out = Vec::with_capacity(plan.outputs.len());
+        for (name, b) in &plan.outputs {
             let Some(buf) = slots[*b].as_ref() else {
                 return Err(RuntimeError::Lowering(format!("graph output `{name}` was not produced")));
             };
             out.push((name.clone(), be.download(buf)?));
         }
-        Ok((out, RunStats { peak_bytes: usage.peak, profile }))
+        Ok((out, RunStats { peak_bytes: usage.peak, profile, placement: be.report() }))
     }
 }
 
 /// A node and its input shapes, for the per-node profile.
-fn describe(ins: &crate::plan::Instruction, slots: &[Option<<CpuBackend as Backend>::Buffer>]) -> String {
+fn describe<B: Backend>(be: &B, ins: &crate::plan::Instruction, slots: &[Option<B::Buffer>]) -> String {
     let shapes: Vec<String> = ins
         .inputs
         .iter()
-        .map(|b| b.and_then(|b| slots[b].as_ref()).map_or("-".into(), |t| format!("{:?}", t.shape())))
+        .map(|b| b.and_then(|b| slots[b].as_ref()).map_or("-".into(), |t| format!("{:?}", be.shape(t))))
         .collect();
     format!("{} {} {}", ins.node.op(), ins.node.label(), shapes.join(" "))
 }

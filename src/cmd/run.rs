@@ -23,11 +23,22 @@ place. With ADAPTC_PROFILE=1 set, the time spent per op type is printed to stder
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU runtime (always built; the numerical reference).
     Cpu,
+    /// The first NVIDIA GPU (needs a build with `--features cuda` and a CUDA 13 driver).
     Cuda,
 }
 
-/// Run a model on the CPU runtime: inputs from .npy files, outputs to .npy files.
+impl DeviceArg {
+    pub fn device(self) -> Device {
+        match self {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
+}
+
+/// Run a model on adaptc's runtime (CPU, or CUDA): inputs from .npy files, outputs to .npy files.
 #[derive(clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
@@ -58,9 +69,7 @@ pub fn file_name(output: &str) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.device == DeviceArg::Cuda {
-        bail!("the CUDA backend is not built yet; use --device cpu");
-    }
+    adaptc_runtime::check_device(args.device.device())?;
     let mut inputs = HashMap::new();
     for spec in &args.inputs {
         let Some((name, file)) = spec.split_once('=') else {
@@ -74,8 +83,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let bar = Bar::new();
     let model = onnx::load_with(&args.model, &bar).with_context(|| format!("cannot load {}", args.model.display()))?;
-    let session = Session::new(&model, SessionOptions { device: Device::Cpu })?;
+    let session = Session::new(&model, SessionOptions { device: args.device.device() })?;
     let (outputs, stats) = session.run_with_stats(inputs)?;
+    if let Some(placement) = &stats.placement {
+        eprintln!("{placement}");
+    }
     if let Some(profile) = &stats.profile {
         eprintln!("{profile}");
     }

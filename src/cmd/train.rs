@@ -125,9 +125,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.device == DeviceArg::Cuda {
-        bail!("the CUDA backend is not built yet; use --device cpu");
-    }
+    adaptc_runtime::check_device(args.device.device())?;
     let objective = match (args.task, args.labels) {
         (TaskArg::Classification, Some(n)) if n >= 2 => Objective::Classification { labels: n },
         (TaskArg::Classification, Some(n)) => bail!("--labels {n}: a classification task needs at least 2 labels"),
@@ -212,6 +210,7 @@ pub fn run(args: Args) -> Result<()> {
         eval_every: args.eval_every.or(Some(steps_per_epoch)),
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: args.keep_checkpoints.max(1),
+        device: args.device.device(),
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use adaptc_ir::{DataType, Model, ValueInfo};
 use adaptc_passes::adapters::record::AdapterState;
 use adaptc_passes::autodiff::{build_training_graph, LossKind, GRAD_PREFIX, IGNORE_INDEX};
-use adaptc_runtime::{Profile, Session, SessionOptions, Tensor};
+use adaptc_runtime::{Device, Profile, Session, SessionOptions, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Batch, Dataset};
@@ -54,6 +54,9 @@ pub struct TrainConfig {
     pub eval_every: Option<u64>,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
+    /// Where the training and evaluation graphs run (the optimizer runs on the host). Not part
+    /// of the fingerprint: a run may resume on another device.
+    pub device: Device,
 }
 
 impl TrainConfig {
@@ -146,9 +149,10 @@ pub fn train(
         Objective::CausalLm => LossKind::CausalLm,
     };
     build_training_graph(&mut training, loss, None, &trainable)?;
-    let train_session = Session::new(&training, SessionOptions::default())?;
+    let options = SessionOptions { device: cfg.device };
+    let train_session = Session::new(&training, options.clone())?;
     let eval_session = match eval {
-        Some(_) => Some(Session::new(&params_as_inputs(adapted, &trainable), SessionOptions::default())?),
+        Some(_) => Some(Session::new(&params_as_inputs(adapted, &trainable), options)?),
         None => None,
     };
 

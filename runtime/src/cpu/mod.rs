@@ -35,6 +35,10 @@ impl Backend for CpuBackend {
         b.storage_key()
     }
 
+    fn shape<'a>(&self, b: &'a Arc<Tensor>) -> &'a [usize] {
+        b.shape()
+    }
+
     fn execute(&self, ins: &Instruction, inputs: &[Option<&Arc<Tensor>>]) -> Result<Vec<Option<Arc<Tensor>>>> {
         let refs: Vec<Option<&Tensor>> = inputs.iter().map(|b| b.map(Arc::as_ref)).collect();
         let ctx = OpCtx { node: &ins.node, opset: ins.opset };

@@ -1,0 +1,162 @@
+//! [`CudaBackend`]: runs each instruction on the device when [`super::ops`] covers it, on the
+//! host otherwise, and keeps count of both and of the copies in between.
+
+use std::sync::Arc;
+
+use super::device::Gpu;
+use super::launch::DevError;
+use super::ops;
+use super::value::CudaValue;
+use crate::backend::{Backend, Placement};
+use crate::error::{Result, RuntimeError};
+use crate::ops::{Inputs, OpCtx};
+use crate::plan::Instruction;
+use crate::tensor::Tensor;
+
+/// Inputs this small, all on the host, keep an instruction on the host (shape arithmetic,
+/// masks built from `attention_mask`): launching a kernel would cost more than the work.
+const HOST_ELEMENTS: usize = 1 << 14;
+
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, compiling the kernels for it; errors (no driver, no device, no
+    /// cuBLAS or NVRTC) say what is missing.
+    pub fn open(ordinal: usize) -> Result<CudaBackend> {
+        Ok(CudaBackend { gpu: Gpu::shared(ordinal)? })
+    }
+
+    fn backend_error(&self, reason: String) -> RuntimeError {
+        RuntimeError::Backend { backend: self.gpu.name.clone(), reason }
+    }
+
+    /// The instruction on the host: inputs downloaded where needed, the CPU kernel, outputs
+    /// left on the host until a device reader uploads them.
+    fn run_on_host(
+        &self,
+        ins: &Instruction,
+        inputs: &[Option<&Arc<CudaValue>>],
+    ) -> Result<Vec<Option<Arc<CudaValue>>>> {
+        let (label, op) = ins.describe();
+        let mut refs: Vec<Option<&Tensor>> = Vec::with_capacity(inputs.len());
+        for v in inputs {
+            refs.push(match v {
+                Some(v) => Some(v.host(&self.gpu).map_err(|e| self.dev_error(e, &label, &op))?),
+                None => None,
+            });
+        }
+        let ctx = OpCtx { node: &ins.node, opset: ins.opset };
+        let outs = (ins.kernel)(&ctx, &Inputs(&refs)).map_err(|e| e.at(&label, &op))?;
+        declared(ins, outs.into_iter().map(CudaValue::from_host).collect(), &label, &op)
+    }
+
+    fn dev_error(&self, e: DevError, label: &str, op: &str) -> RuntimeError {
+        match e {
+            DevError::Kernel(k) => k.at(label, op),
+            DevError::Host(r) | DevError::Device(r) => self.backend_error(format!("node `{label}` ({op}): {r}")),
+        }
+    }
+}
+
+/// Matches produced outputs to the instruction's declared output slots.
+fn declared(ins: &Instruction, outs: Vec<CudaValue>, label: &str, op: &str) -> Result<Vec<Option<Arc<CudaValue>>>> {
+    let mut outs = outs.into_iter();
+    let mut result = Vec::with_capacity(ins.outputs.len());
+    for (slot, want) in ins.outputs.iter().enumerate() {
+        match (want, outs.next()) {
+            (Some(_), Some(v)) => result.push(Some(Arc::new(v))),
+            (None, _) => result.push(None),
+            (Some(_), None) => {
+                return Err(RuntimeError::Unsupported {
+                    node: label.to_string(),
+                    op: op.to_string(),
+                    reason: format!("output {slot} is not produced by this runtime"),
+                })
+            }
+        }
+    }
+    Ok(result)
+}
+
+impl Backend for CudaBackend {
+    type Buffer = Arc<CudaValue>;
+
+    fn name(&self) -> &str {
+        &self.gpu.name
+    }
+
+    fn upload(&self, t: &Tensor) -> Result<Arc<CudaValue>> {
+        // Lazily: the copy happens when a device kernel first reads the value.
+        Ok(Arc::new(CudaValue::from_host(t.clone())))
+    }
+
+    fn download(&self, b: &Arc<CudaValue>) -> Result<Tensor> {
+        b.host(&self.gpu).cloned().map_err(|e| self.backend_error(format!("download: {e:?}")))
+    }
+
+    fn byte_size(&self, b: &Arc<CudaValue>) -> usize {
+        b.byte_size()
+    }
+
+    fn storage_key(&self, b: &Arc<CudaValue>) -> usize {
+        b.storage_key()
+    }
+
+    fn shape<'a>(&self, b: &'a Arc<CudaValue>) -> &'a [usize] {
+        b.shape()
+    }
+
+    fn execute(&self, ins: &Instruction, inputs: &[Option<&Arc<CudaValue>>]) -> Result<Vec<Option<Arc<CudaValue>>>> {
+        let (label, op) = ins.describe();
+        let small_host = inputs.iter().flatten().all(|v| !v.on_device())
+            && inputs.iter().flatten().map(|v| v.numel()).sum::<usize>() <= HOST_ELEMENTS;
+        let reason = match ops::find(ins.node.op()) {
+            None => "no device kernel".to_string(),
+            Some(_) if small_host => String::new(),
+            Some(f) => {
+                let ctx = OpCtx { node: &ins.node, opset: ins.opset };
+                let vals: Vec<Option<&CudaValue>> = inputs.iter().map(|v| v.map(Arc::as_ref)).collect();
+                match f(&self.gpu, &ctx, &vals) {
+                    Ok(outs) => {
+                        self.gpu.count_device_op(&op);
+                        return declared(ins, outs, &label, &op);
+                    }
+                    Err(DevError::Host(reason)) => reason,
+                    Err(e) => return Err(self.dev_error(e, &label, &op)),
+                }
+            }
+        };
+        if !reason.is_empty() {
+            self.gpu.count_host_op(&op, &reason);
+        }
+        self.run_on_host(ins, inputs)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.stream.synchronize().map_err(|e| self.backend_error(format!("synchronize: {e}")))
+    }
+
+    fn begin_run(&self) {
+        self.gpu.take_counters();
+    }
+
+    fn end_run(&self) -> Result<()> {
+        let mut flag = self.gpu.error_flag.lock().unwrap_or_else(|p| p.into_inner());
+        let code = self.gpu.stream.clone_dtoh(&*flag).map_err(|e| self.backend_error(e.to_string()))?;
+        let code = code.first().copied().unwrap_or(0);
+        if code != 0 {
+            self.gpu.stream.memset_zeros(&mut *flag).map_err(|e| self.backend_error(e.to_string()))?;
+            let what = if code == 1 { "a Gather index" } else { "a cross-entropy label" };
+            return Err(self.backend_error(format!(
+                "{what} was out of range (the kernel cannot name the node: run on the CPU backend for the details)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> Option<Placement> {
+        Some(self.gpu.take_counters())
+    }
+}

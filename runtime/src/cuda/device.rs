@@ -1,0 +1,206 @@
+//! Opening the device: the guards that turn a missing driver, library or GPU into an error,
+//! and [`Gpu`], everything a kernel launch needs (context, stream, cuBLAS, compiled kernels).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
+
+use super::compile::compile_kernels;
+use crate::error::RuntimeError;
+
+/// Every kernel entry point of `kernels.cu` the backend launches.
+pub const ENTRY_POINTS: &[&str] = &[
+    "unary_f32",
+    "is_nan_f32",
+    "binary_f32",
+    "compare_f32",
+    "compare_i64",
+    "compare_i32",
+    "logic_u8",
+    "not_u8",
+    "where_b1",
+    "where_b2",
+    "where_b4",
+    "where_b8",
+    "copy_b1",
+    "copy_b2",
+    "copy_b4",
+    "copy_b8",
+    "gather_b1_i64",
+    "gather_b2_i64",
+    "gather_b4_i64",
+    "gather_b8_i64",
+    "gather_b4_i32",
+    "gather_b8_i32",
+    "cast_f32_i64",
+    "cast_f32_i32",
+    "cast_f32_bool",
+    "cast_i64_f32",
+    "cast_i64_i32",
+    "cast_i64_bool",
+    "cast_i32_f32",
+    "cast_i32_i64",
+    "cast_i32_bool",
+    "cast_bool_f32",
+    "cast_bool_i64",
+    "cast_bool_i32",
+    "fill_rows_f32",
+    "fill_f32",
+    "reduce_f32",
+    "colsum_f32",
+    "softmax_f32",
+    "softmax_grad_f32",
+    "layer_norm_f32",
+    "layer_norm_grad_f32",
+    "layer_norm_params_grad_f32",
+    "gelu_grad_f32",
+    "xent_rows_f32",
+    "xent_finish_f32",
+    "xent_grad_f32",
+    "adamw_f32",
+];
+
+fn err(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Backend { backend: "cuda".into(), reason: reason.into() }
+}
+
+/// Checks that the driver library loads and a device exists; the error says which is missing.
+pub fn probe() -> Result<usize, RuntimeError> {
+    // SAFETY: only tries to open the shared library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(err("no CUDA device: the NVIDIA driver library (libcuda.so) could not be loaded"));
+    }
+    cudarc::driver::result::init().map_err(|e| err(format!("the CUDA driver failed to initialise: {e}")))?;
+    let n = CudaContext::device_count().map_err(|e| err(format!("cannot count CUDA devices: {e}")))?;
+    if n <= 0 {
+        return Err(err("no CUDA device found"));
+    }
+    Ok(n as usize)
+}
+
+/// One opened device.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    pub name: String,
+    functions: HashMap<&'static str, CudaFunction>,
+    /// Set by kernels that meet a bad index or label (first one wins); read after each run.
+    pub error_flag: Mutex<CudaSlice<i64>>,
+    counters: Mutex<Placement>,
+}
+
+use crate::backend::Placement;
+
+/// Devices opened so far: the kernels are compiled once per process and device, however many
+/// sessions (training and evaluation graphs, test cases) use it.
+static OPENED: Mutex<Vec<(usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
+
+impl Gpu {
+    /// Device `ordinal`, opened on first use and shared afterwards.
+    pub fn shared(ordinal: usize) -> Result<Arc<Gpu>, RuntimeError> {
+        let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, g)) = opened.iter().find(|(o, _)| *o == ordinal) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(Gpu::open(ordinal)?);
+        opened.push((ordinal, g.clone()));
+        Ok(g)
+    }
+
+    fn open(ordinal: usize) -> Result<Gpu, RuntimeError> {
+        let count = probe()?;
+        if ordinal >= count {
+            return Err(err(format!("device {ordinal} does not exist ({count} found)")));
+        }
+        // SAFETY: only tries to open the shared libraries.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(err("libcublas.so (CUDA 13) was not found on the library path"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| err(format!("cannot open device {ordinal}: {e}")))?;
+        // One stream runs everything in order, so cudarc's per-buffer events are not needed.
+        // SAFETY: no buffers exist yet and the backend only ever uses this one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e}")))?;
+        let arch = format!("sm_{major}{minor}");
+        let image = compile_kernels(&arch).map_err(err)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image))
+            .map_err(|e| err(format!("cannot load the kernels compiled for {arch}: {e}")))?;
+        let mut functions = HashMap::new();
+        for &name in ENTRY_POINTS {
+            let f = module.load_function(name).map_err(|e| err(format!("kernel `{name}`: {e}")))?;
+            functions.insert(name, f);
+        }
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err(format!("cuBLAS: {e:?}")))?;
+        let error_flag = stream.alloc_zeros::<i64>(1).map_err(|e| err(format!("alloc: {e}")))?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            blas,
+            name: format!("cuda:{ordinal} ({name}, {arch})"),
+            functions,
+            error_flag: Mutex::new(error_flag),
+            counters: Mutex::new(Placement::default()),
+        })
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Placement> {
+        // A poisoned lock only means a panic elsewhere mid-count; the counts are still usable.
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn count_upload(&self, bytes: usize) {
+        let mut c = self.counters();
+        c.uploads += 1;
+        c.upload_bytes += bytes;
+    }
+
+    pub fn count_download(&self, bytes: usize) {
+        let mut c = self.counters();
+        c.downloads += 1;
+        c.download_bytes += bytes;
+    }
+
+    pub fn count_device_op(&self, op: &str) {
+        *self.counters().device.entry(op.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn count_host_op(&self, op: &str, reason: &str) {
+        let mut c = self.counters();
+        let e = c.host.entry(op.to_string()).or_insert((0, reason.to_string()));
+        e.0 += 1;
+    }
+
+    /// Takes the counts so far, starting again from zero.
+    pub fn take_counters(&self) -> Placement {
+        let mut p = std::mem::take(&mut *self.counters());
+        p.backend = self.name.clone();
+        p
+    }
+
+    /// A compiled kernel by name (the names are fixed at compile time, so absence is a bug in
+    /// [`ENTRY_POINTS`], reported as an error rather than a panic).
+    pub fn function(&self, name: &str) -> Result<&CudaFunction, RuntimeError> {
+        self.functions.get(name).ok_or_else(|| err(format!("kernel `{name}` is not in the compiled module")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry point named here is defined in the source (a typo would only show on a GPU).
+    #[test]
+    fn entry_points_exist_in_the_source() {
+        for name in ENTRY_POINTS {
+            let defined = super::super::compile::KERNEL_SOURCE.contains(&format!(" {name}("))
+                || super::super::compile::KERNEL_SOURCE.contains(&format!("({name},"));
+            assert!(defined, "kernel `{name}` is not defined in kernels.cu");
+        }
+    }
+}

@@ -1,0 +1,510 @@
+// adaptc's CUDA kernels, compiled at run time by NVRTC for the device's architecture.
+//
+// Conventions (mirrored by runtime/src/cuda/launch.rs):
+// - element counts and offsets are `long long`; every kernel runs a grid-stride loop, so any
+//   grid size is correct and the launcher only picks one that fills the device;
+// - a `Layout` describes up to four operands walked over one iteration shape: `st[k][d]` is
+//   operand k's stride (in elements) along dim d, 0 where it broadcasts;
+// - row kernels (softmax, layer norm, losses) run one block per row with BLOCK threads;
+// - float math is fp32 with fp32 accumulation.
+
+#define MAXR 8
+#define BLOCK 256
+#define INFINITY __int_as_float(0x7f800000)
+
+typedef long long i64;
+typedef unsigned char u8;
+
+struct Layout {
+    int rank;
+    int pad_;
+    i64 shape[MAXR];
+    i64 st[4][MAXR];
+};
+
+// Offset of iteration point `i` in operand `k`.
+__device__ __forceinline__ i64 offset_of(const Layout& L, int k, i64 i) {
+    i64 off = 0;
+    for (int d = L.rank - 1; d >= 0; --d) {
+        i64 n = L.shape[d];
+        i64 c = i % n;
+        i /= n;
+        off += c * L.st[k][d];
+    }
+    return off;
+}
+
+#define GRID_LOOP(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// ---------------------------------------------------------------- block reductions
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_min(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Reduces `v` over the block (blockDim.x a multiple of 32, at most 1024); every thread gets
+// the result. `kind`: 0 sum, 1 max, 2 min.
+__device__ float block_reduce(float v, int kind) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = kind == 0 ? warp_sum(v) : kind == 1 ? warp_max(v) : warp_min(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    float ident = kind == 0 ? 0.0f : kind == 1 ? -INFINITY : INFINITY;
+    float w = lane < nwarps ? part[lane] : ident;
+    w = kind == 0 ? warp_sum(w) : kind == 1 ? warp_max(w) : warp_min(w);
+    return w;
+}
+
+// ---------------------------------------------------------------- elementwise
+
+// The exact normal CDF and density, as ONNX Gelu (approximate="none") uses them.
+__device__ __forceinline__ float gelu_exact(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+// Unary ops; codes in runtime/src/cuda/ops/elementwise.rs (`Unary`).
+extern "C" __global__ void unary_f32(int op, const float* x, float* y, i64 n, float a, float b) {
+    GRID_LOOP(i, n) {
+        float v = x[i], r;
+        switch (op) {
+            case 0: r = -v; break;
+            case 1: r = expf(v); break;
+            case 2: r = logf(v); break;
+            case 3: r = sqrtf(v); break;
+            case 4: r = 1.0f / v; break;
+            case 5: r = 1.0f / (1.0f + expf(-v)); break;
+            case 6: r = tanhf(v); break;
+            case 7: r = erff(v); break;
+            case 8: r = gelu_exact(v); break;
+            case 9: r = gelu_tanh(v); break;
+            case 10: r = fmaxf(v, 0.0f); break;
+            case 11: r = fabsf(v); break;
+            case 12: r = cosf(v); break;
+            case 13: r = sinf(v); break;
+            case 14: r = floorf(v); break;
+            case 15: r = ceilf(v); break;
+            case 16: r = v > 20.0f ? v : log1pf(expf(v)); break;  // Softplus
+            case 17: r = v / (1.0f + expf(-v)); break;             // SiLU (x·sigmoid x)
+            case 18: r = v * a; break;                             // scale
+            case 19: r = isnan(v) ? a : v; break;                  // NaN → a
+            case 20: r = fminf(fmaxf(v, a), b); break;             // Clip
+            case 21: r = v > 0.0f ? v : a * v; break;              // LeakyRelu
+            case 22: r = rsqrtf(v); break;
+            case 23: r = v; break;
+            default: r = v; break;
+        }
+        y[i] = r;
+    }
+}
+
+extern "C" __global__ void is_nan_f32(const float* x, u8* y, i64 n) {
+    GRID_LOOP(i, n) { y[i] = isnan(x[i]) ? 1 : 0; }
+}
+
+// Binary arithmetic with numpy broadcasting: operands 0 and 1 of `L`, output contiguous.
+extern "C" __global__ void binary_f32(int op, Layout L, const float* a, const float* b, float* y, i64 n) {
+    GRID_LOOP(i, n) {
+        float u = a[offset_of(L, 0, i)], v = b[offset_of(L, 1, i)], r;
+        switch (op) {
+            case 0: r = u + v; break;
+            case 1: r = u - v; break;
+            case 2: r = u * v; break;
+            case 3: r = u / v; break;
+            case 4: r = fmaxf(u, v); break;
+            case 5: r = fminf(u, v); break;
+            case 6: r = powf(u, v); break;
+            default: r = u; break;
+        }
+        y[i] = r;
+    }
+}
+
+// Comparisons (0 Equal, 1 Less, 2 LessOrEqual, 3 Greater, 4 GreaterOrEqual) into bool bytes.
+#define COMPARE(name, T)                                                                           \
+    extern "C" __global__ void name(int op, Layout L, const T* a, const T* b, u8* y, i64 n) {      \
+        GRID_LOOP(i, n) {                                                                          \
+            T u = a[offset_of(L, 0, i)], v = b[offset_of(L, 1, i)];                                \
+            bool r = op == 0 ? u == v : op == 1 ? u < v : op == 2 ? u <= v : op == 3 ? u > v : u >= v; \
+            y[i] = r ? 1 : 0;                                                                      \
+        }                                                                                          \
+    }
+COMPARE(compare_f32, float)
+COMPARE(compare_i64, i64)
+COMPARE(compare_i32, int)
+
+// Logic on bool bytes: 0 And, 1 Or, 2 Xor.
+extern "C" __global__ void logic_u8(int op, Layout L, const u8* a, const u8* b, u8* y, i64 n) {
+    GRID_LOOP(i, n) {
+        bool u = a[offset_of(L, 0, i)] != 0, v = b[offset_of(L, 1, i)] != 0;
+        y[i] = (op == 0 ? (u && v) : op == 1 ? (u || v) : (u != v)) ? 1 : 0;
+    }
+}
+
+extern "C" __global__ void not_u8(const u8* x, u8* y, i64 n) {
+    GRID_LOOP(i, n) { y[i] = x[i] ? 0 : 1; }
+}
+
+// Where(cond, a, b): operands 0 (cond), 1 (a), 2 (b) of `L`; one kernel per element width.
+#define WHERE(name, T)                                                                             \
+    extern "C" __global__ void name(Layout L, const u8* c, const T* a, const T* b, T* y, i64 n) {  \
+        GRID_LOOP(i, n) { y[i] = c[offset_of(L, 0, i)] ? a[offset_of(L, 1, i)] : b[offset_of(L, 2, i)]; } \
+    }
+WHERE(where_b1, unsigned char)
+WHERE(where_b2, unsigned short)
+WHERE(where_b4, unsigned int)
+WHERE(where_b8, unsigned long long)
+
+// Strided copy: y[ybase + offset(1, i)] = x[xbase + offset(0, i)] over the iteration shape.
+// Transpose, Expand, Slice, Concat and Split are all this kernel with different layouts.
+#define COPY(name, T)                                                                              \
+    extern "C" __global__ void name(Layout L, const T* x, i64 xbase, T* y, i64 ybase, i64 n) {     \
+        GRID_LOOP(i, n) { y[ybase + offset_of(L, 1, i)] = x[xbase + offset_of(L, 0, i)]; }         \
+    }
+COPY(copy_b1, unsigned char)
+COPY(copy_b2, unsigned short)
+COPY(copy_b4, unsigned int)
+COPY(copy_b8, unsigned long long)
+
+// Gather along an axis: x viewed as [outer, dim, inner], indices flattened to `nidx`.
+// A bad index writes zero and sets `err` to 1 (checked after the run).
+#define GATHER(name, T, I)                                                                         \
+    extern "C" __global__ void name(const T* x, const I* idx, T* y, i64 outer, i64 dim, i64 nidx,  \
+                                    i64 inner, i64* err) {                                         \
+        i64 n = outer * nidx * inner;                                                              \
+        GRID_LOOP(i, n) {                                                                          \
+            i64 in_ = i % inner, r = i / inner, j = r % nidx, o = r / nidx;                        \
+            i64 k = (i64)idx[j];                                                                   \
+            if (k < 0) k += dim;                                                                   \
+            if (k < 0 || k >= dim) {                                                               \
+                atomicCAS((unsigned long long*)err, 0ull, 1ull);                                   \
+                y[i] = (T)0;                                                                       \
+            } else {                                                                               \
+                y[i] = x[(o * dim + k) * inner + in_];                                             \
+            }                                                                                      \
+        }                                                                                          \
+    }
+GATHER(gather_b4_i64, unsigned int, i64)
+GATHER(gather_b8_i64, unsigned long long, i64)
+GATHER(gather_b1_i64, unsigned char, i64)
+GATHER(gather_b2_i64, unsigned short, i64)
+GATHER(gather_b4_i32, unsigned int, int)
+GATHER(gather_b8_i32, unsigned long long, int)
+
+// Casts between the element types the device holds. bool is a byte 0/1.
+#define CAST(name, S, D, EXPR)                                                                     \
+    extern "C" __global__ void name(const S* x, D* y, i64 n) {                                     \
+        GRID_LOOP(i, n) { S v = x[i]; y[i] = (D)(EXPR); }                                          \
+    }
+CAST(cast_f32_i64, float, i64, v)
+CAST(cast_f32_i32, float, int, v)
+CAST(cast_f32_bool, float, u8, v != 0.0f)
+CAST(cast_i64_f32, i64, float, v)
+CAST(cast_i64_i32, i64, int, v)
+CAST(cast_i64_bool, i64, u8, v != 0)
+CAST(cast_i32_f32, int, float, v)
+CAST(cast_i32_i64, int, i64, v)
+CAST(cast_i32_bool, int, u8, v != 0)
+CAST(cast_bool_f32, u8, float, v ? 1.0f : 0.0f)
+CAST(cast_bool_i64, u8, i64, v ? 1 : 0)
+CAST(cast_bool_i32, u8, int, v ? 1 : 0)
+
+// Fills `rows` rows of `y` with the row vector `b` (the bias a GEMM then accumulates onto).
+extern "C" __global__ void fill_rows_f32(const float* b, float* y, i64 rows, i64 cols) {
+    GRID_LOOP(i, rows * cols) { y[i] = b[i % cols]; }
+}
+
+extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
+    GRID_LOOP(i, n) { y[i] = v; }
+}
+
+// ---------------------------------------------------------------- reductions
+
+// Reduces over a split iteration space: output point o walks `keep` (operand 0 strides of x,
+// operand 1 strides of y), reduced point r walks `red` (operand 0 strides of x). One block
+// per output element. kind: 0 sum, 1 max, 2 min, 3 sum of squares; the result is multiplied
+// by `scale` (1/count for a mean).
+extern "C" __global__ void reduce_f32(int kind, Layout keep, Layout red, const float* x, float* y, i64 nout,
+                                      i64 nred, float scale) {
+    int bk = kind == 3 ? 0 : kind;
+    for (i64 o = blockIdx.x; o < nout; o += gridDim.x) {
+        i64 base = offset_of(keep, 0, o);
+        float acc = bk == 0 ? 0.0f : bk == 1 ? -INFINITY : INFINITY;
+        for (i64 r = threadIdx.x; r < nred; r += blockDim.x) {
+            float v = x[base + offset_of(red, 0, r)];
+            if (kind == 0) acc += v;
+            else if (kind == 1) acc = fmaxf(acc, v);
+            else if (kind == 2) acc = fminf(acc, v);
+            else acc += v * v;
+        }
+        acc = block_reduce(acc, bk);
+        if (threadIdx.x == 0) y[offset_of(keep, 1, o)] = acc * scale;
+    }
+}
+
+// Column sums of a row-major [rows, cols] matrix: y[c] = scale · Σ_r x[r, c]. Blocks of
+// 32 columns × 8 row lanes, so reads are coalesced along the row.
+extern "C" __global__ void colsum_f32(const float* x, float* y, i64 rows, i64 cols, float scale) {
+    __shared__ float part[8][33];
+    i64 c = (i64)blockIdx.x * 32 + threadIdx.x;
+    float acc = 0.0f;
+    if (c < cols) {
+        for (i64 r = threadIdx.y; r < rows; r += 8) acc += x[r * cols + c];
+    }
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float s = 0.0f;
+        for (int k = 0; k < 8; ++k) s += part[k][threadIdx.x];
+        y[c] = s * scale;
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+// Softmax (log=0) or LogSoftmax (log=1) over rows of length `cols`.
+extern "C" __global__ void softmax_f32(const float* x, float* y, i64 rows, i64 cols, int log) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        float* yr = y + r * cols;
+        float m = -INFINITY;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
+        m = block_reduce(m, 1);
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
+        s = block_reduce(s, 0);
+        if (log) {
+            float ls = logf(s);
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = xr[c] - m - ls;
+        } else {
+            // A row of −∞ (fully masked) has m = −∞: its exps are NaN, as on the CPU.
+            float inv = 1.0f / s;
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = expf(xr[c] - m) * inv;
+        }
+    }
+}
+
+// dx = y · (dy − Σ dy·y) per row.
+extern "C" __global__ void softmax_grad_f32(const float* dy, const float* y, float* dx, i64 rows, i64 cols) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* dyr = dy + r * cols;
+        const float* yr = y + r * cols;
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += dyr[c] * yr[c];
+        s = block_reduce(s, 0);
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dx[r * cols + c] = yr[c] * (dyr[c] - s);
+    }
+}
+
+// ---------------------------------------------------------------- layer norm
+
+// LayerNormalization over rows of length `cols` with per-column scale and (optional) bias;
+// mean and inverse std per row are written when their pointers are non-null.
+extern "C" __global__ void layer_norm_f32(const float* x, const float* scale, const float* bias, float* y,
+                                          float* mean_out, float* invstd_out, i64 rows, i64 cols, float eps) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+        float mean = block_reduce(s, 0) / (float)cols;
+        float q = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float d = xr[c] - mean;
+            q += d * d;
+        }
+        float invstd = rsqrtf(block_reduce(q, 0) / (float)cols + eps);
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float v = (xr[c] - mean) * invstd * scale[c];
+            y[r * cols + c] = bias ? v + bias[c] : v;
+        }
+        if (threadIdx.x == 0) {
+            if (mean_out) mean_out[r] = mean;
+            if (invstd_out) invstd_out[r] = invstd;
+        }
+    }
+}
+
+// dx of LayerNormalization per row (mean and inverse std recomputed), and the row statistics
+// for the column sums of dscale = Σ dy·x̂ that follow:
+// dx = invstd · (g − mean(g) − x̂ · mean(g·x̂)), g = dy · scale.
+extern "C" __global__ void layer_norm_grad_f32(const float* dy, const float* x, const float* scale, float* dx,
+                                               float* mean_out, float* invstd_out, i64 rows, i64 cols, float eps) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        const float* dyr = dy + r * cols;
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+        float mean = block_reduce(s, 0) / (float)cols;
+        float q = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float d = xr[c] - mean;
+            q += d * d;
+        }
+        float invstd = rsqrtf(block_reduce(q, 0) / (float)cols + eps);
+        float sg = 0.0f, sgx = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float g = dyr[c] * scale[c];
+            sg += g;
+            sgx += g * (xr[c] - mean) * invstd;
+        }
+        float mg = block_reduce(sg, 0) / (float)cols;
+        float mgx = block_reduce(sgx, 0) / (float)cols;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float xh = (xr[c] - mean) * invstd;
+            dx[r * cols + c] = invstd * (dyr[c] * scale[c] - mg - xh * mgx);
+        }
+        if (threadIdx.x == 0) {
+            mean_out[r] = mean;
+            invstd_out[r] = invstd;
+        }
+    }
+}
+
+// dscale[c] = Σ_r dy[r,c] · (x[r,c] − mean[r]) · invstd[r] and dbias[c] = Σ_r dy[r,c]; blocks
+// as in colsum_f32.
+extern "C" __global__ void layer_norm_params_grad_f32(const float* dy, const float* x, const float* mean,
+                                                      const float* invstd, float* dscale, float* dbias, i64 rows,
+                                                      i64 cols) {
+    __shared__ float ps[8][33];
+    __shared__ float pb[8][33];
+    i64 c = (i64)blockIdx.x * 32 + threadIdx.x;
+    float as = 0.0f, ab = 0.0f;
+    if (c < cols) {
+        for (i64 r = threadIdx.y; r < rows; r += 8) {
+            float d = dy[r * cols + c];
+            as += d * (x[r * cols + c] - mean[r]) * invstd[r];
+            ab += d;
+        }
+    }
+    ps[threadIdx.y][threadIdx.x] = as;
+    pb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float s = 0.0f, b = 0.0f;
+        for (int k = 0; k < 8; ++k) {
+            s += ps[k][threadIdx.x];
+            b += pb[k][threadIdx.x];
+        }
+        if (dscale) dscale[c] = s;
+        if (dbias) dbias[c] = b;
+    }
+}
+
+// ---------------------------------------------------------------- activations' gradients
+
+// dx = dy · Gelu'(x); approx 0: exact (erf), 1: tanh form.
+extern "C" __global__ void gelu_grad_f32(const float* dy, const float* x, float* dx, i64 n, int approx) {
+    GRID_LOOP(i, n) {
+        float v = x[i], d;
+        if (approx) {
+            const float k = 0.7978845608028654f, c = 0.044715f;
+            float u = k * (v + c * v * v * v);
+            float t = tanhf(u);
+            d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * c * v * v);
+        } else {
+            float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+            float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
+            d = cdf + v * pdf;
+        }
+        dx[i] = dy[i] * d;
+    }
+}
+
+// ---------------------------------------------------------------- softmax cross-entropy
+
+// Per row of scores [rows, cols] (class axis last): loss_r = w·(logsumexp − x[label]) and its
+// weight w (0 for ignore_index, else 1 or weights[label]). A label outside [0, cols) that is not
+// ignored sets `err` to 2.
+extern "C" __global__ void xent_rows_f32(const float* x, const i64* labels, const float* weights, float* loss,
+                                         float* wout, i64 rows, i64 cols, i64 ignore, int has_ignore, i64* err) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        i64 lab = labels[r];
+        bool skip = has_ignore && lab == ignore;
+        if (!skip && (lab < 0 || lab >= cols)) {
+            if (threadIdx.x == 0) atomicCAS((unsigned long long*)err, 0ull, 2ull);
+            skip = true;
+        }
+        float m = -INFINITY;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
+        m = block_reduce(m, 1);
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
+        s = block_reduce(s, 0);
+        if (threadIdx.x == 0) {
+            float w = skip ? 0.0f : (weights ? weights[lab] : 1.0f);
+            loss[r] = skip ? 0.0f : w * (m + logf(s) - xr[lab]);
+            wout[r] = w;
+        }
+    }
+}
+
+// loss = Σ loss_r (sum), Σ loss_r / Σ w_r (mean; 0 when the weights sum to 0), in one block.
+extern "C" __global__ void xent_finish_f32(const float* loss, const float* w, float* out, i64 rows, int mean) {
+    float s = 0.0f, sw = 0.0f;
+    for (i64 r = threadIdx.x; r < rows; r += blockDim.x) {
+        s += loss[r];
+        sw += w[r];
+    }
+    s = block_reduce(s, 0);
+    sw = block_reduce(sw, 0);
+    if (threadIdx.x == 0) out[0] = mean ? (sw == 0.0f ? 0.0f : s / sw) : s;
+}
+
+// dscores = (softmax(x) − onehot(label)) · w_r · dloss / denom, where denom = Σ w (mean) or 1.
+// `dloss` is the loss gradient: a scalar (sum / mean) or one per row (none, `per_row`).
+extern "C" __global__ void xent_grad_f32(const float* dloss, const float* x, const i64* labels, const float* w,
+                                         const float* wsum, float* dx, i64 rows, i64 cols, int per_row) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        float* dr = dx + r * cols;
+        float wr = w[r];
+        float denom = wsum ? wsum[0] : 1.0f;
+        float g = (wr == 0.0f || denom == 0.0f) ? 0.0f : wr * (per_row ? dloss[r] : dloss[0]) / denom;
+        if (g == 0.0f) {
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = 0.0f;
+            continue;
+        }
+        float m = -INFINITY;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
+        m = block_reduce(m, 1);
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
+        s = block_reduce(s, 0);
+        float inv = 1.0f / s;
+        i64 lab = labels[r];
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float p = expf(xr[c] - m) * inv;
+            dr[c] = g * (p - (c == lab ? 1.0f : 0.0f));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- optimizer
+
+// AdamW (decoupled weight decay), one fused update of weights, first and second moments.
+// bc1 = 1 − β1^t, bc2 = 1 − β2^t are computed by the caller.
+extern "C" __global__ void adamw_f32(float* w, const float* g, float* m, float* v, i64 n, float lr, float b1,
+                                     float b2, float eps, float wd, float bc1, float bc2) {
+    GRID_LOOP(i, n) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float mh = mi / bc1, vh = vi / bc2;
+        w[i] = w[i] - lr * (mh / (sqrtf(vh) + eps) + wd * w[i]);
+    }
+}

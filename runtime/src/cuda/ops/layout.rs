@@ -1,0 +1,268 @@
+//! Data movement: the reshaping ops (aliases, no kernel), Shape/Size (no device data read),
+//! and Transpose, Expand, Slice, Concat, Split, Gather as strided copies.
+
+use adaptc_ir::DataType;
+
+use super::{done, dptr, host, host_ints, launch, opt, output, req, shape_proxy, DevResult, Gpu};
+use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, Layout};
+use crate::cuda::value::{device_elem_bytes, CudaValue};
+use crate::error::KernelError;
+use crate::ops::util::{axes, axis};
+use crate::ops::{Inputs, OpCtx};
+use crate::tensor::Tensor;
+
+/// Reshape, Flatten, Squeeze, Unsqueeze: the CPU kernel computes the output shape from a
+/// stand-in of the data's shape (so every opset rule is the CPU's), the device memory is shared.
+pub fn reshape_like(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let x = req(i, 0)?;
+    let shape = cpu_shape(gpu, c, x, i)?;
+    Ok(vec![x.reshaped(shape)?])
+}
+
+/// The output shape the CPU kernel gives for `x` (slot 0) and the other inputs.
+fn cpu_shape(gpu: &Gpu, c: &OpCtx, x: &CudaValue, i: &[Option<&CudaValue>]) -> DevResult<Vec<usize>> {
+    let proxy = shape_proxy(x)?;
+    let mut rest: Vec<Option<&Tensor>> = vec![Some(&proxy)];
+    for v in &i[1..] {
+        rest.push(match v {
+            Some(v) => Some(v.host(gpu)?),
+            None => None,
+        });
+    }
+    let f = crate::registry::Registry::cpu()
+        .get(c.node.op())
+        .ok_or_else(|| KernelError::Unsupported(format!("no CPU kernel for {}", c.node.op())))?;
+    let out = (f.kernel)(c, &Inputs(&rest))?;
+    let first = out.into_iter().next().ok_or_else(|| KernelError::Invalid("no output".into()))?;
+    Ok(first.shape().to_vec())
+}
+
+pub fn identity(_: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let x = req(i, 0)?;
+    Ok(vec![x.reshaped(x.shape().to_vec())?])
+}
+
+/// Shape and Size read only the shape: the result is a host value, no download.
+pub fn shape_of(_: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let proxy = shape_proxy(req(i, 0)?)?;
+    let f = crate::registry::Registry::cpu()
+        .get(c.node.op())
+        .ok_or_else(|| KernelError::Unsupported(format!("no CPU kernel for {}", c.node.op())))?;
+    let out = (f.kernel)(c, &Inputs(&[Some(&proxy)]))?;
+    Ok(out.into_iter().map(CudaValue::from_host).collect())
+}
+
+/// The `copy_bN` kernel for `dtype`'s element width.
+fn copy_kernel(dtype: DataType) -> DevResult<&'static str> {
+    Ok(match device_elem_bytes(dtype) {
+        Some(1) => "copy_b1",
+        Some(2) => "copy_b2",
+        Some(4) => "copy_b4",
+        Some(8) => "copy_b8",
+        _ => return host(format!("copies of {dtype}")),
+    })
+}
+
+/// Copies `x` (read with `xst` from element `xbase`) into `y` (written with `yst` from `ybase`)
+/// over `shape`.
+#[allow(clippy::too_many_arguments)]
+fn copy(
+    gpu: &Gpu,
+    x: &CudaValue,
+    (xst, xbase): (&[i64], i64),
+    y: &cudarc::driver::CudaSlice<u8>,
+    (yst, ybase): (&[i64], i64),
+    shape: &[usize],
+) -> DevResult<()> {
+    let n = crate::tensor::numel(shape).unwrap_or(0) as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    let l = Layout::new(shape, &[xst, yst])?;
+    let name = copy_kernel(x.dtype())?;
+    let (xp, yp) = (dptr(gpu, x)?, addr(y, &gpu.stream));
+    launch!(gpu, name, grid(n as usize), &l, &xp, &xbase, &yp, &ybase, &n)
+}
+
+pub fn transpose(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let x = req(i, 0)?;
+    let r = x.shape().len();
+    let perm: Vec<usize> = match c.ints("perm") {
+        Some(p) => axes(&p, r)?,
+        None => (0..r).rev().collect(),
+    };
+    let mut seen = vec![false; r];
+    if perm.len() != r || perm.iter().any(|&p| std::mem::replace(&mut seen[p], true)) {
+        return Err(KernelError::Invalid(format!("perm {perm:?} is not a permutation of {r} axes")).into());
+    }
+    let own = contiguous(x.shape());
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    let xst: Vec<i64> = perm.iter().map(|&p| own[p]).collect();
+    let (y, shape) = output(gpu, shape, x.dtype())?;
+    copy(gpu, x, (&xst, 0), &y, (&contiguous(&shape), 0), &shape)?;
+    Ok(vec![done(y, shape, x.dtype())])
+}
+
+pub fn expand(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let x = req(i, 0)?;
+    let want = host_ints(gpu, req(i, 1)?)?;
+    let want: Vec<usize> = want.iter().map(|&d| d.max(0) as usize).collect();
+    let shape = crate::ops::util::broadcast_shapes(&[x.shape(), &want])?;
+    let xst = broadcast(x.shape(), &shape);
+    let (y, shape) = output(gpu, shape, x.dtype())?;
+    copy(gpu, x, (&xst, 0), &y, (&contiguous(&shape), 0), &shape)?;
+    Ok(vec![done(y, shape, x.dtype())])
+}
+
+/// Clamped (start, step, count) of one sliced axis, per ONNX's rules (as the CPU's Slice).
+fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
+    let d = dim as i64;
+    let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+    let (s, e) = (norm(start), norm(end));
+    let (s, e) = if step > 0 { (s.clamp(0, d), e.clamp(0, d)) } else { (s.clamp(-1, d - 1), e.clamp(-1, d - 1)) };
+    let count = if step > 0 {
+        if e > s {
+            (e - s + step - 1) / step
+        } else {
+            0
+        }
+    } else if s > e {
+        (s - e + (-step) - 1) / (-step)
+    } else {
+        0
+    };
+    (s, step, count as usize)
+}
+
+pub fn slice(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let x = req(i, 0)?;
+    if c.opset < 10 {
+        return host("Slice before opset 10");
+    }
+    let starts = host_ints(gpu, req(i, 1)?)?;
+    let ends = host_ints(gpu, req(i, 2)?)?;
+    let ax = match opt(i, 3) {
+        Some(a) => axes(&host_ints(gpu, a)?, x.shape().len())?,
+        None => (0..starts.len()).collect(),
+    };
+    let steps = match opt(i, 4) {
+        Some(s) => host_ints(gpu, s)?,
+        None => vec![1; starts.len()],
+    };
+    if starts.len() != ends.len() || ax.len() != starts.len() || steps.len() != starts.len() {
+        return Err(KernelError::Invalid("starts, ends, axes and steps differ in length".into()).into());
+    }
+    let own = contiguous(x.shape());
+    let mut shape = x.shape().to_vec();
+    let mut xst = own.clone();
+    let mut base = 0i64;
+    for (k, &a) in ax.iter().enumerate() {
+        if steps[k] == 0 {
+            return Err(KernelError::Invalid(format!("step 0 on axis {a}")).into());
+        }
+        let (s, step, count) = slice_axis(x.shape()[a], starts[k], ends[k], steps[k]);
+        shape[a] = count;
+        if count > 0 {
+            base += s * own[a];
+        }
+        xst[a] = step * own[a];
+    }
+    let (y, shape) = output(gpu, shape, x.dtype())?;
+    copy(gpu, x, (&xst, base), &y, (&contiguous(&shape), 0), &shape)?;
+    Ok(vec![done(y, shape, x.dtype())])
+}
+
+pub fn concat(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let parts: Vec<&CudaValue> = i.iter().flatten().copied().collect();
+    let first = parts.first().ok_or_else(|| KernelError::Invalid("no inputs".into()))?;
+    let r = first.shape().len();
+    let ax = axis(c.int("axis", 0), r)?;
+    let mut shape = first.shape().to_vec();
+    shape[ax] = 0;
+    for p in &parts {
+        let ok = p.dtype() == first.dtype()
+            && p.shape().len() == r
+            && (0..r).all(|d| d == ax || p.shape()[d] == first.shape()[d]);
+        if !ok {
+            return Err(KernelError::Invalid(format!(
+                "input of shape {:?} ({}) does not concatenate with {:?} ({}) on axis {ax}",
+                p.shape(),
+                p.dtype(),
+                first.shape(),
+                first.dtype()
+            ))
+            .into());
+        }
+        shape[ax] += p.shape()[ax];
+    }
+    let (y, shape) = output(gpu, shape, first.dtype())?;
+    let yst = contiguous(&shape);
+    let mut offset = 0i64;
+    for p in &parts {
+        copy(gpu, p, (&contiguous(p.shape()), 0), &y, (&yst, offset * yst[ax]), p.shape())?;
+        offset += p.shape()[ax] as i64;
+    }
+    Ok(vec![done(y, shape, first.dtype())])
+}
+
+pub fn split(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let x = req(i, 0)?;
+    if c.opset < 13 || c.has("num_outputs") {
+        return host("Split without a sizes input");
+    }
+    let Some(sizes) = opt(i, 1) else { return host("Split without a sizes input") };
+    let sizes = host_ints(gpu, sizes)?;
+    let ax = axis(c.int("axis", 0), x.shape().len())?;
+    if sizes.iter().any(|&s| s < 0) || sizes.iter().sum::<i64>() != x.shape()[ax] as i64 {
+        return Err(KernelError::Invalid(format!("split sizes {sizes:?} do not sum to {}", x.shape()[ax])).into());
+    }
+    let xst = contiguous(x.shape());
+    let mut outs = Vec::with_capacity(sizes.len());
+    let mut offset = 0i64;
+    for &s in &sizes {
+        let mut shape = x.shape().to_vec();
+        shape[ax] = s as usize;
+        let (y, shape) = output(gpu, shape, x.dtype())?;
+        copy(gpu, x, (&xst, offset * xst[ax]), &y, (&contiguous(&shape), 0), &shape)?;
+        outs.push(done(y, shape, x.dtype()));
+        offset += s;
+    }
+    Ok(outs)
+}
+
+pub fn gather(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let (x, ind) = (req(i, 0)?, req(i, 1)?);
+    if x.shape().is_empty() {
+        return Err(KernelError::Invalid("data must have rank ≥ 1".into()).into());
+    }
+    let ax = axis(c.int("axis", 0), x.shape().len())?;
+    let width = match device_elem_bytes(x.dtype()) {
+        Some(w @ (1 | 2 | 4 | 8)) => w,
+        _ => return host(format!("Gather of {}", x.dtype())),
+    };
+    let itype = match ind.dtype() {
+        DataType::Int64 => "i64",
+        DataType::Int32 if width >= 4 => "i32",
+        other => return host(format!("Gather with {other} indices")),
+    };
+    let name = format!("gather_b{width}_{itype}");
+    let dim = x.shape()[ax] as i64;
+    let outer: usize = x.shape()[..ax].iter().product();
+    let inner: usize = x.shape()[ax + 1..].iter().product();
+    let mut shape = x.shape()[..ax].to_vec();
+    shape.extend_from_slice(ind.shape());
+    shape.extend_from_slice(&x.shape()[ax + 1..]);
+    let (y, shape) = output(gpu, shape, x.dtype())?;
+    let n = crate::tensor::numel(&shape).unwrap_or(0);
+    if n > 0 {
+        if dim == 0 {
+            return Err(KernelError::Invalid("gathering from an empty axis".into()).into());
+        }
+        let (outer, nidx, inner) = (outer as i64, ind.numel() as i64, inner as i64);
+        let (xp, ip, yp) = (dptr(gpu, x)?, dptr(gpu, ind)?, addr(&y, &gpu.stream));
+        let flag = gpu.error_flag.lock().unwrap_or_else(|p| p.into_inner());
+        let ep = addr(&*flag, &gpu.stream);
+        launch!(gpu, &name, grid(n), &xp, &ip, &yp, &outer, &dim, &nidx, &inner, &ep)?;
+    }
+    Ok(vec![done(y, shape, x.dtype())])
+}

@@ -1,0 +1,349 @@
+//! The CUDA backend suite (`cargo test --features cuda --test cuda`; its own runner, so a case
+//! that cannot run here is reported as *skipped*, never as passed).
+//!
+//! Everywhere:
+//! - NVRTC compiles every kernel for sm_80 and sm_90 (needs only `libnvrtc.so.13`, no GPU);
+//! - without a GPU, opening the CUDA backend is an error that says so.
+//!
+//! On a GPU (the backend-parity suite: the CPU backend is the reference):
+//! - every ONNX backend node test that the CPU passes runs on CUDA with the same inputs, and
+//!   the outputs agree (f32: |cuda − cpu| ≤ 1e-5 · max(|cpu|, 1% of the output's largest
+//!   magnitude); integers, bools exact; NaN where the CPU has NaN);
+//! - the training graphs (loss and every gradient) of a BERT encoder with LoRA and a classifier
+//!   head, and of a Llama decoder with LoRA on all linear layers, agree within 1e-4 of each
+//!   output's largest magnitude;
+//! - every op the device implements ran on the device in at least one of those cases.
+//!
+//! Environment: `ADAPTC_NODE_DIR` overrides where the node tests are read from.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use adaptc_ir::onnx;
+use adaptc_passes::{PassManager, Registry};
+use adaptc_runtime::{Device, Placement, Session, SessionOptions, Storage, Tensor};
+
+type CaseResult = Result<Option<String>, String>;
+
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: Vec<String>,
+    skipped: usize,
+}
+
+impl Report {
+    fn case(&mut self, name: &str, f: impl FnOnce() -> CaseResult) {
+        match f() {
+            Ok(None) => {
+                println!("test {name} ... ok");
+                self.passed += 1;
+            }
+            Ok(Some(why)) => {
+                println!("test {name} ... skipped: {why}");
+                self.skipped += 1;
+            }
+            Err(e) => {
+                println!("test {name} ... FAILED\n{e}");
+                self.failed.push(name.to_string());
+            }
+        }
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        self.case(name, || Ok(Some(why.to_string())));
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn main() {
+    let mut r = Report::default();
+    r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
+    let gpu_cases: [(&str, fn(&mut Coverage) -> CaseResult); 3] = [
+        ("node_suite_matches_cpu", node_suite),
+        ("bert_lora_training_graph_matches_cpu", bert_training_graph),
+        ("llama_lora_training_graph_matches_cpu", llama_training_graph),
+    ];
+    match adaptc_runtime::cuda::probe() {
+        Err(e) => {
+            r.case("no_device_is_a_clear_error", || no_device(&e.to_string()));
+            for (name, _) in gpu_cases {
+                r.skip(name, "no CUDA device");
+            }
+            r.skip("every_device_op_is_exercised", "no CUDA device");
+        }
+        Ok(n) => {
+            println!("{n} CUDA device(s)");
+            r.skip("no_device_is_a_clear_error", "a CUDA device is present");
+            let mut cov = Coverage::default();
+            for (name, f) in gpu_cases {
+                r.case(name, || f(&mut cov));
+            }
+            r.case("every_device_op_is_exercised", || cov.check());
+        }
+    }
+    println!("\ncuda suite: {} passed; {} failed; {} skipped", r.passed, r.failed.len(), r.skipped);
+    if !r.failed.is_empty() {
+        println!("failed: {}", r.failed.join(", "));
+        std::process::exit(1);
+    }
+}
+
+fn nvrtc_compiles() -> CaseResult {
+    if !adaptc_runtime::cuda::nvrtc_available() {
+        return Ok(Some(
+            "libnvrtc.so.13 not found (pip install nvidia-cuda-nvrtc, add its lib to LD_LIBRARY_PATH)".into(),
+        ));
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let image = adaptc_runtime::cuda::compile_kernels(arch)?;
+        // The image's symbol table names every entry point the backend loads.
+        let missing: Vec<&str> = adaptc_runtime::cuda::ENTRY_POINTS
+            .iter()
+            .copied()
+            .filter(|name| {
+                !image.windows(name.len() + 1).any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0)
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("{arch}: the compiled image lacks {}", missing.join(", ")));
+        }
+    }
+    Ok(None)
+}
+
+fn no_device(probe_error: &str) -> CaseResult {
+    let model = onnx::load(&root().join("examples/models/tiny_bert.onnx")).map_err(|e| e.to_string())?;
+    let err = match Session::new(&model, SessionOptions { device: Device::Cuda }) {
+        Ok(_) => return Err("a CUDA session opened although the probe found no device".into()),
+        Err(e) => e.to_string(),
+    };
+    let clear = err.contains("cuda") && (err.contains("no NVIDIA driver") || err.contains("no CUDA device"));
+    if !clear || err != probe_error {
+        return Err(format!("unclear error: {err} (probe: {probe_error})"));
+    }
+    Ok(None)
+}
+
+/// The ops each case ran on the device.
+#[derive(Default)]
+struct Coverage {
+    on_device: BTreeSet<String>,
+    on_host: BTreeMap<String, String>,
+}
+
+impl Coverage {
+    fn add(&mut self, p: &Placement) {
+        self.on_device.extend(p.device.keys().cloned());
+        for (op, (_, why)) in &p.host {
+            self.on_host.entry(op.clone()).or_insert_with(|| why.clone());
+        }
+    }
+
+    fn check(&self) -> CaseResult {
+        let missing: Vec<String> =
+            adaptc_runtime::cuda::covered_ops().into_iter().filter(|op| !self.on_device.contains(op)).collect();
+        println!("  on the host somewhere: {:?}", self.on_host);
+        if missing.is_empty() {
+            Ok(None)
+        } else {
+            Err(format!("device ops never exercised on the device: {}", missing.join(", ")))
+        }
+    }
+}
+
+/// Runs `model` on both backends with `inputs`; the CUDA placement and both outputs.
+fn both(
+    model: &adaptc_ir::Model,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>, Placement), String> {
+    let cpu = Session::new(model, SessionOptions::default()).map_err(|e| format!("cpu: {e}"))?;
+    let expected = cpu.run(inputs.clone()).map_err(|e| format!("cpu: {e}"))?;
+    let gpu = Session::new(model, SessionOptions { device: Device::Cuda }).map_err(|e| format!("cuda: {e}"))?;
+    let (got, stats) = gpu.run_with_stats(inputs.clone()).map_err(|e| format!("cuda: {e}"))?;
+    Ok((expected, got, stats.placement.unwrap_or_default()))
+}
+
+/// Compares one output; `floor` is the fraction of the output's largest magnitude below which
+/// differences count as absolute.
+fn compare(name: &str, want: &Tensor, got: &Tensor, rel: f64, floor: f64) -> Result<f64, String> {
+    if want.shape() != got.shape() || want.dtype() != got.dtype() {
+        return Err(format!(
+            "{name}: cpu {:?} {} vs cuda {:?} {}",
+            want.shape(),
+            want.dtype(),
+            got.shape(),
+            got.dtype()
+        ));
+    }
+    let as_f64 = |t: &Tensor| -> Option<Vec<f64>> {
+        match t.data() {
+            Storage::F32(v) => Some(v.iter().map(|&x| x as f64).collect()),
+            Storage::F64(v) => Some(v.clone()),
+            _ => None,
+        }
+    };
+    match (as_f64(want), as_f64(got)) {
+        (Some(w), Some(g)) => {
+            let scale = w.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
+            let mut worst = 0.0f64;
+            for (k, (&a, &b)) in w.iter().zip(&g).enumerate() {
+                if a.is_nan() && b.is_nan() || a == b {
+                    continue;
+                }
+                let tol = rel * a.abs().max(floor * scale);
+                let d = (a - b).abs();
+                if !(d <= tol) {
+                    return Err(format!("{name}[{k}]: cpu {a} vs cuda {b} (|diff| {d:.3e} > {tol:.3e})"));
+                }
+                worst = worst.max(d / a.abs().max(floor * scale).max(f64::MIN_POSITIVE));
+            }
+            Ok(worst)
+        }
+        _ if want == got => Ok(0.0),
+        _ => Err(format!("{name}: non-float outputs differ")),
+    }
+}
+
+fn node_dir() -> PathBuf {
+    std::env::var_os("ADAPTC_NODE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("tests/data/onnx/backend/test/data/node"))
+}
+
+fn read_inputs(dir: &Path, model: &adaptc_ir::Model) -> Result<HashMap<String, Tensor>, String> {
+    let set = dir.join("test_data_set_0");
+    let names: Vec<String> = model
+        .graph
+        .inputs
+        .iter()
+        .filter(|v| model.graph.initializer(&v.name).is_none())
+        .map(|v| v.name.clone())
+        .collect();
+    let mut inputs = HashMap::new();
+    for (k, name) in names.iter().enumerate() {
+        let path = set.join(format!("input_{k}.pb"));
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ir = onnx::decode_tensor(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        inputs.insert(name.clone(), Tensor::from_ir(&ir).map_err(|e| e.to_string())?);
+    }
+    Ok(inputs)
+}
+
+fn node_suite(cov: &mut Coverage) -> CaseResult {
+    let dir = node_dir();
+    if !dir.is_dir() {
+        return Err(format!("{} is missing (scripts/fetch-test-data.sh)", dir.display()));
+    }
+    let list = include_str!("../runtime/tests/node_suite_passing.txt");
+    let (mut ran, mut all_device, mut failures) = (0usize, 0usize, Vec::new());
+    for name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let tdir = dir.join(name);
+        let Ok(model) = onnx::load(&tdir.join("model.onnx")) else {
+            failures.push(format!("{name}: cannot load"));
+            continue;
+        };
+        let inputs = match read_inputs(&tdir, &model) {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        match both(&model, &inputs) {
+            Ok((want, got, placement)) => {
+                ran += 1;
+                if placement.host.is_empty() {
+                    all_device += 1;
+                }
+                cov.add(&placement);
+                for ((n, w), (_, g)) in want.iter().zip(&got) {
+                    if let Err(e) = compare(&format!("{name}/{n}"), w, g, 1e-5, 1e-2) {
+                        failures.push(e);
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    println!("  node tests: {ran} ran on both backends, {all_device} entirely on the device");
+    if failures.is_empty() {
+        Ok(None)
+    } else {
+        Err(format!("{} node tests differ:\n  {}", failures.len(), failures.join("\n  ")))
+    }
+}
+
+/// Applies `pipeline` to the model at `path` (relative to the repo).
+fn adapted(path: &str, pipeline: &str) -> Result<adaptc_ir::Model, String> {
+    let mut model = onnx::load(&root().join(path)).map_err(|e| format!("{path}: {e}"))?;
+    let manager = PassManager::new(&Registry::builtin(), pipeline).map_err(|e| e.to_string())?;
+    manager.run(&mut model).map_err(|e| e.to_string())?;
+    Ok(model)
+}
+
+/// Deterministic token ids in `[0, vocab)`.
+fn ids(batch: usize, seq: usize, vocab: i64, seed: u64) -> Tensor {
+    let mut s = seed;
+    let v: Vec<i64> = (0..batch * seq)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as i64).rem_euclid(vocab)
+        })
+        .collect();
+    Tensor::from_vec(vec![batch, seq], v).unwrap_or_else(|_| Tensor::scalar(0i64))
+}
+
+fn training_graph_parity(model: &adaptc_ir::Model, inputs: HashMap<String, Tensor>, cov: &mut Coverage) -> CaseResult {
+    let (want, got, placement) = both(model, &inputs)?;
+    cov.add(&placement);
+    println!("  {placement}");
+    let mut worst = 0.0f64;
+    for ((n, w), (_, g)) in want.iter().zip(&got) {
+        worst = worst.max(compare(n, w, g, 1e-4, 1.0)?);
+    }
+    println!("  {} outputs, largest difference {worst:.2e} of each output's scale", want.len());
+    Ok(None)
+}
+
+fn bert_training_graph(cov: &mut Coverage) -> CaseResult {
+    let model = adapted(
+        "tests/fixtures/models/bert6.onnx",
+        "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value},build-training-graph{loss=cross-entropy}",
+    )?;
+    let (b, s) = (4, 16);
+    let mask: Vec<i64> = (0..b * s).map(|k| i64::from(k % s < s - (k / s) * 3)).collect();
+    let inputs = HashMap::from([
+        ("input_ids".to_string(), ids(b, s, 100, 1)),
+        ("attention_mask".to_string(), Tensor::from_vec(vec![b, s], mask).map_err(|e| e.to_string())?),
+        ("token_type_ids".to_string(), Tensor::from_vec(vec![b, s], vec![0i64; b * s]).map_err(|e| e.to_string())?),
+        ("labels".to_string(), Tensor::from_vec(vec![b], vec![0i64, 2, 1, 2]).map_err(|e| e.to_string())?),
+    ]);
+    let names: Vec<String> = model.graph.inputs.iter().map(|v| v.name.clone()).collect();
+    let inputs = inputs.into_iter().filter(|(k, _)| names.contains(k)).collect();
+    training_graph_parity(&model, inputs, cov)
+}
+
+fn llama_training_graph(cov: &mut Coverage) -> CaseResult {
+    let model = adapted(
+        "tests/fixtures/models/llama4/model.onnx",
+        "insert-lora{rank=8 alpha=16 targets=all-linear},build-training-graph{loss=causal-lm}",
+    )?;
+    let (b, s) = (2, 24);
+    let names: Vec<String> = model.graph.inputs.iter().map(|v| v.name.clone()).collect();
+    let mut inputs = HashMap::from([("input_ids".to_string(), ids(b, s, 200, 7))]);
+    if names.iter().any(|n| n == "attention_mask") {
+        inputs.insert(
+            "attention_mask".into(),
+            Tensor::from_vec(vec![b, s], vec![1i64; b * s]).map_err(|e| e.to_string())?,
+        );
+    }
+    if names.iter().any(|n| n == "position_ids") {
+        let pos: Vec<i64> = (0..b * s).map(|k| (k % s) as i64).collect();
+        inputs.insert("position_ids".into(), Tensor::from_vec(vec![b, s], pos).map_err(|e| e.to_string())?);
+    }
+    training_graph_parity(&model, inputs, cov)
+}
