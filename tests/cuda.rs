@@ -24,6 +24,8 @@ use adaptc_passes::{PassManager, Registry};
 use adaptc_runtime::{Device, Placement, Session, SessionOptions, Storage, Tensor};
 
 type CaseResult = Result<Option<String>, String>;
+type GpuCase = (&'static str, fn(&mut Coverage) -> CaseResult);
+type Outputs = Vec<(String, Tensor)>;
 
 #[derive(Default)]
 struct Report {
@@ -55,14 +57,25 @@ impl Report {
     }
 }
 
+/// The repository: `ADAPTC_REPO` on a machine the binary was copied to (scripts/gpu-check.sh),
+/// the source folder otherwise.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("ADAPTC_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn main() {
+    // For scripts/gpu-bundle.sh: which ops the device implements.
+    if std::env::var_os("ADAPTC_LIST_DEVICE_OPS").is_some() {
+        for op in adaptc_runtime::cuda::covered_ops() {
+            println!("{op}");
+        }
+        return;
+    }
+    // Every op the device implements goes to the device, however small its inputs.
+    std::env::set_var("ADAPTC_CUDA_HOST_ELEMENTS", "0");
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
-    let gpu_cases: [(&str, fn(&mut Coverage) -> CaseResult); 3] = [
+    let gpu_cases: [GpuCase; 3] = [
         ("node_suite_matches_cpu", node_suite),
         ("bert_lora_training_graph_matches_cpu", bert_training_graph),
         ("llama_lora_training_graph_matches_cpu", llama_training_graph),
@@ -156,10 +169,7 @@ impl Coverage {
 }
 
 /// Runs `model` on both backends with `inputs`; the CUDA placement and both outputs.
-fn both(
-    model: &adaptc_ir::Model,
-    inputs: &HashMap<String, Tensor>,
-) -> Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>, Placement), String> {
+fn both(model: &adaptc_ir::Model, inputs: &HashMap<String, Tensor>) -> Result<(Outputs, Outputs, Placement), String> {
     let cpu = Session::new(model, SessionOptions::default()).map_err(|e| format!("cpu: {e}"))?;
     let expected = cpu.run(inputs.clone()).map_err(|e| format!("cpu: {e}"))?;
     let gpu = Session::new(model, SessionOptions { device: Device::Cuda }).map_err(|e| format!("cuda: {e}"))?;
@@ -194,9 +204,13 @@ fn compare(name: &str, want: &Tensor, got: &Tensor, rel: f64, floor: f64) -> Res
                 if a.is_nan() && b.is_nan() || a == b {
                     continue;
                 }
+                if !a.is_finite() || !b.is_finite() {
+                    return Err(format!("{name}[{k}]: cpu {a} vs cuda {b}"));
+                }
                 let tol = rel * a.abs().max(floor * scale);
                 let d = (a - b).abs();
-                if !(d <= tol) {
+                // NaN in one backend only fails too (the comparison is false).
+                if d.is_nan() || d > tol {
                     return Err(format!("{name}[{k}]: cpu {a} vs cuda {b} (|diff| {d:.3e} > {tol:.3e})"));
                 }
                 worst = worst.max(d / a.abs().max(floor * scale).max(f64::MIN_POSITIVE));
@@ -239,8 +253,17 @@ fn node_suite(cov: &mut Coverage) -> CaseResult {
         return Err(format!("{} is missing (scripts/fetch-test-data.sh)", dir.display()));
     }
     let list = include_str!("../runtime/tests/node_suite_passing.txt");
+    let names: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    // A bundle for a GPU machine (ADAPTC_NODE_DIR) holds the tests that exercise device ops.
+    let subset = std::env::var_os("ADAPTC_NODE_DIR").is_some();
+    let names: Vec<&str> = names.into_iter().filter(|n| !subset || dir.join(n).is_dir()).collect();
+    println!(
+        "  node tests: {} of the CPU-passing list{}",
+        names.len(),
+        if subset { " (those in ADAPTC_NODE_DIR)" } else { "" }
+    );
     let (mut ran, mut all_device, mut failures) = (0usize, 0usize, Vec::new());
-    for name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for name in names {
         let tdir = dir.join(name);
         let Ok(model) = onnx::load(&tdir.join("model.onnx")) else {
             failures.push(format!("{name}: cannot load"));

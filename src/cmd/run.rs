@@ -1,5 +1,5 @@
-//! `adaptc run`: executes a model on the CPU runtime with inputs from `.npy` files and writes
-//! every graph output as `.npy`.
+//! `adaptc run`: executes a model on adaptc's runtime (CPU, or CUDA in a `--features cuda`
+//! build) with inputs from `.npy` files and writes every graph output as `.npy`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,13 +13,17 @@ use crate::progress::Bar;
 const AFTER_HELP: &str = "\
 Examples:
   adaptc run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy --out-dir out/
-  adaptc run model.onnx --input x=x.npy --out-dir out/ --device cpu
+  adaptc run model.onnx --input x=x.npy --out-dir out/ --device cuda
 
 Every input without an initializer default must be given, as a little-endian C-order .npy
 array of the declared element type and shape. Each graph output is written to
 OUT_DIR/<output name>.npy (characters other than letters, digits, '.', '-' and '_' become '_').
 Outputs are written only when the whole run succeeded, each to a temporary file renamed into
-place. With ADAPTC_PROFILE=1 set, the time spent per op type is printed to stderr.";
+place. With ADAPTC_PROFILE=1 set, the time spent per op type is printed to stderr.
+
+--device cuda needs a build with `--features cuda`, an NVIDIA GPU with a CUDA 13 driver, and
+libcublas.so.13 and libnvrtc.so.13 on the library path; it prints to stderr which ops ran on
+the GPU and which on the CPU, and how much was copied between them.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {

@@ -120,6 +120,8 @@ pub struct Args {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Where the training graph runs (cuda: a `--features cuda` build and an NVIDIA GPU; the
+    /// optimizer step runs on the CPU either way).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
 }

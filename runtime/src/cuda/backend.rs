@@ -15,17 +15,22 @@ use crate::tensor::Tensor;
 
 /// Inputs this small, all on the host, keep an instruction on the host (shape arithmetic,
 /// masks built from `attention_mask`): launching a kernel would cost more than the work.
+/// `ADAPTC_CUDA_HOST_ELEMENTS` overrides it (0: every op the device has goes to the device,
+/// as the parity suite wants).
 const HOST_ELEMENTS: usize = 1 << 14;
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
+    host_elements: usize,
 }
 
 impl CudaBackend {
     /// Opens device `ordinal`, compiling the kernels for it; errors (no driver, no device, no
     /// cuBLAS or NVRTC) say what is missing.
     pub fn open(ordinal: usize) -> Result<CudaBackend> {
-        Ok(CudaBackend { gpu: Gpu::shared(ordinal)? })
+        let host_elements =
+            std::env::var("ADAPTC_CUDA_HOST_ELEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(HOST_ELEMENTS);
+        Ok(CudaBackend { gpu: Gpu::shared(ordinal)?, host_elements })
     }
 
     fn backend_error(&self, reason: String) -> RuntimeError {
@@ -111,7 +116,8 @@ impl Backend for CudaBackend {
     fn execute(&self, ins: &Instruction, inputs: &[Option<&Arc<CudaValue>>]) -> Result<Vec<Option<Arc<CudaValue>>>> {
         let (label, op) = ins.describe();
         let small_host = inputs.iter().flatten().all(|v| !v.on_device())
-            && inputs.iter().flatten().map(|v| v.numel()).sum::<usize>() <= HOST_ELEMENTS;
+            && inputs.iter().flatten().map(|v| v.numel()).sum::<usize>() <= self.host_elements
+            && self.host_elements > 0;
         let reason = match ops::find(ins.node.op()) {
             None => "no device kernel".to_string(),
             Some(_) if small_host => String::new(),
@@ -140,6 +146,9 @@ impl Backend for CudaBackend {
 
     fn begin_run(&self) {
         self.gpu.take_counters();
+        // A run that failed before `end_run` may have left the flag set.
+        let mut flag = self.gpu.error_flag.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.gpu.stream.memset_zeros(&mut *flag);
     }
 
     fn end_run(&self) -> Result<()> {

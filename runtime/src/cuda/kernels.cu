@@ -42,12 +42,16 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+// max/min that propagate NaN, as the CPU kernels do (fmaxf/fminf drop it).
+__device__ __forceinline__ float nanmax(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fffffff) : fmaxf(a, b); }
+__device__ __forceinline__ float nanmin(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fffffff) : fminf(a, b); }
+
 __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = nanmax(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 __device__ __forceinline__ float warp_min(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = nanmin(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -100,7 +104,7 @@ extern "C" __global__ void unary_f32(int op, const float* x, float* y, i64 n, fl
             case 17: r = v / (1.0f + expf(-v)); break;             // SiLU (x·sigmoid x)
             case 18: r = v * a; break;                             // scale
             case 19: r = isnan(v) ? a : v; break;                  // NaN → a
-            case 20: r = fminf(fmaxf(v, a), b); break;             // Clip
+            case 20: r = v; if (r < a) r = a; if (r > b) r = b; break;  // Clip (keeps NaN)
             case 21: r = v > 0.0f ? v : a * v; break;              // LeakyRelu
             case 22: r = rsqrtf(v); break;
             case 23: r = v; break;
@@ -123,8 +127,8 @@ extern "C" __global__ void binary_f32(int op, Layout L, const float* a, const fl
             case 1: r = u - v; break;
             case 2: r = u * v; break;
             case 3: r = u / v; break;
-            case 4: r = fmaxf(u, v); break;
-            case 5: r = fminf(u, v); break;
+            case 4: r = nanmax(u, v); break;
+            case 5: r = nanmin(u, v); break;
             case 6: r = powf(u, v); break;
             default: r = u; break;
         }
@@ -245,8 +249,8 @@ extern "C" __global__ void reduce_f32(int kind, Layout keep, Layout red, const f
         for (i64 r = threadIdx.x; r < nred; r += blockDim.x) {
             float v = x[base + offset_of(red, 0, r)];
             if (kind == 0) acc += v;
-            else if (kind == 1) acc = fmaxf(acc, v);
-            else if (kind == 2) acc = fminf(acc, v);
+            else if (kind == 1) acc = nanmax(acc, v);
+            else if (kind == 2) acc = nanmin(acc, v);
             else acc += v * v;
         }
         acc = block_reduce(acc, bk);

@@ -60,7 +60,8 @@ pub fn clip(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
     let x = req(i, 0)?;
     let bound = |slot: usize, attr: &str, default: f32| -> DevResult<f32> {
         if c.opset < 11 {
-            return Ok(c.float(attr, default));
+            // Before opset 11 the bounds are attributes whose defaults are the finite extremes.
+            return Ok(c.float(attr, if slot == 1 { f32::MIN } else { f32::MAX }));
         }
         match opt(i, slot) {
             None => Ok(default),
@@ -155,11 +156,11 @@ pub(super) fn run_binary(
 }
 
 pub fn binary(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
-    let (a, b) = (req(i, 0)?, req(i, 1)?);
     // Max and Min are variadic; the device takes the common two-operand form.
     if i.len() != 2 {
         return host("not two operands");
     }
+    let (a, b) = (req(i, 0)?, req(i, 1)?);
     want_f32(a)?;
     want_f32(b)?;
     let code = match c.node.op().op_type.as_str() {

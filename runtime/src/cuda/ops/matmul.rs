@@ -35,13 +35,17 @@ fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
+    if g.k == 0 {
+        return host("an empty inner dimension");
+    }
     let dim =
         |v: usize| i32::try_from(v).map_err(|_| DevError::Host(format!("a GEMM dim of {v} (cuBLAS takes 32-bit)")));
     let (m, n, k) = (dim(g.m)?, dim(g.n)?, dim(g.k)?);
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     // Column-major view: first operand B (ld = its stored row length), second A.
-    let ldb = if g.tb { k } else { n };
-    let lda = if g.ta { m } else { k };
+    // cuBLAS wants leading dims ≥ 1 even when k = 0 (then C = beta·C).
+    let ldb = (if g.tb { k } else { n }).max(1);
+    let lda = (if g.ta { m } else { k }).max(1);
     let (alpha, beta) = (g.alpha, g.beta);
     // SAFETY: a, b, c are live device buffers of at least batch × matrix elements (the callers
     // size them from the same shapes), and the handle is bound to the backend's stream.
@@ -146,7 +150,7 @@ pub fn matmul_trans(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult
     want_f32(a)?;
     want_f32(b)?;
     let (ash, bsh) = (a.shape(), b.shape());
-    if !ta || tb || ash.len() < 2 || ash[..ash.len() - 1] != bsh[..bsh.len() - 1] {
+    if !ta || tb || ash.len() < 2 || bsh.len() < 2 || ash[..ash.len() - 1] != bsh[..bsh.len() - 1] {
         return Err(KernelError::Invalid(format!(
             "fold=1 needs transA=1, transB=0 and a [..., M, K], b [..., M, N]; got {ash:?} and {bsh:?}"
         ))

@@ -33,6 +33,9 @@ pub fn layer_norm(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<V
         params.push(b);
     }
     let (rows, cols, ax) = geometry(c, x, &params)?;
+    if cols == 0 {
+        return host("an empty normalised axis");
+    }
     let eps = c.float("epsilon", 1e-5);
     let (y, shape) = output(gpu, x.shape().to_vec(), DataType::Float)?;
     let stat_shape: Vec<usize> = x.shape().iter().enumerate().map(|(d, &n)| if d < ax { n } else { 1 }).collect();

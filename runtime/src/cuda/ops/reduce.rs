@@ -45,7 +45,7 @@ fn reduce_dims(
     // Leading dims reduced, trailing kept: column sums with coalesced reads.
     let split = reduced.iter().rposition(|&r| r).map_or(0, |p| p + 1);
     let leading = reduced[..split].iter().zip(shape).all(|(&r, &d)| r || d == 1);
-    if kind == Kind::Sum && leading {
+    if kind == Kind::Sum && leading && nout >= 32 {
         let (rows, cols) = (nred as i64, nout as i64);
         launch!(gpu, "colsum_f32", per_column_tile(nout), &xp, &yp, &rows, &cols, &scale)?;
         return Ok((y, out_shape));

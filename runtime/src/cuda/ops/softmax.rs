@@ -51,8 +51,9 @@ pub fn add_softmax(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<
     let (a, b) = (req(i, 0)?, req(i, 1)?);
     want_f32(a)?;
     want_f32(b)?;
+    let shape = crate::ops::util::broadcast_shapes(&[a.shape(), b.shape()])?;
+    let rc = rows_cols(c, &shape)?;
     let sum = run_binary(gpu, "binary_f32", 0, (a, b), DataType::Float)?;
-    let rc = rows_cols(c, sum.shape())?;
     Ok(vec![run_softmax(gpu, &sum, rc, false)?])
 }
 
