@@ -487,6 +487,29 @@ impl Graph {
         self.dag.edge_references().all(|e| position[&NodeId(e.source())] < position[&NodeId(e.target())])
     }
 
+    /// Moves `ids` (kept in the given order) to just before `anchor` in the node order, which
+    /// is the order [`Graph::topo_order`] stays close to: a pass places nodes it appended where
+    /// they should run (recomputed activations right before their first reader). Ids not in
+    /// the graph, or `anchor` among `ids`, leave the order unchanged.
+    pub fn move_before(&mut self, ids: &[NodeId], anchor: NodeId) {
+        let moving: HashSet<NodeId> = ids.iter().copied().collect();
+        if moving.contains(&anchor) || !ids.iter().all(|id| self.order.contains(id)) {
+            return;
+        }
+        let mut order = Vec::with_capacity(self.order.len());
+        for &n in &self.order {
+            if n == anchor {
+                order.extend_from_slice(ids);
+            }
+            if !moving.contains(&n) {
+                order.push(n);
+            }
+        }
+        if order.len() == self.order.len() {
+            self.order = order;
+        }
+    }
+
     /// Re-sorts the node order topologically (stable).
     pub fn sort(&mut self) -> Result<(), IrError> {
         self.order = self.topo_order()?;

@@ -124,6 +124,10 @@ pub struct Args {
     /// optimizer step runs on the CPU either way).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// Recompute each transformer block's activations during the backward pass instead of
+    /// keeping them (the `checkpoint-activations` pass): less memory, more compute, same results.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -213,6 +217,7 @@ pub fn run(args: Args) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: args.keep_checkpoints.max(1),
         device: args.device.device(),
+        checkpoint_activations: args.checkpoint_activations,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 

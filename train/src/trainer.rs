@@ -57,6 +57,10 @@ pub struct TrainConfig {
     /// Where the training and evaluation graphs run (the optimizer runs on the host). Not part
     /// of the fingerprint: a run may resume on another device.
     pub device: Device,
+    /// Recompute each block's activations in the backward pass (`checkpoint-activations`):
+    /// less memory, about one more forward pass of compute. Same results, so not part of the
+    /// fingerprint either.
+    pub checkpoint_activations: bool,
 }
 
 impl TrainConfig {
@@ -149,6 +153,10 @@ pub fn train(
         Objective::CausalLm => LossKind::CausalLm,
     };
     build_training_graph(&mut training, loss, None, &trainable)?;
+    if cfg.checkpoint_activations {
+        use adaptc_passes::{Pass as _, PassContext};
+        adaptc_passes::autodiff::checkpoint::CheckpointActivations.run(&mut training, &mut PassContext::default())?;
+    }
     let options = SessionOptions { device: cfg.device };
     let train_session = Session::new(&training, options.clone())?;
     let eval_session = match eval {

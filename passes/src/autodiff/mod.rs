@@ -21,6 +21,7 @@
 //! Statistics: `train.params` (trainable tensors), `train.backward_nodes` (nodes emitted).
 
 mod activity;
+pub mod checkpoint;
 mod emit;
 mod loss;
 pub mod rules;
