@@ -48,6 +48,7 @@ pub const ENTRY_POINTS: &[&str] = &[
     "cast_bool_i32",
     "fill_rows_f32",
     "fill_f32",
+    "scatter_add_f32",
     "reduce_f32",
     "colsum_f32",
     "softmax_f32",
@@ -90,6 +91,8 @@ pub struct Gpu {
     /// Set by kernels that meet a bad index or label (first one wins); read after each run.
     pub error_flag: Mutex<CudaSlice<i64>>,
     counters: Mutex<Placement>,
+    /// Index maps of IndexMapGrad instructions, uploaded once per node and shapes.
+    pub index_maps: Mutex<HashMap<String, Arc<CudaSlice<u8>>>>,
 }
 
 use crate::backend::Placement;
@@ -146,6 +149,7 @@ impl Gpu {
             functions,
             error_flag: Mutex::new(error_flag),
             counters: Mutex::new(Placement::default()),
+            index_maps: Mutex::new(HashMap::new()),
         })
     }
 

@@ -10,7 +10,9 @@
 
 #define MAXR 8
 #define BLOCK 256
+#ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
+#endif
 
 typedef long long i64;
 typedef unsigned char u8;
@@ -224,6 +226,15 @@ CAST(cast_i32_bool, int, u8, v != 0)
 CAST(cast_bool_f32, u8, float, v ? 1.0f : 0.0f)
 CAST(cast_bool_i64, u8, i64, v ? 1 : 0)
 CAST(cast_bool_i32, u8, int, v ? 1 : 0)
+
+// dx[map[i] − 1] += dy[i] where map[i] > 0 (IndexMapGrad: the gradient of a data-movement
+// op, from the forward op's index map; dx is zeroed first).
+extern "C" __global__ void scatter_add_f32(const float* dy, const int* map, float* dx, i64 n) {
+    GRID_LOOP(i, n) {
+        int s = map[i];
+        if (s > 0) atomicAdd(&dx[s - 1], dy[i]);
+    }
+}
 
 // Fills `rows` rows of `y` with the row vector `b` (the bias a GEMM then accumulates onto).
 extern "C" __global__ void fill_rows_f32(const float* b, float* y, i64 rows, i64 cols) {

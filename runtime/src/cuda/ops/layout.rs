@@ -266,3 +266,91 @@ pub fn gather(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<C
     }
     Ok(vec![done(y, shape, x.dtype())])
 }
+
+/// `IndexMapGrad`: reshapes alias `dy`; every other data-movement op scatters `dy` into a
+/// zeroed `dx` through the forward op's index map, computed on the host by the CPU kernel's
+/// own code from shapes (and integer inputs) alone and kept on the device per node and shapes.
+pub fn index_map_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let dy = req(i, 0)?;
+    if dy.dtype() != DataType::Float {
+        return host(format!("dy of {}", dy.dtype()));
+    }
+    let x_shape: Vec<usize> = host_ints(gpu, req(i, 1)?)?
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| KernelError::Invalid(format!("negative dim {d} in x_shape"))))
+        .collect::<Result<_, _>>()?;
+    let n = crate::tensor::numel(&x_shape).ok_or_else(|| KernelError::Invalid("x_shape overflows".into()))?;
+    let op = c.string("op").ok_or_else(|| KernelError::Invalid("attribute `op` is required".into()))?;
+    let (input, slot) = (c.int("input", -1), c.int("output", 0));
+    let fwd_opset = c.node.attr("fwd_opset").and_then(adaptc_ir::Attribute::as_int);
+    let (Ok(input), Ok(slot), Some(fwd_opset)) = (usize::try_from(input), usize::try_from(slot), fwd_opset) else {
+        return Err(
+            KernelError::Invalid("attributes `input`, `output` and `fwd_opset` must be given and ≥ 0".into()).into()
+        );
+    };
+    if ["Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"].contains(&op.as_str()) && input == 0 && slot == 0 {
+        if dy.numel() != n {
+            return Err(
+                KernelError::Invalid(format!("{op}: dy of shape {:?} does not fill {x_shape:?}", dy.shape())).into()
+            );
+        }
+        return Ok(vec![dy.reshaped(x_shape)?]);
+    }
+    if n >= i32::MAX as usize {
+        return host("an index map beyond 32-bit positions");
+    }
+    // Float forward inputs matter only by shape: int64 zeros of their shape stand in, as in the
+    // CPU kernel; integer inputs (indices, starts, axes) are read for real.
+    let mut key = format!("{}|{x_shape:?}|{:?}", c.node.label(), dy.shape());
+    let mut owned: Vec<Option<Tensor>> = Vec::new();
+    for v in i.iter().skip(2) {
+        owned.push(match v {
+            None => None,
+            Some(v) if v.dtype().is_float() => {
+                key.push_str(&format!("|{:?}", v.shape()));
+                Some(
+                    Tensor::new(v.shape().to_vec(), crate::tensor::Storage::I64(vec![0; v.numel()]))
+                        .map_err(|e| crate::cuda::launch::DevError::Device(e.to_string()))?,
+                )
+            }
+            Some(v) => {
+                let t = v.host(gpu)?.clone();
+                key.push_str(&format!("|{:?}{:?}", t.shape(), crate::ops::util::ints(&t).unwrap_or_default()));
+                Some(t)
+            }
+        });
+    }
+    let map = {
+        let mut maps = gpu.index_maps.lock().unwrap_or_else(|p| p.into_inner());
+        match maps.get(&key) {
+            Some(m) => m.clone(),
+            None => {
+                let fwd: Vec<Option<&Tensor>> = owned.iter().map(Option::as_ref).collect();
+                let proxy = shape_proxy(dy)?;
+                let src = crate::ops::grad::index_map_grad::source_map(
+                    c, &op, fwd_opset, input, slot, &x_shape, &fwd, &proxy,
+                )?;
+                let bytes: Vec<u8> =
+                    src.iter().flat_map(|&s| (s.clamp(0, i32::MAX as i64) as i32).to_le_bytes()).collect();
+                let mem =
+                    if bytes.is_empty() { gpu.stream.alloc_zeros::<u8>(1)? } else { gpu.stream.clone_htod(&bytes)? };
+                gpu.count_upload(bytes.len());
+                let mem = std::sync::Arc::new(mem);
+                maps.insert(key, mem.clone());
+                mem
+            }
+        }
+    };
+    let (dx, shape) = output(gpu, x_shape, DataType::Float)?;
+    let dxp = addr(&dx, &gpu.stream);
+    if n > 0 {
+        let (zero, n_i) = (0.0f32, n as i64);
+        launch!(gpu, "fill_f32", grid(n), &dxp, &zero, &n_i)?;
+    }
+    let m = dy.numel();
+    if m > 0 && n > 0 {
+        let (dp, mp, m_i) = (dptr(gpu, dy)?, addr(map.as_ref(), &gpu.stream), m as i64);
+        launch!(gpu, "scatter_add_f32", grid(m), &dp, &mp, &dxp, &m_i)?;
+    }
+    Ok(vec![done(dx, shape, DataType::Float)])
+}

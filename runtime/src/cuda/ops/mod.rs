@@ -114,6 +114,7 @@ const ADAPTC_OPS: &[(&str, DevOp)] = &[
     ("GeluGrad", elementwise::gelu_grad),
     ("LayerNormalizationGrad", norm::layer_norm_grad),
     ("SoftmaxCrossEntropyLossGrad", loss::softmax_cross_entropy_grad),
+    ("IndexMapGrad", layout::index_map_grad),
 ];
 
 /// Every op the device implements, as `domain::Op` (the parity suite checks each one).

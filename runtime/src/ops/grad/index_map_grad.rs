@@ -82,8 +82,12 @@ pub fn index_map_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
 }
 
 /// For every element of forward output `output`, 1 + the position of `x` it copies, or ≤ 0.
+/// For each element of the forward output `output`, 1 + the position of `x` it was copied
+/// from (≤ 0: from elsewhere): the forward kernel run on an index map. `dy` only gives the
+/// output's shape; float forward inputs only their shapes. The CUDA backend computes the map
+/// here and scatters on the device.
 #[allow(clippy::too_many_arguments)]
-fn source_map(
+pub(crate) fn source_map(
     c: &OpCtx,
     op: &str,
     fwd_opset: i64,
