@@ -12,6 +12,9 @@ bash scripts/make-test-data.sh
 nvrtc_lib=$(bash scripts/fetch-nvrtc.sh)
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo fmt --all --check
+# The CUDA kernels run on the CPU (g++ and a shim emulating blocks, barriers and warp
+# shuffles) against double-precision references; only failures and the summary are printed.
+bash scripts/emulate-kernels.sh | grep -v '^ok '
 # The workspace is built and tested with the CUDA backend compiled in (it loads the CUDA
 # libraries only when a session asks for the device); the runtime is linted without it too.
 cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings

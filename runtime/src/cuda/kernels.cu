@@ -75,7 +75,8 @@ __device__ float block_reduce(float v, int kind) {
 // ---------------------------------------------------------------- elementwise
 
 // The exact normal CDF and density, as ONNX Gelu (approximate="none") uses them.
-__device__ __forceinline__ float gelu_exact(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// erfc form: 1 + erf(z) cancels for very negative z, erfc(−z) keeps its relative precision.
+__device__ __forceinline__ float gelu_exact(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
 __device__ __forceinline__ float gelu_tanh(float x) {
     float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
     return 0.5f * x * (1.0f + tanhf(u));
@@ -429,7 +430,7 @@ extern "C" __global__ void gelu_grad_f32(const float* dy, const float* x, float*
             float t = tanhf(u);
             d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * c * v * v);
         } else {
-            float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+            float cdf = 0.5f * erfcf(-v * 0.70710678118654752f);
             float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
             d = cdf + v * pdf;
         }

@@ -1,11 +1,9 @@
 //! Softmax, LogSoftmax and Hardmax along an axis (opset < 13: over the flattened trailing
 //! dims from `axis`, as those versions defined it).
 
-use rayon::prelude::*;
-
 use super::grad::real;
 use super::num::Num;
-use super::util::axis;
+use super::util::{axis, new_filled_chunks};
 use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, KResult};
 use crate::tensor::{Storage, Tensor};
@@ -62,9 +60,8 @@ fn softmax_rows_f32(v: &[f32], dim: usize) -> Vec<f32> {
 /// `row` of `v` adds (`None`: nothing), so that the sum is never written out.
 fn softmax_rows_biased_f32<'b>(v: &[f32], dim: usize, bias: impl Fn(usize) -> Option<&'b [f32]> + Sync) -> Vec<f32> {
     use std::mem::MaybeUninit;
-    let mut out: Vec<f32> = Vec::with_capacity(v.len());
     if dim == 0 {
-        return out;
+        return Vec::new();
     }
     let one = |o: &mut [MaybeUninit<f32>], x: &[f32], b: Option<&[f32]>| {
         if let Some(b) = b {
@@ -88,17 +85,15 @@ fn softmax_rows_biased_f32<'b>(v: &[f32], dim: usize, bias: impl Fn(usize) -> Op
         o.iter_mut().for_each(|x| *x *= inv);
     };
     let rows_per_task = (1 << 14) / dim + 1;
-    let spare = &mut out.spare_capacity_mut()[..v.len()];
-    spare.par_chunks_mut(rows_per_task * dim).zip(v.par_chunks(rows_per_task * dim)).enumerate().for_each(
-        |(task, (o, x))| {
-            for (r, (o, x)) in o.chunks_mut(dim).zip(x.chunks(dim)).enumerate() {
-                one(o, x, bias(task * rows_per_task + r));
+    // SAFETY: chunks hold whole rows (their length is a multiple of `dim`) and `one` writes
+    // each row whole.
+    unsafe {
+        new_filled_chunks(v.len(), rows_per_task * dim, 0, |s, o| {
+            for (r, (o, x)) in o.chunks_mut(dim).zip(v[s..].chunks(dim)).enumerate() {
+                one(o, x, bias(s / dim + r));
             }
-        },
-    );
-    // SAFETY: the chunks pair up over all v.len() elements and `one` writes each row whole.
-    unsafe { out.set_len(v.len()) };
-    out
+        })
+    }
 }
 
 fn run(c: &OpCtx, i: &Inputs, kind: Kind) -> KResult<Vec<Tensor>> {

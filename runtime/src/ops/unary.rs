@@ -3,10 +3,8 @@
 //! Floats are computed in `f64` and rounded back, so f16/bf16/f32 share one definition;
 //! ops that are defined on integers (Abs, Neg, Sign, Relu) also have an exact integer path.
 
-use rayon::prelude::*;
-
 use super::num::Num;
-use super::util::PAR_THRESHOLD;
+use super::util::{new_filled_chunks, PAR_THRESHOLD};
 use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, unsupported, KResult};
 use crate::tensor::{Elem, Storage, Tensor};
@@ -14,24 +12,15 @@ use crate::tensor::{Elem, Storage, Tensor};
 /// `f` over every element: plain loops over slices (so they vectorise), in parallel chunks
 /// for large tensors, into memory written once.
 fn map_vec<T: Num, U: Elem>(v: &[T], f: &(impl Fn(T) -> U + Sync)) -> Vec<U> {
-    use std::mem::MaybeUninit;
-    let run = |o: &mut [MaybeUninit<U>], x: &[T]| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            o.write(f(x));
-        }
-    };
-    let mut out = Vec::with_capacity(v.len());
-    let spare = &mut out.spare_capacity_mut()[..v.len()];
-    if v.len() >= PAR_THRESHOLD {
-        let size = PAR_THRESHOLD / 2;
-        spare.par_chunks_mut(size).zip(v.par_chunks(size)).for_each(|(o, x)| run(o, x));
-    } else {
-        run(spare, v);
+    // SAFETY: each chunk `o` starts at `s` and `v[s..]` is at least as long, so every element
+    // of `o` is written.
+    unsafe {
+        new_filled_chunks(v.len(), PAR_THRESHOLD / 2, PAR_THRESHOLD, |s, o| {
+            for (o, &x) in o.iter_mut().zip(&v[s..]) {
+                o.write(f(x));
+            }
+        })
     }
-    // SAFETY: the chunks of `spare` pair with equal-length chunks of `v`, so `run` wrote all
-    // v.len() elements.
-    unsafe { out.set_len(v.len()) };
-    out
 }
 
 /// Applies a float function to a float tensor, keeping its type.

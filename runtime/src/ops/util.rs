@@ -96,6 +96,32 @@ pub fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, O: Send>(
 /// Element count from which elementwise kernels split work across threads.
 pub const PAR_THRESHOLD: usize = 1 << 16;
 
+/// A new vector of `len` elements written in chunks of `chunk` elements, in parallel when
+/// `len ≥ min_par`: `fill(start, out)` writes `out`, the elements `start..start + out.len()`.
+/// Kernels that compute every output element use it to skip zero-filling memory they
+/// overwrite anyway.
+///
+/// # Safety
+/// `fill` must write every element of each slice it is given.
+pub(crate) unsafe fn new_filled_chunks<T: Send>(
+    len: usize,
+    chunk: usize,
+    min_par: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if len >= min_par && chunk > 0 {
+        spare.par_chunks_mut(chunk).enumerate().for_each(|(k, o)| fill(k * chunk, o));
+    } else {
+        fill(0, spare);
+    }
+    // SAFETY: the chunks cover all `len` elements and the caller guarantees `fill` wrote each.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Normalises a possibly negative axis against `rank`.
 pub fn axis(a: i64, rank: usize) -> KResult<usize> {
     let r = rank as i64;

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::real::{self, with_real, Real};
 use crate::error::{kbail, unsupported, KResult};
-use crate::ops::util::PAR_THRESHOLD;
+use crate::ops::util::{new_filled_chunks, PAR_THRESHOLD};
 use crate::ops::{Inputs, OpCtx};
 use crate::tensor::{Elem, Storage, Tensor};
 
@@ -44,29 +44,17 @@ fn derivative<T: Real>(x: T, form: Form) -> T {
 /// The exact form in f32 through the vectorisable Φ and exp (the training path): written once
 /// into uninitialised memory, in parallel chunks.
 fn exact_f32(dy: &[f32], x: &[f32]) -> Vec<f32> {
-    use std::mem::MaybeUninit;
-    let run = |o: &mut [MaybeUninit<f32>], g: &[f32], v: &[f32]| {
-        for ((o, &g), &x) in o.iter_mut().zip(g).zip(v) {
-            // Φ(x) + x·φ(x), φ(x) = e^{−x²/2}/√(2π)
-            let (cdf, gauss) = real::normal_cdf_gauss_f32(x);
-            o.write(g * (x * gauss).mul_add(0.398_942_3, cdf));
-        }
-    };
-    let mut out = Vec::with_capacity(x.len());
-    let spare = &mut out.spare_capacity_mut()[..x.len()];
-    if x.len() >= PAR_THRESHOLD {
-        const CHUNK: usize = 1 << 14;
-        spare
-            .par_chunks_mut(CHUNK)
-            .zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
-            .for_each(|(o, (g, v))| run(o, g, v));
-    } else {
-        run(spare, dy, x);
+    // SAFETY: `dy` and `x` have the output's length (checked by the caller), so the zip below
+    // writes every element of each chunk.
+    unsafe {
+        new_filled_chunks(x.len(), 1 << 14, PAR_THRESHOLD, |s, o| {
+            for ((o, &g), &x) in o.iter_mut().zip(&dy[s..]).zip(&x[s..]) {
+                // Φ(x) + x·φ(x), φ(x) = e^{−x²/2}/√(2π)
+                let (cdf, gauss) = real::normal_cdf_gauss_f32(x);
+                o.write(g * (x * gauss).mul_add(0.398_942_3, cdf));
+            }
+        })
     }
-    // SAFETY: `dy`, `x` and `spare` have one length (checked by the caller), so `run` wrote all
-    // x.len() elements.
-    unsafe { out.set_len(x.len()) };
-    out
 }
 
 fn apply<T: Real>(dy: &[T], x: &[T], dx: &mut [T], form: Form) {

@@ -1,0 +1,1367 @@
+// Runs the real kernels of runtime/src/cuda/kernels.cu on the CPU (through shim.h) with small
+// random inputs and checks them against straightforward double-precision references written
+// here. Built and run by scripts/emulate-kernels.sh; prints `ok <name>` / `FAIL <name>: …` per
+// check and a summary line, and exits 1 when a check fails.
+//
+// Launch shapes are the Rust launcher's (runtime/src/cuda/launch.rs): 1-D kernels BLOCK = 256
+// threads with a small grid (so the grid-stride loop takes several turns), row kernels one
+// block of 256 per row (and fewer blocks than rows), column kernels blockDim (32, 8) with
+// ceil(cols / 32) blocks, xent_finish one block of 1024 (or 256).
+
+#include "shim.h"
+
+#include "../../src/cuda/kernels.cu"
+
+#include <algorithm>
+#include <csignal>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+
+namespace {
+
+using std::string;
+using std::vector;
+
+const double NaN = std::numeric_limits<double>::quiet_NaN();
+const double Inf = std::numeric_limits<double>::infinity();
+const float NaNf = std::numeric_limits<float>::quiet_NaN();
+const float Inff = std::numeric_limits<float>::infinity();
+
+// ---------------------------------------------------------------- reporting
+
+int g_passed = 0, g_failed = 0;
+char g_current[256] = "start";
+
+void set_current(const string& name) {
+    std::snprintf(g_current, sizeof g_current, "%s", name.c_str());
+}
+
+void on_alarm(int) {
+    const char pre[] = "FAIL timeout (a barrier deadlock?) in ";
+    ssize_t r = write(2, pre, sizeof pre - 1);
+    r = write(2, g_current, std::strlen(g_current));
+    r = write(2, "\n", 1);
+    (void)r;
+    _exit(1);
+}
+
+void report(bool ok, const string& name, const string& detail = "") {
+    if (ok) {
+        ++g_passed;
+        std::printf("ok %s\n", name.c_str());
+    } else {
+        ++g_failed;
+        std::printf("FAIL %s: %s\n", name.c_str(), detail.c_str());
+    }
+    std::fflush(stdout);
+}
+
+bool near(double got, double want, double rtol, double atol) {
+    if (std::isnan(want)) return std::isnan(got);
+    if (std::isnan(got)) return false;
+    if (std::isinf(want) || std::isinf(got)) return got == want;
+    return std::fabs(got - want) <= rtol * std::fabs(want) + atol;
+}
+
+// Compares `got` with `want` element by element: |got − want| ≤ rtol·|want| + atol, NaN
+// matching NaN and infinities matching exactly.
+template <class G>
+void check_close(const string& name, const vector<G>& got, const vector<double>& want, double rtol, double atol) {
+    if (got.size() != want.size()) {
+        report(false, name, "length " + std::to_string(got.size()) + " vs " + std::to_string(want.size()));
+        return;
+    }
+    size_t bad = 0, first = 0;
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!near((double)got[i], want[i], rtol, atol)) {
+            if (bad++ == 0) first = i;
+        } else if (std::isfinite(want[i])) {
+            worst = std::max(worst, std::fabs((double)got[i] - want[i]));
+        }
+    }
+    if (bad == 0) {
+        report(true, name);
+        return;
+    }
+    std::ostringstream os;
+    os.precision(9);
+    os << bad << " of " << got.size() << " elements differ; first at [" << first << "]: expected " << want[first]
+       << ", got " << (double)got[first] << " (rtol " << rtol << ", atol " << atol << ")";
+    report(false, name, os.str());
+}
+
+template <class T>
+void check_equal(const string& name, const vector<T>& got, const vector<T>& want) {
+    if (got.size() != want.size()) {
+        report(false, name, "length " + std::to_string(got.size()) + " vs " + std::to_string(want.size()));
+        return;
+    }
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!(got[i] == want[i])) {
+            std::ostringstream os;
+            os << "first difference at [" << i << "]: expected " << +want[i] << ", got " << +got[i];
+            report(false, name, os.str());
+            return;
+        }
+    }
+    report(true, name);
+}
+
+void check_true(const string& name, bool ok, const string& detail) { report(ok, name, detail); }
+
+double max_abs(const vector<double>& v) {
+    double m = 0;
+    for (double x : v)
+        if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+    return m;
+}
+
+// ---------------------------------------------------------------- inputs
+
+std::mt19937_64 rng(20240607);
+
+float uni(double lo, double hi) { return (float)std::uniform_real_distribution<double>(lo, hi)(rng); }
+i64 uni_int(i64 lo, i64 hi) { return std::uniform_int_distribution<i64>(lo, hi)(rng); }
+
+vector<float> rand_vec(size_t n, double lo, double hi) {
+    vector<float> v(n);
+    for (auto& x : v) x = uni(lo, hi);
+    return v;
+}
+
+vector<double> to_d(const vector<float>& v) { return vector<double>(v.begin(), v.end()); }
+
+// ---------------------------------------------------------------- layouts (as launch.rs)
+
+using Shape = vector<i64>;
+
+Shape contiguous(const Shape& shape) {
+    Shape st(shape.size());
+    i64 acc = 1;
+    for (size_t d = shape.size(); d-- > 0;) {
+        st[d] = acc;
+        acc *= shape[d];
+    }
+    return st;
+}
+
+// Strides of `small` broadcast (numpy rules) to `out`: 0 along stretched or missing dims.
+Shape broadcast(const Shape& small, const Shape& out) {
+    Shape own = contiguous(small), st(out.size());
+    size_t pad = out.size() - small.size();
+    for (size_t d = 0; d < out.size(); ++d) st[d] = (d < pad || small[d - pad] == 1) ? 0 : own[d - pad];
+    return st;
+}
+
+string shape_str(const Shape& s) {
+    string r = "[";
+    for (size_t d = 0; d < s.size(); ++d) r += (d ? "," : "") + std::to_string(s[d]);
+    return r + "]";
+}
+
+i64 numel(const Shape& s) { return std::accumulate(s.begin(), s.end(), (i64)1, std::multiplies<i64>()); }
+
+// `Layout::new`: with `merge`, size-1 dims are dropped and dims contiguous for every operand
+// merged (as the Rust launcher does); without, every dim is kept as given.
+Layout make_layout(const Shape& shape, const vector<Shape>& strides, bool merge = true) {
+    vector<std::pair<i64, Shape>> dims;
+    for (size_t d = 0; d < shape.size(); ++d) {
+        i64 n = shape[d];
+        Shape st;
+        for (auto& s : strides) st.push_back(s[d]);
+        if (merge) {
+            if (n == 1) continue;
+            if (!dims.empty()) {
+                auto& [pn, pst] = dims.back();
+                bool ok = true;
+                for (size_t k = 0; k < st.size(); ++k) ok = ok && pst[k] == st[k] * n;
+                if (ok) {
+                    pn *= n;
+                    pst = st;
+                    continue;
+                }
+            }
+        }
+        dims.push_back({n, st});
+    }
+    if (dims.size() > MAXR) {
+        std::fprintf(stderr, "layout of rank %zu\n", dims.size());
+        std::abort();
+    }
+    Layout l{};
+    l.rank = (int)dims.size();
+    for (size_t d = 0; d < dims.size(); ++d) {
+        l.shape[d] = dims[d].first;
+        for (size_t k = 0; k < dims[d].second.size(); ++k) l.st[k][d] = dims[d].second[k];
+    }
+    return l;
+}
+
+// Multi-index of flat row-major position `i` over `shape` (the reference's own decomposition).
+Shape unravel(i64 i, const Shape& shape) {
+    Shape idx(shape.size());
+    for (size_t d = shape.size(); d-- > 0;) {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    return idx;
+}
+
+i64 dot(const Shape& idx, const Shape& st) {
+    i64 o = 0;
+    for (size_t d = 0; d < idx.size(); ++d) o += idx[d] * st[d];
+    return o;
+}
+
+const dim3 B256(256);
+
+// ---------------------------------------------------------------- shim self-test
+
+// Every thread writes the block sum, max and min of its thread id, a shuffle partner's id, and
+// the block's sum of (blockIdx.x + 1) read back through shared memory.
+__global__ void emu_selftest(float* sum, float* mx, float* mn, float* shfl, float* shared_out) {
+    __shared__ float cell[1024];
+    unsigned t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
+    float v = (float)t;
+    sum[g] = block_reduce(v, 0);
+    mx[g] = block_reduce(v, 1);
+    mn[g] = block_reduce(v + 1.0f, 2);
+    shfl[g] = __shfl_xor_sync(0xffffffffu, v, 5);
+    cell[t] = (float)(blockIdx.x + 1);
+    __syncthreads();
+    float s = 0;
+    for (unsigned k = 0; k < blockDim.x; ++k) s += cell[k];
+    __syncthreads();
+    shared_out[g] = s;
+}
+
+void test_selftest(unsigned blocks, unsigned threads) {
+    string name = "shim selftest grid " + std::to_string(blocks) + " block " + std::to_string(threads);
+    set_current(name);
+    size_t n = (size_t)blocks * threads;
+    vector<float> sum(n), mx(n), mn(n), shfl(n), sh(n);
+    launch(emu_selftest, dim3(blocks), dim3(threads), sum.data(), mx.data(), mn.data(), shfl.data(), sh.data());
+    vector<double> ws(n), wm(n), wn(n), wf(n), wsh(n);
+    for (size_t g = 0; g < n; ++g) {
+        size_t b = g / threads, t = g % threads;
+        ws[g] = (double)threads * (threads - 1) / 2;
+        wm[g] = threads - 1;
+        wn[g] = 1;
+        wf[g] = (double)(t ^ 5);
+        wsh[g] = (double)threads * (b + 1);
+    }
+    check_close(name + " block_reduce sum", sum, ws, 0, 0);
+    check_close(name + " block_reduce max", mx, wm, 0, 0);
+    check_close(name + " block_reduce min", mn, wn, 0, 0);
+    check_close(name + " shfl_xor", shfl, wf, 0, 0);
+    check_close(name + " shared across blocks", sh, wsh, 0, 0);
+}
+
+// ---------------------------------------------------------------- elementwise
+
+double gelu_exact_d(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
+double gelu_tanh_d(double x) {
+    double k = std::sqrt(2.0 / M_PI);
+    return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+double sigmoid_d(double x) {
+    if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
+    double e = std::exp(x);
+    return e / (1.0 + e);
+}
+
+void test_unary() {
+    const size_t n = 700;  // > 2 blocks × 256 threads: the grid-stride loop runs twice
+    const float specials[] = {0.0f, -0.0f, Inff, -Inff, NaNf, 1.0f, -1.0f};
+    const char* names[] = {"Neg",  "Exp",  "Log",   "Sqrt",     "Reciprocal", "Sigmoid", "Tanh",      "Erf",
+                           "Gelu", "GeluTanh", "Relu", "Abs", "Cos", "Sin", "Floor", "Ceil", "Softplus", "SiLU",
+                           "Scale", "NaNTo", "Clip", "LeakyRelu", "Rsqrt", "Identity", "default(24)"};
+    for (int op = 0; op <= 24; ++op) {
+        vector<float> x;
+        switch (op) {
+            case 2:
+            case 3:
+            case 22: x = rand_vec(n, 0.05, 6.0); break;
+            case 4:
+                x = rand_vec(n, 0.1, 4.0);
+                for (auto& v : x)
+                    if (uni(0, 1) < 0.5) v = -v;
+                break;
+            case 16: x = rand_vec(n, -30.0, 30.0); break;
+            default: x = rand_vec(n, -4.0, 4.0); break;
+        }
+        for (size_t k = 0; k < std::size(specials); ++k) x[37 * k + 3] = specials[k];
+        x[400] = -2.0f;  // negative input of the positive-domain ops
+        float a = 0, b = 0;
+        if (op == 18) a = 1.7f;
+        if (op == 19) a = -2.5f;
+        if (op == 20) a = -1.0f, b = 1.5f;
+        if (op == 21) a = 0.1f;
+        vector<float> y(n, 12345.0f);
+        string name = string("unary_f32 ") + std::to_string(op) + " " + names[op];
+        set_current(name);
+        launch(unary_f32, dim3(2), B256, op, x.data(), y.data(), (i64)n, a, b);
+        vector<double> want(n);
+        for (size_t i = 0; i < n; ++i) {
+            double v = x[i], r;
+            switch (op) {
+                case 0: r = -v; break;
+                case 1: r = std::exp(v); break;
+                case 2: r = std::log(v); break;
+                case 3: r = std::sqrt(v); break;
+                case 4: r = 1.0 / v; break;
+                case 5: r = sigmoid_d(v); break;
+                case 6: r = std::tanh(v); break;
+                case 7: r = std::erf(v); break;
+                case 8: r = gelu_exact_d(v); break;
+                case 9: r = gelu_tanh_d(v); break;
+                case 10: r = v > 0 ? v : 0.0; break;  // the CPU's Relu: NaN → 0
+                case 11: r = std::fabs(v); break;
+                case 12: r = std::cos(v); break;
+                case 13: r = std::sin(v); break;
+                case 14: r = std::floor(v); break;
+                case 15: r = std::ceil(v); break;
+                case 16: r = v > 30 ? v : std::log1p(std::exp(v)); break;
+                case 17: r = v * sigmoid_d(v); break;
+                case 18: r = v * (double)a; break;
+                case 19: r = std::isnan(v) ? (double)a : v; break;
+                case 20:
+                    r = v;
+                    if (r < a) r = a;
+                    if (r > b) r = b;
+                    break;
+                case 21: r = v >= 0 ? v : (double)a * v; break;
+                case 22: r = 1.0 / std::sqrt(v); break;
+                default: r = v; break;
+            }
+            // x·sigmoid(x) and x·Φ(x) at −∞ are −∞·0: NaN on the CPU too.
+            if ((op == 8 || op == 9 || op == 17) && v == -Inf) r = NaN;
+            want[i] = r;
+        }
+        check_close(name, y, want, 1e-5, 1e-6);
+    }
+    // Clip with the default (infinite) bounds is the identity, NaN included.
+    {
+        vector<float> x = rand_vec(300, -1e30, 1e30), y(300);
+        x[5] = NaNf, x[6] = Inff, x[7] = -Inff;
+        set_current("unary_f32 20 Clip unbounded");
+        launch(unary_f32, dim3(2), B256, 20, x.data(), y.data(), (i64)300, -Inff, Inff);
+        check_close("unary_f32 20 Clip unbounded", y, to_d(x), 0, 0);
+    }
+}
+
+void test_is_nan() {
+    const size_t n = 600;
+    vector<float> x = rand_vec(n, -3, 3);
+    for (size_t i = 0; i < n; i += 7) x[i] = NaNf;
+    x[1] = Inff, x[2] = -Inff;
+    vector<u8> y(n, 7), want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = std::isnan(x[i]) ? 1 : 0;
+    set_current("is_nan_f32");
+    launch(is_nan_f32, dim3(2), B256, x.data(), y.data(), (i64)n);
+    check_equal("is_nan_f32", y, want);
+}
+
+// Output shape of numpy broadcasting.
+Shape bshape(const vector<Shape>& shapes) {
+    size_t r = 0;
+    for (auto& s : shapes) r = std::max(r, s.size());
+    Shape out(r, 1);
+    for (auto& s : shapes)
+        for (size_t d = 0; d < s.size(); ++d) {
+            i64& o = out[r - s.size() + d];
+            if (s[d] != 1) o = s[d];
+        }
+    return out;
+}
+
+void test_binary() {
+    const char* names[] = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"};
+    struct Case {
+        Shape a, b;
+    };
+    // Broadcast both ways; both operands stretched; same shapes (merged to rank 1); a scalar
+    // operand (stride 0, merged to rank 1); only size-1 dims (rank 0 after merging).
+    vector<Case> cases = {{{2, 3, 4}, {3, 1}}, {{3, 1}, {2, 3, 4}}, {{5, 1, 6}, {1, 7, 6}},
+                          {{4, 6}, {4, 6}},    {{2, 3, 50}, {1}},   {{1}, {1, 1}}};
+    for (auto& cs : cases) {
+        Shape out = bshape({cs.a, cs.b});
+        i64 n = numel(out);
+        Shape sa = broadcast(cs.a, out), sb = broadcast(cs.b, out);
+        for (bool merge : {true, false}) {
+            Layout L = make_layout(out, {sa, sb}, merge);
+            for (int op = 0; op <= 6; ++op) {
+                vector<float> a = rand_vec(numel(cs.a), -3, 3), b = rand_vec(numel(cs.b), -3, 3);
+                if (op == 3)
+                    for (auto& v : b) v = (v < 0 ? -0.5f : 0.5f) + v;
+                if (op == 6)
+                    for (auto& v : a) v = std::fabs(v) + 0.1f;
+                if (op == 4 || op == 5) {
+                    if (a.size() > 1) a[1] = NaNf;
+                    b[b.size() - 1] = NaNf;
+                    if (a.size() > 3) a[3] = Inff;
+                }
+                vector<float> y(n, 999.0f);
+                std::ostringstream nm;
+                nm << "binary_f32 " << names[op] << " " << shape_str(cs.a) << " with " << shape_str(cs.b)
+                   << (merge ? " merged" : " unmerged");
+                set_current(nm.str());
+                launch(binary_f32, dim3(2), B256, op, L, a.data(), b.data(), y.data(), n);
+                vector<double> want(n);
+                for (i64 i = 0; i < n; ++i) {
+                    Shape idx = unravel(i, out);
+                    double u = a[dot(idx, sa)], v = b[dot(idx, sb)], r = 0;
+                    switch (op) {
+                        case 0: r = u + v; break;
+                        case 1: r = u - v; break;
+                        case 2: r = u * v; break;
+                        case 3: r = u / v; break;
+                        case 4: r = (std::isnan(u) || std::isnan(v)) ? NaN : std::max(u, v); break;
+                        case 5: r = (std::isnan(u) || std::isnan(v)) ? NaN : std::min(u, v); break;
+                        case 6: r = std::pow(u, v); break;
+                    }
+                    want[i] = r;
+                }
+                check_close(nm.str(), y, want, 1e-5, 1e-6);
+            }
+        }
+    }
+}
+
+template <class T>
+void compare_case(const string& kname, void (*k)(int, Layout, const T*, const T*, u8*, i64), vector<T> a,
+                  vector<T> b, const Shape& as, const Shape& bs) {
+    const char* names[] = {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"};
+    Shape out = bshape({as, bs});
+    i64 n = numel(out);
+    Shape sa = broadcast(as, out), sb = broadcast(bs, out);
+    Layout L = make_layout(out, {sa, sb});
+    for (int op = 0; op <= 4; ++op) {
+        vector<u8> y(n, 9), want(n);
+        string name = kname + " " + names[op];
+        set_current(name);
+        launch(k, dim3(2), B256, op, L, a.data(), b.data(), y.data(), n);
+        for (i64 i = 0; i < n; ++i) {
+            Shape idx = unravel(i, out);
+            T u = a[dot(idx, sa)], v = b[dot(idx, sb)];
+            bool r = op == 0 ? u == v : op == 1 ? u < v : op == 2 ? u <= v : op == 3 ? u > v : u >= v;
+            want[i] = r;
+        }
+        check_equal(name, y, want);
+    }
+}
+
+void test_compare() {
+    Shape as{3, 5, 40}, bs{5, 1};
+    vector<float> af(numel(as)), bf(numel(bs));
+    for (auto& v : af) v = (float)uni_int(-3, 3) * 0.5f;
+    for (auto& v : bf) v = (float)uni_int(-3, 3) * 0.5f;
+    af[2] = NaNf, bf[1] = NaNf;
+    compare_case<float>("compare_f32", compare_f32, af, bf, as, bs);
+    vector<i64> ai(numel(as)), bi(numel(bs));
+    for (auto& v : ai) v = uni_int(-3, 3) * 1000000000000LL;
+    for (auto& v : bi) v = uni_int(-3, 3) * 1000000000000LL;
+    compare_case<i64>("compare_i64", compare_i64, ai, bi, as, bs);
+    vector<int> a3(numel(as)), b3(numel(bs));
+    for (auto& v : a3) v = (int)uni_int(-3, 3);
+    for (auto& v : b3) v = (int)uni_int(-3, 3);
+    compare_case<int>("compare_i32", compare_i32, a3, b3, as, bs);
+}
+
+void test_logic() {
+    const char* names[] = {"And", "Or", "Xor"};
+    Shape as{3, 4, 50}, bs{3, 1, 50};
+    Shape out = bshape({as, bs});
+    i64 n = numel(out);
+    Shape sa = broadcast(as, out), sb = broadcast(bs, out);
+    Layout L = make_layout(out, {sa, sb});
+    vector<u8> a(numel(as)), b(numel(bs));
+    for (auto& v : a) v = (u8)uni_int(0, 2);  // 2: any nonzero byte is true
+    for (auto& v : b) v = (u8)uni_int(0, 2);
+    for (int op = 0; op <= 2; ++op) {
+        vector<u8> y(n, 9), want(n);
+        string name = string("logic_u8 ") + names[op];
+        set_current(name);
+        launch(logic_u8, dim3(2), B256, op, L, a.data(), b.data(), y.data(), n);
+        for (i64 i = 0; i < n; ++i) {
+            Shape idx = unravel(i, out);
+            bool u = a[dot(idx, sa)] != 0, v = b[dot(idx, sb)] != 0;
+            want[i] = (op == 0 ? (u && v) : op == 1 ? (u || v) : (u != v)) ? 1 : 0;
+        }
+        check_equal(name, y, want);
+    }
+    vector<u8> x(600), y(600, 9), want(600);
+    for (size_t i = 0; i < x.size(); ++i) {
+        x[i] = (u8)uni_int(0, 3);
+        want[i] = x[i] ? 0 : 1;
+    }
+    set_current("not_u8");
+    launch(not_u8, dim3(2), B256, x.data(), y.data(), (i64)x.size());
+    check_equal("not_u8", y, want);
+}
+
+void test_where() {
+    Shape cs{2, 1, 30}, as{3, 1}, bs{2, 3, 30};
+    Shape out = bshape({cs, as, bs});
+    i64 n = numel(out);
+    Shape sc = broadcast(cs, out), sa = broadcast(as, out), sb = broadcast(bs, out);
+    for (bool merge : {true, false}) {
+        Layout L = make_layout(out, {sc, sa, sb}, merge);
+        vector<u8> c(numel(cs));
+        for (auto& v : c) v = (u8)uni_int(0, 2);
+        vector<unsigned> a(numel(as)), b(numel(bs));
+        for (auto& v : a) v = (unsigned)uni_int(0, 0xffffffffLL);
+        for (auto& v : b) v = (unsigned)uni_int(0, 0xffffffffLL);
+        vector<unsigned> y(n, 7), want(n);
+        string name = string("where_b4 3-operand broadcast") + (merge ? "" : " unmerged");
+        set_current(name);
+        launch(where_b4, dim3(2), B256, L, c.data(), a.data(), b.data(), y.data(), n);
+        for (i64 i = 0; i < n; ++i) {
+            Shape idx = unravel(i, out);
+            want[i] = c[dot(idx, sc)] ? a[dot(idx, sa)] : b[dot(idx, sb)];
+        }
+        check_equal(name, y, want);
+    }
+    {
+        Shape cs2{4, 1}, as2{4, 70}, bs2{70};
+        Shape out2 = bshape({cs2, as2, bs2});
+        i64 n2 = numel(out2);
+        Shape sc2 = broadcast(cs2, out2), sa2 = broadcast(as2, out2), sb2 = broadcast(bs2, out2);
+        Layout L = make_layout(out2, {sc2, sa2, sb2});
+        vector<u8> c(numel(cs2));
+        for (auto& v : c) v = (u8)uni_int(0, 1);
+        c[0] = 1, c[1] = 0;
+        vector<unsigned long long> a(numel(as2)), b(numel(bs2));
+        for (auto& v : a) v = ((unsigned long long)uni_int(0, 0xffffffffLL) << 32) | 0x1234u;
+        for (auto& v : b) v = (unsigned long long)uni_int(0, 0xffffffffLL);
+        vector<unsigned long long> y(n2, 7), want(n2);
+        set_current("where_b8");
+        launch(where_b8, dim3(2), B256, L, c.data(), a.data(), b.data(), y.data(), n2);
+        for (i64 i = 0; i < n2; ++i) {
+            Shape idx = unravel(i, out2);
+            want[i] = c[dot(idx, sc2)] ? a[dot(idx, sa2)] : b[dot(idx, sb2)];
+        }
+        check_equal("where_b8", y, want);
+    }
+}
+
+// As layout.rs's slice_axis: clamped (start, step, count) of one sliced axis.
+std::tuple<i64, i64, i64> slice_axis(i64 d, i64 start, i64 end, i64 step) {
+    auto norm = [d](i64 v) { return v < 0 ? v + d : v; };
+    i64 s = norm(start), e = norm(end);
+    if (step > 0) {
+        s = std::clamp<i64>(s, 0, d);
+        e = std::clamp<i64>(e, 0, d);
+    } else {
+        s = std::clamp<i64>(s, -1, d - 1);
+        e = std::clamp<i64>(e, -1, d - 1);
+    }
+    i64 count = step > 0 ? (e > s ? (e - s + step - 1) / step : 0) : (s > e ? (s - e + (-step) - 1) / (-step) : 0);
+    return {s, step, count};
+}
+
+void test_copy() {
+    // Transpose [2,3,4] with perm [2,0,1] → [4,2,3].
+    {
+        Shape xs{2, 3, 5}, perm{2, 0, 1};
+        Shape own = contiguous(xs), shape, xst;
+        for (auto p : perm) shape.push_back(xs[p]), xst.push_back(own[p]);
+        i64 n = numel(shape);
+        vector<unsigned> x(numel(xs));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 1000 + (unsigned)i;
+        for (bool merge : {true, false}) {
+            Layout L = make_layout(shape, {xst, contiguous(shape)}, merge);
+            vector<unsigned> y(n, 7), want(n);
+            string name = string("copy_b4 transpose perm [2,0,1]") + (merge ? "" : " unmerged");
+            set_current(name);
+            launch(copy_b4, dim3(1), B256, L, x.data(), (i64)0, y.data(), (i64)0, n);
+            // y[i, j, k] = x[j, k, i]
+            for (i64 i = 0; i < shape[0]; ++i)
+                for (i64 j = 0; j < shape[1]; ++j)
+                    for (i64 k = 0; k < shape[2]; ++k)
+                        want[(i * shape[1] + j) * shape[2] + k] = x[(j * xs[1] + k) * xs[2] + i];
+            check_equal(name, y, want);
+        }
+    }
+    // Slice: x [6, 40], axis 0 start 1 end 6 step 2, axis 1 start -1 end -100 step -3.
+    {
+        Shape xs{6, 40};
+        Shape own = contiguous(xs), shape = xs, xst = own;
+        i64 base = 0;
+        i64 starts[] = {1, -1}, ends[] = {6, -100}, steps[] = {2, -3};
+        for (int a = 0; a < 2; ++a) {
+            auto [s, step, count] = slice_axis(xs[a], starts[a], ends[a], steps[a]);
+            shape[a] = count;
+            if (count > 0) base += s * own[a];
+            xst[a] = step * own[a];
+        }
+        i64 n = numel(shape);
+        vector<unsigned> x(numel(xs));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 5000 + (unsigned)i;
+        Layout L = make_layout(shape, {xst, contiguous(shape)});
+        vector<unsigned> y(n, 7), want;
+        for (i64 r = 1; r < 6; r += 2)
+            for (i64 c = 39; c >= 0; c -= 3) want.push_back(x[r * 40 + c]);
+        set_current("copy_b4 slice negative step");
+        launch(copy_b4, dim3(1), B256, L, x.data(), base, y.data(), (i64)0, n);
+        check_true("copy_b4 slice shape", shape[0] == 3 && shape[1] == 14 && n == (i64)want.size(),
+                   "shape " + std::to_string(shape[0]) + "x" + std::to_string(shape[1]));
+        check_equal("copy_b4 slice negative step", y, want);
+    }
+    // Concat: x [3, 70] into the columns 20..90 of y [3, 100] (a y base offset).
+    {
+        Shape xs{3, 70}, ys{3, 100};
+        Shape yst = contiguous(ys);
+        i64 n = numel(xs), ybase = 20 * yst[1];
+        vector<unsigned> x(n), y(numel(ys), 7), want(numel(ys), 7);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 9000 + (unsigned)i;
+        for (i64 r = 0; r < 3; ++r)
+            for (i64 c = 0; c < 70; ++c) want[r * 100 + 20 + c] = x[r * 70 + c];
+        Layout L = make_layout(xs, {contiguous(xs), yst});
+        set_current("copy_b4 concat");
+        launch(copy_b4, dim3(1), B256, L, x.data(), (i64)0, y.data(), ybase, n);
+        check_equal("copy_b4 concat (y base)", y, want);
+    }
+    // copy_b8 as Expand [3, 1] → [2, 3, 50].
+    {
+        Shape xs{3, 1}, out{2, 3, 50};
+        Shape xst = broadcast(xs, out);
+        i64 n = numel(out);
+        vector<unsigned long long> x = {0x1111222233334444ull, 0x5555666677778888ull, 0x9999aaaabbbbccccull};
+        vector<unsigned long long> y(n, 7), want(n);
+        for (i64 i = 0; i < n; ++i) want[i] = x[(i / 50) % 3];
+        Layout L = make_layout(out, {xst, contiguous(out)});
+        set_current("copy_b8 expand");
+        launch(copy_b8, dim3(1), B256, L, x.data(), (i64)0, y.data(), (i64)0, n);
+        check_equal("copy_b8 expand", y, want);
+    }
+}
+
+void test_gather() {
+    // x [2, 5, 3] gathered on axis 1 with indices [2, 2].
+    const i64 outer = 2, dim = 5, inner = 3;
+    vector<unsigned> x(outer * dim * inner);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 100 + (unsigned)i;
+    auto run = [&](const vector<i64>& idx, const string& name, i64 want_err) {
+        i64 nidx = (i64)idx.size(), n = outer * nidx * inner;
+        vector<unsigned> y(n, 0xdeadbeef), want(n);
+        for (i64 o = 0; o < outer; ++o)
+            for (i64 j = 0; j < nidx; ++j)
+                for (i64 k = 0; k < inner; ++k) {
+                    i64 t = idx[j] < 0 ? idx[j] + dim : idx[j];
+                    want[(o * nidx + j) * inner + k] = (t < 0 || t >= dim) ? 0 : x[(o * dim + t) * inner + k];
+                }
+        i64 err = 0;
+        set_current(name);
+        launch(gather_b4_i64, dim3(1), B256, x.data(), idx.data(), y.data(), outer, dim, nidx, inner, &err);
+        check_equal(name, y, want);
+        check_true(name + " err", err == want_err,
+                   "err = " + std::to_string(err) + ", expected " + std::to_string(want_err));
+    };
+    run({0, -1, 4, 2}, "gather_b4_i64 axis 1 (negative index)", 0);
+    run({1, 5, -6, 2}, "gather_b4_i64 out of range", 1);
+    // A 1-D launch over more elements than threads, with i32 indices and 8-byte elements.
+    {
+        const i64 o2 = 3, d2 = 7, in2 = 30;
+        vector<unsigned long long> x2(o2 * d2 * in2);
+        for (size_t i = 0; i < x2.size(); ++i) x2[i] = 0x100000000ull * i + 3;
+        vector<int> idx = {6, 0, -7, 3, -1, 2, 2};
+        i64 nidx = (i64)idx.size(), n = o2 * nidx * in2;
+        vector<unsigned long long> y(n, 1), want(n);
+        for (i64 o = 0; o < o2; ++o)
+            for (i64 j = 0; j < nidx; ++j)
+                for (i64 k = 0; k < in2; ++k) {
+                    i64 t = idx[j] < 0 ? idx[j] + d2 : idx[j];
+                    want[(o * nidx + j) * in2 + k] = x2[(o * d2 + t) * in2 + k];
+                }
+        i64 err = 0;
+        set_current("gather_b8_i32");
+        launch(gather_b8_i32, dim3(2), B256, x2.data(), idx.data(), y.data(), o2, d2, nidx, in2, &err);
+        check_equal("gather_b8_i32", y, want);
+        check_true("gather_b8_i32 err", err == 0, "err = " + std::to_string(err));
+    }
+}
+
+void test_casts() {
+    const size_t n = 600;
+    vector<float> xf = rand_vec(n, -100, 100);
+    xf[0] = 0.0f, xf[1] = -0.0f, xf[2] = -2.7f, xf[3] = 2.7f, xf[4] = NaNf;
+    {
+        vector<float> xs = xf;
+        xs[4] = 1.5f;  // NaN → int is undefined on both sides
+        vector<i64> y(n, 7), want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = (i64)std::trunc((double)xs[i]);
+        set_current("cast_f32_i64");
+        launch(cast_f32_i64, dim3(2), B256, xs.data(), y.data(), (i64)n);
+        check_equal("cast_f32_i64 (truncates)", y, want);
+    }
+    {
+        vector<u8> y(n, 7), want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = xf[i] != 0.0f;  // NaN → true, −0 → false
+        set_current("cast_f32_bool");
+        launch(cast_f32_bool, dim3(2), B256, xf.data(), y.data(), (i64)n);
+        check_equal("cast_f32_bool", y, want);
+    }
+    vector<i64> xi(n);
+    for (auto& v : xi) v = uni_int(-(1LL << 40), 1LL << 40);
+    xi[0] = 0, xi[1] = -1, xi[2] = 16777217;  // not representable in f32: rounds to even
+    {
+        vector<float> y(n, 7);
+        vector<double> want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = (double)(float)xi[i];
+        set_current("cast_i64_f32");
+        launch(cast_i64_f32, dim3(2), B256, xi.data(), y.data(), (i64)n);
+        check_close("cast_i64_f32", y, want, 0, 0);
+    }
+    {
+        vector<u8> y(n, 7), want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = xi[i] != 0;
+        set_current("cast_i64_bool");
+        launch(cast_i64_bool, dim3(2), B256, xi.data(), y.data(), (i64)n);
+        check_equal("cast_i64_bool", y, want);
+    }
+    vector<u8> xb(n);
+    for (auto& v : xb) v = (u8)uni_int(0, 2);
+    {
+        vector<float> y(n, 7);
+        vector<double> want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = xb[i] ? 1.0 : 0.0;
+        set_current("cast_bool_f32");
+        launch(cast_bool_f32, dim3(2), B256, xb.data(), y.data(), (i64)n);
+        check_close("cast_bool_f32", y, want, 0, 0);
+    }
+    {
+        vector<i64> y(n, 7), want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = xb[i] ? 1 : 0;
+        set_current("cast_bool_i64");
+        launch(cast_bool_i64, dim3(2), B256, xb.data(), y.data(), (i64)n);
+        check_equal("cast_bool_i64", y, want);
+    }
+    {
+        vector<int> y(n, 7), want(n);
+        for (size_t i = 0; i < n; ++i) want[i] = (int)(i64)(xi[i] % 100000);
+        vector<i64> xs(n);
+        for (size_t i = 0; i < n; ++i) xs[i] = xi[i] % 100000;
+        set_current("cast_i64_i32");
+        launch(cast_i64_i32, dim3(2), B256, xs.data(), y.data(), (i64)n);
+        check_equal("cast_i64_i32", y, want);
+    }
+}
+
+// IndexMapGrad's scatter: dx[map[i] − 1] += dy[i] where map[i] > 0, dx zeroed by fill_f32.
+void test_scatter_add() {
+    // Many-to-one (atomic accumulation from threads of both blocks), with skipped entries.
+    {
+        const i64 m = 700, n = 50;
+        vector<float> dy = rand_vec(m, -1, 1), dx(n, 123.0f);
+        vector<int> map(m);
+        for (auto& s : map) s = (int)uni_int(-2, n);  // ≤ 0: skipped
+        vector<double> want(n, 0.0), mag(n, 0.0);
+        for (i64 i = 0; i < m; ++i)
+            if (map[i] > 0) want[map[i] - 1] += dy[i], mag[map[i] - 1] += std::fabs(dy[i]);
+        set_current("scatter_add_f32 many-to-one");
+        launch(fill_f32, dim3(1), B256, dx.data(), 0.0f, n);
+        launch(scatter_add_f32, dim3(2), B256, (const float*)dy.data(), (const int*)map.data(), dx.data(), m);
+        check_close("scatter_add_f32 many-to-one", dx, want, 1e-5, 1e-6 * max_abs(mag));
+    }
+    // A permutation (the gradient of a transpose): every dx element written once, exactly.
+    {
+        const i64 m = 600;
+        vector<float> dy = rand_vec(m, -1, 1), dx(m, 123.0f);
+        vector<int> map(m);
+        std::iota(map.begin(), map.end(), 1);
+        std::shuffle(map.begin(), map.end(), rng);
+        vector<double> want(m);
+        for (i64 i = 0; i < m; ++i) want[map[i] - 1] = dy[i];
+        set_current("scatter_add_f32 permutation");
+        launch(fill_f32, dim3(2), B256, dx.data(), 0.0f, m);
+        launch(scatter_add_f32, dim3(2), B256, (const float*)dy.data(), (const int*)map.data(), dx.data(), m);
+        check_close("scatter_add_f32 permutation", dx, want, 0, 0);
+    }
+}
+
+void test_fill() {
+    const i64 rows = 40, cols = 15;
+    vector<float> b = rand_vec(cols, -2, 2), y(rows * cols, 7);
+    vector<double> want(rows * cols);
+    for (i64 i = 0; i < rows * cols; ++i) want[i] = b[i % cols];
+    set_current("fill_rows_f32");
+    launch(fill_rows_f32, dim3(2), B256, b.data(), y.data(), rows, cols);
+    check_close("fill_rows_f32", y, want, 0, 0);
+    vector<float> z(700, 1);
+    set_current("fill_f32");
+    launch(fill_f32, dim3(2), B256, z.data(), -3.25f, (i64)700);
+    check_close("fill_f32", z, vector<double>(700, -3.25), 0, 0);
+}
+
+// ---------------------------------------------------------------- reductions
+
+// reduce_dims of cuda/ops/reduce.rs: the keep and red layouts of reducing `shape` over the
+// dims flagged in `reduced`.
+struct ReducePlan {
+    Layout keep, red;
+    i64 nout, nred;
+    Shape kept;
+};
+
+ReducePlan reduce_plan(const Shape& shape, const vector<bool>& reduced, bool merge) {
+    Shape own = contiguous(shape), kept, kst, rshape;
+    for (size_t d = 0; d < shape.size(); ++d) {
+        kept.push_back(reduced[d] ? 1 : shape[d]);
+        kst.push_back(reduced[d] ? 0 : own[d]);
+        rshape.push_back(reduced[d] ? shape[d] : 1);
+    }
+    ReducePlan p;
+    p.keep = make_layout(kept, {kst, contiguous(kept)}, merge);
+    p.red = make_layout(rshape, {own}, merge);
+    p.nout = numel(kept);
+    p.nred = numel(rshape);
+    p.kept = kept;
+    return p;
+}
+
+void reduce_case(const string& label, const Shape& shape, const vector<bool>& reduced, bool with_nan, bool merge,
+                 unsigned grid_override) {
+    const char* kinds[] = {"sum", "max", "min", "sumsq", "mean"};
+    i64 n = numel(shape);
+    ReducePlan p = reduce_plan(shape, reduced, merge);
+    for (int kk = 0; kk <= 4; ++kk) {
+        int kind = kk == 4 ? 0 : kk;
+        float scale = kk == 4 ? 1.0f / (float)p.nred : 1.0f;
+        vector<float> x = rand_vec(n, -2, 2);
+        if (with_nan) x[n / 3] = NaNf;
+        vector<float> y(p.nout, 777.0f);
+        vector<double> want(p.nout, 0.0), mag(p.nout, 0.0);
+        vector<bool> started(p.nout, false);
+        Shape kept_st = contiguous(p.kept);
+        for (i64 i = 0; i < n; ++i) {
+            Shape idx = unravel(i, shape);
+            for (size_t d = 0; d < shape.size(); ++d)
+                if (reduced[d]) idx[d] = 0;
+            i64 o = dot(idx, kept_st);
+            double v = x[i];
+            double& w = want[o];
+            if (!started[o]) {
+                started[o] = true;
+                w = kind == 0 || kind == 3 ? 0.0 : kind == 1 ? -Inf : Inf;
+            }
+            if (kind == 0) w += v, mag[o] += std::fabs(v);
+            else if (kind == 3) w += v * v, mag[o] += v * v;
+            else if (std::isnan(v) || std::isnan(w)) w = NaN;
+            else w = kind == 1 ? std::max(w, v) : std::min(w, v);
+        }
+        for (i64 o = 0; o < p.nout; ++o) want[o] *= (double)scale;
+        unsigned grid = grid_override ? grid_override : (unsigned)p.nout;  // per_row(nout)
+        string name = "reduce_f32 " + string(kinds[kk]) + " " + label + (merge ? "" : " unmerged") +
+                      (grid_override ? " grid " + std::to_string(grid) : "");
+        set_current(name);
+        launch(reduce_f32, dim3(grid), B256, kind, p.keep, p.red, (const float*)x.data(), y.data(), p.nout, p.nred,
+               scale);
+        // Sums: error relative to Σ|x| (cancellation), not to the result.
+        bool ok = true;
+        size_t first = 0;
+        for (i64 o = 0; o < p.nout && ok; ++o) {
+            double atol = 1e-6 * mag[o] * (double)scale + 1e-7;
+            if (!near(y[o], want[o], 1e-5, atol)) ok = false, first = (size_t)o;
+        }
+        if (ok) {
+            report(true, name);
+        } else {
+            std::ostringstream os;
+            os.precision(9);
+            os << "output [" << first << "]: expected " << want[first] << ", got " << y[first];
+            report(false, name, os.str());
+        }
+    }
+}
+
+void test_reduce() {
+    // (a) trailing dims reduced.
+    reduce_case("[3,4,5] over (1,2)", {3, 4, 5}, {false, true, true}, false, true, 0);
+    // (b) a middle dim reduced.
+    reduce_case("[2,4,3] over (1)", {2, 4, 3}, {false, true, false}, false, true, 0);
+    reduce_case("[2,4,3] over (1)", {2, 4, 3}, {false, true, false}, false, false, 0);
+    // Leading dim (the reduce_f32 path when not Sum or fewer than 32 outputs), and two
+    // non-adjacent dims.
+    reduce_case("[4,2,3] over (0)", {4, 2, 3}, {true, false, false}, false, true, 0);
+    reduce_case("[3,2,5,3] over (0,2)", {3, 2, 5, 3}, {true, false, true, false}, false, true, 0);
+    // More reduced elements than threads; all dims; fewer blocks than outputs.
+    reduce_case("[2,700] over (1)", {2, 700}, {false, true}, false, true, 0);
+    reduce_case("[4,3,50] over all", {4, 3, 50}, {true, true, true}, false, true, 0);
+    reduce_case("[5,4,2] over (1)", {5, 4, 2}, {false, true, false}, false, true, 3);
+    // A NaN propagates through max and min (and sums).
+    reduce_case("[3,4,5] over (1,2) with NaN", {3, 4, 5}, {false, true, true}, true, true, 0);
+    reduce_case("[2,4,3] over (1) with NaN", {2, 4, 3}, {false, true, false}, true, true, 0);
+    // Max of −∞ only, and of a row holding −∞ and +∞.
+    {
+        vector<float> x = {-Inff, -Inff, -Inff, Inff, -Inff, 1.0f};
+        ReducePlan p = reduce_plan({2, 3}, {false, true}, true);
+        vector<float> y(2);
+        set_current("reduce_f32 max of infinities");
+        launch(reduce_f32, dim3(2), B256, 1, p.keep, p.red, (const float*)x.data(), y.data(), p.nout, p.nred, 1.0f);
+        check_close("reduce_f32 max of infinities", y, {-Inf, Inf}, 0, 0);
+    }
+}
+
+void test_colsum() {
+    struct Case {
+        i64 rows, cols;
+    };
+    for (Case cs : {Case{37, 45}, Case{3, 70}, Case{100, 33}}) {
+        vector<float> x = rand_vec(cs.rows * cs.cols, -2, 2), y(cs.cols + 5, 555.0f);
+        float scale = 0.5f;
+        vector<double> want(cs.cols + 5, 555.0), mag(cs.cols, 0);
+        for (i64 c = 0; c < cs.cols; ++c) {
+            double s = 0;
+            for (i64 r = 0; r < cs.rows; ++r) s += x[r * cs.cols + c], mag[c] += std::fabs(x[r * cs.cols + c]);
+            want[c] = s * scale;
+        }
+        string name = "colsum_f32 " + std::to_string(cs.rows) + "x" + std::to_string(cs.cols);
+        set_current(name);
+        unsigned grid = (unsigned)((cs.cols + 31) / 32);
+        launch(colsum_f32, dim3(grid), dim3(32, 8), (const float*)x.data(), y.data(), cs.rows, cs.cols, scale);
+        check_close(name, y, want, 1e-5, 1e-6 * max_abs(vector<double>(mag.begin(), mag.end())));
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+vector<double> softmax_ref(const vector<float>& x, i64 rows, i64 cols, bool log) {
+    vector<double> y(rows * cols);
+    for (i64 r = 0; r < rows; ++r) {
+        double m = -Inf;
+        for (i64 c = 0; c < cols; ++c) m = std::max(m, (double)x[r * cols + c]);
+        double s = 0;
+        for (i64 c = 0; c < cols; ++c) s += std::exp(x[r * cols + c] - m);
+        for (i64 c = 0; c < cols; ++c) {
+            double v = x[r * cols + c] - m;  // NaN for a row of −∞
+            y[r * cols + c] = log ? v - std::log(s) : std::exp(v) / s;
+        }
+    }
+    return y;
+}
+
+void test_softmax() {
+    struct Case {
+        i64 rows, cols;
+        unsigned grid;
+    };
+    for (Case cs : {Case{5, 300, 5}, Case{6, 7, 6}, Case{7, 40, 3}}) {
+        for (int log = 0; log <= 1; ++log) {
+            vector<float> x = rand_vec(cs.rows * cs.cols, -5, 5);
+            // Row 1: fully masked (NaN out, as on the CPU); row 2: partly masked; row 3 holds
+            // a NaN (the whole row is NaN, as on the CPU).
+            for (i64 c = 0; c < cs.cols; ++c) x[1 * cs.cols + c] = -Inff;
+            for (i64 c = 0; c < cs.cols; c += 2) x[2 * cs.cols + c] = -Inff;
+            x[3 * cs.cols + cs.cols / 2] = NaNf;
+            vector<float> y(cs.rows * cs.cols, 3.0f);
+            string name = string(log ? "softmax_f32 log " : "softmax_f32 ") + std::to_string(cs.rows) + "x" +
+                          std::to_string(cs.cols) + " grid " + std::to_string(cs.grid);
+            set_current(name);
+            launch(softmax_f32, dim3(cs.grid), B256, (const float*)x.data(), y.data(), cs.rows, cs.cols, log);
+            check_close(name, y, softmax_ref(x, cs.rows, cs.cols, log), 1e-5, log ? 1e-5 : 1e-7);
+        }
+    }
+    // SoftmaxGrad: dx = y·(dy − Σ dy·y).
+    for (Case cs : {Case{4, 300, 4}, Case{5, 33, 2}}) {
+        vector<float> x = rand_vec(cs.rows * cs.cols, -3, 3), dy = rand_vec(cs.rows * cs.cols, -1, 1);
+        vector<double> yd = softmax_ref(x, cs.rows, cs.cols, false);
+        vector<float> y(yd.begin(), yd.end()), dx(cs.rows * cs.cols, 3.0f);
+        vector<double> want(cs.rows * cs.cols);
+        for (i64 r = 0; r < cs.rows; ++r) {
+            double s = 0;
+            for (i64 c = 0; c < cs.cols; ++c) s += (double)dy[r * cs.cols + c] * y[r * cs.cols + c];
+            for (i64 c = 0; c < cs.cols; ++c) want[r * cs.cols + c] = (double)y[r * cs.cols + c] * (dy[r * cs.cols + c] - s);
+        }
+        string name = "softmax_grad_f32 " + std::to_string(cs.rows) + "x" + std::to_string(cs.cols) + " grid " +
+                      std::to_string(cs.grid);
+        set_current(name);
+        launch(softmax_grad_f32, dim3(cs.grid), B256, (const float*)dy.data(), (const float*)y.data(), dx.data(),
+               cs.rows, cs.cols);
+        check_close(name, dx, want, 1e-5, 1e-6 * max_abs(want));
+    }
+}
+
+// ---------------------------------------------------------------- layer norm
+
+struct LnStats {
+    double mean, invstd;
+};
+
+LnStats ln_stats(const double* x, i64 cols, double eps) {
+    double m = 0;
+    for (i64 c = 0; c < cols; ++c) m += x[c];
+    m /= cols;
+    double q = 0;
+    for (i64 c = 0; c < cols; ++c) q += (x[c] - m) * (x[c] - m);
+    return {m, 1.0 / std::sqrt(q / cols + eps)};
+}
+
+void test_layer_norm() {
+    struct Case {
+        i64 rows, cols;
+        unsigned grid;
+        bool bias;
+    };
+    const float eps = 1e-5f;
+    for (Case cs : {Case{6, 300, 6, true}, Case{6, 20, 6, false}, Case{9, 45, 4, true}}) {
+        i64 n = cs.rows * cs.cols;
+        vector<float> x = rand_vec(n, -3, 3), scale = rand_vec(cs.cols, 0.5, 1.5), bias = rand_vec(cs.cols, -1, 1);
+        for (i64 c = 0; c < cs.cols; ++c) x[c] += 10.0f;  // a row with an offset mean
+        vector<float> y(n, 3), mean(cs.rows, 3), invstd(cs.rows, 3);
+        vector<double> wy(n), wm(cs.rows), wi(cs.rows);
+        for (i64 r = 0; r < cs.rows; ++r) {
+            vector<double> xr(x.begin() + r * cs.cols, x.begin() + (r + 1) * cs.cols);
+            LnStats s = ln_stats(xr.data(), cs.cols, eps);
+            wm[r] = s.mean, wi[r] = s.invstd;
+            for (i64 c = 0; c < cs.cols; ++c)
+                wy[r * cs.cols + c] = (xr[c] - s.mean) * s.invstd * scale[c] + (cs.bias ? bias[c] : 0.0);
+        }
+        string name = "layer_norm_f32 " + std::to_string(cs.rows) + "x" + std::to_string(cs.cols) +
+                      (cs.bias ? " bias" : " no bias") + " grid " + std::to_string(cs.grid);
+        set_current(name);
+        launch(layer_norm_f32, dim3(cs.grid), B256, (const float*)x.data(), (const float*)scale.data(),
+               cs.bias ? (const float*)bias.data() : nullptr, y.data(), mean.data(), invstd.data(), cs.rows, cs.cols,
+               eps);
+        check_close(name + " y", y, wy, 1e-5, 2e-5);
+        check_close(name + " mean", mean, wm, 1e-5, 1e-6);
+        check_close(name + " invstd", invstd, wi, 1e-5, 0);
+        // Without the statistics outputs.
+        vector<float> y2(n, 3);
+        launch(layer_norm_f32, dim3(cs.grid), B256, (const float*)x.data(), (const float*)scale.data(),
+               cs.bias ? (const float*)bias.data() : nullptr, y2.data(), (float*)nullptr, (float*)nullptr, cs.rows,
+               cs.cols, eps);
+        check_close(name + " y (no stats out)", y2, wy, 1e-5, 2e-5);
+    }
+}
+
+// Σ dy·LayerNorm(x) of one row, in double.
+double ln_row_loss(const vector<double>& x, const vector<float>& scale, const float* dy, double eps) {
+    LnStats s = ln_stats(x.data(), (i64)x.size(), eps);
+    double l = 0;
+    for (size_t c = 0; c < x.size(); ++c) l += dy[c] * (x[c] - s.mean) * s.invstd * scale[c];
+    return l;
+}
+
+void test_layer_norm_grad() {
+    struct Case {
+        i64 rows, cols;
+        unsigned grid;
+    };
+    const float eps = 1e-5f;
+    for (Case cs : {Case{6, 45, 6}, Case{10, 70, 4}, Case{3, 300, 3}}) {
+        i64 n = cs.rows * cs.cols;
+        vector<float> x = rand_vec(n, -2, 2), dy = rand_vec(n, -1, 1), scale = rand_vec(cs.cols, 0.5, 1.5);
+        vector<float> dx(n, 3), mean(cs.rows, 3), invstd(cs.rows, 3);
+        string name = "layer_norm_grad_f32 " + std::to_string(cs.rows) + "x" + std::to_string(cs.cols) + " grid " +
+                      std::to_string(cs.grid);
+        set_current(name);
+        launch(layer_norm_grad_f32, dim3(cs.grid), B256, (const float*)dy.data(), (const float*)x.data(),
+               (const float*)scale.data(), dx.data(), mean.data(), invstd.data(), cs.rows, cs.cols, eps);
+        vector<double> fd(n), wm(cs.rows), wi(cs.rows);
+        const double h = 1e-4;
+        for (i64 r = 0; r < cs.rows; ++r) {
+            vector<double> xr(x.begin() + r * cs.cols, x.begin() + (r + 1) * cs.cols);
+            LnStats s = ln_stats(xr.data(), cs.cols, eps);
+            wm[r] = s.mean, wi[r] = s.invstd;
+            for (i64 c = 0; c < cs.cols; ++c) {
+                double keep = xr[c];
+                xr[c] = keep + h;
+                double lp = ln_row_loss(xr, scale, dy.data() + r * cs.cols, eps);
+                xr[c] = keep - h;
+                double lm = ln_row_loss(xr, scale, dy.data() + r * cs.cols, eps);
+                xr[c] = keep;
+                fd[r * cs.cols + c] = (lp - lm) / (2 * h);
+            }
+        }
+        check_close(name + " dx vs finite differences", dx, fd, 1e-3, 1e-4 * max_abs(fd));
+        check_close(name + " mean", mean, wm, 1e-5, 1e-6);
+        check_close(name + " invstd", invstd, wi, 1e-5, 0);
+
+        // dscale = Σ_r dy·x̂, dbias = Σ_r dy, from the statistics the kernel just wrote.
+        vector<float> dscale(cs.cols + 3, 5), dbias(cs.cols + 3, 5);
+        vector<double> ws(cs.cols + 3, 5), wb(cs.cols + 3, 5), ms(cs.cols, 0), mb(cs.cols, 0);
+        for (i64 c = 0; c < cs.cols; ++c) {
+            double s = 0, b = 0;
+            for (i64 r = 0; r < cs.rows; ++r) {
+                double d = dy[r * cs.cols + c], t = d * (x[r * cs.cols + c] - wm[r]) * wi[r];
+                s += t, b += d, ms[c] += std::fabs(t), mb[c] += std::fabs(d);
+            }
+            ws[c] = s, wb[c] = b;
+        }
+        string pname = "layer_norm_params_grad_f32 " + std::to_string(cs.rows) + "x" + std::to_string(cs.cols);
+        set_current(pname);
+        unsigned grid = (unsigned)((cs.cols + 31) / 32);
+        launch(layer_norm_params_grad_f32, dim3(grid), dim3(32, 8), (const float*)dy.data(), (const float*)x.data(),
+               (const float*)mean.data(), (const float*)invstd.data(), dscale.data(), dbias.data(), cs.rows, cs.cols);
+        check_close(pname + " dscale", dscale, ws, 1e-5, 2e-6 * max_abs(ms));
+        check_close(pname + " dbias", dbias, wb, 1e-5, 2e-6 * max_abs(mb));
+        // dbias not wanted (a null pointer).
+        vector<float> dscale2(cs.cols + 3, 5);
+        launch(layer_norm_params_grad_f32, dim3(grid), dim3(32, 8), (const float*)dy.data(), (const float*)x.data(),
+               (const float*)mean.data(), (const float*)invstd.data(), dscale2.data(), (float*)nullptr, cs.rows,
+               cs.cols);
+        check_close(pname + " dscale (null dbias)", dscale2, ws, 1e-5, 2e-6 * max_abs(ms));
+    }
+}
+
+// ---------------------------------------------------------------- GeluGrad
+
+void test_gelu_grad() {
+    const size_t n = 700;
+    for (int approx = 0; approx <= 1; ++approx) {
+        vector<float> x = rand_vec(n, -5, 5), dy = rand_vec(n, -2, 2), dx(n, 3);
+        x[0] = 0.0f;
+        string name = string("gelu_grad_f32 ") + (approx ? "tanh" : "exact");
+        set_current(name);
+        launch(gelu_grad_f32, dim3(2), B256, (const float*)dy.data(), (const float*)x.data(), dx.data(), (i64)n,
+               approx);
+        vector<double> fd(n);
+        const double h = 1e-5;
+        for (size_t i = 0; i < n; ++i) {
+            auto f = approx ? gelu_tanh_d : gelu_exact_d;
+            fd[i] = dy[i] * (f(x[i] + h) - f(x[i] - h)) / (2 * h);
+        }
+        check_close(name + " vs finite differences", dx, fd, 1e-3, 1e-6);
+        // And the closed forms in double, tighter.
+        vector<double> exact(n);
+        for (size_t i = 0; i < n; ++i) {
+            double v = x[i], d;
+            if (approx) {
+                double k = std::sqrt(2.0 / M_PI), c = 0.044715, t = std::tanh(k * (v + c * v * v * v));
+                d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * c * v * v);
+            } else {
+                d = 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+            }
+            exact[i] = dy[i] * d;
+        }
+        check_close(name + " vs closed form", dx, exact, 1e-5, 1e-6);
+    }
+}
+
+// ---------------------------------------------------------------- softmax cross-entropy
+
+struct Xent {
+    i64 rows, cols;
+    vector<float> x;
+    vector<i64> labels;
+    vector<float> weights;  // empty: none
+    i64 ignore;
+    int has_ignore;
+};
+
+bool xent_skip(const Xent& p, i64 r) {
+    i64 l = p.labels[r];
+    return (p.has_ignore && l == p.ignore) || l < 0 || l >= p.cols;
+}
+
+double xent_w(const Xent& p, i64 r) {
+    if (xent_skip(p, r)) return 0;
+    return p.weights.empty() ? 1.0 : p.weights[p.labels[r]];
+}
+
+// w_r·(logsumexp(x_r) − x_r[label]), in double.
+double xent_row(const Xent& p, const double* xr, i64 r) {
+    if (xent_skip(p, r)) return 0;
+    double m = -Inf, s = 0;
+    for (i64 c = 0; c < p.cols; ++c) m = std::max(m, xr[c]);
+    for (i64 c = 0; c < p.cols; ++c) s += std::exp(xr[c] - m);
+    return xent_w(p, r) * (m + std::log(s) - xr[p.labels[r]]);
+}
+
+// The reduced loss the gradient differentiates: mode 0 none (Σ dloss_r·l_r), 1 sum, 2 mean.
+double xent_loss(const Xent& p, const vector<double>& x, int mode, const vector<float>& dloss) {
+    double s = 0, sw = 0;
+    for (i64 r = 0; r < p.rows; ++r) {
+        double l = xent_row(p, x.data() + r * p.cols, r);
+        s += mode == 0 ? dloss[r] * l : l;
+        sw += xent_w(p, r);
+    }
+    if (mode == 1) return s * dloss[0];
+    if (mode == 2) return sw == 0 ? 0 : s / sw * dloss[0];
+    return s;
+}
+
+Xent make_xent(i64 rows, i64 cols, bool weights, bool ignore_neg) {
+    Xent p{rows, cols, rand_vec(rows * cols, -4, 4), vector<i64>(rows), {}, ignore_neg ? -100 : 3, 1};
+    for (auto& l : p.labels) l = uni_int(0, cols - 1);
+    p.labels[1] = p.ignore;  // an ignored row
+    if (!ignore_neg) p.labels[2] = 3;
+    if (weights) p.weights = rand_vec(cols, 0.2, 2.0);
+    return p;
+}
+
+// Runs xent_rows_f32 with `grid` blocks; returns (loss, w, err).
+std::tuple<vector<float>, vector<float>, i64> run_xent_rows(const Xent& p, unsigned grid) {
+    vector<float> loss(p.rows, 9), w(p.rows, 9);
+    i64 err = 0;
+    launch(xent_rows_f32, dim3(grid), B256, (const float*)p.x.data(), (const i64*)p.labels.data(),
+           p.weights.empty() ? (const float*)nullptr : (const float*)p.weights.data(), loss.data(), w.data(), p.rows,
+           p.cols, p.ignore, p.has_ignore, &err);
+    return {loss, w, err};
+}
+
+float run_finish(const vector<float>& a, const vector<float>& w, int mean, unsigned threads) {
+    float out = 12345;
+    launch(xent_finish_f32, dim3(1), dim3(threads), (const float*)a.data(), (const float*)w.data(), &out,
+           (i64)a.size(), mean);
+    return out;
+}
+
+void test_xent() {
+    struct Case {
+        i64 rows, cols;
+        bool weights, ignore_neg;
+        unsigned grid;
+        unsigned finish_threads;
+    };
+    for (Case cs : {Case{10, 37, false, true, 10, 1024}, Case{10, 37, true, false, 3, 256},
+                    Case{6, 300, true, true, 6, 256}, Case{12, 5, false, true, 5, 256}}) {
+        Xent p = make_xent(cs.rows, cs.cols, cs.weights, cs.ignore_neg);
+        string tag = std::to_string(cs.rows) + "x" + std::to_string(cs.cols) + (cs.weights ? " weights" : "") +
+                     " ignore " + std::to_string(p.ignore) + " grid " + std::to_string(cs.grid);
+        set_current("xent_rows_f32 " + tag);
+        auto [loss, w, err] = run_xent_rows(p, cs.grid);
+        vector<double> wl(p.rows), ww(p.rows);
+        vector<double> xd = to_d(p.x);
+        for (i64 r = 0; r < p.rows; ++r) wl[r] = xent_row(p, xd.data() + r * p.cols, r), ww[r] = xent_w(p, r);
+        check_close("xent_rows_f32 " + tag + " loss", loss, wl, 1e-5, 1e-5);
+        check_close("xent_rows_f32 " + tag + " weight", w, ww, 0, 0);
+        check_true("xent_rows_f32 " + tag + " err", err == 0, "err = " + std::to_string(err));
+
+        for (int mean = 0; mean <= 1; ++mean) {
+            string fname = string("xent_finish_f32 ") + (mean ? "mean " : "sum ") + tag + " block " +
+                           std::to_string(cs.finish_threads);
+            set_current(fname);
+            float out = run_finish(loss, w, mean, cs.finish_threads);
+            double s = std::accumulate(wl.begin(), wl.end(), 0.0), sw = std::accumulate(ww.begin(), ww.end(), 0.0);
+            double want = mean ? (sw == 0 ? 0 : s / sw) : s;
+            check_close(fname, vector<float>{out}, {want}, 1e-5, 1e-5);
+        }
+
+        // Gradients: mode 2 mean (wsum = Σw from xent_finish, as the launcher does), 1 sum,
+        // 0 none (one dloss per row).
+        for (int mode : {2, 1, 0}) {
+            vector<float> dloss = mode == 0 ? rand_vec(p.rows, -1.5, 1.5) : vector<float>{0.7f};
+            vector<float> wsum;
+            if (mode == 2) wsum.push_back(run_finish(w, w, 0, 256));
+            vector<float> dx(p.rows * p.cols, 3);
+            const char* mname[] = {"none", "sum", "mean"};
+            string gname = string("xent_grad_f32 ") + mname[mode] + " " + tag;
+            set_current(gname);
+            launch(xent_grad_f32, dim3(cs.grid), B256, (const float*)dloss.data(), (const float*)p.x.data(),
+                   (const i64*)p.labels.data(), (const float*)w.data(),
+                   mode == 2 ? (const float*)wsum.data() : (const float*)nullptr, dx.data(), p.rows, p.cols,
+                   mode == 0 ? 1 : 0);
+            vector<double> fd(p.rows * p.cols);
+            const double h = 1e-4;
+            for (i64 i = 0; i < p.rows * p.cols; ++i) {
+                double keep = xd[i];
+                xd[i] = keep + h;
+                double lp = xent_loss(p, xd, mode, dloss);
+                xd[i] = keep - h;
+                double lm = xent_loss(p, xd, mode, dloss);
+                xd[i] = keep;
+                fd[i] = (lp - lm) / (2 * h);
+            }
+            check_close(gname + " vs finite differences", dx, fd, 1e-3, 1e-4 * max_abs(fd) + 1e-9);
+        }
+    }
+    // Out-of-range labels (above, and negative without ignore_index) set err to 2 and skip the row.
+    {
+        Xent p = make_xent(8, 37, true, true);
+        p.labels[4] = 37 + 3;
+        string name = "xent_rows_f32 label out of range";
+        set_current(name);
+        auto [loss, w, err] = run_xent_rows(p, 8);
+        check_true(name + " err", err == 2, "err = " + std::to_string(err) + ", expected 2");
+        check_true(name + " row skipped", loss[4] == 0 && w[4] == 0,
+                   "loss " + std::to_string(loss[4]) + ", w " + std::to_string(w[4]));
+        p = make_xent(8, 37, false, true);
+        p.has_ignore = 0;  // label −100 is not ignored now: out of range
+        name = "xent_rows_f32 negative label without ignore_index";
+        set_current(name);
+        auto [loss2, w2, err2] = run_xent_rows(p, 3);
+        check_true(name + " err", err2 == 2, "err = " + std::to_string(err2) + ", expected 2");
+        check_true(name + " row skipped", loss2[1] == 0 && w2[1] == 0,
+                   "loss " + std::to_string(loss2[1]) + ", w " + std::to_string(w2[1]));
+    }
+    // Every row ignored: the mean is 0, and so is the gradient.
+    {
+        Xent p = make_xent(5, 37, false, true);
+        for (auto& l : p.labels) l = p.ignore;
+        set_current("xent all rows ignored");
+        auto [loss, w, err] = run_xent_rows(p, 5);
+        float mean = run_finish(loss, w, 1, 256);
+        float wsum = run_finish(w, w, 0, 256);
+        vector<float> dloss{1.0f}, dx(p.rows * p.cols, 3);
+        launch(xent_grad_f32, dim3(5), B256, (const float*)dloss.data(), (const float*)p.x.data(),
+               (const i64*)p.labels.data(), (const float*)w.data(), (const float*)&wsum, dx.data(), p.rows, p.cols, 0);
+        check_true("xent_finish_f32 mean, all rows ignored", mean == 0.0f && err == 0,
+                   "mean " + std::to_string(mean) + ", err " + std::to_string(err));
+        check_close("xent_grad_f32 mean, all rows ignored", dx, vector<double>(dx.size(), 0.0), 0, 0);
+    }
+}
+
+// ---------------------------------------------------------------- AdamW
+
+void test_adamw() {
+    const size_t n = 700;
+    vector<float> w = rand_vec(n, -1, 1), g = rand_vec(n, -0.5, 0.5), m = rand_vec(n, -0.1, 0.1),
+                  v = rand_vec(n, 0, 0.01);
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f;
+    const int t = 3;
+    float bc1 = (float)(1.0 - std::pow((double)b1, t)), bc2 = (float)(1.0 - std::pow((double)b2, t));
+    vector<double> ww(n), wm(n), wv(n);
+    for (size_t i = 0; i < n; ++i) {
+        // torch.optim.AdamW: decay, moments, bias-corrected step.
+        double mi = (double)b1 * m[i] + (1.0 - (double)b1) * g[i];
+        double vi = (double)b2 * v[i] + (1.0 - (double)b2) * (double)g[i] * g[i];
+        double p = (double)w[i] * (1.0 - (double)lr * wd);
+        p -= (double)lr / bc1 * mi / (std::sqrt(vi) / std::sqrt((double)bc2) + eps);
+        ww[i] = p, wm[i] = mi, wv[i] = vi;
+    }
+    set_current("adamw_f32");
+    launch(adamw_f32, dim3(2), B256, w.data(), (const float*)g.data(), m.data(), v.data(), (i64)n, lr, b1, b2, eps,
+           wd, bc1, bc2);
+    check_close("adamw_f32 w", w, ww, 1e-5, 1e-7);
+    check_close("adamw_f32 m", m, wm, 1e-5, 1e-8);
+    check_close("adamw_f32 v", v, wv, 1e-5, 1e-10);
+}
+
+}  // namespace
+
+int main() {
+    std::signal(SIGALRM, on_alarm);
+    alarm(300);
+    test_selftest(3, 256);
+    test_selftest(1, 1024);
+    test_selftest(2, 64);
+    test_unary();
+    test_is_nan();
+    test_binary();
+    test_compare();
+    test_logic();
+    test_where();
+    test_copy();
+    test_gather();
+    test_casts();
+    test_fill();
+    test_scatter_add();
+    test_reduce();
+    test_colsum();
+    test_softmax();
+    test_layer_norm();
+    test_layer_norm_grad();
+    test_gelu_grad();
+    test_xent();
+    test_adamw();
+    std::printf("emulated kernels: %d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}
