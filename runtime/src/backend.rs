@@ -57,6 +57,28 @@ pub trait Backend {
     }
 }
 
+/// Matches the outputs a kernel produced to the instruction's declared output slots: `None`
+/// for slots the graph leaves empty, an error naming the node for a declared output the kernel
+/// did not produce.
+pub fn declared_outputs<B>(ins: &Instruction, outs: Vec<B>, label: &str, op: &str) -> Result<Vec<Option<B>>> {
+    let mut outs = outs.into_iter();
+    let mut result = Vec::with_capacity(ins.outputs.len());
+    for (slot, want) in ins.outputs.iter().enumerate() {
+        match (want, outs.next()) {
+            (Some(_), Some(v)) => result.push(Some(v)),
+            (None, _) => result.push(None),
+            (Some(_), None) => {
+                return Err(crate::error::RuntimeError::Unsupported {
+                    node: label.to_string(),
+                    op: op.to_string(),
+                    reason: format!("output {slot} is not produced by this runtime"),
+                })
+            }
+        }
+    }
+    Ok(result)
+}
+
 /// Where a run's instructions ran (by op) and what crossed between host and device.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Placement {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::error::{Result, RuntimeError};
+use crate::error::Result;
 use crate::ops::{Inputs, OpCtx};
 use crate::plan::Instruction;
 use crate::tensor::Tensor;
@@ -44,21 +44,6 @@ impl Backend for CpuBackend {
         let ctx = OpCtx { node: &ins.node, opset: ins.opset };
         let (label, op) = ins.describe();
         let outs = (ins.kernel)(&ctx, &Inputs(&refs)).map_err(|e| e.at(&label, &op))?;
-        let mut outs = outs.into_iter();
-        let mut result = Vec::with_capacity(ins.outputs.len());
-        for (slot, want) in ins.outputs.iter().enumerate() {
-            match (want, outs.next()) {
-                (Some(_), Some(t)) => result.push(Some(Arc::new(t))),
-                (None, _) => result.push(None),
-                (Some(_), None) => {
-                    return Err(RuntimeError::Unsupported {
-                        node: label,
-                        op,
-                        reason: format!("output {slot} is not produced by this runtime"),
-                    })
-                }
-            }
-        }
-        Ok(result)
+        crate::backend::declared_outputs(ins, outs.into_iter().map(Arc::new).collect(), &label, &op)
     }
 }

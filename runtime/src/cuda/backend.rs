@@ -8,6 +8,11 @@ use super::launch::DevError;
 use super::ops;
 use super::value::CudaValue;
 use crate::backend::{Backend, Placement};
+
+/// The backend's outputs, matched to the instruction's slots.
+fn declared(ins: &Instruction, outs: Vec<CudaValue>, label: &str, op: &str) -> Result<Vec<Option<Arc<CudaValue>>>> {
+    crate::backend::declared_outputs(ins, outs.into_iter().map(Arc::new).collect(), label, op)
+}
 use crate::error::{Result, RuntimeError};
 use crate::ops::{Inputs, OpCtx};
 use crate::plan::Instruction;
@@ -63,26 +68,6 @@ impl CudaBackend {
             DevError::Host(r) | DevError::Device(r) => self.backend_error(format!("node `{label}` ({op}): {r}")),
         }
     }
-}
-
-/// Matches produced outputs to the instruction's declared output slots.
-fn declared(ins: &Instruction, outs: Vec<CudaValue>, label: &str, op: &str) -> Result<Vec<Option<Arc<CudaValue>>>> {
-    let mut outs = outs.into_iter();
-    let mut result = Vec::with_capacity(ins.outputs.len());
-    for (slot, want) in ins.outputs.iter().enumerate() {
-        match (want, outs.next()) {
-            (Some(_), Some(v)) => result.push(Some(Arc::new(v))),
-            (None, _) => result.push(None),
-            (Some(_), None) => {
-                return Err(RuntimeError::Unsupported {
-                    node: label.to_string(),
-                    op: op.to_string(),
-                    reason: format!("output {slot} is not produced by this runtime"),
-                })
-            }
-        }
-    }
-    Ok(result)
 }
 
 impl Backend for CudaBackend {

@@ -288,6 +288,33 @@ extern "C" __global__ void colsum_f32(const float* x, float* y, i64 rows, i64 co
     }
 }
 
+// ---------------------------------------------------------------- row statistics
+
+// Mean and inverse standard deviation (two passes) of one row, for every thread of the block.
+__device__ void row_mean_invstd(const float* xr, i64 cols, float eps, float* mean, float* invstd) {
+    float s = 0.0f;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+    float m = block_reduce(s, 0) / (float)cols;
+    float q = 0.0f;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float d = xr[c] - m;
+        q += d * d;
+    }
+    *mean = m;
+    *invstd = rsqrtf(block_reduce(q, 0) / (float)cols + eps);
+}
+
+// Max and Σ exp(x − max) of one row, for every thread of the block.
+__device__ void row_max_sumexp(const float* xr, i64 cols, float* max, float* sum) {
+    float m = -INFINITY;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = nanmax(m, xr[c]);
+    m = block_reduce(m, 1);
+    float s = 0.0f;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
+    *max = m;
+    *sum = block_reduce(s, 0);
+}
+
 // ---------------------------------------------------------------- softmax
 
 // Softmax (log=0) or LogSoftmax (log=1) over rows of length `cols`.
@@ -295,12 +322,8 @@ extern "C" __global__ void softmax_f32(const float* x, float* y, i64 rows, i64 c
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* xr = x + r * cols;
         float* yr = y + r * cols;
-        float m = -INFINITY;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
-        m = block_reduce(m, 1);
-        float s = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
-        s = block_reduce(s, 0);
+        float m, s;
+        row_max_sumexp(xr, cols, &m, &s);
         if (log) {
             float ls = logf(s);
             for (i64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = xr[c] - m - ls;
@@ -332,15 +355,8 @@ extern "C" __global__ void layer_norm_f32(const float* x, const float* scale, co
                                           float* mean_out, float* invstd_out, i64 rows, i64 cols, float eps) {
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* xr = x + r * cols;
-        float s = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
-        float mean = block_reduce(s, 0) / (float)cols;
-        float q = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            float d = xr[c] - mean;
-            q += d * d;
-        }
-        float invstd = rsqrtf(block_reduce(q, 0) / (float)cols + eps);
+        float mean, invstd;
+        row_mean_invstd(xr, cols, eps, &mean, &invstd);
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
             float v = (xr[c] - mean) * invstd * scale[c];
             y[r * cols + c] = bias ? v + bias[c] : v;
@@ -360,15 +376,8 @@ extern "C" __global__ void layer_norm_grad_f32(const float* dy, const float* x, 
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* xr = x + r * cols;
         const float* dyr = dy + r * cols;
-        float s = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
-        float mean = block_reduce(s, 0) / (float)cols;
-        float q = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            float d = xr[c] - mean;
-            q += d * d;
-        }
-        float invstd = rsqrtf(block_reduce(q, 0) / (float)cols + eps);
+        float mean, invstd;
+        row_mean_invstd(xr, cols, eps, &mean, &invstd);
         float sg = 0.0f, sgx = 0.0f;
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
             float g = dyr[c] * scale[c];
@@ -453,12 +462,8 @@ extern "C" __global__ void xent_rows_f32(const float* x, const i64* labels, cons
             if (threadIdx.x == 0) atomicCAS((unsigned long long*)err, 0ull, 2ull);
             skip = true;
         }
-        float m = -INFINITY;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
-        m = block_reduce(m, 1);
-        float s = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
-        s = block_reduce(s, 0);
+        float m, s;
+        row_max_sumexp(xr, cols, &m, &s);
         if (threadIdx.x == 0) {
             float w = skip ? 0.0f : (weights ? weights[lab] : 1.0f);
             loss[r] = skip ? 0.0f : w * (m + logf(s) - xr[lab]);
@@ -493,12 +498,8 @@ extern "C" __global__ void xent_grad_f32(const float* dloss, const float* x, con
             for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = 0.0f;
             continue;
         }
-        float m = -INFINITY;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, xr[c]);
-        m = block_reduce(m, 1);
-        float s = 0.0f;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
-        s = block_reduce(s, 0);
+        float m, s;
+        row_max_sumexp(xr, cols, &m, &s);
         float inv = 1.0f / s;
         i64 lab = labels[r];
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {

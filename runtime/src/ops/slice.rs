@@ -6,7 +6,7 @@ use crate::error::{kbail, unsupported, KResult};
 use crate::tensor::Tensor;
 
 /// Clamped (start, step, count) of one sliced axis, per ONNX's rules.
-fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
+pub(crate) fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
     let d = dim as i64;
     let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
     let (s, e) = (norm(start), norm(end));

@@ -7,6 +7,7 @@ use super::{done, dptr, host, host_ints, launch, opt, output, req, shape_proxy, 
 use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, Layout};
 use crate::cuda::value::{device_elem_bytes, CudaValue};
 use crate::error::KernelError;
+use crate::ops::slice::slice_axis;
 use crate::ops::util::{axes, axis};
 use crate::ops::{Inputs, OpCtx};
 use crate::tensor::Tensor;
@@ -112,26 +113,6 @@ pub fn expand(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<C
     let (y, shape) = output(gpu, shape, x.dtype())?;
     copy(gpu, x, (&xst, 0), &y, (&contiguous(&shape), 0), &shape)?;
     Ok(vec![done(y, shape, x.dtype())])
-}
-
-/// Clamped (start, step, count) of one sliced axis, per ONNX's rules (as the CPU's Slice).
-fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
-    let d = dim as i64;
-    let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
-    let (s, e) = (norm(start), norm(end));
-    let (s, e) = if step > 0 { (s.clamp(0, d), e.clamp(0, d)) } else { (s.clamp(-1, d - 1), e.clamp(-1, d - 1)) };
-    let count = if step > 0 {
-        if e > s {
-            (e - s + step - 1) / step
-        } else {
-            0
-        }
-    } else if s > e {
-        (s - e + (-step) - 1) / (-step)
-    } else {
-        0
-    };
-    (s, step, count as usize)
 }
 
 pub fn slice(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
