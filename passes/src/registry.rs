@@ -62,6 +62,7 @@ impl Registry {
         r.register(crate::heads::add_head::info());
         r.register(crate::lower::specialize_shapes::info());
         r.register(crate::lower::decompose::info());
+        r.register(crate::lower::autocast::info());
         r.register(crate::autodiff::info());
         r.register(crate::autodiff::checkpoint::info());
         r.register(crate::compress::quantize::info());

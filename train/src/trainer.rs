@@ -61,6 +61,10 @@ pub struct TrainConfig {
     /// less memory, about one more forward pass of compute. Same results, so not part of the
     /// fingerprint either.
     pub checkpoint_activations: bool,
+    /// Run the products in bf16 (the `autocast{dtype=bf16}` pass, on the training and the
+    /// evaluation graphs): frozen weights in bf16, the trainable f32 masters cast on the way
+    /// in, everything else f32. Changes the numbers, so it is part of the fingerprint.
+    pub autocast: bool,
 }
 
 impl TrainConfig {
@@ -79,7 +83,7 @@ impl TrainConfig {
             self.adamw,
             self.max_grad_norm,
             self.seed
-        )
+        ) + if self.autocast { " autocast=bf16" } else { "" }
     }
 }
 
@@ -148,6 +152,12 @@ pub fn train(
 ) -> Result<Outcome> {
     let trainable = AdapterState::load(adapted)?.trainable;
     let mut training = adapted.clone();
+    let mut evaluation = params_as_inputs(adapted, &trainable);
+    if cfg.autocast {
+        use adaptc_passes::{lower::autocast::Autocast, Pass as _, PassContext};
+        Autocast::default().run(&mut training, &mut PassContext::default())?;
+        Autocast::default().run(&mut evaluation, &mut PassContext::default())?;
+    }
     let loss = match cfg.objective {
         Objective::Classification { .. } => LossKind::CrossEntropy,
         Objective::CausalLm => LossKind::CausalLm,
@@ -160,7 +170,7 @@ pub fn train(
     let options = SessionOptions { device: cfg.device };
     let train_session = Session::new(&training, options.clone())?;
     let eval_session = match eval {
-        Some(_) => Some(Session::new(&params_as_inputs(adapted, &trainable), options)?),
+        Some(_) => Some(Session::new(&evaluation, options)?),
         None => None,
     };
 

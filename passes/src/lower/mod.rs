@@ -4,13 +4,17 @@
 //!   concrete values, so that `fold-constants` can evaluate the shape arithmetic an exporter
 //!   left in the graph;
 //! - [`decompose`]: `decompose` rewrites ops a runtime may lack (`Gelu`, `GatherND` with
-//!   constant indices) into simpler, equivalent ONNX.
+//!   constant indices) into simpler, equivalent ONNX;
+//! - [`autocast`]: `autocast{dtype=bf16}` runs the products in bf16 (mixed precision), with
+//!   [`elem_types`] telling which values are f32.
 //!
 //! Together they prepare a dynamo-exported model for a runtime with a smaller op set (this is
 //! what `adaptc verify` does before handing a model to tract):
 //! `specialize-shapes{dims=batch:2,seq:16},fold-constants,decompose,fold-constants,dce`.
 
+pub mod autocast;
 pub mod decompose;
+pub mod elem_types;
 pub mod specialize_shapes;
 
 use adaptc_ir::{Attribute, Graph, IrError, Node, OpKey, Tensor};

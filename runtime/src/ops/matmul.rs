@@ -1,11 +1,15 @@
 //! MatMul (numpy semantics: 1-D promotion, broadcast batch dims) and Gemm.
 //!
 //! f32/f64 products go through [`gemm_into`], the one place that picks the GEMM
-//! implementation (the `gemm` crate today), so it can be swapped after benchmarking; other
+//! implementation (the `gemm` crate today), so it can be swapped after benchmarking; half
+//! types (f16, bf16) are widened to f32 and rounded once at the end ([`in_f32`]); other
 //! element types use a plain loop through f64 (exact for the integers the suite uses).
 
 use std::mem::MaybeUninit;
 
+use adaptc_ir::DataType;
+
+use super::cast::cast_to;
 use super::num::Num;
 use super::util::{broadcast_index, broadcast_shapes, checked_numel};
 use super::{Inputs, KernelFn, OpCtx};
@@ -168,6 +172,27 @@ fn gemm_raw<T: GemmElem>(
     }
 }
 
+/// Runs `kernel` in f32 when an operand is f16 or bf16, the way GPU libraries compute
+/// half-precision products (cuBLAS with an f32 compute type): every operand widened to f32
+/// (exact), products accumulated in f32, each float output rounded once back to the half
+/// type. This is the CPU reference for `autocast`'d graphs. `None`: no half operand.
+pub fn in_f32(c: &OpCtx, i: &Inputs, kernel: KernelFn) -> Option<KResult<Vec<Tensor>>> {
+    let half = i.present().iter().map(|t| t.dtype()).find(|d| matches!(d, DataType::Float16 | DataType::BFloat16))?;
+    let run = || {
+        let wide: Vec<Option<Tensor>> = i
+            .0
+            .iter()
+            .map(|t| t.map(|t| if t.dtype() == half { cast_to(t, DataType::Float) } else { Ok(t.clone()) }).transpose())
+            .collect::<KResult<_>>()?;
+        let refs: Vec<Option<&Tensor>> = wide.iter().map(Option::as_ref).collect();
+        kernel(c, &Inputs(&refs))?
+            .iter()
+            .map(|y| if y.dtype() == DataType::Float { cast_to(y, half) } else { Ok(y.clone()) })
+            .collect()
+    };
+    Some(run())
+}
+
 pub fn matmul_tensors(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     if a.dtype() != b.dtype() {
         kbail!("operands have different types: {} and {}", a.dtype(), b.dtype());
@@ -218,11 +243,17 @@ pub fn matmul_tensors(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     Ok(Tensor::from_parts(out_shape, data))
 }
 
-pub fn matmul(_: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+pub fn matmul(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    if let Some(r) = in_f32(c, i, matmul) {
+        return r;
+    }
     Ok(vec![matmul_tensors(i.req(0)?, i.req(1)?)?])
 }
 
 pub fn gemm_op(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    if let Some(r) = in_f32(c, i, gemm_op) {
+        return r;
+    }
     let (a, b) = (i.req(0)?, i.req(1)?);
     if a.rank() != 2 || b.rank() != 2 || a.dtype() != b.dtype() {
         kbail!("A and B must be 2-D of one type, got {:?} {} and {:?} {}", a.shape(), a.dtype(), b.shape(), b.dtype());
@@ -285,6 +316,9 @@ pub fn gemm_op(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
 /// output rows start as copies of `bias` and the GEMM accumulates into them, so the product is
 /// never written out and read back for the add. Anything else runs as the two ops.
 pub fn matmul_add_bias(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    if let Some(r) = in_f32(c, i, matmul_add_bias) {
+        return r;
+    }
     let (a, w, bias) = (i.req(0)?, i.req(1)?, i.req(2)?);
     if let (Some(av), Some(wv), Some(bv)) = (a.as_slice::<f32>(), w.as_slice::<f32>(), bias.as_slice::<f32>()) {
         let r = a.rank();

@@ -50,7 +50,7 @@ pub fn matmul_trans(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         }
         let data = with_real!(a.data(), x => {
             Elem::wrap(go(x, Elem::slice(b.data()).unwrap_or(&[]), av, bv, [k, n, p]))
-        }, _ => kbail!("MatMulTrans takes f32 or f64, got {}", a.dtype()));
+        }, _ => kbail!("MatMulTrans takes f32, f64, f16 or bf16, got {}", a.dtype()));
         return Ok(vec![Tensor::from_parts(vec![k, n], data)]);
     }
     let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
@@ -98,6 +98,6 @@ pub fn matmul_trans(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let data = with_real!(a.data(), x => {
         let y = Elem::slice(b.data()).unwrap_or(&[]);
         Elem::wrap(go(x, y, (&ia, &ib), (av, bv), (amat, bmat), [m, n, k], total))
-    }, _ => kbail!("MatMulTrans takes f32 or f64, got {}", a.dtype()));
+    }, _ => kbail!("MatMulTrans takes f32, f64, f16 or bf16, got {}", a.dtype()));
     Ok(vec![Tensor::from_parts(out_shape, data)])
 }
