@@ -63,6 +63,7 @@ impl Registry {
         r.register(crate::lower::specialize_shapes::info());
         r.register(crate::lower::decompose::info());
         r.register(crate::lower::autocast::info());
+        r.register(crate::lower::fuse_attention::info());
         r.register(crate::autodiff::info());
         r.register(crate::autodiff::checkpoint::info());
         r.register(crate::compress::quantize::info());

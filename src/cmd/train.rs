@@ -134,6 +134,11 @@ pub struct Args {
     /// shows what bf16 does to the loss.
     #[arg(long, value_enum)]
     autocast: Option<AutocastArg>,
+    /// Keep attention as the exported ops instead of fusing each attention core into one op
+    /// that never stores the [batch, heads, seq, seq] scores (the `fuse-attention` pass, on by
+    /// default: same results up to float rounding, far less memory at long sequences).
+    #[arg(long)]
+    no_fuse_attention: bool,
 }
 
 /// The precision `--autocast` runs the products in.
@@ -231,6 +236,7 @@ pub fn run(args: Args) -> Result<()> {
         device: args.device.device(),
         checkpoint_activations: args.checkpoint_activations,
         autocast: args.autocast == Some(AutocastArg::Bf16),
+        fuse_attention: !args.no_fuse_attention,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 

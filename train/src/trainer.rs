@@ -65,6 +65,9 @@ pub struct TrainConfig {
     /// evaluation graphs): frozen weights in bf16, the trainable f32 masters cast on the way
     /// in, everything else f32. Changes the numbers, so it is part of the fingerprint.
     pub autocast: bool,
+    /// Fuse each attention core into one op that never stores the scores (`fuse-attention`):
+    /// same results up to float rounding, much less memory at long sequences.
+    pub fuse_attention: bool,
 }
 
 impl TrainConfig {
@@ -153,10 +156,15 @@ pub fn train(
     let trainable = AdapterState::load(adapted)?.trainable;
     let mut training = adapted.clone();
     let mut evaluation = params_as_inputs(adapted, &trainable);
-    if cfg.autocast {
-        use adaptc_passes::{lower::autocast::Autocast, Pass as _, PassContext};
-        Autocast::default().run(&mut training, &mut PassContext::default())?;
-        Autocast::default().run(&mut evaluation, &mut PassContext::default())?;
+    for graph in [&mut training, &mut evaluation] {
+        use adaptc_passes::lower::{autocast::Autocast, fuse_attention::FuseAttention};
+        use adaptc_passes::{Pass as _, PassContext};
+        if cfg.fuse_attention {
+            FuseAttention.run(graph, &mut PassContext::default())?;
+        }
+        if cfg.autocast {
+            Autocast::default().run(graph, &mut PassContext::default())?;
+        }
     }
     let loss = match cfg.objective {
         Objective::Classification { .. } => LossKind::CrossEntropy,

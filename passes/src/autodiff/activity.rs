@@ -36,7 +36,7 @@ pub fn backward_steps(graph: &Graph, trainable: &BTreeSet<String>, loss: &str) -
             continue;
         }
         // Ops without a rule still pass activity on, so the backward pass can name them.
-        let reaches = match default_domain.then(|| rules::rule(op)).flatten() {
+        let reaches = match rules::rule_of(node.op()) {
             Some(rule) => node
                 .inputs()
                 .iter()
@@ -68,7 +68,7 @@ pub fn backward_steps(graph: &Graph, trainable: &BTreeSet<String>, loss: &str) -
             continue;
         }
         let op = node.op();
-        let rule = adaptc_ir::is_default_domain(&op.domain).then(|| rules::rule(&op.op_type)).flatten();
+        let rule = rules::rule_of(op);
         let Some(rule) = rule else {
             return Err(PassError::failed(
                 super::PASS,

@@ -147,7 +147,7 @@ pub fn build_training_graph(
                 None => None,
             });
         }
-        let rule = rules::rule(&node.op().op_type)
+        let rule = rules::rule_of(node.op())
             .ok_or_else(|| PassError::failed(PASS, format!("no gradient rule for {}", node.op())))?;
         let domain = if adaptc_ir::is_default_domain(&node.op().domain) { "" } else { node.op().domain.as_str() };
         let opset = opsets.get(domain).or_else(|| opsets.get("ai.onnx")).copied().unwrap_or(21);

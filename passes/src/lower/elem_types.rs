@@ -46,10 +46,14 @@ pub fn elem_types(graph: &Graph) -> Result<HashMap<String, DataType>, IrError> {
 /// The type `node` gives its output `slot`, from its op and its inputs' known types.
 fn produced(node: &Node, slot: usize, types: &HashMap<String, DataType>) -> Option<DataType> {
     let op = node.op();
+    let input = |i: usize| node.input(i).and_then(|v| types.get(v)).copied();
+    if op.domain == crate::autodiff::ADAPTC_DOMAIN {
+        // adaptc's own ops (fused attention, gradients) compute in their first input's type.
+        return input(0);
+    }
     if !adaptc_ir::is_default_domain(&op.domain) {
         return None;
     }
-    let input = |i: usize| node.input(i).and_then(|v| types.get(v)).copied();
     let attr_type = |name: &str| node.attr(name).and_then(|a| a.as_int()).and_then(|c| DataType::from_code(c as i32));
     match op.op_type.as_str() {
         "Cast" => attr_type("to"),

@@ -6,7 +6,9 @@
 //! - [`decompose`]: `decompose` rewrites ops a runtime may lack (`Gelu`, `GatherND` with
 //!   constant indices) into simpler, equivalent ONNX;
 //! - [`autocast`]: `autocast{dtype=bf16}` runs the products in bf16 (mixed precision), with
-//!   [`elem_types`] telling which values are f32.
+//!   [`elem_types`] telling which values are f32;
+//! - [`fuse_attention`]: `fuse-attention` makes the core of attention one op whose kernels
+//!   never store the scores (training memory at long sequences).
 //!
 //! Together they prepare a dynamo-exported model for a runtime with a smaller op set (this is
 //! what `adaptc verify` does before handing a model to tract):
@@ -15,6 +17,7 @@
 pub mod autocast;
 pub mod decompose;
 pub mod elem_types;
+pub mod fuse_attention;
 pub mod specialize_shapes;
 
 use adaptc_ir::{Attribute, Graph, IrError, Node, OpKey, Tensor};

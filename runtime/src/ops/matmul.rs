@@ -90,12 +90,12 @@ pub fn gemm_with<T: GemmElem>(dims: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut 
     gemm_raw(dims, a, b, out, threaded, false)
 }
 
-/// `out += a · b` (out initialised), threaded inside when large.
-fn gemm_accumulate<T: GemmElem>(dims: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [T]) {
+/// `out += a · b` (out initialised), threaded inside when large and `threaded`.
+pub(crate) fn gemm_accumulate<T: GemmElem>(dims: [usize; 3], a: Mat<T>, b: Mat<T>, out: &mut [T], threaded: bool) {
     // SAFETY: MaybeUninit<T> has T's layout; with `accumulate` the elements are read as the
     // initialised values they are and overwritten with initialised values.
     let out = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
-    gemm_raw(dims, a, b, out, true, true)
+    gemm_raw(dims, a, b, out, threaded, true)
 }
 
 /// The one call into the GEMM library: `out = a·b`, or `out += a·b` when `accumulate` (then
@@ -332,7 +332,7 @@ pub fn matmul_add_bias(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
             }
             let am = Mat { data: av, view: View { off: 0, rs: k, cs: 1 } };
             let wm = Mat { data: wv, view: View { off: 0, rs: n, cs: 1 } };
-            gemm_accumulate([rows, n, k], am, wm, &mut out);
+            gemm_accumulate([rows, n, k], am, wm, &mut out, true);
             let mut shape = a.shape()[..r - 1].to_vec();
             shape.push(n);
             return Ok(vec![Tensor::from_parts(shape, Storage::F32(out))]);

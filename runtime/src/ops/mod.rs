@@ -14,6 +14,7 @@ pub mod compare;
 pub mod conv;
 pub mod detection;
 pub mod einsum;
+pub mod fused_attention;
 pub mod gather;
 pub mod grad;
 pub mod grid_sample;

@@ -6,13 +6,14 @@
 //! `ops/grad/`) where fusing matters or ONNX has no op: broadcasting sums, softmax, layer norm,
 //! GELU, data-movement scatters and softmax-cross-entropy.
 
+mod attention;
 mod elementwise;
 mod layout;
 mod linear;
 mod loss;
 mod norm;
 
-use adaptc_ir::Node;
+use adaptc_ir::{Node, OpKey};
 
 use super::emit::Emitter;
 use crate::pass::PassError;
@@ -121,6 +122,18 @@ pub const NON_DIFFERENTIABLE: &[&str] = &[
     "Bernoulli",
 ];
 
+/// The rule of an op: default-domain ops, and the `ai.adaptc` forward ops that passes write
+/// before autodiff runs (fused attention).
+pub fn rule_of(op: &OpKey) -> Option<Rule> {
+    if adaptc_ir::is_default_domain(&op.domain) {
+        rule(&op.op_type)
+    } else if op.domain == super::ADAPTC_DOMAIN {
+        attention::rule(&op.op_type)
+    } else {
+        None
+    }
+}
+
 /// The rule of a default-domain op.
 pub fn rule(op: &str) -> Option<Rule> {
     elementwise::rule(op)
@@ -138,6 +151,7 @@ pub fn supported_ops() -> Vec<&'static str> {
         .chain(layout::OPS)
         .chain(norm::OPS)
         .chain(loss::OPS)
+        .chain(attention::OPS)
         .copied()
         .collect();
     v.sort_unstable();
