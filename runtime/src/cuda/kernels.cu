@@ -6,7 +6,8 @@
 // - a `Layout` describes up to four operands walked over one iteration shape: `st[k][d]` is
 //   operand k's stride (in elements) along dim d, 0 where it broadcasts;
 // - row kernels (softmax, layer norm, losses) run one block per row with BLOCK threads;
-// - float math is fp32 with fp32 accumulation.
+// - float math is fp32 with fp32 accumulation; bf16 tensors are stored as their 16 bits
+//   (`bf16_t`), widened to f32 exactly on load and rounded once (nearest even) on store.
 
 #define MAXR 8
 #define BLOCK 256
@@ -16,6 +17,9 @@
 
 typedef long long i64;
 typedef unsigned char u8;
+// A bf16 value's bits. Converted by hand (below), not through cuda_bf16.h, so NVRTC needs no
+// headers and the host emulator (g++) compiles this file as is.
+typedef unsigned short bf16_t;
 
 struct Layout {
     int rank;
@@ -35,6 +39,27 @@ __device__ __forceinline__ i64 offset_of(const Layout& L, int k, i64 i) {
     }
     return off;
 }
+
+// ---------------------------------------------------------------- bf16 conversions
+
+// bf16 is the upper half of an f32: widening is a shift, exact for every value (NaN payloads
+// included).
+__device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float((unsigned int)h << 16); }
+
+// f32 → bf16, rounded to nearest, ties to even, on the bits: adding 0x7fff plus the kept
+// part's lowest bit carries into the kept half exactly when the dropped half is above the
+// tie, or at the tie with an odd kept half. The largest finite values round up to ±inf, as
+// IEEE rounding does; subnormals round like normals (no flush to zero). NaN stays NaN: the
+// sign and upper payload kept with the quiet bit set (rounding could carry a NaN into inf),
+// the bits the `half` crate gives.
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {
+    unsigned int x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((x >> 16) | 0x0040u);
+    return (bf16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// The load and store conversions that let one kernel body serve f32 and bf16 storage.
+__device__ __forceinline__ float f32_to_f32(float v) { return v; }
 
 #define GRID_LOOP(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
@@ -121,23 +146,34 @@ extern "C" __global__ void is_nan_f32(const float* x, u8* y, i64 n) {
     GRID_LOOP(i, n) { y[i] = isnan(x[i]) ? 1 : 0; }
 }
 
-// Binary arithmetic with numpy broadcasting: operands 0 and 1 of `L`, output contiguous.
-extern "C" __global__ void binary_f32(int op, Layout L, const float* a, const float* b, float* y, i64 n) {
-    GRID_LOOP(i, n) {
-        float u = a[offset_of(L, 0, i)], v = b[offset_of(L, 1, i)], r;
-        switch (op) {
-            case 0: r = u + v; break;
-            case 1: r = u - v; break;
-            case 2: r = u * v; break;
-            case 3: r = u / v; break;
-            case 4: r = nanmax(u, v); break;
-            case 5: r = nanmin(u, v); break;
-            case 6: r = powf(u, v); break;
-            default: r = u; break;
-        }
-        y[i] = r;
+// Binary arithmetic in f32; codes in runtime/src/cuda/ops/elementwise.rs (`binary`).
+__device__ __forceinline__ float binary_op(int op, float u, float v) {
+    switch (op) {
+        case 0: return u + v;
+        case 1: return u - v;
+        case 2: return u * v;
+        case 3: return u / v;
+        case 4: return nanmax(u, v);
+        case 5: return nanmin(u, v);
+        case 6: return powf(u, v);
+        default: return u;
     }
 }
+
+// Binary arithmetic with numpy broadcasting: operands 0 and 1 of `L`, output contiguous.
+// Storage type T is read through LOAD (to f32) and written through STORE (from f32), so a bf16
+// result is the f32 result rounded once. For bf16 Add, Sub, Max and Min that equals the exact
+// result rounded once (the f32 sum of two bf16 values is exact, or too far from a bf16 tie to
+// round differently), and for Mul unless the product is an f32 subnormal.
+#define BINARY(name, T, LOAD, STORE)                                                               \
+    extern "C" __global__ void name(int op, Layout L, const T* a, const T* b, T* y, i64 n) {       \
+        GRID_LOOP(i, n) {                                                                          \
+            float u = LOAD(a[offset_of(L, 0, i)]), v = LOAD(b[offset_of(L, 1, i)]);                \
+            y[i] = STORE(binary_op(op, u, v));                                                     \
+        }                                                                                          \
+    }
+BINARY(binary_f32, float, f32_to_f32, f32_to_f32)
+BINARY(binary_bf16, bf16_t, bf16_to_f32, f32_to_bf16)
 
 // Comparisons (0 Equal, 1 Less, 2 LessOrEqual, 3 Greater, 4 GreaterOrEqual) into bool bytes.
 #define COMPARE(name, T)                                                                           \
@@ -227,6 +263,10 @@ CAST(cast_i32_bool, int, u8, v != 0)
 CAST(cast_bool_f32, u8, float, v ? 1.0f : 0.0f)
 CAST(cast_bool_i64, u8, i64, v ? 1 : 0)
 CAST(cast_bool_i32, u8, int, v ? 1 : 0)
+CAST(cast_f32_bf16, float, bf16_t, f32_to_bf16(v))
+CAST(cast_bf16_f32, bf16_t, float, bf16_to_f32(v))
+CAST(cast_bf16_bool, bf16_t, u8, (v & 0x7fffu) != 0)  // ±0 → false, NaN → true
+CAST(cast_bool_bf16, u8, bf16_t, v ? 0x3f80u : 0u)     // 1.0 is 0x3f80
 
 // dx[map[i] − 1] += dy[i] where map[i] > 0 (IndexMapGrad: the gradient of a data-movement
 // op, from the forward op's index map; dx is zeroed first).
@@ -237,10 +277,14 @@ extern "C" __global__ void scatter_add_f32(const float* dy, const int* map, floa
     }
 }
 
-// Fills `rows` rows of `y` with the row vector `b` (the bias a GEMM then accumulates onto).
-extern "C" __global__ void fill_rows_f32(const float* b, float* y, i64 rows, i64 cols) {
-    GRID_LOOP(i, rows * cols) { y[i] = b[i % cols]; }
-}
+// Fills `rows` rows of `y` with the row vector `b` (the bias a GEMM then accumulates onto);
+// one kernel per GEMM element type.
+#define FILL_ROWS(name, T)                                                                         \
+    extern "C" __global__ void name(const T* b, T* y, i64 rows, i64 cols) {                        \
+        GRID_LOOP(i, rows * cols) { y[i] = b[i % cols]; }                                          \
+    }
+FILL_ROWS(fill_rows_f32, float)
+FILL_ROWS(fill_rows_bf16, bf16_t)
 
 extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
     GRID_LOOP(i, n) { y[i] = v; }

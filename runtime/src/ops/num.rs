@@ -70,13 +70,27 @@ macro_rules! float_num {
 }
 float_num!(f32, f64);
 
+/// `v` rounded once (to nearest, ties to even) to a half type. `half`'s own `from_f64` drops
+/// low bits before rounding, so a value just above a tie can round down. Here `v` goes to f32
+/// exactly when it is an f32 (the usual case: f32 products and casts), else rounded to odd
+/// (toward zero, lowest bit set: the sticky bit), which f32's 13+ extra bits carry through to
+/// the one correct rounding `from_f32` does.
+fn half_from_f64<H>(v: f64, from_f32: fn(f32) -> H) -> H {
+    let t = v as f32;
+    if f64::from(t) == v || v.is_nan() {
+        return from_f32(t);
+    }
+    let toward_zero = if f64::from(t).abs() > v.abs() { f32::from_bits(t.to_bits() - 1) } else { t };
+    from_f32(f32::from_bits(toward_zero.to_bits() | 1))
+}
+
 macro_rules! half_num {
     ($($t:ty),*) => {$(
         impl Num for $t {
             const IS_FLOAT: bool = true;
             const IS_SIGNED: bool = true;
             fn to_f64(self) -> f64 { self.to_f64() }
-            fn from_f64(v: f64) -> Self { <$t>::from_f64(v) }
+            fn from_f64(v: f64) -> Self { half_from_f64(v, <$t>::from_f32) }
             fn to_i128(self) -> i128 { self.to_f32() as i128 }
             fn from_i128(v: i128) -> Self { <$t>::from_f32(v as f32) }
             fn zero() -> Self { <$t>::ZERO }
@@ -200,4 +214,30 @@ macro_rules! with_float {
             _ => $other,
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_types_round_once_from_f64() {
+        // Just above a tie, the extra bits only in the lowest mantissa bits: rounds up.
+        let above_tie = f32::from_bits(0x3f80_8001);
+        assert_eq!(<bf16 as Num>::from_f64(f64::from(above_tie)).to_bits(), 0x3f81);
+        // An exact tie rounds to even, both ways.
+        assert_eq!(<bf16 as Num>::from_f64(f64::from(f32::from_bits(0x3f80_8000))).to_bits(), 0x3f80);
+        assert_eq!(<bf16 as Num>::from_f64(f64::from(f32::from_bits(0x3f81_8000))).to_bits(), 0x3f82);
+        // An f64 that is no f32, just above a bf16 tie: the sticky bit carries it up.
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(<bf16 as Num>::from_f64(v).to_bits(), 0x3f81);
+        assert_eq!(<bf16 as Num>::from_f64(-v).to_bits(), 0xbf81);
+        // f16: the same for its 10-bit mantissa.
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-45);
+        assert_eq!(<f16 as Num>::from_f64(v).to_bits(), 0x3c01);
+        // Overflow, tiny values and NaN.
+        assert!(<bf16 as Num>::from_f64(1e39).to_f32().is_infinite());
+        assert_eq!(<bf16 as Num>::from_f64(-1e-50).to_bits(), 0x8000);
+        assert!(<bf16 as Num>::from_f64(f64::NAN).to_f32().is_nan());
+    }
 }

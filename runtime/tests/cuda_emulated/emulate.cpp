@@ -7,6 +7,9 @@
 // threads with a small grid (so the grid-stride loop takes several turns), row kernels one
 // block of 256 per row (and fewer blocks than rows), column kernels blockDim (32, 8) with
 // ceil(cols / 32) blocks, xent_finish one block of 1024 (or 256).
+//
+// bf16 kernels are checked bit for bit against a reference that rounds by searching the bf16
+// values (bf16_round), not by the kernels' bit arithmetic.
 
 #include "shim.h"
 
@@ -754,6 +757,190 @@ void test_casts() {
     }
 }
 
+// ---------------------------------------------------------------- bf16
+
+// The value bf16 bits `k` stand for, with the exponent field 255 read as one more binade (so
+// 0x7f80 is 2^128, the point past which IEEE rounding gives inf): the reference's own decoding.
+double bf16_value(unsigned k) {
+    double sign = (k & 0x8000u) ? -1.0 : 1.0;
+    unsigned e = (k >> 7) & 0xffu, m = k & 0x7fu;
+    return sign * (e == 0 ? std::ldexp((double)m, -133) : std::ldexp((double)(128 + m), (int)e - 134));
+}
+
+// `x` rounded to the nearest bf16, ties to the even pattern, overflow to ±inf, by searching
+// the finite magnitudes (monotone in their bits) — independent of the kernels' bit trick.
+// NaN is returned as NaN; callers check NaN bits separately.
+double bf16_round(double x) {
+    if (std::isnan(x)) return NaN;
+    if (std::isinf(x)) return x;
+    double a = std::fabs(x);
+    unsigned lo = 0, hi = 0x7f80u;  // bf16_value(lo) <= a < bf16_value(hi), or a ≥ 2^128
+    if (a >= bf16_value(hi)) return std::copysign(Inf, x);
+    while (hi - lo > 1) {
+        unsigned mid = (lo + hi) / 2;
+        (bf16_value(mid) <= a ? lo : hi) = mid;
+    }
+    double dl = a - bf16_value(lo), dh = bf16_value(hi) - a;
+    unsigned k = dl < dh ? lo : dh < dl ? hi : ((lo & 1u) ? hi : lo);
+    return std::copysign(k == 0x7f80u ? Inf : bf16_value(k), x);
+}
+
+float f32_bits(unsigned int b) { return __uint_as_float(b); }
+
+vector<double> bf16_values(const vector<bf16_t>& v) {
+    vector<double> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_value(v[i]);
+    for (size_t i = 0; i < v.size(); ++i)
+        if ((v[i] & 0x7fffu) > 0x7f80u) r[i] = NaN;
+        else if ((v[i] & 0x7fffu) == 0x7f80u) r[i] = (v[i] & 0x8000u) ? -Inf : Inf;
+    return r;
+}
+
+// f32 → bf16: random bit patterns over every exponent (subnormals and NaNs included) and the
+// edge cases: ties to even both ways, a tie with sticky bits only in the lowest mantissa bits
+// (what rounding through f64 with a truncated low word gets wrong), overflow to inf, NaNs of
+// every kind. Values against bf16_round; NaN bits against the documented (x >> 16) | 0x40.
+void test_cast_f32_bf16() {
+    vector<unsigned int> bits = {
+        0x00000000u, 0x80000000u,  // ±0
+        0x3f808000u, 0x3f818000u,  // ties: even stays, odd rounds up
+        0x3f808001u, 0x3f807fffu,  // tie + lowest bit: up; just below the tie: down
+        0xbf818000u, 0xbf808001u,  // the same, negative
+        0x7f7fffffu, 0x7f7f7fffu, 0x7f7f8000u, 0xff7f8000u,  // largest finite: inf; below; ties at the top
+        0x7f800000u, 0xff800000u,  // ±inf
+        0x7fc00000u, 0xffc12345u, 0x7f800001u, 0x7fbfffffu, 0xff800001u,  // quiet, payload, signalling NaNs
+        0x00008000u, 0x00018000u, 0x00007fffu, 0x00008001u,  // subnormal ties and neighbours
+        0x807fffffu, 0x00000001u, 0x007f8000u,  // largest subnormal rounds to the smallest normal
+    };
+    const size_t specials = bits.size();
+    while (bits.size() < 4000) bits.push_back((unsigned int)uni_int(0, 0xffffffffLL));
+    const size_t n = bits.size();
+    vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = f32_bits(bits[i]);
+    vector<bf16_t> y(n, 0x1234);
+    set_current("cast_f32_bf16");
+    launch(cast_f32_bf16, dim3(2), B256, (const float*)x.data(), y.data(), (i64)n);
+    vector<double> want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = bf16_round((double)x[i]);
+    check_close("cast_f32_bf16 rounds to nearest even (" + std::to_string(specials) + " edge cases + random bits)",
+                bf16_values(y), want, 0, 0);
+    bool nan_ok = true, zero_ok = true;
+    for (size_t i = 0; i < n; ++i) {
+        if (std::isnan(x[i])) nan_ok = nan_ok && y[i] == (bf16_t)((bits[i] >> 16) | 0x40u);
+        if (x[i] == 0.0f) zero_ok = zero_ok && y[i] == (bf16_t)(bits[i] >> 16);
+    }
+    check_true("cast_f32_bf16 NaN keeps sign and payload, quiet bit set", nan_ok, "NaN bits differ");
+    check_true("cast_f32_bf16 keeps the sign of zero", zero_ok, "−0 lost its sign");
+    check_equal("cast_f32_bf16 edge cases (bits)", vector<bf16_t>(y.begin(), y.begin() + specials),
+                vector<bf16_t>{0x0000, 0x8000, 0x3f80, 0x3f82, 0x3f81, 0x3f80, 0xbf82, 0xbf81, 0x7f80, 0x7f7f,
+                               0x7f80, 0xff80, 0x7f80, 0xff80, 0x7fc0, 0xffc1, 0x7fc0, 0x7fff, 0xffc0, 0x0000,
+                               0x0002, 0x0000, 0x0001, 0x8080, 0x0000, 0x0080});
+}
+
+// bf16 → f32 over all 65,536 patterns (exact), and bf16 → f32 → bf16 is the identity on every
+// non-NaN pattern.
+void test_cast_bf16_f32() {
+    const size_t n = 1 << 16;
+    vector<bf16_t> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = (bf16_t)i;
+    vector<float> y(n, 7.0f);
+    set_current("cast_bf16_f32");
+    launch(cast_bf16_f32, dim3(3), B256, (const bf16_t*)x.data(), y.data(), (i64)n);
+    check_close("cast_bf16_f32 every pattern (exact)", y, bf16_values(x), 0, 0);
+    vector<bf16_t> back(n, 0x1234);
+    launch(cast_f32_bf16, dim3(3), B256, (const float*)y.data(), back.data(), (i64)n);
+    bool ok = true;
+    size_t first = 0;
+    for (size_t i = 0; i < n && ok; ++i) {
+        bool nan = (x[i] & 0x7fffu) > 0x7f80u;
+        ok = nan ? back[i] == (bf16_t)(x[i] | 0x40u) : back[i] == x[i];
+        first = i;
+    }
+    check_true("cast_bf16_f32 then cast_f32_bf16 is the identity (NaN: quieted)", ok,
+               "pattern " + std::to_string(first) + " came back as " + std::to_string(back[first]));
+}
+
+void test_cast_bf16_bool() {
+    vector<bf16_t> x = {0x0000, 0x8000, 0x0001, 0x3f80, 0xbf80, 0x7f80, 0x7fc0, 0xffc1, 0x8001};
+    while (x.size() < 600) x.push_back((bf16_t)uni_int(0, 0xffff));
+    const size_t n = x.size();
+    vector<u8> y(n, 7), want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = (x[i] & 0x7fffu) != 0;  // NaN → true, −0 → false
+    set_current("cast_bf16_bool");
+    launch(cast_bf16_bool, dim3(2), B256, (const bf16_t*)x.data(), y.data(), (i64)n);
+    check_equal("cast_bf16_bool", y, want);
+    vector<u8> b(n);
+    for (auto& v : b) v = (u8)uni_int(0, 2);
+    vector<bf16_t> z(n, 0x1234), wz(n);
+    for (size_t i = 0; i < n; ++i) wz[i] = b[i] ? 0x3f80 : 0x0000;
+    launch(cast_bool_bf16, dim3(2), B256, (const u8*)b.data(), z.data(), (i64)n);
+    check_equal("cast_bool_bf16", z, wz);
+}
+
+// Random bf16 values in [lo, hi) (rounded from f32).
+vector<bf16_t> rand_bf16(size_t n, double lo, double hi) {
+    vector<bf16_t> v(n);
+    for (auto& x : v) x = f32_to_bf16(uni(lo, hi));
+    return v;
+}
+
+// binary_bf16 with the backend's bf16 codes (Add, Sub, Mul, Max, Min) over the broadcast
+// shapes of test_binary: the exact result of the widened operands rounded once (bf16_round),
+// with ties, overflow, subnormals, inf and NaN among the operands.
+void test_binary_bf16() {
+    const char* names[] = {"Add", "Sub", "Mul", "Div", "Max", "Min"};
+    struct Case {
+        Shape a, b;
+    };
+    vector<Case> cases = {{{2, 3, 4}, {3, 1}}, {{3, 1}, {2, 3, 4}}, {{5, 1, 6}, {1, 7, 6}},
+                          {{4, 6}, {4, 6}},    {{2, 3, 50}, {1}},   {{1}, {1, 1}}};
+    // (a, b) pairs planted at the first elements of same-shape operands: sums on a tie (even:
+    // stays, odd: rounds up), overflow to inf, subnormals, inf − inf, NaN.
+    vector<std::pair<bf16_t, bf16_t>> planted = {{0x3f80, 0x3b80}, {0x3f81, 0x3b80}, {0x7f7f, 0x7f7f},
+                                                 {0x0001, 0x0001}, {0x7f80, 0xff80}, {0x7fc0, 0x3f80},
+                                                 {0x8000, 0x0000}, {0x4040, 0xc040}};
+    for (auto& cs : cases) {
+        Shape out = bshape({cs.a, cs.b});
+        i64 n = numel(out);
+        Shape sa = broadcast(cs.a, out), sb = broadcast(cs.b, out);
+        bool same = cs.a == cs.b;
+        Layout L = make_layout(out, {sa, sb});
+        for (int op : {0, 1, 2, 4, 5}) {
+            vector<bf16_t> a = rand_bf16(numel(cs.a), -3, 3), b = rand_bf16(numel(cs.b), -3, 3);
+            if (same)
+                for (size_t k = 0; k < planted.size(); ++k) a[k] = planted[k].first, b[k] = planted[k].second;
+            vector<bf16_t> y(n, 0x1234);
+            std::ostringstream nm;
+            nm << "binary_bf16 " << names[op] << " " << shape_str(cs.a) << " with " << shape_str(cs.b);
+            set_current(nm.str());
+            launch(binary_bf16, dim3(2), B256, op, L, (const bf16_t*)a.data(), (const bf16_t*)b.data(), y.data(), n);
+            vector<double> want(n);
+            for (i64 i = 0; i < n; ++i) {
+                Shape idx = unravel(i, out);
+                double u = bf16_values({a[dot(idx, sa)]})[0], v = bf16_values({b[dot(idx, sb)]})[0], r = 0;
+                switch (op) {
+                    case 0: r = u + v; break;
+                    case 1: r = u - v; break;
+                    case 2: r = u * v; break;
+                    case 4: r = (std::isnan(u) || std::isnan(v)) ? NaN : std::max(u, v); break;
+                    case 5: r = (std::isnan(u) || std::isnan(v)) ? NaN : std::min(u, v); break;
+                }
+                want[i] = bf16_round(r);
+            }
+            check_close(nm.str() + " (rounded once)", bf16_values(y), want, 0, 0);
+        }
+    }
+}
+
+void test_fill_rows_bf16() {
+    const i64 rows = 40, cols = 15;
+    vector<bf16_t> b = rand_bf16(cols, -2, 2), y(rows * cols, 0x1234), want(rows * cols);
+    for (i64 i = 0; i < rows * cols; ++i) want[i] = b[i % cols];
+    set_current("fill_rows_bf16");
+    launch(fill_rows_bf16, dim3(2), B256, (const bf16_t*)b.data(), y.data(), rows, cols);
+    check_equal("fill_rows_bf16", y, want);
+}
+
 // IndexMapGrad's scatter: dx[map[i] − 1] += dy[i] where map[i] > 0, dx zeroed by fill_f32.
 void test_scatter_add() {
     // Many-to-one (atomic accumulation from threads of both blocks), with skipped entries.
@@ -1352,7 +1539,12 @@ int main() {
     test_copy();
     test_gather();
     test_casts();
+    test_cast_f32_bf16();
+    test_cast_bf16_f32();
+    test_cast_bf16_bool();
+    test_binary_bf16();
     test_fill();
+    test_fill_rows_bf16();
     test_scatter_add();
     test_reduce();
     test_colsum();

@@ -111,6 +111,18 @@ inline float __int_as_float(int i) {
     return f;
 }
 
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 using std::isnan;

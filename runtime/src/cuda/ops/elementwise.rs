@@ -1,9 +1,10 @@
-//! Elementwise families: unary math, broadcasting binary arithmetic, comparisons, logic,
-//! Where, Cast, the NaN guard of exported attention, and GeluGrad.
+//! Elementwise families: unary math, broadcasting binary arithmetic (f32, and bf16 for the
+//! ops whose f32 result rounded once is the exactly rounded one), Sum, comparisons, logic,
+//! Where, Cast (bf16 included), the NaN guard of exported attention, and GeluGrad.
 
 use adaptc_ir::DataType;
 
-use super::{done, dptr, host, launch, opt, output, req, want_f32, DevResult, Gpu};
+use super::{common_dtype, done, dptr, host, launch, opt, output, req, want_f32, DevResult, Gpu};
 use crate::cuda::launch::{addr, broadcast, elementwise as grid, Layout};
 use crate::cuda::value::{device_elem_bytes, CudaValue};
 use crate::error::KernelError;
@@ -155,16 +156,12 @@ pub(super) fn run_binary(
     Ok(done(y, shape, out_dtype))
 }
 
-pub fn binary(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
-    // Max and Min are variadic; the device takes the common two-operand form.
-    if i.len() != 2 {
-        return host("not two operands");
-    }
-    let (a, b) = (req(i, 0)?, req(i, 1)?);
-    want_f32(a)?;
-    want_f32(b)?;
-    let code = match c.node.op().op_type.as_str() {
-        "Add" => 0,
+/// The broadcasting arithmetic kernel for operands of `dtype` computing `op`. bf16 takes the
+/// ops whose f32 result, rounded once, is what the CPU gives (Add, Sub, Mul, Max, Min: see
+/// `BINARY` in kernels.cu); Div and Pow would round twice, so they stay on the host.
+fn binary_kernel(dtype: DataType, op: &str) -> DevResult<(&'static str, i32)> {
+    let code = match op {
+        "Add" | "Sum" => 0,
         "Sub" => 1,
         "Mul" => 2,
         "Div" => 3,
@@ -173,7 +170,36 @@ pub fn binary(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<C
         "Pow" => 6,
         other => return host(format!("no device code for {other}")),
     };
-    Ok(vec![run_binary(gpu, "binary_f32", code, (a, b), DataType::Float)?])
+    match dtype {
+        DataType::Float => Ok(("binary_f32", code)),
+        DataType::BFloat16 if matches!(code, 0 | 1 | 2 | 4 | 5) => Ok(("binary_bf16", code)),
+        other => host(format!("{op} of {other} on the device")),
+    }
+}
+
+pub fn binary(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    // Max and Min are variadic; the device takes the common two-operand form.
+    if i.len() != 2 {
+        return host("not two operands");
+    }
+    let (a, b) = (req(i, 0)?, req(i, 1)?);
+    let dtype = common_dtype(&[a, b])?;
+    let (name, code) = binary_kernel(dtype, &c.node.op().op_type)?;
+    Ok(vec![run_binary(gpu, name, code, (a, b), dtype)?])
+}
+
+/// Sum: left to right, one broadcasting Add per further input (rounding after each, as the CPU
+/// kernel does); a single input is passed through.
+pub fn sum(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let vals: Vec<&CudaValue> = i.iter().copied().flatten().collect();
+    let dtype = common_dtype(&vals)?;
+    let (name, code) = binary_kernel(dtype, "Sum")?;
+    let Some((first, rest)) = vals.split_first() else { return host("no operands") };
+    let mut acc = first.reshaped(first.shape().to_vec())?;
+    for v in rest {
+        acc = run_binary(gpu, name, code, (&acc, v), dtype)?;
+    }
+    Ok(vec![acc])
 }
 
 pub fn compare(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
@@ -253,11 +279,40 @@ pub fn where_(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<C
 fn short(d: DataType) -> Option<&'static str> {
     Some(match d {
         DataType::Float => "f32",
+        DataType::BFloat16 => "bf16",
         DataType::Int64 => "i64",
         DataType::Int32 => "i32",
         DataType::Bool => "bool",
         _ => return None,
     })
+}
+
+/// The casts kernels.cu has, `(from, to)` by [`short`] name: every pair of f32, i64, i32 and
+/// bool, and bf16 with f32 and bool (conversions that round once). Integer ↔ bf16 would
+/// round twice through f32, so those go to the host.
+const CASTS: &[(&str, &str)] = &[
+    ("f32", "i64"),
+    ("f32", "i32"),
+    ("f32", "bool"),
+    ("f32", "bf16"),
+    ("i64", "f32"),
+    ("i64", "i32"),
+    ("i64", "bool"),
+    ("i32", "f32"),
+    ("i32", "i64"),
+    ("i32", "bool"),
+    ("bool", "f32"),
+    ("bool", "i64"),
+    ("bool", "i32"),
+    ("bool", "bf16"),
+    ("bf16", "f32"),
+    ("bf16", "bool"),
+];
+
+/// The kernel name of the cast `from` → `to`, if the device has one.
+fn cast_kernel(from: DataType, to: DataType) -> Option<String> {
+    let (s, d) = (short(from)?, short(to)?);
+    CASTS.contains(&(s, d)).then(|| format!("cast_{s}_{d}"))
 }
 
 pub fn cast(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
@@ -271,10 +326,9 @@ pub fn cast(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
     if to == x.dtype() {
         return Ok(vec![x.reshaped(x.shape().to_vec())?]);
     }
-    let (Some(s), Some(d)) = (short(x.dtype()), short(to)) else {
+    let Some(name) = cast_kernel(x.dtype(), to) else {
         return host(format!("a cast from {} to {to}", x.dtype()));
     };
-    let name = format!("cast_{s}_{d}");
     let (y, shape) = output(gpu, x.shape().to_vec(), to)?;
     let n = x.numel() as i64;
     if n > 0 {
@@ -282,4 +336,34 @@ pub fn cast(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         launch!(gpu, &name, grid(n as usize), &xp, &yp, &n)?;
     }
     Ok(vec![done(y, shape, to)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::launch::DevError;
+
+    /// Every cast in the table is a kernel the device loads (a missing one would only show on
+    /// a GPU, as a driver error rather than a host fallback).
+    #[test]
+    fn every_cast_in_the_table_is_an_entry_point() {
+        for (s, d) in CASTS {
+            let name = format!("cast_{s}_{d}");
+            assert!(crate::cuda::ENTRY_POINTS.contains(&name.as_str()), "{name} is not an entry point");
+        }
+        assert_eq!(cast_kernel(DataType::Float, DataType::BFloat16).as_deref(), Some("cast_f32_bf16"));
+        assert_eq!(cast_kernel(DataType::Int64, DataType::BFloat16), None);
+    }
+
+    #[test]
+    fn bf16_arithmetic_is_the_ops_that_round_once() {
+        for op in ["Add", "Sum", "Sub", "Mul", "Max", "Min"] {
+            assert_eq!(binary_kernel(DataType::BFloat16, op).ok().map(|k| k.0), Some("binary_bf16"), "{op}");
+        }
+        for op in ["Div", "Pow"] {
+            assert!(matches!(binary_kernel(DataType::BFloat16, op), Err(DevError::Host(_))), "{op}");
+        }
+        assert!(matches!(binary_kernel(DataType::Float16, "Add"), Err(DevError::Host(_))));
+        assert_eq!(binary_kernel(DataType::Float, "Pow").ok(), Some(("binary_f32", 6)));
+    }
 }

@@ -253,9 +253,6 @@ pub fn gather(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<C
 /// own code from shapes (and integer inputs) alone and kept on the device per node and shapes.
 pub fn index_map_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let dy = req(i, 0)?;
-    if dy.dtype() != DataType::Float {
-        return host(format!("dy of {}", dy.dtype()));
-    }
     let x_shape: Vec<usize> = host_ints(gpu, req(i, 1)?)?
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| KernelError::Invalid(format!("negative dim {d} in x_shape"))))
@@ -276,6 +273,10 @@ pub fn index_map_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResu
             );
         }
         return Ok(vec![dy.reshaped(x_shape)?]);
+    }
+    // The scatter-add below is f32 (an aliasing reshape above works for any type).
+    if dy.dtype() != DataType::Float {
+        return host(format!("dy of {}", dy.dtype()));
     }
     if n >= i32::MAX as usize {
         return host("an index map beyond 32-bit positions");

@@ -3,22 +3,70 @@
 //!
 //! cuBLAS is column-major; a row-major `C[M,N] = A[M,K]·B[K,N]` is the column-major
 //! `Cᵀ = Bᵀ·Aᵀ`, so every call passes B first and swaps the dims.
+//!
+//! Element types ([`Elem`]): f32, and bf16 for `autocast`'d graphs. Every operand and the
+//! result share one type; products accumulate in f32 and a bf16 result is rounded once, the
+//! semantics of the CPU kernels (`ops::matmul::in_f32`). Mixed types go to the host.
 
 use adaptc_ir::DataType;
-use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cublasStatus_t, cudaDataType};
 
-use super::{done, dptr, host, launch, opt, output, req, want_f32, DevResult, Gpu};
+use super::{common_dtype, done, dptr, host, launch, opt, output, req, DevResult, Gpu};
 use crate::cuda::launch::{addr, elementwise as grid, DevError};
 use crate::cuda::value::CudaValue;
 use crate::error::KernelError;
 use crate::ops::util::broadcast_shapes;
 use crate::ops::OpCtx;
 
+/// The element type of a GEMM's operands and result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Elem {
+    F32,
+    BF16,
+}
+
+impl Elem {
+    /// The one element type of `vals`, if the GEMMs take it; otherwise the host decides
+    /// (other types, or mixed ones, which the CPU kernel widens or refuses).
+    fn of(vals: &[&CudaValue]) -> DevResult<Elem> {
+        match common_dtype(vals)? {
+            DataType::Float => Ok(Elem::F32),
+            DataType::BFloat16 => Ok(Elem::BF16),
+            other => host(format!("GEMMs over {other}")),
+        }
+    }
+
+    fn dtype(self) -> DataType {
+        match self {
+            Elem::F32 => DataType::Float,
+            Elem::BF16 => DataType::BFloat16,
+        }
+    }
+
+    /// cuBLAS's name for the storage type (the compute type is always f32).
+    fn cuda(self) -> cudaDataType {
+        match self {
+            Elem::F32 => cudaDataType::CUDA_R_32F,
+            Elem::BF16 => cudaDataType::CUDA_R_16BF,
+        }
+    }
+
+    /// The kernel that fills rows with a bias of this type.
+    fn fill_rows(self) -> &'static str {
+        match self {
+            Elem::F32 => "fill_rows_f32",
+            Elem::BF16 => "fill_rows_bf16",
+        }
+    }
+}
+
 /// One (batched) row-major product: `C[b] = op(A[b]) · op(B[b])` (+ `beta·C[b]`), where
 /// `op(A)` is `[m, k]` (A stored `[k, m]` when `ta`) and `op(B)` is `[k, n]` (stored `[n, k]`
-/// when `tb`). Strides are in elements, 0 to reuse one matrix for every batch entry.
+/// when `tb`). Strides are in elements, 0 to reuse one matrix for every batch entry; `elem`
+/// is the type of A, B and C (`alpha`, `beta` are f32 either way).
 #[derive(Clone, Copy, Debug)]
 struct Gemm {
+    elem: Elem,
     m: usize,
     n: usize,
     k: usize,
@@ -47,31 +95,50 @@ fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
     let ldb = (if g.tb { k } else { n }).max(1);
     let lda = (if g.ta { m } else { k }).max(1);
     let (alpha, beta) = (g.alpha, g.beta);
-    // SAFETY: a, b, c are live device buffers of at least batch × matrix elements (the callers
-    // size them from the same shapes), and the handle is bound to the backend's stream.
+    let t = g.elem.cuda();
+    // SAFETY: a, b, c are live device buffers of at least batch × matrix elements of `g.elem`
+    // (the callers size them from the same shapes and type), alpha and beta are f32 as
+    // CUBLAS_COMPUTE_32F requires, and the handle is bound to the backend's stream.
     let r = unsafe {
-        cudarc::cublas::result::sgemm_strided_batched(
+        cudarc::cublas::result::gemm_strided_batched_ex(
             *gpu.blas.handle(),
             op(g.tb),
             op(g.ta),
             n,
             m,
             k,
-            &alpha,
-            b as *const f32,
+            (&alpha as *const f32).cast(),
+            b as *const std::ffi::c_void,
+            t,
             ldb,
             g.stride_b as i64,
-            a as *const f32,
+            a as *const std::ffi::c_void,
+            t,
             lda,
             g.stride_a as i64,
-            &beta,
-            c as *mut f32,
+            (&beta as *const f32).cast(),
+            c as *mut std::ffi::c_void,
+            t,
             n,
             (g.m * g.n) as i64,
             dim(g.batch)?,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     };
-    r.map_err(|e| DevError::Device(format!("cuBLAS sgemm: {e:?}")))
+    r.map_err(|e| gemm_error(g.elem, e.0))
+}
+
+/// A failed GEMM: a bf16 GEMM the device cannot run (bf16 needs sm_80 or newer) goes to the
+/// host, whose result is the same; anything else is a device failure.
+fn gemm_error(elem: Elem, status: cublasStatus_t) -> DevError {
+    use cublasStatus_t::{CUBLAS_STATUS_ARCH_MISMATCH, CUBLAS_STATUS_NOT_SUPPORTED};
+    match status {
+        CUBLAS_STATUS_NOT_SUPPORTED | CUBLAS_STATUS_ARCH_MISMATCH if elem != Elem::F32 => {
+            DevError::Host(format!("{} GEMMs on this device (cuBLAS: {status:?})", elem.dtype()))
+        }
+        _ => DevError::Device(format!("cuBLAS gemm ({}): {status:?}", elem.dtype())),
+    }
 }
 
 /// Batch geometry of `a[..., M, K] × b[..., K, N]` after broadcasting the batch dims: the
@@ -99,8 +166,7 @@ fn batches(
 
 /// `a · b` (numpy matmul semantics for rank ≥ 2), operands optionally read transposed.
 fn product(gpu: &Gpu, a: &CudaValue, b: &CudaValue, ta: bool, tb: bool) -> DevResult<(CudaValue, Vec<usize>)> {
-    want_f32(a)?;
-    want_f32(b)?;
+    let elem = Elem::of(&[a, b])?;
     let (ash, bsh) = (a.shape(), b.shape());
     if ash.len() < 2 || bsh.len() < 2 {
         return host("a 1-D operand");
@@ -116,16 +182,16 @@ fn product(gpu: &Gpu, a: &CudaValue, b: &CudaValue, ta: bool, tb: bool) -> DevRe
     let (batch, count, sa, sb) = batches(abatch, bbatch, ar * ac, br * bc)?;
     let mut shape = batch;
     shape.extend([m, n]);
-    let (y, shape) = output(gpu, shape, DataType::Float)?;
+    let (y, shape) = output(gpu, shape, elem.dtype())?;
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
     // A 2-D right operand under a batched left one is one tall GEMM.
     let g = if sb == 0 && !ta && sa != 0 {
-        Gemm { m: m * count, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 0.0 }
+        Gemm { elem, m: m * count, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 0.0 }
     } else {
-        Gemm { m, n, k, ta, tb, batch: count, stride_a: sa, stride_b: sb, alpha: 1.0, beta: 0.0 }
+        Gemm { elem, m, n, k, ta, tb, batch: count, stride_a: sa, stride_b: sb, alpha: 1.0, beta: 0.0 }
     };
     run_gemm(gpu, g, ap, bp, yp)?;
-    let v = done(y, shape.clone(), DataType::Float);
+    let v = done(y, shape.clone(), elem.dtype());
     Ok((v, shape))
 }
 
@@ -147,8 +213,7 @@ pub fn matmul_trans(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult
     if !fold {
         return Ok(vec![product(gpu, a, b, ta, tb)?.0]);
     }
-    want_f32(a)?;
-    want_f32(b)?;
+    let elem = Elem::of(&[a, b])?;
     let (ash, bsh) = (a.shape(), b.shape());
     if !ta || tb || ash.len() < 2 || bsh.len() < 2 || ash[..ash.len() - 1] != bsh[..bsh.len() - 1] {
         return Err(KernelError::Invalid(format!(
@@ -160,63 +225,70 @@ pub fn matmul_trans(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult
     // b viewed [P, N].
     let p: usize = ash[..ash.len() - 1].iter().product();
     let (k, n) = (ash[ash.len() - 1], bsh[bsh.len() - 1]);
-    let (y, shape) = output(gpu, vec![k, n], DataType::Float)?;
+    let (y, shape) = output(gpu, vec![k, n], elem.dtype())?;
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
     if p == 0 {
         return host("an empty fold");
     }
     run_gemm(
         gpu,
-        Gemm { m: k, n, k: p, ta: true, tb: false, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 0.0 },
+        Gemm { elem, m: k, n, k: p, ta: true, tb: false, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 0.0 },
         ap,
         bp,
         yp,
     )?;
-    Ok(vec![done(y, shape, DataType::Float)])
+    Ok(vec![done(y, shape, elem.dtype())])
 }
 
-/// Fills every row of a fresh `[rows, n]` buffer with `bias`, for a GEMM to accumulate onto.
-fn bias_rows(gpu: &Gpu, bias: &CudaValue, rows: usize, n: usize) -> DevResult<cudarc::driver::CudaSlice<u8>> {
-    let (y, _) = output(gpu, vec![rows, n], DataType::Float)?;
+/// Fills every row of a fresh `[rows, n]` buffer of `elem` with `bias` (of the same type), for
+/// a GEMM to accumulate onto.
+fn bias_rows(
+    gpu: &Gpu,
+    elem: Elem,
+    bias: &CudaValue,
+    rows: usize,
+    n: usize,
+) -> DevResult<cudarc::driver::CudaSlice<u8>> {
+    let (y, _) = output(gpu, vec![rows, n], elem.dtype())?;
     let total = rows * n;
     if total > 0 {
         let (bp, yp, r, c) = (dptr(gpu, bias)?, addr(&y, &gpu.stream), rows as i64, n as i64);
-        launch!(gpu, "fill_rows_f32", grid(total), &bp, &yp, &r, &c)?;
+        launch!(gpu, elem.fill_rows(), grid(total), &bp, &yp, &r, &c)?;
     }
     Ok(y)
 }
 
 pub fn matmul_add_bias(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let (a, w, bias) = (req(i, 0)?, req(i, 1)?, req(i, 2)?);
-    want_f32(a)?;
-    want_f32(w)?;
-    want_f32(bias)?;
+    let elem = Elem::of(&[a, w, bias])?;
     let r = a.shape().len();
     if w.shape().len() != 2 || r < 2 || a.shape()[r - 1] != w.shape()[0] || bias.shape() != [w.shape()[1]] {
         return host("a bias or weight of another form");
     }
     let (k, n) = (w.shape()[0], w.shape()[1]);
     let rows: usize = a.shape()[..r - 1].iter().product();
-    let y = bias_rows(gpu, bias, rows, n)?;
+    let y = bias_rows(gpu, elem, bias, rows, n)?;
     let (ap, wp, yp) = (dptr(gpu, a)?, dptr(gpu, w)?, addr(&y, &gpu.stream));
     run_gemm(
         gpu,
-        Gemm { m: rows, n, k, ta: false, tb: false, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 1.0 },
+        Gemm { elem, m: rows, n, k, ta: false, tb: false, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 1.0 },
         ap,
         wp,
         yp,
     )?;
     let mut shape = a.shape()[..r - 1].to_vec();
     shape.push(n);
-    Ok(vec![done(y, shape, DataType::Float)])
+    Ok(vec![done(y, shape, elem.dtype())])
 }
 
 /// ONNX Gemm: `alpha·op(A)·op(B) + beta·C` with 2-D A, B and a C that is absent, a scalar-free
 /// row `[N]`/`[1, N]`, or a full `[M, N]`.
 pub fn gemm(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let (a, b) = (req(i, 0)?, req(i, 1)?);
-    want_f32(a)?;
-    want_f32(b)?;
+    let elem = match opt(i, 2) {
+        Some(cv) => Elem::of(&[a, b, cv])?,
+        None => Elem::of(&[a, b])?,
+    };
     if a.shape().len() != 2 || b.shape().len() != 2 {
         return Err(
             KernelError::Invalid(format!("Gemm takes 2-D operands, got {:?} and {:?}", a.shape(), b.shape())).into()
@@ -230,13 +302,12 @@ pub fn gemm(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         return Err(KernelError::Invalid(format!("inner dimensions differ: {:?} × {:?}", a.shape(), b.shape())).into());
     }
     let (y, beta) = match opt(i, 2) {
-        None => (output(gpu, vec![m, n], DataType::Float)?.0, 0.0),
+        None => (output(gpu, vec![m, n], elem.dtype())?.0, 0.0),
         Some(cv) => {
-            want_f32(cv)?;
             if cv.shape() == [n] || cv.shape() == [1, n] {
-                (bias_rows(gpu, cv, m, n)?, beta)
+                (bias_rows(gpu, elem, cv, m, n)?, beta)
             } else if cv.shape() == [m, n] {
-                let (mut y, _) = output(gpu, vec![m, n], DataType::Float)?;
+                let (mut y, _) = output(gpu, vec![m, n], elem.dtype())?;
                 gpu.stream.memcpy_dtod(cv.device(gpu)?.as_ref(), &mut y).map_err(DevError::from)?;
                 (y, beta)
             } else {
@@ -245,6 +316,39 @@ pub fn gemm(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         }
     };
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
-    run_gemm(gpu, Gemm { m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, alpha, beta }, ap, bp, yp)?;
-    Ok(vec![done(y, vec![m, n], DataType::Float)])
+    run_gemm(gpu, Gemm { elem, m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, alpha, beta }, ap, bp, yp)?;
+    Ok(vec![done(y, vec![m, n], elem.dtype())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{Storage, Tensor};
+
+    fn value(dtype: DataType) -> CudaValue {
+        let data = Storage::zeros(dtype, 4).expect("a numeric type");
+        CudaValue::from_host(Tensor::new(vec![2, 2], data).expect("4 elements"))
+    }
+
+    /// f32 and bf16 GEMMs run on the device; other or mixed types are the host's to widen or
+    /// refuse, never a device error.
+    #[test]
+    fn gemm_element_types() {
+        let (f, h, d) = (value(DataType::Float), value(DataType::BFloat16), value(DataType::Double));
+        assert_eq!(Elem::of(&[&f, &f]).ok(), Some(Elem::F32));
+        assert_eq!(Elem::of(&[&h, &h, &h]).ok(), Some(Elem::BF16));
+        for mixed in [vec![&h, &f], vec![&f, &f, &h], vec![&d, &d], vec![]] {
+            assert!(matches!(Elem::of(&mixed), Err(DevError::Host(_))));
+        }
+        assert_eq!((Elem::BF16.dtype(), Elem::BF16.fill_rows()), (DataType::BFloat16, "fill_rows_bf16"));
+        assert!(crate::cuda::ENTRY_POINTS.contains(&Elem::BF16.fill_rows()));
+    }
+
+    #[test]
+    fn unsupported_bf16_gemms_go_to_the_host() {
+        let unsupported = cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED;
+        assert!(matches!(gemm_error(Elem::BF16, unsupported), DevError::Host(_)));
+        assert!(matches!(gemm_error(Elem::F32, unsupported), DevError::Device(_)));
+        assert!(matches!(gemm_error(Elem::BF16, cublasStatus_t::CUBLAS_STATUS_EXECUTION_FAILED), DevError::Device(_)));
+    }
 }

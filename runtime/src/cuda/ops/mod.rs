@@ -65,6 +65,7 @@ const DEFAULT_OPS: &[(&str, DevOp)] = &[
     ("Max", elementwise::binary),
     ("Min", elementwise::binary),
     ("Pow", elementwise::binary),
+    ("Sum", elementwise::sum),
     ("Equal", elementwise::compare),
     ("Less", elementwise::compare),
     ("LessOrEqual", elementwise::compare),
@@ -146,6 +147,16 @@ fn want_f32(v: &CudaValue) -> DevResult<()> {
         Ok(())
     } else {
         host(format!("{} (the device kernels compute in f32)", v.dtype()))
+    }
+}
+
+/// The one element type of `vals`. Mixed types go to the host: the CPU kernel either takes
+/// them (Pow's exponent, half-precision products widened) or gives the error.
+fn common_dtype(vals: &[&CudaValue]) -> DevResult<DataType> {
+    let Some(d) = vals.first().map(|v| v.dtype()) else { return host("no operands") };
+    match vals.iter().find(|v| v.dtype() != d) {
+        Some(v) => host(format!("operands of different types ({d} and {})", v.dtype())),
+        None => Ok(d),
     }
 }
 
