@@ -59,6 +59,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "colsum_f32",
     "softmax_f32",
     "softmax_grad_f32",
+    "attn_probs_f32",
+    "attn_grad_probs_f32",
     "layer_norm_f32",
     "layer_norm_grad_f32",
     "layer_norm_params_grad_f32",

@@ -391,6 +391,73 @@ extern "C" __global__ void softmax_grad_f32(const float* dy, const float* y, flo
     }
 }
 
+// ---------------------------------------------------------------- fused attention
+
+// SoftmaxAttention's row kernels (runtime/src/cuda/ops/attention.rs). The backend works
+// through the query rows in blocks: for rows r0 .. r0+rows of every one of `products` (batch)
+// products, a GEMM writes the scores a·b into `s` ([products, rows, cols], packed), these
+// kernels turn them into probabilities in place (one CUDA block per row), and GEMMs take it
+// from there. Row g of `s` is product g / rows, query row r0 + g % rows; `lse` is
+// [products, m], `y` and `dy` are [products, m, dv].
+//
+// The bias (absent when null) is read at bias_off(p) + r·bias_rs + c·bias_cs, bias_off(p)
+// being `bl`'s operand 0 at batch point p: any shape that broadcasts to the scores.
+__device__ __forceinline__ const float* attn_bias_row(const float* bias, const Layout& bl, i64 bias_rs, i64 p,
+                                                      i64 r) {
+    return bias ? bias + offset_of(bl, 0, p) + r * bias_rs : nullptr;
+}
+
+// A probability from its score and the row's log-Σ-exp: a fully masked row (lse = −∞) gives
+// 0 when `zero_masked` (the exporters' NaN guard), NaN otherwise (plain softmax), as on the CPU.
+__device__ __forceinline__ float attn_prob(float x, float lse, int zero_masked) {
+    if (lse == -INFINITY) return zero_masked ? 0.0f : __int_as_float(0x7fffffff);
+    return expf(x - lse);
+}
+
+// Forward: s += bias, lse = log Σ exp(s) per row (−∞ for a fully masked row), s = exp(s − lse).
+extern "C" __global__ void attn_probs_f32(float* s, const float* bias, Layout bl, i64 bias_rs, i64 bias_cs,
+                                          float* lse, i64 products, i64 rows, i64 m, i64 r0, i64 cols,
+                                          int zero_masked) {
+    for (i64 g = blockIdx.x; g < products * rows; g += gridDim.x) {
+        i64 p = g / rows, r = r0 + g % rows;
+        float* sr = s + g * cols;
+        const float* br = attn_bias_row(bias, bl, bias_rs, p, r);
+        // Each thread adds the bias to the columns it reads next (no other thread reads them).
+        if (br)
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) sr[c] += br[c * bias_cs];
+        float mx, sum;
+        row_max_sumexp(sr, cols, &mx, &sum);
+        float l = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) sr[c] = attn_prob(sr[c], l, zero_masked);
+        if (threadIdx.x == 0) lse[p * m + r] = l;
+    }
+}
+
+// Backward, given the scores a·b in `s` and dP = dy·vᵀ in `dp`: the probabilities rebuilt
+// into `s` (P = exp(s + bias − lse)) and dS = P ⊙ (dP − δ) into `dp`, δ = Σ dy ⊙ y over the
+// row's `dv` outputs (which equals Σ dP ⊙ P).
+extern "C" __global__ void attn_grad_probs_f32(float* s, float* dp, const float* bias, Layout bl, i64 bias_rs,
+                                               i64 bias_cs, const float* lse, const float* y, const float* dy,
+                                               i64 products, i64 rows, i64 m, i64 r0, i64 cols, i64 dv,
+                                               int zero_masked) {
+    for (i64 g = blockIdx.x; g < products * rows; g += gridDim.x) {
+        i64 p = g / rows, r = r0 + g % rows, o = (p * m + r) * dv;
+        float* sr = s + g * cols;
+        float* dr = dp + g * cols;
+        const float* br = attn_bias_row(bias, bl, bias_rs, p, r);
+        float d = 0.0f;
+        for (i64 c = threadIdx.x; c < dv; c += blockDim.x) d += dy[o + c] * y[o + c];
+        d = block_reduce(d, 0);
+        float l = lse[p * m + r];
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float x = br ? sr[c] + br[c * bias_cs] : sr[c];
+            float pr = attn_prob(x, l, zero_masked);
+            sr[c] = pr;
+            dr[c] = pr * (dr[c] - d);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- layer norm
 
 // LayerNormalization over rows of length `cols` with per-column scale and (optional) bias;

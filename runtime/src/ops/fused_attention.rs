@@ -146,13 +146,21 @@ fn probabilities<T: Real>(row: &mut [T], lse: T, zero_masked: bool) {
     }
 }
 
-/// A score row's log-Σ-exp (−∞ for a fully masked row).
-fn log_sum_exp<T: Real>(row: &[T]) -> T {
+/// Softmax of a score row in place (one `exp` per element); returns the row's log-Σ-exp
+/// (−∞ for a fully masked row, which becomes zeros, or NaN unless `zero_masked`).
+fn softmax_row<T: Real>(row: &mut [T], zero_masked: bool) -> T {
     let mx = row.iter().fold(T::c(f64::NEG_INFINITY), |m, &x| m.max(x));
     if mx == T::c(f64::NEG_INFINITY) {
+        probabilities(row, mx, zero_masked);
         return mx;
     }
-    let sum: T = row.iter().map(|&x| (x - mx).exp()).sum();
+    let mut sum = T::zero();
+    for x in row.iter_mut() {
+        *x = (*x - mx).exp();
+        sum += *x;
+    }
+    let inv = T::one() / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
     mx + T::c(sum.to_f64().ln())
 }
 
@@ -182,8 +190,7 @@ pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
                 let s = &mut s[..rows * n];
                 scores(d, p, (r0, rows), x, s);
                 for (r, row) in s.chunks_exact_mut(n).enumerate() {
-                    lse[r0 + r] = log_sum_exp(row);
-                    probabilities(row, lse[r0 + r], zero);
+                    lse[r0 + r] = softmax_row(row, zero);
                 }
                 let pm = Mat { data: &*s, view: View { off: 0, rs: n, cs: 1 } };
                 let vm = Mat { data: x.v, view: View { off: d.iv[p] * n * dv, rs: dv, cs: 1 } };

@@ -1175,6 +1175,251 @@ void test_softmax() {
     }
 }
 
+// ---------------------------------------------------------------- fused attention
+
+// The backend's blocked pipeline (runtime/src/cuda/ops/attention.rs) replayed step by step:
+// its GEMMs by `emu_gemm` (what `run_gemm` asks cuBLAS for: row-major, batched, with the same
+// dims, transposes, strides and beta), its kernels the real ones. The results are checked
+// against a double-precision reference of the whole op computed without blocks, whose
+// gradients are themselves checked against central differences.
+
+// C[t] = op(A[t])·op(B[t]) (+ beta·C[t]) for t < batch, op(A) [m, k] (stored [k, m] when ta),
+// op(B) [k, n] (stored [n, k] when tb), C rows of n; accumulated in double, stored as f32.
+// beta = 0 never reads C (cuBLAS's rule), so it may hold garbage.
+struct Gemm {
+    i64 m, n, k;
+    bool ta, tb;
+    i64 batch, sa, sb, sc;
+    float beta;
+};
+
+void emu_gemm(const Gemm& g, const float* A, const float* B, float* C) {
+    for (i64 t = 0; t < g.batch; ++t)
+        for (i64 i = 0; i < g.m; ++i)
+            for (i64 j = 0; j < g.n; ++j) {
+                double acc = 0;
+                for (i64 l = 0; l < g.k; ++l) {
+                    double x = g.ta ? A[t * g.sa + l * g.m + i] : A[t * g.sa + i * g.k + l];
+                    double y = g.tb ? B[t * g.sb + j * g.k + l] : B[t * g.sb + l * g.n + j];
+                    acc += x * y;
+                }
+                float& c = C[t * g.sc + i * g.n + j];
+                c = (float)(g.beta != 0.0f ? acc + (double)g.beta * c : acc);
+            }
+}
+
+struct Attn {
+    string name;
+    i64 B, H, M, K, N, Dv;
+    Shape bias_shape;  // empty: no bias
+    int zero;          // masked_rows_zero
+    i64 rows;          // query rows per block (the backend's block_rows)
+    unsigned grid_cap; // most blocks per launch (per_row's grid, or fewer for grid-stride)
+    vector<float> a, b, v, bias, dy;
+    i64 P() const { return B * H; }
+    Shape scores() const { return {B, H, M, N}; }
+};
+
+// The bias element of product p, row i, column j (0 without a bias), by full broadcasting.
+double attn_bias_at(const Attn& c, i64 p, i64 i, i64 j) {
+    if (c.bias_shape.empty()) return 0;
+    Shape st = broadcast(c.bias_shape, c.scores());
+    return c.bias[dot({p / c.H, p % c.H, i, j}, st)];
+}
+
+struct AttnRef {
+    vector<double> y, lse, da, db, dv;
+};
+
+// softmax(a·b + bias)·v and its gradients for the output gradient dy, in double, unblocked.
+AttnRef attn_reference(const Attn& c, const vector<double>& a, const vector<double>& b, const vector<double>& v,
+                       bool grads) {
+    const i64 P = c.P(), M = c.M, K = c.K, N = c.N, Dv = c.Dv;
+    AttnRef r{vector<double>(P * M * Dv), vector<double>(P * M), vector<double>(P * M * K, 0),
+              vector<double>(P * K * N, 0), vector<double>(P * N * Dv, 0)};
+    vector<double> pr(N), ds(N);
+    for (i64 p = 0; p < P; ++p)
+        for (i64 i = 0; i < M; ++i) {
+            double mx = -Inf;
+            for (i64 j = 0; j < N; ++j) {
+                double s = attn_bias_at(c, p, i, j);
+                for (i64 l = 0; l < K; ++l) s += a[(p * M + i) * K + l] * b[(p * K + l) * N + j];
+                pr[j] = s;
+                mx = std::max(mx, s);
+            }
+            double lse = -Inf;
+            if (mx != -Inf) {
+                double sum = 0;
+                for (i64 j = 0; j < N; ++j) sum += std::exp(pr[j] - mx);
+                lse = mx + std::log(sum);
+            }
+            r.lse[p * M + i] = lse;
+            for (i64 j = 0; j < N; ++j) pr[j] = lse == -Inf ? (c.zero ? 0.0 : NaN) : std::exp(pr[j] - lse);
+            const double* yr = nullptr;
+            for (i64 d = 0; d < Dv; ++d) {
+                double s = 0;
+                for (i64 j = 0; j < N; ++j) s += pr[j] * v[(p * N + j) * Dv + d];
+                r.y[(p * M + i) * Dv + d] = s;
+            }
+            yr = &r.y[(p * M + i) * Dv];
+            if (!grads) continue;
+            const float* dyr = &c.dy[(p * M + i) * Dv];
+            double delta = 0;
+            for (i64 d = 0; d < Dv; ++d) delta += (double)dyr[d] * yr[d];
+            for (i64 j = 0; j < N; ++j) {
+                double dp = 0;
+                for (i64 d = 0; d < Dv; ++d) dp += (double)dyr[d] * v[(p * N + j) * Dv + d];
+                ds[j] = pr[j] * (dp - delta);
+            }
+            for (i64 l = 0; l < K; ++l) {
+                double s = 0;
+                for (i64 j = 0; j < N; ++j) s += ds[j] * b[(p * K + l) * N + j];
+                r.da[(p * M + i) * K + l] = s;
+                for (i64 j = 0; j < N; ++j) r.db[(p * K + l) * N + j] += a[(p * M + i) * K + l] * ds[j];
+            }
+            for (i64 j = 0; j < N; ++j)
+                for (i64 d = 0; d < Dv; ++d) r.dv[(p * N + j) * Dv + d] += pr[j] * dyr[d];
+        }
+    return r;
+}
+
+// The bias arguments the backend passes: address, batch layout (Layout::new over [B, H]), row
+// and column strides.
+std::tuple<const float*, Layout, i64, i64> attn_bias_args(const Attn& c) {
+    if (c.bias_shape.empty()) return {nullptr, Layout{}, 0, 0};
+    Shape st = broadcast(c.bias_shape, c.scores());
+    return {c.bias.data(), make_layout({c.B, c.H}, {Shape{st[0], st[1]}}), st[2], st[3]};
+}
+
+// softmax_attention's loop: y [P, M, Dv] and lse [P, M].
+std::pair<vector<float>, vector<float>> attn_forward_emu(const Attn& c) {
+    const i64 P = c.P(), M = c.M, K = c.K, N = c.N, Dv = c.Dv;
+    vector<float> y(P * M * Dv, 5.0f), lse(P * M, 5.0f), s(P * c.rows * N, 7.0f);
+    auto [bias, bl, brs, bcs] = attn_bias_args(c);
+    for (i64 r0 = 0; r0 < M; r0 += c.rows) {
+        i64 r = std::min(c.rows, M - r0);
+        emu_gemm({r, N, K, false, false, P, M * K, K * N, r * N, 0.0f}, c.a.data() + r0 * K, c.b.data(), s.data());
+        unsigned grid = (unsigned)std::min<i64>(P * r, c.grid_cap);
+        launch(attn_probs_f32, dim3(grid), B256, s.data(), bias, bl, brs, bcs, lse.data(), P, r, M, r0, N, c.zero);
+        emu_gemm({r, Dv, N, false, false, P, r * N, N * Dv, M * Dv, 0.0f}, s.data(), c.v.data(), y.data() + r0 * Dv);
+    }
+    return {y, lse};
+}
+
+// softmax_attention_grad's loop, from the forward's y and lse: (da, db, dv).
+std::tuple<vector<float>, vector<float>, vector<float>> attn_backward_emu(const Attn& c, const vector<float>& y,
+                                                                          const vector<float>& lse) {
+    const i64 P = c.P(), M = c.M, K = c.K, N = c.N, Dv = c.Dv;
+    // Garbage in the outputs: the first block must write db and dv without reading them.
+    vector<float> da(P * M * K, 5.0f), db(P * K * N, NaNf), dv(P * N * Dv, NaNf);
+    vector<float> s(P * c.rows * N, 7.0f), dp(P * c.rows * N, 7.0f);
+    auto [bias, bl, brs, bcs] = attn_bias_args(c);
+    for (i64 r0 = 0; r0 < M; r0 += c.rows) {
+        i64 r = std::min(c.rows, M - r0);
+        emu_gemm({r, N, K, false, false, P, M * K, K * N, r * N, 0.0f}, c.a.data() + r0 * K, c.b.data(), s.data());
+        emu_gemm({r, N, Dv, false, true, P, M * Dv, N * Dv, r * N, 0.0f}, c.dy.data() + r0 * Dv, c.v.data(),
+                 dp.data());
+        unsigned grid = (unsigned)std::min<i64>(P * r, c.grid_cap);
+        launch(attn_grad_probs_f32, dim3(grid), B256, s.data(), dp.data(), bias, bl, brs, bcs, (const float*)lse.data(),
+               (const float*)y.data(), (const float*)c.dy.data(), P, r, M, r0, N, Dv, c.zero);
+        float beta = r0 == 0 ? 0.0f : 1.0f;
+        emu_gemm({r, K, N, false, true, P, r * N, K * N, M * K, 0.0f}, dp.data(), c.b.data(), da.data() + r0 * K);
+        emu_gemm({K, N, r, true, false, P, M * K, r * N, K * N, beta}, c.a.data() + r0 * K, dp.data(), db.data());
+        emu_gemm({N, Dv, r, true, false, P, r * N, M * Dv, N * Dv, beta}, s.data(), c.dy.data() + r0 * Dv, dv.data());
+    }
+    return {da, db, dv};
+}
+
+Attn make_attn(string name, Shape dims, Shape bias_shape, int zero, i64 rows, unsigned grid_cap) {
+    Attn c{name, dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], bias_shape, zero, rows, grid_cap};
+    c.a = rand_vec(c.P() * c.M * c.K, -1.5, 1.5);
+    c.b = rand_vec(c.P() * c.K * c.N, -1.5, 1.5);
+    c.v = rand_vec(c.P() * c.N * c.Dv, -1, 1);
+    c.dy = rand_vec(c.P() * c.M * c.Dv, -1, 1);
+    if (!bias_shape.empty()) c.bias = rand_vec(numel(bias_shape), -2, 2);
+    return c;
+}
+
+// Runs both loops and checks them against the reference; with `fd`, checks the reference's
+// gradients against central differences of Σ y ⊙ dy first.
+void attn_case(const Attn& c, bool fd) {
+    string tag = c.name + " P" + std::to_string(c.P()) + " M" + std::to_string(c.M) + " K" + std::to_string(c.K) +
+                 " N" + std::to_string(c.N) + " Dv" + std::to_string(c.Dv) + " bias " +
+                 (c.bias_shape.empty() ? string("none") : shape_str(c.bias_shape)) + " zero " +
+                 std::to_string(c.zero) + " rows " + std::to_string(c.rows) + " grid≤" + std::to_string(c.grid_cap);
+    vector<double> a = to_d(c.a), b = to_d(c.b), v = to_d(c.v);
+    AttnRef ref = attn_reference(c, a, b, v, true);
+    if (fd) {
+        set_current("attention reference vs finite differences " + tag);
+        auto loss = [&](const vector<double>& a2, const vector<double>& b2, const vector<double>& v2) {
+            AttnRef f = attn_reference(c, a2, b2, v2, false);
+            double s = 0;
+            for (size_t t = 0; t < f.y.size(); ++t) s += f.y[t] * c.dy[t];
+            return s;
+        };
+        const double h = 1e-6;
+        double worst = 0;
+        for (int w = 0; w < 3; ++w) {
+            vector<double>& x = w == 0 ? a : w == 1 ? b : v;
+            const vector<double>& g = w == 0 ? ref.da : w == 1 ? ref.db : ref.dv;
+            for (size_t t = 0; t < x.size(); t += 7) {
+                double keep = x[t];
+                x[t] = keep + h;
+                double up = loss(a, b, v);
+                x[t] = keep - h;
+                double down = loss(a, b, v);
+                x[t] = keep;
+                worst = std::max(worst, std::fabs((up - down) / (2 * h) - g[t]) / (1e-3 + std::fabs(g[t])));
+            }
+        }
+        check_true("attention reference vs finite differences " + tag, worst < 1e-5,
+                   "worst relative difference " + std::to_string(worst));
+    }
+    set_current("attn_probs_f32 " + tag);
+    auto [y, lse] = attn_forward_emu(c);
+    check_close("attn_probs_f32 y " + tag, y, ref.y, 2e-5, 1e-6 * max_abs(ref.y));
+    check_close("attn_probs_f32 lse " + tag, lse, ref.lse, 1e-6, 1e-5);
+    // The backward reads the reference's y and lse (rounded to f32), not the emulated ones.
+    set_current("attn_grad_probs_f32 " + tag);
+    vector<float> yf(ref.y.begin(), ref.y.end()), lf(ref.lse.begin(), ref.lse.end());
+    auto [da, db, dv] = attn_backward_emu(c, yf, lf);
+    check_close("attn_grad_probs_f32 da " + tag, da, ref.da, 1e-4, 1e-5 * max_abs(ref.da));
+    check_close("attn_grad_probs_f32 db " + tag, db, ref.db, 1e-4, 1e-5 * max_abs(ref.db));
+    check_close("attn_grad_probs_f32 dv " + tag, dv, ref.dv, 1e-4, 1e-5 * max_abs(ref.dv));
+}
+
+void test_attention() {
+    // Several blocks with a partial last one (3, 3, 1), a padding mask [B, 1, 1, N] with masked
+    // keys in batch entry 1; the exact grid (one block per row) and a smaller one.
+    for (unsigned grid : {1u << 16, 4u}) {
+        Attn c = make_attn("padding mask", {2, 3, 7, 5, 9, 4}, {2, 1, 1, 9}, 1, 3, grid);
+        for (i64 j = 6; j < 9; ++j) c.bias[1 * 9 + j] = -Inff;
+        attn_case(c, grid == 4u);
+    }
+    // A per-row mask [B, 1, M, N] with fully masked rows (row 2 of batch entry 1 for every head,
+    // row 4 of batch entry 0), blocks of 2 over 5 rows: zeros or NaN (masked_rows_zero 1 / 0).
+    for (int zero : {1, 0}) {
+        Attn c = make_attn("masked rows", {2, 2, 5, 3, 6, 5}, {2, 1, 5, 6}, zero, 2, 1u << 16);
+        for (i64 j = 0; j < 6; ++j) c.bias[(1 * 5 + 2) * 6 + j] = -Inff, c.bias[(0 * 5 + 4) * 6 + j] = -Inff;
+        c.bias[(0 * 5 + 1) * 6 + 3] = -Inff;  // one masked key elsewhere
+        attn_case(c, false);
+    }
+    // A causal mask [M, N] shared by every product (row 0 sees one key), one block of every row;
+    // rows longer than the block (N 300) and a Dv over 256 for the δ reduction.
+    {
+        Attn c = make_attn("causal", {1, 2, 6, 4, 300, 260}, {6, 300}, 0, 6, 5);
+        for (i64 i = 0; i < 6; ++i)
+            for (i64 j = i + 1; j < 300; ++j) c.bias[i * 300 + j] = -Inff;
+        attn_case(c, false);
+    }
+    // No bias, one row per block; a full bias [B, H, M, N] in blocks of 4 over 9 rows; a bias
+    // per row [B, 1, M, 1] (column stride 0: it cancels in y but not in lse, nor in the
+    // probabilities the backward rebuilds).
+    attn_case(make_attn("no bias", {3, 1, 4, 6, 10, 3}, {}, 0, 1, 2), true);
+    attn_case(make_attn("full bias", {2, 2, 9, 8, 12, 6}, {2, 2, 9, 12}, 1, 4, 1u << 16), false);
+    attn_case(make_attn("row bias", {2, 3, 5, 4, 7, 3}, {2, 1, 5, 1}, 0, 2, 1u << 16), true);
+}
+
 // ---------------------------------------------------------------- layer norm
 
 struct LnStats {
@@ -1549,6 +1794,7 @@ int main() {
     test_reduce();
     test_colsum();
     test_softmax();
+    test_attention();
     test_layer_norm();
     test_layer_norm_grad();
     test_gelu_grad();

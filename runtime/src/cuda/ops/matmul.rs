@@ -20,7 +20,7 @@ use crate::ops::OpCtx;
 
 /// The element type of a GEMM's operands and result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Elem {
+pub(super) enum Elem {
     F32,
     BF16,
 }
@@ -62,24 +62,29 @@ impl Elem {
 
 /// One (batched) row-major product: `C[b] = op(A[b]) · op(B[b])` (+ `beta·C[b]`), where
 /// `op(A)` is `[m, k]` (A stored `[k, m]` when `ta`) and `op(B)` is `[k, n]` (stored `[n, k]`
-/// when `tb`). Strides are in elements, 0 to reuse one matrix for every batch entry; `elem`
-/// is the type of A, B and C (`alpha`, `beta` are f32 either way).
+/// when `tb`). Every matrix is dense (rows of its stored length, one after another); strides
+/// between batch entries are in elements, 0 for A or B to reuse one matrix for every entry,
+/// and `stride_c` is `m·n` for packed results (more to write row blocks of taller matrices;
+/// unused when `batch` is 1). `elem` is the type of A, B and C (`alpha`, `beta` are f32
+/// either way).
 #[derive(Clone, Copy, Debug)]
-struct Gemm {
-    elem: Elem,
-    m: usize,
-    n: usize,
-    k: usize,
-    ta: bool,
-    tb: bool,
-    batch: usize,
-    stride_a: usize,
-    stride_b: usize,
-    alpha: f32,
-    beta: f32,
+pub(super) struct Gemm {
+    pub elem: Elem,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub alpha: f32,
+    pub beta: f32,
 }
 
-fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
+/// Runs `g` on device addresses `a`, `b`, `c` (byte addresses of the first elements).
+pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
@@ -120,7 +125,7 @@ fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
             c as *mut std::ffi::c_void,
             t,
             n,
-            (g.m * g.n) as i64,
+            g.stride_c as i64,
             dim(g.batch)?,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -186,9 +191,23 @@ fn product(gpu: &Gpu, a: &CudaValue, b: &CudaValue, ta: bool, tb: bool) -> DevRe
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
     // A 2-D right operand under a batched left one is one tall GEMM.
     let g = if sb == 0 && !ta && sa != 0 {
-        Gemm { elem, m: m * count, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 0.0 }
+        Gemm {
+            elem,
+            m: m * count,
+            n,
+            k,
+            ta,
+            tb,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     } else {
-        Gemm { elem, m, n, k, ta, tb, batch: count, stride_a: sa, stride_b: sb, alpha: 1.0, beta: 0.0 }
+        let stride_c = m * n;
+        Gemm { elem, m, n, k, ta, tb, batch: count, stride_a: sa, stride_b: sb, stride_c, alpha: 1.0, beta: 0.0 }
     };
     run_gemm(gpu, g, ap, bp, yp)?;
     let v = done(y, shape.clone(), elem.dtype());
@@ -232,7 +251,20 @@ pub fn matmul_trans(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult
     }
     run_gemm(
         gpu,
-        Gemm { elem, m: k, n, k: p, ta: true, tb: false, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 0.0 },
+        Gemm {
+            elem,
+            m: k,
+            n,
+            k: p,
+            ta: true,
+            tb: false,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            alpha: 1.0,
+            beta: 0.0,
+        },
         ap,
         bp,
         yp,
@@ -271,7 +303,20 @@ pub fn matmul_add_bias(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevRes
     let (ap, wp, yp) = (dptr(gpu, a)?, dptr(gpu, w)?, addr(&y, &gpu.stream));
     run_gemm(
         gpu,
-        Gemm { elem, m: rows, n, k, ta: false, tb: false, batch: 1, stride_a: 0, stride_b: 0, alpha: 1.0, beta: 1.0 },
+        Gemm {
+            elem,
+            m: rows,
+            n,
+            k,
+            ta: false,
+            tb: false,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            alpha: 1.0,
+            beta: 1.0,
+        },
         ap,
         wp,
         yp,
@@ -316,7 +361,8 @@ pub fn gemm(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         }
     };
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
-    run_gemm(gpu, Gemm { elem, m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, alpha, beta }, ap, bp, yp)?;
+    let g = Gemm { elem, m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0, alpha, beta };
+    run_gemm(gpu, g, ap, bp, yp)?;
     Ok(vec![done(y, vec![m, n], elem.dtype())])
 }
 

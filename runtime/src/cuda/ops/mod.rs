@@ -3,6 +3,7 @@
 //! answers [`DevError::Host`] (a case it does not cover), so the CPU kernel remains the
 //! reference for every op and the device path only ever adds speed.
 
+mod attention;
 mod elementwise;
 mod layout;
 mod loss;
@@ -116,6 +117,8 @@ const ADAPTC_OPS: &[(&str, DevOp)] = &[
     ("LayerNormalizationGrad", norm::layer_norm_grad),
     ("SoftmaxCrossEntropyLossGrad", loss::softmax_cross_entropy_grad),
     ("IndexMapGrad", layout::index_map_grad),
+    ("SoftmaxAttention", attention::softmax_attention),
+    ("SoftmaxAttentionGrad", attention::softmax_attention_grad),
 ];
 
 /// Every op the device implements, as `domain::Op` (the parity suite checks each one).
