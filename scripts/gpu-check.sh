@@ -7,7 +7,8 @@
 #      on CUDA: the loss curves must agree;
 #   3. a LoRA training-step benchmark of a Llama-shaped model, adaptc on CUDA against PyTorch +
 #      PEFT (../shared/anchors/peft_gpu_baseline.py) on the same card, same dims (env D, LAYERS,
-#      FFN, HEADS, KV, VOCAB, B, S; small defaults so the whole check stays under 8 minutes).
+#      FFN, HEADS, KV, VOCAB, B, S; small defaults so the whole check stays under 8 minutes),
+#      adaptc with --autocast bf16 (AUTOCAST=none: fp32) and fused attention (its default).
 # Logs go to $OUT (when set) or .gpu/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,10 @@ fi
 echo "== 3. LoRA training step, Llama-shaped, adaptc (CUDA) vs PyTorch + PEFT"
 export D=${D:-1024} LAYERS=${LAYERS:-4} FFN=${FFN:-2816} HEADS=${HEADS:-16} KV=${KV:-4} VOCAB=${VOCAB:-32000}
 export B=${B:-4} S=${S:-512} STEPS=${STEPS:-10}
+# adaptc's precision: bf16 products like the PEFT side (AUTOCAST=none for fp32).
+export AUTOCAST=${AUTOCAST:-bf16}
+precision=()
+[ "$AUTOCAST" != none ] && precision=(--autocast "$AUTOCAST")
 bench="not run"
 if timeout 150 python3 scripts/gpu/export_models.py "$G/work" llama > "$OUT/export-llama.log" 2>&1; then
     python3 - "$G/work/bench.jsonl" <<'PY'
@@ -72,7 +77,7 @@ PY
     rm -rf "$G/work/run-bench"
     timeout 150 "$G/bin/adaptc" train "$G/work/llama/model.onnx" --data "$G/work/bench.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps "$STEPS" --batch-size "$B" --lr 1e-4 \
-        --device cuda --out "$G/work/run-bench" > "$OUT/bench-adaptc.log" 2>&1 || echo "adaptc bench failed (see bench-adaptc.log)"
+        --device cuda "${precision[@]}" --out "$G/work/run-bench" > "$OUT/bench-adaptc.log" 2>&1 || echo "adaptc bench failed (see bench-adaptc.log)"
     peft=""
     if [ -f "$G/anchors/peft_gpu_baseline.py" ]; then
         peft=$(timeout 150 python3 "$G/anchors/peft_gpu_baseline.py" 2>&1 | tee "$OUT/bench-peft.log" | grep '^peft-gpu' | tail -1)
@@ -95,7 +100,8 @@ peak = 989e12
 row = lambda name, s, extra="": f"{name}: step {s:.4f} s, {tokens / s:.0f} tokens/s, MFU {4 * params * tokens / s / peak:.3f}{extra}"
 out = []
 a = statistics.median(times[3:] if len(times) > 5 else times) if times else None
-out.append(row("adaptc fp32", a) if a else "adaptc: no step times (see bench-adaptc.log)")
+label = "adaptc " + ("fp32" if os.environ["AUTOCAST"] == "none" else os.environ["AUTOCAST"])
+out.append(row(label, a) if a else "adaptc: no step times (see bench-adaptc.log)")
 m = re.search(r"step_s=([0-9.]+).*peak_mem_gib=([0-9.]+)", sys.argv[2] or "")
 if m:
     p = float(m.group(1))
