@@ -13,6 +13,9 @@
 //! - the training graphs (loss and every gradient) of a BERT encoder with LoRA and a classifier
 //!   head, and of a Llama decoder with LoRA on all linear layers, agree within 1e-4 of each
 //!   output's largest magnitude;
+//! - the BERT graph with `fuse-attention` (SoftmaxAttention and its gradient) agrees within the
+//!   same 1e-4, with both fused ops on the device, in blocks of 5 query rows (16 rows: three
+//!   full blocks and a partial one; `ADAPTC_CUDA_ATTENTION_ROWS`);
 //! - the same Llama graph under `autocast{dtype=bf16}` (bf16 products, casts, bf16 gradient
 //!   sums) agrees within 3e-2 of each output's largest magnitude (the backends may round a
 //!   product's f32 sum to bf16 one unit apart, and that spreads), and none of its bf16 work
@@ -78,11 +81,15 @@ fn main() {
     }
     // Every op the device implements goes to the device, however small its inputs.
     std::env::set_var("ADAPTC_CUDA_HOST_ELEMENTS", "0");
+    // Fused attention in blocks of 5 query rows, so the small fixtures run several blocks and a
+    // partial last one (the bound on the scratch alone would take every row at once).
+    std::env::set_var("ADAPTC_CUDA_ATTENTION_ROWS", "5");
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
-    let gpu_cases: [GpuCase; 4] = [
+    let gpu_cases: [GpuCase; 5] = [
         ("node_suite_matches_cpu", node_suite),
         ("bert_lora_training_graph_matches_cpu", bert_training_graph),
+        ("bert_lora_fused_attention_training_graph_matches_cpu", bert_fused_attention_training_graph),
         ("llama_lora_training_graph_matches_cpu", llama_training_graph),
         ("llama_lora_bf16_training_graph_matches_cpu", llama_bf16_training_graph),
     ];
@@ -365,6 +372,37 @@ fn bert_training_graph(cov: &mut Coverage) -> CaseResult {
         "tests/fixtures/models/bert6.onnx",
         "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value},build-training-graph{loss=cross-entropy}",
     )?;
+    training_graph_parity(&model, bert_inputs(&model)?, 1e-4, cov).map(|_| None)
+}
+
+/// The BERT training graph with fused attention: parity with the CPU, and the fused ops (six
+/// of each, one per layer) all on the device.
+fn bert_fused_attention_training_graph(cov: &mut Coverage) -> CaseResult {
+    let model = adapted(
+        "tests/fixtures/models/bert6.onnx",
+        "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value},fuse-attention,build-training-graph{loss=cross-entropy}",
+    )?;
+    let placement = training_graph_parity(&model, bert_inputs(&model)?, 1e-4, cov)?;
+    let mut problems = Vec::new();
+    for op in ["ai.adaptc::SoftmaxAttention", "ai.adaptc::SoftmaxAttentionGrad"] {
+        if let Some((n, why)) = placement.host.get(op) {
+            problems.push(format!("{op} ran on the host ×{n}: {why}"));
+        }
+        match placement.device.get(op) {
+            Some(6) => {}
+            n => problems.push(format!("{op} ran on the device {} times, not 6", n.copied().unwrap_or(0))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(None)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// A batch of 4 sequences of 16 tokens, rows padded by 0, 3, 6 and 9 (masked keys), labels for
+/// 3 classes: the inputs of `model` among them.
+fn bert_inputs(model: &adaptc_ir::Model) -> Result<HashMap<String, Tensor>, String> {
     let (b, s) = (4, 16);
     let mask: Vec<i64> = (0..b * s).map(|k| i64::from(k % s < s - (k / s) * 3)).collect();
     let inputs = HashMap::from([
@@ -374,8 +412,7 @@ fn bert_training_graph(cov: &mut Coverage) -> CaseResult {
         ("labels".to_string(), Tensor::from_vec(vec![b], vec![0i64, 2, 1, 2]).map_err(|e| e.to_string())?),
     ]);
     let names: Vec<String> = model.graph.inputs.iter().map(|v| v.name.clone()).collect();
-    let inputs = inputs.into_iter().filter(|(k, _)| names.contains(k)).collect();
-    training_graph_parity(&model, inputs, 1e-4, cov).map(|_| None)
+    Ok(inputs.into_iter().filter(|(k, _)| names.contains(k)).collect())
 }
 
 fn llama_training_graph(cov: &mut Coverage) -> CaseResult {

@@ -27,6 +27,11 @@ Examples:
       --steps 200 --batch-size 8 --lr 3e-4 --out runs/lm
   # Continue a run that was stopped (Ctrl-C, kill, crash) from its last checkpoint:
   adaptc train ... --out runs/sst --resume
+  # On an NVIDIA GPU, in mixed precision (bf16 products, f32 adapters and optimizer state):
+  adaptc train llama.onnx ... --device cuda --autocast bf16
+  # Less memory for long sequences: recompute each block's activations in the backward pass
+  # (attention is already fused by default, so its scores are never stored):
+  adaptc train llama.onnx ... --checkpoint-activations
 
 Data: JSONL, one row per line, with integer arrays named like the model's inputs
 (input_ids, attention_mask, token_type_ids, …) and an integer `label` for classification; or a
@@ -53,7 +58,7 @@ enum ScheduleArg {
     Constant,
 }
 
-/// Train adapters (or any trainable set) on the CPU runtime and export the result.
+/// Train adapters (or any trainable set) on adaptc's runtime (CPU or CUDA) and export the result.
 #[derive(clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {

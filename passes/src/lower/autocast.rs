@@ -162,7 +162,7 @@ impl Caster {
             return Ok(t.clone());
         }
         let only_products = graph.uses(value).iter().all(|u| u.slot.is_some() && self.sites.contains(&u.node));
-        let twin = if is_constant(graph, value) && only_products {
+        let twin = if is_constant(graph, value) && only_products && !graph.is_graph_output(value) {
             convert_initializer(graph, value, self.dtype)?;
             self.weights += 1;
             value.to_string()
