@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     platform::tune_allocator();
+    platform::quiet_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rewrite(args) => cmd::rewrite::run(args),

@@ -25,6 +25,16 @@ pub fn check_cpu() -> Result<(), String> {
     Ok(())
 }
 
+/// Ends the process quietly when its output pipe closes (`adaptc inspect m.onnx | head`), as
+/// Unix tools do: Rust ignores SIGPIPE, which turns the next `println!` into a panic.
+pub fn quiet_broken_pipe() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: restores the default disposition of one signal; called before any threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Keeps freed memory in the process (glibc): a training step frees and reallocates the same
 /// activation sizes every time, and returning them to the OS between kernels turns each
 /// reallocation into page faults that cost more than the kernels that fill them.

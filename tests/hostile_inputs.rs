@@ -608,3 +608,22 @@ fn bad_pipeline_fails_before_writing() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no-such-pass"));
     assert!(!out.exists());
 }
+
+/// A reader that closes the pipe early (`adaptc passes | head -1`) ends the process quietly:
+/// no panic message, no "broken pipe" error.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adaptc"))
+        .arg("passes")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the process has started writing: its first write meets a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}
