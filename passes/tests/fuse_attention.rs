@@ -99,7 +99,8 @@ fn llama_training_graph_keeps_loss_and_gradients_with_less_memory() {
     let (fused, report) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},fuse-attention,{loss}"));
     assert!(stat(&report, 1, "fuse_attention.fused") >= 2);
     let (b, s) = (2, 64);
-    let inputs = HashMap::from([("input_ids".to_string(), ids(b, s, 1000)), ("attention_mask".to_string(), mask(b, s, 7))]);
+    let inputs =
+        HashMap::from([("input_ids".to_string(), ids(b, s, 1000)), ("attention_mask".to_string(), mask(b, s, 7))]);
     let (before, after) = same_outputs(&full, &fused, &inputs, 1e-4);
     assert!(after < before, "peak {after} fused vs {before} unfused");
     println!("llama4 training graph, seq 64: peak activations {before} → {after} bytes");
@@ -108,7 +109,8 @@ fn llama_training_graph_keeps_loss_and_gradients_with_less_memory() {
 #[test]
 fn attention_whose_probabilities_are_read_elsewhere_is_left_alone() {
     let mut model = fixture("bert6.onnx");
-    let softmax = model.graph.nodes().find(|(_, n)| n.op().is("Softmax")).map(|(_, n)| n.output(0).unwrap().to_string());
+    let softmax =
+        model.graph.nodes().find(|(_, n)| n.op().is("Softmax")).map(|(_, n)| n.output(0).unwrap().to_string());
     model.graph.outputs.push(ValueInfo::new(softmax.unwrap(), None));
     let layers = model.graph.nodes().filter(|(_, n)| n.op().is("Softmax")).count();
     let pass = Registry::builtin().build(&adaptc_passes::Pipeline::parse("fuse-attention").unwrap().passes[0]).unwrap();

@@ -21,11 +21,13 @@ pub struct Emitter<'g> {
     shapes: HashMap<String, String>,
     /// Whether a node of [`ADAPTC_DOMAIN`] was emitted (the model must then import it).
     pub uses_adaptc_domain: bool,
+    /// Element types of the forward values, inferred on first need.
+    elem_types: Option<HashMap<String, DataType>>,
 }
 
 impl<'g> Emitter<'g> {
     pub fn new(graph: &'g mut Graph, pass: &'static str, prefix: &'static str) -> Emitter<'g> {
-        Emitter { graph, pass, prefix, shapes: HashMap::new(), uses_adaptc_domain: false }
+        Emitter { graph, pass, prefix, shapes: HashMap::new(), uses_adaptc_domain: false, elem_types: None }
     }
 
     /// Adds `op(inputs)` of the default domain; returns its single output, named after `hint`.
@@ -155,5 +157,17 @@ impl<'g> Emitter<'g> {
     /// The element type of a value, when declared.
     pub fn dtype(&self, value: &str) -> Option<DataType> {
         self.graph.value_type(value).and_then(|t| t.dtype())
+    }
+
+    /// The element type of a forward value, declared or inferred from its producers
+    /// ([`crate::lower::elem_types`], computed once).
+    pub fn elem_type(&mut self, value: &str) -> Option<DataType> {
+        if let Some(d) = self.dtype(value) {
+            return Some(d);
+        }
+        if self.elem_types.is_none() {
+            self.elem_types = crate::lower::elem_types::elem_types(self.graph).ok();
+        }
+        self.elem_types.as_ref().and_then(|t| t.get(value)).copied()
     }
 }

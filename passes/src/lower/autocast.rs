@@ -102,8 +102,9 @@ impl Pass for Autocast {
                 )),
             }
         }
-        let skipped = order.iter().filter(|&&id| graph.node(id).op().is("MatMul") || graph.node(id).op().is("Gemm")).count()
-            - sites.len();
+        let skipped =
+            order.iter().filter(|&&id| graph.node(id).op().is("MatMul") || graph.node(id).op().is("Gemm")).count()
+                - sites.len();
         let mut cast = Caster {
             dtype: self.dtype,
             sites: sites.iter().copied().collect(),

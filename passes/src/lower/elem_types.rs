@@ -59,7 +59,9 @@ fn produced(node: &Node, slot: usize, types: &HashMap<String, DataType>) -> Opti
         "Cast" => attr_type("to"),
         "CastLike" => input(1),
         "Constant" => node.attr("value").and_then(|a| a.as_tensor()).map(|t| t.dtype()),
-        "ConstantOfShape" => Some(node.attr("value").and_then(|a| a.as_tensor()).map_or(DataType::Float, |t| t.dtype())),
+        "ConstantOfShape" => {
+            Some(node.attr("value").and_then(|a| a.as_tensor()).map_or(DataType::Float, |t| t.dtype()))
+        }
         "Where" => input(1).or_else(|| input(2)),
         "TopK" | "MaxPool" if slot == 1 => Some(DataType::Int64),
         "Dropout" if slot == 1 => Some(DataType::Bool),

@@ -129,9 +129,8 @@ fn match_core(graph: &Graph, sm: NodeId) -> Result<Core, Miss> {
     let (mm1, bias) = if score.op().is("MatMul") {
         (score_id, None)
     } else if score.op().is("Add") {
-        let side = (0..2).find(|&k| {
-            score.input(k).and_then(|v| producer_node(graph, v)).is_some_and(|(_, n)| n.op().is("MatMul"))
-        });
+        let side = (0..2)
+            .find(|&k| score.input(k).and_then(|v| producer_node(graph, v)).is_some_and(|(_, n)| n.op().is("MatMul")));
         let k = side.ok_or(Miss::Silent)?;
         let (id, _) = producer_node(graph, score.input(k).unwrap_or_default()).ok_or(Miss::Silent)?;
         nodes.push(score_id);
@@ -156,7 +155,8 @@ fn match_core(graph: &Graph, sm: NodeId) -> Result<Core, Miss> {
                 let wn = graph.node(w);
                 if wn.op().is("Where") && wn.input(2) == Some(p) && is_zero_constant(graph, wn.input(1).unwrap_or("")) {
                     nodes.extend([isnan, w]);
-                    reader = sole_reader(graph, wn.output(0).unwrap_or_default()).and_then(|(r, slot)| (slot == 0).then_some(r));
+                    reader = sole_reader(graph, wn.output(0).unwrap_or_default())
+                        .and_then(|(r, slot)| (slot == 0).then_some(r));
                     masked_rows_zero = true;
                     if reader.is_none() {
                         return Err(Miss::Because("the guarded probabilities are read outside the attention".into()));

@@ -1,6 +1,8 @@
 //! Elementwise ops. Binary ops broadcast, so each operand's gradient is summed back to its
 //! shape (`SumToShape`, skipped when the declared shapes show no broadcasting).
 
+use adaptc_ir::Attribute;
+
 use super::{r, Grads, Rule, RuleCx};
 use crate::pass::PassError;
 
@@ -242,7 +244,13 @@ fn identity(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError>
 fn cast(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
     let g = dy(cx, dys)?;
     let x = cx.input(0)?;
-    let mut grads = vec![Some(cx.em.op("CastLike", &[&g, &x], vec![], &x)?)];
+    // Cast back to x's type: by name when it is known, so the backward does not keep x alive
+    // (CastLike would read it) just for its type.
+    let back = match cx.em.elem_type(&x) {
+        Some(d) => cx.em.op("Cast", &[&g], vec![Attribute::int("to", d.code() as i64)], &x)?,
+        None => cx.em.op("CastLike", &[&g, &x], vec![], &x)?,
+    };
+    let mut grads = vec![Some(back)];
     if cx.node.inputs().len() > 1 {
         grads.push(None);
     }
