@@ -14,22 +14,28 @@
 //! `dP = dy·vᵀ`, `dS = P ⊙ (dP − rowsum(dy ⊙ y))`, `da = dS·bᵀ`, `db = aᵀ·dS`, `dv = Pᵀ·dy`
 //! (`rowsum(dP ⊙ P) = rowsum(dy ⊙ y)`: one dot per row instead of a pass over N).
 //!
-//! Both run `ROWS` query rows at a time per (batch) product, products across threads; half
+//! Both run [`block_rows`] query rows at a time per (batch) product, products across threads; half
 //! types run in f32 ([`in_f32`]).
 
 use rayon::prelude::*;
 
 use adaptc_ir::DataType;
 
-use super::grad::real::Real;
+use super::grad::real::{self, Real};
 use super::matmul::{gemm_accumulate, gemm_with, in_f32, Mat, View};
 use super::util::{broadcast_index, broadcast_shapes, broadcast_strides, checked_numel, strided_index};
 use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, KResult};
 use crate::tensor::{Elem, Storage, Tensor};
 
-/// Query rows computed together: a `ROWS × N` score block per thread.
-const ROWS: usize = 64;
+/// Score elements per thread's block: 64 Ki f32 (256 KiB) stays in L2 next to the operands.
+const BLOCK_ELEMENTS: usize = 1 << 16;
+
+/// Query rows computed together: as many as fill [`BLOCK_ELEMENTS`] (short sequences in one
+/// block, so each product is two GEMMs), at least 16 (GEMMs too thin to pay otherwise).
+fn block_rows(m: usize, n: usize) -> usize {
+    (BLOCK_ELEMENTS / n.max(1)).max(16).min(m.max(1))
+}
 
 /// The shapes of one call, checked.
 struct Dims {
@@ -128,8 +134,13 @@ fn scores<T: Real>(d: &Dims, p: usize, (r0, rows): (usize, usize), x: Operands<T
     if let Some(bias) = bias {
         for (i, row) in s.chunks_exact_mut(n).enumerate() {
             let base = d.bias_off[p] + (r0 + i) * d.bias_rs;
-            for (j, x) in row.iter_mut().enumerate() {
-                *x += bias[base + j * d.bias_cs];
+            if d.bias_cs == 1 {
+                // A contiguous bias row (the usual mask): a slice loop, which vectorises.
+                row.iter_mut().zip(&bias[base..base + n]).for_each(|(x, &b)| *x += b);
+            } else {
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x += bias[base + j * d.bias_cs];
+                }
             }
         }
     }
@@ -149,16 +160,14 @@ fn probabilities<T: Real>(row: &mut [T], lse: T, zero_masked: bool) {
 /// Softmax of a score row in place (one `exp` per element); returns the row's log-Σ-exp
 /// (−∞ for a fully masked row, which becomes zeros, or NaN unless `zero_masked`).
 fn softmax_row<T: Real>(row: &mut [T], zero_masked: bool) -> T {
-    let mx = row.iter().fold(T::c(f64::NEG_INFINITY), |m, &x| m.max(x));
+    // Vectorising helpers: eight accumulators each (a single running sum or max would chain).
+    let mx = real::max(row);
     if mx == T::c(f64::NEG_INFINITY) {
         probabilities(row, mx, zero_masked);
         return mx;
     }
-    let mut sum = T::zero();
-    for x in row.iter_mut() {
-        *x = (*x - mx).exp();
-        sum += *x;
-    }
+    row.iter_mut().for_each(|x| *x = (*x - mx).exp());
+    let sum = real::sum(row);
     let inv = T::one() / sum;
     row.iter_mut().for_each(|x| *x *= inv);
     mx + T::c(sum.to_f64().ln())
@@ -184,9 +193,10 @@ pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         let mut y = vec![T::zero(); d.products() * m * dv];
         let mut lse = vec![T::zero(); d.products() * m];
         let per = |(p, (y, lse)): (usize, (&mut [T], &mut [T]))| {
-            let mut s = vec![T::zero(); ROWS.min(m) * n];
-            for r0 in (0..m).step_by(ROWS) {
-                let rows = ROWS.min(m - r0);
+            let block = block_rows(m, n);
+            let mut s = vec![T::zero(); block * n];
+            for r0 in (0..m).step_by(block) {
+                let rows = block.min(m - r0);
                 let s = &mut s[..rows * n];
                 scores(d, p, (r0, rows), x, s);
                 for (r, row) in s.chunks_exact_mut(n).enumerate() {
@@ -247,10 +257,11 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     ) {
         let (m, k, n, dvn) = (d.m, d.k, d.n, d.dv);
         let (a, b, v) = (x.a, x.b, x.v);
-        let cap = ROWS.min(m) * n;
+        let block = block_rows(m, n);
+        let cap = block * n;
         let (mut s, mut dp) = (vec![T::zero(); cap], vec![T::zero(); cap]);
-        for r0 in (0..m).step_by(ROWS) {
-            let rows = ROWS.min(m - r0);
+        for r0 in (0..m).step_by(block) {
+            let rows = block.min(m - r0);
             let (s, dp) = (&mut s[..rows * n], &mut dp[..rows * n]);
             scores(d, p, (r0, rows), x, s);
             let row0 = p * m + r0;
@@ -265,7 +276,7 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
             // dS = P ⊙ (dP − rowsum(dy ⊙ y)), into dp.
             for (r, (prow, dprow)) in s.chunks_exact(n).zip(dp.chunks_exact_mut(n)).enumerate() {
                 let o = (row0 + r) * dvn;
-                let delta = super::grad::real::dot(&dy[o..o + dvn], &y[o..o + dvn]);
+                let delta = real::dot(&dy[o..o + dvn], &y[o..o + dvn]);
                 for (g, &pv) in dprow.iter_mut().zip(prow) {
                     *g = pv * (*g - delta);
                 }
