@@ -36,6 +36,9 @@ Checks per model (onnxruntime with graph optimisations disabled, CPU):
 
   f–i  the compression passes (prune-layers, prune-channels, prune-weights, factorize-lowrank)
      against references built in PyTorch/numpy: scripts/crosscheck/compress_checks.py.
+  j  `adaptc train`: scripts/crosscheck/train_checks.py.
+  k  fuse-attention against onnxruntime, autocast{dtype=bf16} against torch.autocast, both on
+     adaptc's runtime: scripts/crosscheck/precision_checks.py.
 
 "Relative" is max|a − b| / max|a| over each output tensor (a = the reference). Results go to
 bench/results/crosscheck.md; the exit status is non-zero when any check fails.
@@ -62,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import compress_checks  # noqa: E402
+import precision_checks  # noqa: E402
 import train_checks  # noqa: E402
 from common import (  # noqa: E402,F401
     DATA,
@@ -409,7 +413,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--adaptc", default=str(REPO / "target" / "release" / "adaptc"))
     ap.add_argument("--models", default="minilm,llama", help="comma-separated subset of minilm,llama")
-    ap.add_argument("--checks", default="abcdefghij", help="which checks to run (letters a–j; default all)")
+    ap.add_argument("--checks", default="abcdefghijk", help="which checks to run (letters a–k; default all)")
     ap.add_argument("--refresh", action="store_true", help="re-export the models even if present")
     ap.add_argument("--report", default=str(REPO / "bench" / "results" / "crosscheck.md"))
     ap.add_argument("--prepare-only", action="store_true",
@@ -451,6 +455,7 @@ def main() -> int:
                 res.error(name, f"{letter}.", e)
         compress_checks.run(spec, res, args.checks)
         train_checks.run(spec, res, args.checks)
+        precision_checks.run(spec, res, args.checks)
     elapsed = time.perf_counter() - t0
     write_report(Path(args.report), res, notes, elapsed)
     print(f"\n{len(res.rows) - len(res.failed)} of {len(res.rows)} checks passed in {elapsed:.0f} s; "
