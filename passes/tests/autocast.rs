@@ -3,30 +3,14 @@
 //! every gradient of the training graph stay within bf16 tolerance of the f32 model's.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use adaptc_ir::{DataType, Model};
-use adaptc_passes::{PassContext, PassManager, Registry, RunReport};
+use adaptc_passes::{PassContext, PassManager, Registry};
 use adaptc_runtime::{Session, SessionOptions, Tensor};
 
-fn fixture(rel: &str) -> Model {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel);
-    adaptc_ir::onnx::load(&path).unwrap()
-}
+mod common;
 
-fn rewrite(mut model: Model, pipeline: &str) -> (Model, RunReport) {
-    let report = PassManager::new(&Registry::builtin(), pipeline).unwrap().run(&mut model).unwrap();
-    (model, report)
-}
-
-fn stat(report: &RunReport, pass: usize, key: &str) -> i64 {
-    report.runs[pass].stats.iter().find(|(n, _)| n == key).map(|(_, v)| *v).unwrap()
-}
-
-fn ids(b: usize, s: usize, vocab: i64) -> Tensor {
-    let v: Vec<i64> = (0..b * s).map(|k| (k as i64 * 7919 + 13) % vocab).collect();
-    Tensor::from_vec(vec![b, s], v).unwrap()
-}
+use common::{fixture, rewrite, token_ids as ids};
 
 fn bert_inputs(b: usize, s: usize) -> HashMap<String, Tensor> {
     HashMap::from([
@@ -73,9 +57,9 @@ fn bert_forward_runs_in_bf16_with_f32_adapters() {
     let (full, _) = rewrite(fixture("bert6.onnx"), adapt);
     let (low, report) = rewrite(fixture("bert6.onnx"), &format!("{adapt},autocast{{dtype=bf16}}"));
     let products = full.graph.nodes().filter(|(_, n)| n.op().is("MatMul") || n.op().is("Gemm")).count() as i64;
-    assert_eq!(stat(&report, 2, "autocast.products"), products);
-    assert_eq!(stat(&report, 2, "autocast.skipped"), 0);
-    assert!(stat(&report, 2, "autocast.weights") > 0);
+    assert_eq!(report.stat("autocast.products").unwrap(), products);
+    assert_eq!(report.stat("autocast.skipped").unwrap(), 0);
+    assert!(report.stat("autocast.weights").unwrap() > 0);
     for t in low.graph.initializers() {
         let trainable = t.metadata.get("adaptc.trainable") == Some("true");
         if trainable {
@@ -109,7 +93,7 @@ fn llama_training_graph_in_bf16_matches_f32_loss_and_gradients() {
     let loss = "build-training-graph{loss=causal-lm}";
     let (full, _) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},{loss}"));
     let (low, report) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},autocast,{loss}"));
-    assert_eq!(stat(&report, 1, "autocast.skipped"), 0);
+    assert_eq!(report.stat("autocast.skipped").unwrap(), 0);
     let (b, s) = (2, 24);
     let inputs = HashMap::from([
         ("input_ids".to_string(), ids(b, s, 1000)),

@@ -3,26 +3,14 @@
 //! a lower peak of live activations, and a clear refusal on a graph with no backward.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use adaptc_ir::Model;
 use adaptc_passes::{PassManager, Registry};
 use adaptc_runtime::{Session, SessionOptions, Tensor};
 
-fn fixture(rel: &str) -> Model {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel);
-    adaptc_ir::onnx::load(&path).unwrap()
-}
+mod common;
 
-fn rewrite(mut model: Model, pipeline: &str) -> (Model, adaptc_passes::RunReport) {
-    let report = PassManager::new(&Registry::builtin(), pipeline).unwrap().run(&mut model).unwrap();
-    (model, report)
-}
-
-fn ids(b: usize, s: usize, vocab: i64) -> Tensor {
-    let v: Vec<i64> = (0..b * s).map(|k| (k as i64 * 7919 + 13) % vocab).collect();
-    Tensor::from_vec(vec![b, s], v).unwrap()
-}
+use common::{fixture, rewrite, token_ids as ids};
 
 /// Runs both graphs on `inputs`: every output equal, and the checkpointed peak lower.
 fn same_outputs_less_memory(plain: &Model, checkpointed: &Model, inputs: HashMap<String, Tensor>) -> (usize, usize) {

@@ -4,30 +4,14 @@
 //! attention whose probabilities are read elsewhere is left alone with a note.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use adaptc_ir::{Model, ValueInfo};
-use adaptc_passes::{PassContext, PassManager, Registry, RunReport};
+use adaptc_passes::{PassContext, Registry};
 use adaptc_runtime::{Session, SessionOptions, Tensor};
 
-fn fixture(rel: &str) -> Model {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel);
-    adaptc_ir::onnx::load(&path).unwrap()
-}
+mod common;
 
-fn rewrite(mut model: Model, pipeline: &str) -> (Model, RunReport) {
-    let report = PassManager::new(&Registry::builtin(), pipeline).unwrap().run(&mut model).unwrap();
-    (model, report)
-}
-
-fn stat(report: &RunReport, pass: usize, key: &str) -> i64 {
-    report.runs[pass].stats.iter().find(|(n, _)| n == key).map(|(_, v)| *v).unwrap()
-}
-
-fn ids(b: usize, s: usize, vocab: i64) -> Tensor {
-    let v: Vec<i64> = (0..b * s).map(|k| (k as i64 * 7919 + 13) % vocab).collect();
-    Tensor::from_vec(vec![b, s], v).unwrap()
-}
+use common::{fixture, rewrite, token_ids as ids};
 
 /// A mask with the last `pad` positions of row 0 padded.
 fn mask(b: usize, s: usize, pad: usize) -> Tensor {
@@ -71,7 +55,7 @@ fn bert_forward_is_unchanged() {
     let (fused, report) = rewrite(fixture("bert6.onnx"), &format!("{adapt},fuse-attention,dce"));
     let layers = full.graph.nodes().filter(|(_, n)| n.op().is("Softmax")).count();
     assert!(layers >= 2);
-    assert_eq!(stat(&report, 2, "fuse_attention.fused"), layers as i64);
+    assert_eq!(report.stat("fuse_attention.fused").unwrap(), layers as i64);
     assert_eq!(fused_count(&fused), layers);
     assert!(!fused.graph.nodes().any(|(_, n)| n.op().is("Softmax") || n.op().is("IsNaN")));
     same_outputs(&full, &fused, &bert_inputs(3, 20), 1e-5);
@@ -97,7 +81,7 @@ fn llama_training_graph_keeps_loss_and_gradients_with_less_memory() {
     let loss = "build-training-graph{loss=causal-lm}";
     let (full, _) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},{loss}"));
     let (fused, report) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},fuse-attention,{loss}"));
-    assert!(stat(&report, 1, "fuse_attention.fused") >= 2);
+    assert!(report.stat("fuse_attention.fused").unwrap() >= 2);
     let (b, s) = (2, 64);
     let inputs =
         HashMap::from([("input_ids".to_string(), ids(b, s, 1000)), ("attention_mask".to_string(), mask(b, s, 7))]);

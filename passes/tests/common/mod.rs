@@ -43,6 +43,24 @@ pub fn bools(name: &str, dims: &[u64], values: &[bool]) -> Tensor {
     Tensor::from_bytes(name, DataType::Bool, dims.to_vec(), bytes).unwrap()
 }
 
+/// A model of `tests/fixtures/models/` (the BERT and Llama fixtures).
+pub fn fixture(rel: &str) -> Model {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(rel);
+    adaptc_ir::onnx::load(&path).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// `model` after `pipeline`, with the report.
+pub fn rewrite(mut model: Model, pipeline: &str) -> (Model, RunReport) {
+    let report = run(pipeline, &mut model);
+    (model, report)
+}
+
+/// `[b, s]` token ids below `vocab`, spread deterministically.
+pub fn token_ids(b: usize, s: usize, vocab: i64) -> adaptc_runtime::Tensor {
+    let v: Vec<i64> = (0..b * s).map(|k| (k as i64 * 7919 + 13) % vocab).collect();
+    adaptc_runtime::Tensor::from_vec(vec![b, s], v).unwrap()
+}
+
 /// Runs `pipeline` with the builtin passes (verify-each on) and returns the report.
 pub fn run(pipeline: &str, model: &mut Model) -> RunReport {
     let manager = PassManager::new(&Registry::builtin(), pipeline).unwrap_or_else(|e| panic!("{pipeline}: {e}"));

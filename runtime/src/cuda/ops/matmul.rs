@@ -83,6 +83,13 @@ pub(super) struct Gemm {
     pub beta: f32,
 }
 
+impl Gemm {
+    /// One (unbatched) product `C = alpha·op(A)·op(B) + beta·C`.
+    pub(super) fn single(elem: Elem, [m, n, k]: [usize; 3], (ta, tb): (bool, bool), alpha: f32, beta: f32) -> Gemm {
+        Gemm { elem, m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0, alpha, beta }
+    }
+}
+
 /// Runs `g` on device addresses `a`, `b`, `c` (byte addresses of the first elements).
 pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
@@ -191,20 +198,7 @@ fn product(gpu: &Gpu, a: &CudaValue, b: &CudaValue, ta: bool, tb: bool) -> DevRe
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
     // A 2-D right operand under a batched left one is one tall GEMM.
     let g = if sb == 0 && !ta && sa != 0 {
-        Gemm {
-            elem,
-            m: m * count,
-            n,
-            k,
-            ta,
-            tb,
-            batch: 1,
-            stride_a: 0,
-            stride_b: 0,
-            stride_c: 0,
-            alpha: 1.0,
-            beta: 0.0,
-        }
+        Gemm::single(elem, [m * count, n, k], (ta, tb), 1.0, 0.0)
     } else {
         let stride_c = m * n;
         Gemm { elem, m, n, k, ta, tb, batch: count, stride_a: sa, stride_b: sb, stride_c, alpha: 1.0, beta: 0.0 }
@@ -249,26 +243,7 @@ pub fn matmul_trans(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult
     if p == 0 {
         return host("an empty fold");
     }
-    run_gemm(
-        gpu,
-        Gemm {
-            elem,
-            m: k,
-            n,
-            k: p,
-            ta: true,
-            tb: false,
-            batch: 1,
-            stride_a: 0,
-            stride_b: 0,
-            stride_c: 0,
-            alpha: 1.0,
-            beta: 0.0,
-        },
-        ap,
-        bp,
-        yp,
-    )?;
+    run_gemm(gpu, Gemm::single(elem, [k, n, p], (true, false), 1.0, 0.0), ap, bp, yp)?;
     Ok(vec![done(y, shape, elem.dtype())])
 }
 
@@ -301,26 +276,7 @@ pub fn matmul_add_bias(gpu: &Gpu, _: &OpCtx, i: &[Option<&CudaValue>]) -> DevRes
     let rows: usize = a.shape()[..r - 1].iter().product();
     let y = bias_rows(gpu, elem, bias, rows, n)?;
     let (ap, wp, yp) = (dptr(gpu, a)?, dptr(gpu, w)?, addr(&y, &gpu.stream));
-    run_gemm(
-        gpu,
-        Gemm {
-            elem,
-            m: rows,
-            n,
-            k,
-            ta: false,
-            tb: false,
-            batch: 1,
-            stride_a: 0,
-            stride_b: 0,
-            stride_c: 0,
-            alpha: 1.0,
-            beta: 1.0,
-        },
-        ap,
-        wp,
-        yp,
-    )?;
+    run_gemm(gpu, Gemm::single(elem, [rows, n, k], (false, false), 1.0, 1.0), ap, wp, yp)?;
     let mut shape = a.shape()[..r - 1].to_vec();
     shape.push(n);
     Ok(vec![done(y, shape, elem.dtype())])
@@ -361,7 +317,7 @@ pub fn gemm(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         }
     };
     let (ap, bp, yp) = (dptr(gpu, a)?, dptr(gpu, b)?, addr(&y, &gpu.stream));
-    let g = Gemm { elem, m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0, alpha, beta };
+    let g = Gemm::single(elem, [m, n, k], (ta, tb), alpha, beta);
     run_gemm(gpu, g, ap, bp, yp)?;
     Ok(vec![done(y, vec![m, n], elem.dtype())])
 }
