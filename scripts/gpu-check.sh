@@ -120,3 +120,4 @@ echo "================ CUDA check ($(( $(date +%s) - start )) s) ===============
 echo "suite      : ${suite:-no summary (see suite.log)}"
 echo "loss curve : $curve"
 echo "benchmark  : D=$D LAYERS=$LAYERS FFN=$FFN B=$B S=$S: $bench"
+echo "last step  : $(grep -h '^last step:' "$OUT/bench-adaptc.log" 2>/dev/null | tail -1 | cut -c 12-)"

@@ -20,6 +20,10 @@
 //!   sums) agrees within 3e-2 of each output's largest magnitude (the backends may round a
 //!   product's f32 sum to bf16 one unit apart, and that spreads), and none of its bf16 work
 //!   fell back to the host but data-movement gradients the CPU kernel keeps in f32;
+//! - a graph of `ClipGradNorm` over two gradients (with `max_norm` below their norm) and
+//!   `AdamW` on one parameter runs both ops on the device, and the norm, the clip scale and the
+//!   new parameter and moments agree within 1e-6 relative (AdamW is the CPU's f32 arithmetic in
+//!   its order; only the f64 norm's summation order differs);
 //! - every op the device implements ran on the device in at least one of those cases.
 //!
 //! Environment: `ADAPTC_NODE_DIR` overrides where the node tests are read from.
@@ -86,8 +90,9 @@ fn main() {
     std::env::set_var("ADAPTC_CUDA_ATTENTION_ROWS", "5");
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
-    let gpu_cases: [GpuCase; 5] = [
+    let gpu_cases: [GpuCase; 6] = [
         ("node_suite_matches_cpu", node_suite),
+        ("clip_grad_norm_and_adamw_match_cpu", optimizer_step),
         ("bert_lora_training_graph_matches_cpu", bert_training_graph),
         ("bert_lora_fused_attention_training_graph_matches_cpu", bert_fused_attention_training_graph),
         ("llama_lora_training_graph_matches_cpu", llama_training_graph),
@@ -464,4 +469,106 @@ fn llama_inputs(model: &adaptc_ir::Model) -> Result<HashMap<String, Tensor>, Str
         inputs.insert("position_ids".into(), Tensor::from_vec(vec![b, s], pos).map_err(|e| e.to_string())?);
     }
     Ok(inputs)
+}
+
+/// `ClipGradNorm(g1, g2)` with `max_norm` a third of the gradients' norm, then `AdamW(p, g1, m,
+/// v, scale, k)`: inputs of 37×29 and 300 elements (several blocks, partial last ones). Both
+/// ops must run on the device, and every output match the CPU within 1e-6 relative.
+fn optimizer_step(cov: &mut Coverage) -> CaseResult {
+    let (model, inputs) = optimizer_graph()?;
+    let (want, got, placement) = both(&model, &inputs)?;
+    cov.add(&placement);
+    println!("  {placement}");
+    let mut problems = Vec::new();
+    for op in ["ai.adaptc::ClipGradNorm", "ai.adaptc::AdamW"] {
+        if let Some((n, why)) = placement.host.get(op) {
+            problems.push(format!("{op} ran on the host ×{n}: {why}"));
+        }
+        if placement.device.get(op).copied().unwrap_or(0) != 1 {
+            problems.push(format!("{op} did not run on the device"));
+        }
+    }
+    // The clip must have clipped (scale < 1), or the case would not test the scale's use.
+    let scale = want.iter().find(|(n, _)| n == "scale").and_then(|(_, t)| t.as_slice::<f32>().map(|s| s[0]));
+    if !scale.is_some_and(|s| s < 1.0) {
+        problems.push(format!("the CPU's clip scale is {scale:?}, not below 1"));
+    }
+    let mut worst = 0.0f64;
+    for ((n, w), (_, g)) in want.iter().zip(&got) {
+        match compare(n, w, g, 1e-6, 1e-3) {
+            Ok(d) => worst = worst.max(d),
+            Err(e) => problems.push(e),
+        }
+    }
+    println!("  {} outputs, largest relative difference {worst:.2e}", want.len());
+    if problems.is_empty() {
+        Ok(None)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The graph and inputs of [`optimizer_step`]: the step's scalars `k` as the trainer computes
+/// them (lr 2e-3, weight decay 0.01, β (0.9, 0.999), ε 1e-8, step 5).
+fn optimizer_graph() -> Result<(adaptc_ir::Model, HashMap<String, Tensor>), String> {
+    use adaptc_ir::{Attribute, DataType, Dim, Graph, Node, OpKey, ValueInfo};
+    let (rows, cols, n2) = (37usize, 29usize, 300usize);
+    let mut rng = 0x5eed_u64;
+    let mut rand = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                lo + (hi - lo) * ((rng >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    };
+    let (p, g1, m, v, g2) = (
+        rand(rows * cols, -1.0, 1.0),
+        rand(rows * cols, -0.5, 0.5),
+        rand(rows * cols, -0.1, 0.1),
+        rand(rows * cols, 0.0, 0.01),
+        rand(n2, -2.0, 2.0),
+    );
+    let norm: f64 = g1.iter().chain(&g2).map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let (lr, wd, b1, b2, eps, t) = (2e-3f64, 0.01f64, 0.9f64, 0.999f64, 1e-8f32, 5);
+    let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+    let k: Vec<f32> = [1.0 - lr * wd, 1.0 - b1, b2, 1.0 - b2, lr / bc1, bc2.sqrt(), f64::from(eps)]
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+
+    let known = |d: &[usize]| d.iter().map(|&n| Dim::Known(n as i64)).collect::<Vec<_>>();
+    let mut g = Graph::new("optimizer_step");
+    let (param, grad2, coef) = (vec![rows, cols], vec![n2], vec![k.len()]);
+    for (name, shape) in [("p", &param), ("g1", &param), ("m", &param), ("v", &param), ("g2", &grad2), ("k", &coef)] {
+        g.inputs.push(ValueInfo::tensor(name, DataType::Float, known(shape)));
+    }
+    for (name, shape) in [("norm", &vec![]), ("scale", &vec![]), ("p2", &param), ("m2", &param), ("v2", &param)] {
+        g.outputs.push(ValueInfo::tensor(name, DataType::Float, known(shape)));
+    }
+    let clip = Node::new(
+        OpKey::new("ai.adaptc", "ClipGradNorm"),
+        vec!["g1".into(), "g2".into()],
+        vec!["norm".into(), "scale".into()],
+    )
+    .with_attr(Attribute::float("max_norm", (norm / 3.0) as f32));
+    g.add_node(clip.named("clip")).map_err(|e| e.to_string())?;
+    let adamw = Node::new(
+        OpKey::new("ai.adaptc", "AdamW"),
+        ["p", "g1", "m", "v", "scale", "k"].iter().map(|s| s.to_string()).collect(),
+        vec!["p2".into(), "m2".into(), "v2".into()],
+    );
+    g.add_node(adamw.named("adamw")).map_err(|e| e.to_string())?;
+    let model = adaptc_ir::Model::new(g, 21);
+
+    let tensor = |shape: Vec<usize>, v: Vec<f32>| Tensor::from_vec(shape, v).map_err(|e| e.to_string());
+    let inputs = HashMap::from([
+        ("p".to_string(), tensor(vec![rows, cols], p)?),
+        ("g1".to_string(), tensor(vec![rows, cols], g1)?),
+        ("m".to_string(), tensor(vec![rows, cols], m)?),
+        ("v".to_string(), tensor(vec![rows, cols], v)?),
+        ("g2".to_string(), tensor(vec![n2], g2)?),
+        ("k".to_string(), tensor(vec![k.len()], k)?),
+    ]);
+    Ok((model, inputs))
 }

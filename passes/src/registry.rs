@@ -66,6 +66,7 @@ impl Registry {
         r.register(crate::lower::fuse_attention::info());
         r.register(crate::autodiff::info());
         r.register(crate::autodiff::checkpoint::info());
+        r.register(crate::autodiff::optimizer::info());
         r.register(crate::compress::quantize::info());
         r.register(crate::compress::dequantize::info());
         r.register(crate::compress::prune_layers::info());

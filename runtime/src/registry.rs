@@ -67,7 +67,7 @@ impl Registry {
             for &(name, kernel) in ops::quant::MS_OPS {
                 r.ops.insert((MS_DOMAIN.to_string(), name.to_string()), OpDef { kernel });
             }
-            for &(name, kernel) in ops::grad::OPS.iter().chain(ops::fused_attention::OPS) {
+            for &(name, kernel) in ops::grad::OPS.iter().chain(ops::fused_attention::OPS).chain(ops::optim::OPS) {
                 r.ops.insert((ADAPTC_DOMAIN.to_string(), name.to_string()), OpDef { kernel });
             }
             r

@@ -3,8 +3,15 @@
 //! `run` checks the caller's inputs against the graph's declared inputs (names, element
 //! types, ranks, static dims) before executing, so mistakes are reported by input name rather
 //! than as a kernel failure deep in the graph.
+//!
+//! A session can also carry state from one run to the next ([`Session::bind_state`]): an
+//! output named in a binding is not returned but kept, as the backend's buffer, and becomes
+//! the bound input of the next run. A training step whose graph updates its own weights and
+//! optimizer moments (`append-adamw`) then runs with nothing but the batch crossing to the
+//! device, and the state is read back only when asked ([`Session::state`]).
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use adaptc_ir::{Dim, Model};
@@ -57,6 +64,15 @@ fn not_built() -> RuntimeError {
 pub struct Session {
     plan: ExecPlan,
     engine: Engine,
+    /// Inputs fed from the previous run's outputs ([`Session::bind_state`]).
+    bindings: Vec<Binding>,
+}
+
+/// One carried value: plan input `input` (by index) takes plan output `output` of the last run.
+#[derive(Clone, Debug)]
+struct Binding {
+    input: usize,
+    output: usize,
 }
 
 /// The backend a session runs on, with the constants it has uploaded once.
@@ -87,7 +103,78 @@ impl Session {
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => return Err(not_built()),
         };
-        Ok(Session { plan, engine })
+        Ok(Session { plan, engine, bindings: Vec::new() })
+    }
+
+    /// Carries state between runs: for each `(input, output)` pair, `output` of one run is kept
+    /// on the backend and fed as `input` to the next, and is no longer among the returned
+    /// outputs. Until a run produces it, the input takes the value given to
+    /// [`Session::set_state`], or else its initializer. Replaces earlier bindings and clears
+    /// the carried values.
+    pub fn bind_state(&mut self, pairs: &[(String, String)]) -> Result<()> {
+        let mut bindings = Vec::with_capacity(pairs.len());
+        for (input, output) in pairs {
+            let Some(i) = self.plan.inputs.iter().position(|p| &p.info.name == input) else {
+                return Err(RuntimeError::Input {
+                    name: input.clone(),
+                    reason: "cannot carry state into it: the model has no such input".into(),
+                });
+            };
+            let Some(o) = self.plan.outputs.iter().position(|(n, _)| n == output) else {
+                return Err(RuntimeError::Input {
+                    name: input.clone(),
+                    reason: format!("cannot carry state from `{output}`: the model has no such output"),
+                });
+            };
+            if bindings.iter().any(|b: &Binding| b.input == i || b.output == o) {
+                return Err(RuntimeError::Input {
+                    name: input.clone(),
+                    reason: format!("is bound twice (or `{output}` feeds two inputs)"),
+                });
+            }
+            bindings.push(Binding { input: i, output: o });
+        }
+        self.bindings = bindings;
+        match &self.engine {
+            Engine::Cpu(r) => r.carried().clear(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(r) => r.carried().clear(),
+        }
+        Ok(())
+    }
+
+    /// Sets the value a bound input takes on the next run (checked like a fed input).
+    pub fn set_state(&self, name: &str, value: &Tensor) -> Result<()> {
+        let input = self.bound_input(name)?;
+        check_input(&self.plan.inputs[input].info, value)?;
+        match &self.engine {
+            Engine::Cpu(r) => r.set_carried(input, value),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(r) => r.set_carried(input, value),
+        }
+    }
+
+    /// The value a bound input will take on the next run, copied to the host.
+    pub fn state(&self, name: &str) -> Result<Tensor> {
+        let input = self.bound_input(name)?;
+        let found = match &self.engine {
+            Engine::Cpu(r) => r.get_carried(input)?,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(r) => r.get_carried(input)?,
+        };
+        match (found, &self.plan.inputs[input].default) {
+            (Some(t), _) => Ok(t),
+            (None, Some(d)) => Ok(d.clone()),
+            (None, None) => {
+                Err(RuntimeError::Input { name: name.to_string(), reason: "carried state has no value yet".into() })
+            }
+        }
+    }
+
+    fn bound_input(&self, name: &str) -> Result<usize> {
+        self.bindings.iter().map(|b| b.input).find(|&i| self.plan.inputs[i].info.name == name).ok_or_else(|| {
+            RuntimeError::Input { name: name.to_string(), reason: "is not carried state (see bind_state)".into() }
+        })
     }
 
     /// The backend's name (`cpu`, `cuda:0 (NVIDIA H100 …)`).
@@ -99,24 +186,40 @@ impl Session {
         }
     }
 
-    /// Names of the inputs the caller must give (those without an initializer default).
+    /// Names of the inputs the caller must give (those without an initializer default, and not
+    /// carried state).
     pub fn required_inputs(&self) -> Vec<&str> {
-        self.plan.inputs.iter().filter(|i| i.default.is_none()).map(|i| i.info.name.as_str()).collect()
+        let bound = |i: usize| self.bindings.iter().any(|b| b.input == i);
+        self.plan
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.default.is_none() && !bound(*i))
+            .map(|(_, p)| p.info.name.as_str())
+            .collect()
     }
 
     pub fn input_names(&self) -> Vec<&str> {
         self.plan.inputs.iter().map(|i| i.info.name.as_str()).collect()
     }
 
+    /// Names of the outputs a run returns (those not carried as state).
     pub fn output_names(&self) -> Vec<&str> {
-        self.plan.outputs.iter().map(|(n, _)| n.as_str()).collect()
+        let carried: Vec<usize> = self.bindings.iter().map(|b| b.output).collect();
+        self.plan
+            .outputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !carried.contains(i))
+            .map(|(_, (n, _))| n.as_str())
+            .collect()
     }
 
     pub fn plan(&self) -> &ExecPlan {
         &self.plan
     }
 
-    /// Runs the model; outputs come in the graph's output order.
+    /// Runs the model; outputs come in the graph's output order (less the carried ones).
     pub fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
         self.run_with_stats(inputs).map(|(o, _)| o)
     }
@@ -131,10 +234,16 @@ impl Session {
                 reason: format!("the model has no such input (its inputs: {})", self.input_names().join(", ")),
             });
         }
+        if let Some(b) = self.bindings.iter().find(|b| inputs.contains_key(&self.plan.inputs[b.input].info.name)) {
+            return Err(RuntimeError::Input {
+                name: self.plan.inputs[b.input].info.name.clone(),
+                reason: "is carried state: set it with set_state, not as a fed input".into(),
+            });
+        }
         match &self.engine {
-            Engine::Cpu(r) => r.run(&self.plan, inputs),
+            Engine::Cpu(r) => r.run(&self.plan, inputs, &self.bindings),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(r) => r.run(&self.plan, inputs),
+            Engine::Cuda(r) => r.run(&self.plan, inputs, &self.bindings),
         }
     }
 }
@@ -144,15 +253,38 @@ impl Session {
 struct Runner<B: Backend> {
     backend: B,
     constants: Vec<(usize, B::Buffer)>,
+    /// Carried state by plan input index: the buffers the next run reads.
+    carried: Mutex<HashMap<usize, B::Buffer>>,
 }
 
 impl<B: Backend> Runner<B> {
     fn new(backend: B, plan: &ExecPlan) -> Result<Runner<B>> {
         let constants = plan.constants.iter().map(|(b, t)| Ok((*b, backend.upload(t)?))).collect::<Result<_>>()?;
-        Ok(Runner { backend, constants })
+        Ok(Runner { backend, constants, carried: Mutex::new(HashMap::new()) })
     }
 
-    fn run(&self, plan: &ExecPlan, mut inputs: HashMap<String, Tensor>) -> Result<(Vec<(String, Tensor)>, RunStats)> {
+    fn carried(&self) -> MutexGuard<'_, HashMap<usize, B::Buffer>> {
+        // A panic elsewhere cannot leave the map half-updated: every change is one insert.
+        self.carried.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_carried(&self, input: usize, t: &Tensor) -> Result<()> {
+        let buf = self.backend.upload(t)?;
+        self.carried().insert(input, buf);
+        Ok(())
+    }
+
+    fn get_carried(&self, input: usize) -> Result<Option<Tensor>> {
+        let buf = self.carried().get(&input).cloned();
+        buf.map(|b| self.backend.download(&b)).transpose()
+    }
+
+    fn run(
+        &self,
+        plan: &ExecPlan,
+        mut inputs: HashMap<String, Tensor>,
+        bindings: &[Binding],
+    ) -> Result<(Vec<(String, Tensor)>, RunStats)> {
         let be = &self.backend;
         be.begin_run();
         let mut slots: Vec<Option<B::Buffer>> = vec![None; plan.num_buffers];
@@ -160,7 +292,13 @@ impl<B: Backend> Runner<B> {
             slots[*b] = Some(buf.clone());
         }
         let mut usage = Usage::default();
-        for pi in &plan.inputs {
+        let carried_in = self.carried().clone();
+        for (index, pi) in plan.inputs.iter().enumerate() {
+            if let Some(buf) = carried_in.get(&index) {
+                usage.alloc(be.storage_key(buf), be.byte_size(buf));
+                slots[pi.buf] = Some(buf.clone());
+                continue;
+            }
             let t = match inputs.remove(&pi.info.name) {
                 Some(t) => t,
                 None => match &pi.default {
@@ -202,12 +340,18 @@ impl<B: Backend> Runner<B> {
         }
         be.end_run()?;
         let mut out = Vec::with_capacity(plan.outputs.len());
-        for (name, b) in &plan.outputs {
+        let mut carried_out = Vec::with_capacity(bindings.len());
+        for (index, (name, b)) in plan.outputs.iter().enumerate() {
             let Some(buf) = slots[*b].as_ref() else {
                 return Err(RuntimeError::Lowering(format!("graph output `{name}` was not produced")));
             };
-            out.push((name.clone(), be.download(buf)?));
+            match bindings.iter().find(|bd| bd.output == index) {
+                Some(bd) => carried_out.push((bd.input, buf.clone())),
+                None => out.push((name.clone(), be.download(buf)?)),
+            }
         }
+        // Only a run that finished replaces the state, so a failed step leaves it as it was.
+        self.carried().extend(carried_out);
         Ok((out, RunStats { peak_bytes: usage.peak, profile, placement: be.report() }))
     }
 }

@@ -174,3 +174,73 @@ fn attention_fusions_match_the_separate_kernels() {
         }
     }
 }
+
+/// `total = acc + x` and `prev = Neg(acc)`, with `acc: f32[3]` defaulting to zeros: a running
+/// sum when `total` is carried into `acc`.
+fn accumulator() -> Model {
+    let mut g = Graph::new("g");
+    for name in ["x", "acc"] {
+        g.inputs.push(ValueInfo::tensor(name, DataType::Float, vec![Dim::Known(3)]));
+    }
+    for name in ["prev", "total"] {
+        g.outputs.push(ValueInfo::tensor(name, DataType::Float, vec![Dim::Known(3)]));
+    }
+    g.add_initializer(adaptc_ir::Tensor::from_f32("acc", vec![3], &[0.0; 3]).unwrap()).unwrap();
+    g.add_node(Node::new(OpKey::onnx("Add"), vec!["acc".into(), "x".into()], vec!["total".into()]).named("add"))
+        .unwrap();
+    g.add_node(Node::new(OpKey::onnx("Neg"), vec!["acc".into()], vec!["prev".into()]).named("neg")).unwrap();
+    Model::new(g, 21)
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.as_slice::<f32>().unwrap().to_vec()
+}
+
+#[test]
+fn carried_state_feeds_the_next_run_and_stays_out_of_the_outputs() {
+    let mut s = Session::new(&accumulator(), SessionOptions::default()).unwrap();
+    s.bind_state(&[("acc".into(), "total".into())]).unwrap();
+    assert_eq!(s.output_names(), ["prev"]);
+    assert_eq!(s.required_inputs(), ["x"]);
+    let feed = |v: [f32; 3]| HashMap::from([("x".to_string(), Tensor::from_vec(vec![3], v.to_vec()).unwrap())]);
+    // Before any run the state is the initializer.
+    assert_eq!(f32s(&s.state("acc").unwrap()), [0.0; 3]);
+    let out = s.run(feed([1.0, 2.0, 3.0])).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(f32s(&out[0].1), [-0.0; 3]);
+    let out = s.run(feed([1.0, 1.0, 1.0])).unwrap();
+    assert_eq!(f32s(&out[0].1), [-1.0, -2.0, -3.0]);
+    assert_eq!(f32s(&s.state("acc").unwrap()), [2.0, 3.0, 4.0]);
+    // Set from outside, then carried on.
+    s.set_state("acc", &Tensor::from_vec(vec![3], vec![10.0f32; 3]).unwrap()).unwrap();
+    let out = s.run(feed([0.5; 3])).unwrap();
+    assert_eq!(f32s(&out[0].1), [-10.0; 3]);
+    assert_eq!(f32s(&s.state("acc").unwrap()), [10.5; 3]);
+    // A refused run leaves the state as it was.
+    let bad = HashMap::from([("x".to_string(), Tensor::from_vec(vec![2], vec![1.0f32; 2]).unwrap())]);
+    assert!(s.run(bad).is_err());
+    assert_eq!(f32s(&s.state("acc").unwrap()), [10.5; 3]);
+    // Rebinding clears what was carried.
+    s.bind_state(&[("acc".into(), "total".into())]).unwrap();
+    assert_eq!(f32s(&s.state("acc").unwrap()), [0.0; 3]);
+}
+
+#[test]
+fn carried_state_is_refused_by_name_when_misused() {
+    let mut s = Session::new(&accumulator(), SessionOptions::default()).unwrap();
+    let e = s.bind_state(&[("nope".into(), "total".into())]).unwrap_err().to_string();
+    assert!(e.contains("`nope`") && e.contains("no such input"), "{e}");
+    let e = s.bind_state(&[("acc".into(), "nope".into())]).unwrap_err().to_string();
+    assert!(e.contains("`nope`") && e.contains("no such output"), "{e}");
+    let e = s.bind_state(&[("acc".into(), "total".into()), ("acc".into(), "prev".into())]).unwrap_err().to_string();
+    assert!(e.contains("bound twice"), "{e}");
+    let e = s.state("acc").unwrap_err().to_string();
+    assert!(e.contains("not carried state"), "{e}");
+    s.bind_state(&[("acc".into(), "total".into())]).unwrap();
+    let e = s.set_state("acc", &Tensor::from_vec(vec![4], vec![0.0f32; 4]).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("`acc`") && e.contains("dimension 0 must be 3"), "{e}");
+    let mut feeds = HashMap::from([("x".to_string(), Tensor::from_vec(vec![3], vec![0.0f32; 3]).unwrap())]);
+    feeds.insert("acc".into(), Tensor::from_vec(vec![3], vec![0.0f32; 3]).unwrap());
+    let e = s.run(feeds).unwrap_err().to_string();
+    assert!(e.contains("`acc`") && e.contains("carried state"), "{e}");
+}

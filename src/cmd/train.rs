@@ -290,6 +290,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(profile) = &outcome.profile {
         eprintln!("time per op over all training steps (ADAPTC_PROFILE):\n{profile}");
     }
+    if let Some(placement) = &outcome.last_step_placement {
+        eprintln!("last step: {placement}");
+    }
     eprintln!(
         "trained {} steps; peak activation memory {:.1} MiB; wrote {} in {}",
         outcome.step,

@@ -9,6 +9,8 @@
 //!   data position, configuration fingerprint), the last K kept;
 //! - [`metrics`]: the `metrics.jsonl` log, truncated on resume;
 //! - [`plot`]: the loss chart, `loss.png`;
+//! - [`step`]: one optimizer step, in the training graph (`append-adamw`, state kept in the
+//!   session) or on the host (gradient accumulation);
 //! - [`trainer`]: the loop that ties them to the training graph and the runtime;
 //! - [`artifacts`]: adapted/merged ONNX, the PEFT adapter and the plot, written at the end.
 //!
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod plot;
 pub mod schedule;
+pub mod step;
 pub mod tokenize;
 pub mod trainer;
 

@@ -133,11 +133,30 @@ impl AdamW {
         if !lr.is_finite() || lr < 0.0 {
             return Err(TrainError::Optimizer(format!("learning rate must be finite and ≥ 0, got {lr}")));
         }
-        self.step += 1;
-        let k = self.coefficients(lr);
+        let k = Coefficients::from_array(self.next_coefficients(lr)?);
         for (p, mo) in params.iter_mut().zip(&mut self.moments) {
             update(&k, p.value, p.grad, mo);
         }
+        Ok(())
+    }
+
+    /// Counts one step made elsewhere (in the training graph, `append-adamw`) and returns its
+    /// scalars in the order of the graph's `adamw.coefficients` input: `[decay, 1−β₁, β₂,
+    /// 1−β₂, step_size, √bc₂, ε]`; the moments are then the graph's to update (see
+    /// [`AdamW::set_moments`]).
+    pub fn next_coefficients(&mut self, lr: f32) -> Result<[f32; 7]> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(TrainError::Optimizer(format!("learning rate must be finite and ≥ 0, got {lr}")));
+        }
+        self.step += 1;
+        Ok(self.coefficients(lr).to_array())
+    }
+
+    /// Replaces the moments with values computed elsewhere (read back from the training
+    /// graph's state): same names, order and sizes, or an error and nothing changes.
+    pub fn set_moments(&mut self, moments: Vec<Moments>) -> Result<()> {
+        self.check(moments.iter().map(|m| (m.name.as_str(), m.m.len(), m.v.len())))?;
+        self.moments = moments;
         Ok(())
     }
 
@@ -228,6 +247,17 @@ struct Coefficients {
     step_size: f32,
     bc2_sqrt: f32,
     eps: f32,
+}
+
+impl Coefficients {
+    fn to_array(&self) -> [f32; 7] {
+        [self.decay, self.one_minus_b1, self.b2, self.one_minus_b2, self.step_size, self.bc2_sqrt, self.eps]
+    }
+
+    fn from_array(k: [f32; 7]) -> Coefficients {
+        let [decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = k;
+        Coefficients { decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps }
+    }
 }
 
 fn update(k: &Coefficients, p: &mut [f32], g: &[f32], mo: &mut Moments) {

@@ -1,11 +1,12 @@
-//! The training loop: the training graph (`build-training-graph`) run by the CPU runtime on
-//! padded batches, gradients accumulated and clipped on the host, AdamW with the learning-rate
-//! schedule, evaluation, metrics and atomic checkpoints.
+//! The training loop: the training graph (`build-training-graph`) run on padded batches,
+//! the optimizer step ([`crate::step`]: AdamW in the graph, or on the host with gradient
+//! accumulation) with the learning-rate schedule, evaluation, metrics and atomic checkpoints.
 //!
 //! Resuming restores the trainable weights, AdamW's moments and step, and the data position
 //! of the last checkpoint, so a resumed run takes exactly the steps an uninterrupted run
 //! would (the loop draws no random numbers: the data order is a function of seed and epoch).
-//! A non-finite loss stops the run before the update, so no non-finite weight is ever kept.
+//! A non-finite loss or gradient norm stops the run with an error, so no non-finite weight is
+//! ever saved or returned.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,15 +14,16 @@ use std::time::Instant;
 
 use adaptc_ir::{DataType, Model, ValueInfo};
 use adaptc_passes::adapters::record::AdapterState;
-use adaptc_passes::autodiff::{build_training_graph, LossKind, GRAD_PREFIX, IGNORE_INDEX};
+use adaptc_passes::autodiff::{build_training_graph, LossKind, IGNORE_INDEX};
 use adaptc_runtime::{Device, Profile, Session, SessionOptions, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Batch, Dataset};
 use crate::error::{Result, TrainError};
 use crate::metrics::{EvalRecord, MetricsWriter, StepRecord};
-use crate::optimizer::{clip_grad_norm_tensors, AdamW, AdamWConfig};
+use crate::optimizer::{AdamW, AdamWConfig};
 use crate::schedule::{Decay, Schedule};
+use crate::step::Stepper;
 use crate::Loader;
 
 /// What the model is trained to do.
@@ -54,7 +56,7 @@ pub struct TrainConfig {
     pub eval_every: Option<u64>,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
-    /// Where the training and evaluation graphs run (the optimizer runs on the host). Not part
+    /// Where the training and evaluation graphs run (with the optimizer, unless gradients are accumulated). Not part
     /// of the fingerprint: a run may resume on another device.
     pub device: Device,
     /// Recompute each block's activations in the backward pass (`checkpoint-activations`):
@@ -129,6 +131,9 @@ pub struct Outcome {
     pub peak_bytes: usize,
     /// Time per op over all training steps, when `ADAPTC_PROFILE` is set.
     pub profile: Option<Profile>,
+    /// Where the last step's instructions ran and what it copied between host and device
+    /// (CUDA; `None` on the CPU).
+    pub last_step_placement: Option<adaptc_runtime::Placement>,
 }
 
 /// The files of a run folder.
@@ -175,14 +180,14 @@ pub fn train(
         use adaptc_passes::{Pass as _, PassContext};
         adaptc_passes::autodiff::checkpoint::CheckpointActivations.run(&mut training, &mut PassContext::default())?;
     }
+    let mut params = initial_params(adapted, &trainable)?;
     let options = SessionOptions { device: cfg.device };
-    let train_session = Session::new(&training, options.clone())?;
+    let stepper = Stepper::new(training, options.clone(), &params, cfg.grad_accum, cfg.max_grad_norm)?;
     let eval_session = match eval {
         Some(_) => Some(Session::new(&evaluation, options)?),
         None => None,
     };
 
-    let mut params = initial_params(adapted, &trainable)?;
     let mut optimizer = AdamW::new(cfg.adamw, params.iter().map(|(n, t)| (n.as_str(), t.numel())))?;
     let mut loader = Loader::new(data, cfg.batch_size, cfg.seed, false)?;
     let schedule = Schedule::new(cfg.lr, cfg.warmup, cfg.steps, cfg.decay, cfg.min_lr_ratio)?;
@@ -206,70 +211,42 @@ pub fn train(
         MetricsWriter::create(&run.metrics())?
     };
 
+    stepper.load(&params, &optimizer)?;
     observer.on_start(step, cfg.steps);
     let mut last_eval = None;
     let mut predictions = Vec::new();
     let mut peak_bytes = 0;
     let mut profile = None;
+    let mut last_step_placement = None;
     let mut stop = Stop::Finished;
     while step < cfg.steps {
         if observer.interrupted() {
+            stepper.sync(&mut params, &mut optimizer)?;
             save(cfg, run, step, &params, &optimizer, &loader, &fingerprint)?;
             stop = Stop::Interrupted;
             break;
         }
         let started = Instant::now();
-        let mut grads: Option<Vec<(String, Tensor)>> = None;
-        let mut loss_sum = 0f64;
+        let mut batches = Vec::with_capacity(cfg.grad_accum);
         let mut tokens = 0usize;
         for _ in 0..cfg.grad_accum {
             let batch = loader.next_batch()?;
             tokens += batch.tokens();
-            let mut feeds = feeds(&batch, cfg.objective);
-            feeds.extend(params.iter().cloned());
-            let (outputs, stats) = train_session.run_with_stats(feeds)?;
-            peak_bytes = peak_bytes.max(stats.peak_bytes);
-            if let Some(p) = &stats.profile {
-                profile.get_or_insert_with(Profile::default).merge(p);
-            }
-            let mut outputs: HashMap<String, Tensor> = outputs.into_iter().collect();
-            let loss = scalar(outputs.get("loss"))?;
-            if !loss.is_finite() {
-                return Err(TrainError::NonFinite { step: step + 1, what: format!("the loss is {loss}") });
-            }
-            loss_sum += loss;
-            let micro: Vec<(String, Tensor)> = params
-                .iter()
-                .map(|(n, _)| {
-                    outputs
-                        .remove(&format!("{GRAD_PREFIX}{n}"))
-                        .map(|g| (n.clone(), g))
-                        .ok_or_else(|| TrainError::Config(format!("the training graph has no gradient for `{n}`")))
-                })
-                .collect::<Result<_>>()?;
-            grads = Some(match grads {
-                None => micro,
-                Some(acc) => add_grads(acc, micro)?,
-            });
-        }
-        let mut grads = grads.unwrap_or_default();
-        if cfg.grad_accum > 1 {
-            scale_grads(&mut grads, 1.0 / cfg.grad_accum as f32)?;
-        }
-        let grad_norm = match cfg.max_grad_norm {
-            Some(max) => clip_grad_norm_tensors(&mut grads, max)?,
-            None => clip_grad_norm_tensors(&mut grads, f32::INFINITY)?,
-        };
-        if !grad_norm.is_finite() {
-            return Err(TrainError::NonFinite { step: step + 1, what: format!("the gradient norm is {grad_norm}") });
+            batches.push(feeds(&batch, cfg.objective));
         }
         let lr = schedule.lr_at(step);
-        optimizer.step_tensors(lr, &mut params, &grads)?;
+        let out = stepper.step(batches, lr, &mut params, &mut optimizer, cfg.max_grad_norm, step + 1)?;
+        peak_bytes = peak_bytes.max(out.peak_bytes);
+        if let Some(p) = &out.profile {
+            profile.get_or_insert_with(Profile::default).merge(p);
+        }
+        let (loss, grad_norm) = (out.loss, out.grad_norm);
+        last_step_placement = out.placement;
         step += 1;
         let took = started.elapsed().as_secs_f64();
         let record = StepRecord {
             step,
-            loss: loss_sum / cfg.grad_accum as f64,
+            loss,
             lr: f64::from(lr),
             step_time_s: took,
             tokens_per_s: tokens as f64 / took.max(1e-9),
@@ -278,6 +255,10 @@ pub fn train(
         metrics.step(&record)?;
         observer.on_step(&record);
         let eval_due = cfg.eval_every.is_some_and(|e| e > 0 && step.is_multiple_of(e)) || step == cfg.steps;
+        let save_due = step.is_multiple_of(cfg.checkpoint_every.max(1)) || step == cfg.steps;
+        if (eval_due && eval.is_some()) || save_due {
+            stepper.sync(&mut params, &mut optimizer)?;
+        }
         if let (Some(ds), Some(session), true) = (eval, eval_session.as_ref(), eval_due) {
             let (record, preds) = evaluate(session, ds, cfg, &params, step)?;
             predictions = preds;
@@ -285,11 +266,12 @@ pub fn train(
             observer.on_eval(&record);
             last_eval = Some(record);
         }
-        if step.is_multiple_of(cfg.checkpoint_every.max(1)) || step == cfg.steps {
+        if save_due {
             save(cfg, run, step, &params, &optimizer, &loader, &fingerprint)?;
         }
     }
-    Ok(Outcome { params, step, stop, resumed_from, last_eval, predictions, peak_bytes, profile })
+    stepper.sync(&mut params, &mut optimizer)?;
+    Ok(Outcome { params, step, stop, resumed_from, last_eval, predictions, peak_bytes, profile, last_step_placement })
 }
 
 /// Runs the forward model on every row of `data`: mean loss, accuracy (of the class, or of the
@@ -437,24 +419,6 @@ fn save(
     Ok(())
 }
 
-fn add_grads(acc: Vec<(String, Tensor)>, more: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
-    acc.into_iter()
-        .zip(more)
-        .map(|((n, a), (_, b))| {
-            let sum: Vec<f32> = f32s(&a)?.iter().zip(f32s(&b)?).map(|(x, y)| x + y).collect();
-            Ok((n, Tensor::from_vec(a.shape().to_vec(), sum)?))
-        })
-        .collect()
-}
-
-fn scale_grads(grads: &mut [(String, Tensor)], s: f32) -> Result<()> {
-    for (_, g) in grads.iter_mut() {
-        let v: Vec<f32> = f32s(g)?.iter().map(|x| x * s).collect();
-        *g = Tensor::from_vec(g.shape().to_vec(), v)?;
-    }
-    Ok(())
-}
-
 fn f32s(t: &Tensor) -> Result<&[f32]> {
     t.as_slice::<f32>().ok_or_else(|| TrainError::Config(format!("expected a float32 tensor, got {}", t.dtype())))
 }
@@ -467,11 +431,6 @@ fn ints(t: &Tensor) -> Result<Vec<i64>> {
         return Ok(v.iter().map(|&x| i64::from(x)).collect());
     }
     Err(TrainError::Config(format!("expected integer labels, got {}", t.dtype())))
-}
-
-fn scalar(t: Option<&Tensor>) -> Result<f64> {
-    let t = t.ok_or_else(|| TrainError::Config("the training graph has no `loss` output".into()))?;
-    Ok(f64::from(*f32s(t)?.first().ok_or_else(|| TrainError::Config("empty loss".into()))?))
 }
 
 fn cross_entropy(row: &[f32], target: usize) -> f64 {

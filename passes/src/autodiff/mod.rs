@@ -24,6 +24,7 @@ mod activity;
 pub mod checkpoint;
 mod emit;
 mod loss;
+pub mod optimizer;
 pub mod rules;
 
 use std::collections::{BTreeSet, HashMap};

@@ -622,17 +622,73 @@ extern "C" __global__ void xent_grad_f32(const float* dloss, const float* x, con
 
 // ---------------------------------------------------------------- optimizer
 
-// AdamW (decoupled weight decay), one fused update of weights, first and second moments.
-// bc1 = 1 − β1^t, bc2 = 1 − β2^t are computed by the caller.
-extern "C" __global__ void adamw_f32(float* w, const float* g, float* m, float* v, i64 n, float lr, float b1,
-                                     float b2, float eps, float wd, float bc1, float bc2) {
+// The optimizer inside the graph (runtime/src/ops/optim.rs is the reference): the global
+// gradient norm of `ClipGradNorm` and the `AdamW` step. Every scalar a step needs is read from
+// device memory, so a step launches with no host values (and could be captured as a graph).
+
+// Σ x² of `x` added to `*acc`, in double (the CPU kernel's f64 sum): each thread sums its
+// grid-stride share, each block its threads, and thread 0 adds the block's sum atomically (the
+// caller zeroes `*acc` once and launches this once per tensor). A float's square is exact in
+// double (48 significant bits), so a contracted fma(d, d, s) rounds as s + d·d does; blocks add
+// in any order, which moves the double's last bits only, far below the f32 the norm becomes.
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+extern "C" __global__ void sumsq_f64(const float* x, i64 n, double* acc) {
+    __shared__ double part[32];
+    double s = 0.0;
     GRID_LOOP(i, n) {
-        float gi = g[i];
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        float mh = mi / bc1, vh = vi / bc2;
-        w[i] = w[i] - lr * (mh / (sqrtf(vh) + eps) + wd * w[i]);
+        double d = (double)x[i];
+        s += d * d;
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    s = warp_sum_d(s);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        double w = lane < nwarps ? part[lane] : 0.0;
+        w = warp_sum_d(w);
+        if (lane == 0) atomicAdd(acc, w);
+    }
+}
+
+// One thread: norm = √acc rounded to f32 once; scale = max_norm / (norm + 1e-6) when the norm is
+// finite, `has_max` is set and that is below 1, else 1 (`clip_scale`). NaN and ∞ norms give 1.
+extern "C" __global__ void clip_finish(const double* acc, float* norm, float* scale, float max_norm, int has_max) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    float nrm = (float)sqrt(acc[0]);
+    float s = 1.0f;
+    if (has_max && fabsf(nrm) < INFINITY) {
+        float c = max_norm / (nrm + 1e-6f);
+        if (c < 1.0f) s = c;
+    }
+    norm[0] = nrm;
+    scale[0] = s;
+}
+
+// One AdamW step on g·scale into new buffers (outputs never alias inputs), with
+// k = [decay, 1−β1, β2, 1−β2, step_size, √bc2, ε]:
+//   p ← p·decay;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;  p ← p − step_size·m / (√v / √bc2 + ε)
+// in the CPU kernel's order. Every product is __fmul_rn, which the compiler never fuses with
+// an add (NVRTC runs with --fmad=true), and the division and sqrtf are IEEE (no fast math), so
+// each element is the CPU's bit for bit.
+extern "C" __global__ void adamw_f32(const float* p, const float* g, const float* m, const float* v,
+                                     const float* scale, const float* k, float* p_out, float* m_out, float* v_out,
+                                     i64 n) {
+    const float sc = scale[0], decay = k[0], one_minus_b1 = k[1], b2 = k[2], one_minus_b2 = k[3],
+                step_size = k[4], bc2_sqrt = k[5], eps = k[6];
+    GRID_LOOP(i, n) {
+        float gs = __fmul_rn(g[i], sc);
+        float pi = __fmul_rn(p[i], decay);
+        float mi = m[i];
+        mi = mi + __fmul_rn(one_minus_b1, gs - mi);
+        float vi = __fmul_rn(v[i], b2) + __fmul_rn(one_minus_b2, __fmul_rn(gs, gs));
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        pi = pi + __fmul_rn(-step_size, mi / denom);
+        p_out[i] = pi;
+        m_out[i] = mi;
+        v_out[i] = vi;
     }
 }

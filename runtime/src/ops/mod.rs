@@ -22,6 +22,7 @@ pub mod loss;
 pub mod matmul;
 pub mod misc;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod quant;
 pub mod reduce;

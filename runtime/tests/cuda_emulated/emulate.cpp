@@ -6,7 +6,8 @@
 // Launch shapes are the Rust launcher's (runtime/src/cuda/launch.rs): 1-D kernels BLOCK = 256
 // threads with a small grid (so the grid-stride loop takes several turns), row kernels one
 // block of 256 per row (and fewer blocks than rows), column kernels blockDim (32, 8) with
-// ceil(cols / 32) blocks, xent_finish one block of 1024 (or 256).
+// ceil(cols / 32) blocks, xent_finish one block of 1024 (or 256), sumsq_f64 ceil(n / 256)
+// blocks of 256 up to 1024, clip_finish one thread.
 //
 // bf16 kernels are checked bit for bit against a reference that rounds by searching the bf16
 // values (bf16_round), not by the kernels' bit arithmetic.
@@ -1741,30 +1742,194 @@ void test_xent() {
     }
 }
 
-// ---------------------------------------------------------------- AdamW
+// ---------------------------------------------------------------- optimizer (ClipGradNorm, AdamW)
+
+// The launcher's shapes (runtime/src/cuda/ops/optim.rs): sum of squares ceil(n / 256) blocks
+// of 256, at most 1024; AdamW `elementwise(n)`, ceil(n / 256) blocks of 256 (at most 65536).
+unsigned sumsq_blocks(size_t n) { return (unsigned)std::clamp<size_t>((n + 255) / 256, 1, 1024); }
+unsigned elementwise_blocks(size_t n) { return (unsigned)std::clamp<size_t>((n + 255) / 256, 1, 65536); }
+
+struct Clip {
+    float norm, scale;
+};
+
+// ClipGradNorm as the launcher runs it: one zeroed double, a sum-of-squares launch per
+// non-empty gradient (`grid` 0: the launcher's grid), then the one-thread finish.
+Clip run_clip(const vector<vector<float>>& grads, float max_norm, int has_max, unsigned grid = 0) {
+    double acc = 0.0;
+    for (auto& g : grads) {
+        if (g.empty()) continue;
+        launch(sumsq_f64, dim3(grid ? grid : sumsq_blocks(g.size())), B256, (const float*)g.data(), (i64)g.size(),
+               &acc);
+    }
+    Clip c{12345.0f, 12345.0f};
+    launch(clip_finish, dim3(1), dim3(1), (const double*)&acc, &c.norm, &c.scale, max_norm, has_max);
+    return c;
+}
+
+// runtime/src/ops/optim.rs: Σ per gradient in f64 (in order), √, rounded to f32 once.
+float cpu_norm(const vector<vector<float>>& grads) {
+    double sum = 0.0;
+    for (auto& g : grads) {
+        double t = 0.0;
+        for (float x : g) t += (double)x * (double)x;
+        sum += t;
+    }
+    return (float)std::sqrt(sum);
+}
+
+// `clip_scale`, in f32 as the CPU computes it.
+float cpu_clip_scale(float norm, float max_norm, bool has_max) {
+    if (!has_max || !std::isfinite(norm)) return 1.0f;
+    float coef = max_norm / (norm + 1e-6f);
+    return coef < 1.0f ? coef : 1.0f;
+}
+
+string fstr(float x) {
+    std::ostringstream os;
+    os.precision(9);
+    os << x;
+    return os.str();
+}
+
+void test_clip_grad_norm() {
+    // One tensor: n = 1, less than a block, a block and a bit, several blocks, and one over
+    // the grid cap run on 3 blocks (the grid-stride loop takes many turns).
+    struct One {
+        size_t n;
+        unsigned grid;
+    };
+    for (One cs : {One{1, 0}, One{255, 0}, One{257, 0}, One{5000, 0}, One{70001, 0}, One{20000, 3}}) {
+        vector<float> g = rand_vec(cs.n, -2, 2);
+        string name = "sumsq_f64+clip_finish n=" + std::to_string(cs.n) +
+                      (cs.grid ? " grid " + std::to_string(cs.grid) : " launcher grid");
+        set_current(name);
+        Clip c = run_clip({g}, 0.0f, 0, cs.grid);
+        double want = 0;
+        for (float x : g) want += (double)x * x;
+        want = std::sqrt(want);
+        check_close(name + " norm vs f64", vector<float>{c.norm}, {want}, 1e-6, 0);
+        check_true(name + " norm vs CPU rounding", c.norm == cpu_norm({g}),
+                   "kernel " + fstr(c.norm) + ", CPU " + fstr(cpu_norm({g})));
+        check_true(name + " scale without max_norm", c.scale == 1.0f, "scale " + fstr(c.scale));
+    }
+    // Three tensors into one accumulator (sizes 1, 300 and 777; values of different scales).
+    vector<vector<float>> grads{rand_vec(1, -3, 3), rand_vec(300, -0.01, 0.01), rand_vec(777, -1, 1)};
+    double want = 0;
+    for (auto& g : grads)
+        for (float x : g) want += (double)x * x;
+    want = std::sqrt(want);
+    {
+        string name = "clip 3 tensors";
+        set_current(name);
+        Clip c = run_clip(grads, 0.0f, 0);
+        check_close(name + " norm vs f64", vector<float>{c.norm}, {want}, 1e-6, 0);
+        check_true(name + " norm vs CPU rounding", c.norm == cpu_norm(grads),
+                   "kernel " + fstr(c.norm) + ", CPU " + fstr(cpu_norm(grads)));
+        check_true(name + " no max_norm: scale 1", c.scale == 1.0f, "scale " + fstr(c.scale));
+        float above = (float)want * 2.0f;
+        c = run_clip(grads, above, 1);
+        check_true(name + " max_norm above the norm: scale 1", c.scale == 1.0f, "scale " + fstr(c.scale));
+        float below = (float)want * 0.25f;
+        c = run_clip(grads, below, 1);
+        check_close(name + " max_norm below the norm: scale vs f64", vector<float>{c.scale},
+                    {(double)below / (want + 1e-6)}, 1e-6, 0);
+        check_true(name + " max_norm below the norm: scale as clip_scale",
+                   c.scale == cpu_clip_scale(c.norm, below, true) && c.scale < 1.0f,
+                   "kernel " + fstr(c.scale) + ", clip_scale " + fstr(cpu_clip_scale(c.norm, below, true)));
+    }
+    // A NaN (or ∞) gradient: the norm says so and the scale is 1 (the gradients are left as they
+    // are, for the trainer to report).
+    for (float bad : {NaNf, Inff}) {
+        vector<vector<float>> gs = grads;
+        gs[2][400] = bad;
+        string name = string("clip 3 tensors with a") + (std::isnan(bad) ? " NaN" : "n inf") + " gradient";
+        set_current(name);
+        Clip c = run_clip(gs, 1.0f, 1);
+        bool norm_ok = std::isnan(bad) ? std::isnan(c.norm) : c.norm == Inff;
+        check_true(name + ": norm " + (std::isnan(bad) ? "NaN" : "inf"), norm_ok, "norm " + fstr(c.norm));
+        check_true(name + ": scale 1", c.scale == 1.0f, "scale " + fstr(c.scale));
+    }
+    // Only empty gradients: no sum-of-squares launch, norm 0, scale 1.
+    {
+        set_current("clip empty gradients");
+        Clip c = run_clip({vector<float>{}, vector<float>{}}, 1.0f, 1);
+        check_true("clip empty gradients: norm 0, scale 1", c.norm == 0.0f && c.scale == 1.0f,
+                   "norm " + fstr(c.norm) + ", scale " + fstr(c.scale));
+    }
+}
+
+// One step of torch.optim.AdamW with the host's per-step scalars.
+struct AdamK {
+    float k[7];  // decay, 1−β1, β2, 1−β2, step_size, √bc2, ε
+};
+
+AdamK adam_k(float lr, float wd, float b1, float b2, float eps, int t) {
+    double bc1 = 1.0 - std::pow((double)b1, t), bc2 = 1.0 - std::pow((double)b2, t);
+    return AdamK{{1.0f - lr * wd, 1.0f - b1, b2, 1.0f - b2, (float)(lr / bc1), (float)std::sqrt(bc2), eps}};
+}
+
+// The CPU kernel's update (runtime/src/ops/optim.rs, `Coefficients::update`) in f32, in its
+// order; each product rounded on its own, as Rust does.
+void cpu_adamw(const AdamK& ak, float scale, float& p, float g, float& m, float& v) {
+    const float* k = ak.k;
+    g = g * scale;
+    p *= k[0];
+    m += k[1] * (g - m);
+    v = v * k[2] + k[3] * (g * g);
+    float denom = std::sqrt(v) / k[5] + k[6];
+    p += -k[4] * (m / denom);
+}
+
+vector<unsigned> bits_of(const vector<float>& v) {
+    vector<unsigned> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = __float_as_uint(v[i]);
+    return b;
+}
 
 void test_adamw() {
-    const size_t n = 700;
-    vector<float> w = rand_vec(n, -1, 1), g = rand_vec(n, -0.5, 0.5), m = rand_vec(n, -0.1, 0.1),
-                  v = rand_vec(n, 0, 0.01);
-    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f;
-    const int t = 3;
-    float bc1 = (float)(1.0 - std::pow((double)b1, t)), bc2 = (float)(1.0 - std::pow((double)b2, t));
-    vector<double> ww(n), wm(n), wv(n);
-    for (size_t i = 0; i < n; ++i) {
-        // torch.optim.AdamW: decay, moments, bias-corrected step.
-        double mi = (double)b1 * m[i] + (1.0 - (double)b1) * g[i];
-        double vi = (double)b2 * v[i] + (1.0 - (double)b2) * (double)g[i] * g[i];
-        double p = (double)w[i] * (1.0 - (double)lr * wd);
-        p -= (double)lr / bc1 * mi / (std::sqrt(vi) / std::sqrt((double)bc2) + eps);
-        ww[i] = p, wm[i] = mi, wv[i] = vi;
+    struct Case {
+        size_t n;
+        unsigned grid;  // 0: the launcher's
+        float scale;
+        int t;
+    };
+    for (Case cs : {Case{1, 0, 1.0f, 1}, Case{255, 0, 0.37f, 3}, Case{256, 0, 1.0f, 10}, Case{700, 0, 0.8f, 1000},
+                    Case{4099, 0, 0.05f, 2}, Case{3000, 2, 0.6f, 7}}) {
+        const size_t n = cs.n;
+        vector<float> p = rand_vec(n, -1, 1), g = rand_vec(n, -0.5, 0.5), m = rand_vec(n, -0.1, 0.1),
+                      v = rand_vec(n, 0, 0.01);
+        if (n > 3) v[3] = 0.0f, m[3] = 0.0f;  // a first step's moments
+        AdamK k = adam_k(2e-3f, 0.01f, 0.9f, 0.999f, 1e-8f, cs.t);
+        vector<float> wp = p, wm = m, wv = v;
+        for (size_t i = 0; i < n; ++i) cpu_adamw(k, cs.scale, wp[i], g[i], wm[i], wv[i]);
+        // Outputs start as garbage: the kernel must write every element.
+        vector<float> po(n, NaNf), mo(n, NaNf), vo(n, NaNf);
+        string name = "adamw_f32 n=" + std::to_string(n) +
+                      (cs.grid ? " grid " + std::to_string(cs.grid) : " launcher grid") + " scale " +
+                      fstr(cs.scale) + " t=" + std::to_string(cs.t);
+        set_current(name);
+        launch(adamw_f32, dim3(cs.grid ? cs.grid : elementwise_blocks(n)), B256, (const float*)p.data(),
+               (const float*)g.data(), (const float*)m.data(), (const float*)v.data(), (const float*)&cs.scale,
+               (const float*)k.k, po.data(), mo.data(), vo.data(), (i64)n);
+        // Bit for bit: the same f32 operations in the same order, each rounded once (no fma on
+        // either side), IEEE division and square root.
+        check_equal(name + " p bits", bits_of(po), bits_of(wp));
+        check_equal(name + " m bits", bits_of(mo), bits_of(wm));
+        check_equal(name + " v bits", bits_of(vo), bits_of(wv));
+        // And torch's AdamW in double, as a check of the reference itself.
+        vector<double> dp(n), dm(n), dv(n);
+        for (size_t i = 0; i < n; ++i) {
+            double b1 = 0.9, b2 = 0.999, lr = 2e-3, gi = (double)g[i] * cs.scale;
+            double mi = b1 * m[i] + (1 - b1) * gi, vi = b2 * v[i] + (1 - b2) * gi * gi;
+            double bc1 = 1 - std::pow(b1, cs.t), bc2 = 1 - std::pow(b2, cs.t);
+            dp[i] = (double)p[i] * (1 - lr * 0.01) - lr / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + 1e-8);
+            dm[i] = mi, dv[i] = vi;
+        }
+        check_close(name + " p vs f64 AdamW", po, dp, 1e-4, 1e-6);
+        check_close(name + " m vs f64 AdamW", mo, dm, 1e-4, 1e-7);
+        check_close(name + " v vs f64 AdamW", vo, dv, 1e-4, 1e-9);
     }
-    set_current("adamw_f32");
-    launch(adamw_f32, dim3(2), B256, w.data(), (const float*)g.data(), m.data(), v.data(), (i64)n, lr, b1, b2, eps,
-           wd, bc1, bc2);
-    check_close("adamw_f32 w", w, ww, 1e-5, 1e-7);
-    check_close("adamw_f32 m", m, wm, 1e-5, 1e-8);
-    check_close("adamw_f32 v", v, wv, 1e-5, 1e-10);
 }
 
 }  // namespace
@@ -1799,6 +1964,7 @@ int main() {
     test_layer_norm_grad();
     test_gelu_grad();
     test_xent();
+    test_clip_grad_norm();
     test_adamw();
     std::printf("emulated kernels: %d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;

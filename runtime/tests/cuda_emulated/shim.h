@@ -125,6 +125,10 @@ inline float __uint_as_float(unsigned int u) {
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
+// A product rounded on its own (never fused into an fma on the device). g++ does not fuse it
+// either: scripts/emulate-kernels.sh builds for the x86-64 baseline, which has no FMA.
+inline float __fmul_rn(float a, float b) { return a * b; }
+
 using std::isnan;
 
 namespace emu {

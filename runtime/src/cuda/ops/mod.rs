@@ -9,6 +9,7 @@ mod layout;
 mod loss;
 mod matmul;
 mod norm;
+mod optim;
 mod reduce;
 mod softmax;
 
@@ -119,6 +120,8 @@ const ADAPTC_OPS: &[(&str, DevOp)] = &[
     ("IndexMapGrad", layout::index_map_grad),
     ("SoftmaxAttention", attention::softmax_attention),
     ("SoftmaxAttentionGrad", attention::softmax_attention_grad),
+    ("ClipGradNorm", optim::clip_grad_norm),
+    ("AdamW", optim::adamw),
 ];
 
 /// Every op the device implements, as `domain::Op` (the parity suite checks each one).
