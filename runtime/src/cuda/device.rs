@@ -68,6 +68,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "xent_rows_f32",
     "xent_finish_f32",
     "xent_grad_f32",
+    "sumsq_f64",
+    "clip_finish",
     "adamw_f32",
 ];
 
@@ -87,6 +89,32 @@ pub fn probe() -> Result<usize, RuntimeError> {
         return Err(err("no CUDA device found"));
     }
     Ok(n as usize)
+}
+
+/// Makes the device's memory pool a caching arena. cudarc allocates from the stream-ordered
+/// pool (`cuMemAllocAsync`), which by default hands its free memory back to the driver at
+/// every synchronisation (release threshold 0): each training step would map its activations
+/// afresh. With no threshold, freed buffers stay in the pool and the next step's allocations of
+/// the same sizes reuse them without a driver call, as PyTorch's caching allocator does.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `ctx` is current on this thread (`CudaContext::new` binds it); the pool handle is
+    // written by the driver before it is read, and the attribute takes a pointer to a u64.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()?;
+    }
+    Ok(())
 }
 
 /// One opened device.
@@ -134,6 +162,7 @@ impl Gpu {
         // One stream runs everything in order, so cudarc's per-buffer events are not needed.
         // SAFETY: no buffers exist yet and the backend only ever uses this one stream.
         unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx).map_err(|e| err(format!("cannot configure the memory pool: {e}")))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e}")))?;
         let arch = format!("sm_{major}{minor}");
