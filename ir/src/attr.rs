@@ -111,6 +111,14 @@ impl Attribute {
         }
     }
 
+    /// A string attribute's value, when it is UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            AttrValue::String(v) => std::str::from_utf8(v).ok(),
+            _ => None,
+        }
+    }
+
     pub fn as_ints(&self) -> Option<&[i64]> {
         match &self.value {
             AttrValue::Ints(v) => Some(v),

@@ -121,3 +121,27 @@ fn f16_is_not_offered() {
     let err = PassManager::new(&Registry::builtin(), "autocast{dtype=f16}").err().unwrap();
     assert!(err.to_string().contains("bf16"), "{err}");
 }
+
+#[test]
+fn fused_attention_is_marked_for_bf16_products_and_its_gradient_inherits_it() {
+    let adapt = "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value}";
+    let loss = "build-training-graph{loss=cross-entropy}";
+    let (full, _) = rewrite(fixture("bert6.onnx"), &format!("{adapt},fuse-attention,{loss}"));
+    let (low, report) = rewrite(fixture("bert6.onnx"), &format!("{adapt},fuse-attention,autocast,{loss}"));
+    let count = |m: &Model, op: &str| {
+        m.graph
+            .nodes()
+            .filter(|(_, n)| n.op().op_type == op && n.attr("products").and_then(|a| a.as_str()) == Some("bf16"))
+            .count()
+    };
+    let layers = full.graph.nodes().filter(|(_, n)| n.op().op_type == "SoftmaxAttention").count();
+    assert!(layers >= 2);
+    assert_eq!(report.stat("autocast.attention").unwrap(), layers as i64);
+    assert_eq!(count(&low, "SoftmaxAttention"), layers);
+    assert_eq!(count(&low, "SoftmaxAttentionGrad"), layers);
+    assert_eq!(count(&full, "SoftmaxAttention"), 0);
+    let mut inputs = bert_inputs(4, 32);
+    inputs.insert("labels".into(), Tensor::from_vec(vec![4], vec![0i64, 2, 1, 2]).unwrap());
+    let worst = close_not_equal(&run(&low, &inputs), &run(&full, &inputs), 5e-2);
+    println!("bert6 fused training graph, bf16 (attention products too) vs f32: worst relative L2 {worst:.2e}");
+}

@@ -190,3 +190,66 @@ fn bad_shapes_are_refused() {
     let err = call(ADAPTC_DOMAIN, "SoftmaxAttention", &[], &[Some(&a), Some(&b), Some(&bias), Some(&v)]).unwrap_err();
     assert!(err.to_string().contains("does not broadcast"), "{err}");
 }
+
+/// `t` with every element rounded to bf16 (through f32, as the kernel rounds).
+fn bf16(t: &Tensor) -> Tensor {
+    let v: Vec<f64> = f64s(t).iter().map(|&x| f64::from(half::bf16::from_f32(x as f32).to_f32())).collect();
+    Tensor::from_vec(t.shape().to_vec(), v).unwrap()
+}
+
+fn transpose(t: &Tensor) -> Tensor {
+    let r = t.rank();
+    let mut perm: Vec<i64> = (0..r as i64).collect();
+    perm.swap(r - 2, r - 1);
+    let node = Node::new(OpKey::onnx("Transpose"), vec!["i0".into()], vec!["o0".into()])
+        .with_attr(Attribute::ints("perm", perm));
+    let def = Registry::cpu().get(node.op()).unwrap();
+    (def.kernel)(&OpCtx { node: &node, opset: 21 }, &Inputs(&[Some(t)])).unwrap().remove(0)
+}
+
+#[test]
+fn bf16_products_round_exactly_the_products_operands() {
+    let mut rng = Rng(21);
+    let (a, b, v) = (rng.tensor(&[2, 40, 6], 1.0), rng.tensor(&[2, 6, 11], 1.0), rng.tensor(&[2, 11, 3], 1.0));
+    let bias = mask(&[2, 40, 11], 2, Some(7));
+    let attrs = [Attribute::int("masked_rows_zero", 1), Attribute::string("products", "bf16")];
+    let ins = [Some(&a), Some(&b), Some(&bias), Some(&v)];
+    let out = call(ADAPTC_DOMAIN, "SoftmaxAttention", &attrs, &ins).unwrap();
+    // Forward: S = ⌊a⌉·⌊b⌉ + bias, P = softmax(S), y = ⌊P⌉·⌊v⌉ (⌊·⌉: rounded to bf16).
+    let s = onnx("Add", &[&onnx("MatMul", &[&bf16(&a), &bf16(&b)]), &bias]);
+    let p = onnx("Softmax", &[&s]);
+    let nan = onnx("IsNaN", &[&p]);
+    let p = onnx("Where", &[&nan, &Tensor::from_vec(vec![], vec![0.0f64]).unwrap(), &p]);
+    let y = onnx("MatMul", &[&bf16(&p), &bf16(&v)]);
+    assert_close(&f64s(&out[0]), &f64s(&y), 1e-12, "bf16-products y");
+    let exact = fused(&a, &b, Some(&bias), &v, true);
+    let gap = f64s(&out[0]).iter().zip(f64s(&exact[0])).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(gap > 1e-6 && gap < 5e-2, "bf16 products move y by {gap}");
+
+    // Backward: dP = ⌊dy⌉·⌊v⌉ᵀ, dS = P ⊙ (dP − rowsum(dy ⊙ y)), da = ⌊dS⌉·⌊b⌉ᵀ,
+    // db = ⌊a⌉ᵀ·⌊dS⌉, dv = ⌊P⌉ᵀ·⌊dy⌉.
+    let dy = rng.tensor(out[0].shape(), 1.0);
+    let grads = call(
+        ADAPTC_DOMAIN,
+        "SoftmaxAttentionGrad",
+        &attrs,
+        &[Some(&a), Some(&b), Some(&bias), Some(&v), Some(&out[0]), Some(&out[1]), Some(&dy)],
+    )
+    .unwrap();
+    let dp = onnx("MatMul", &[&bf16(&dy), &transpose(&bf16(&v))]);
+    let rows: Vec<f64> = f64s(&dy)
+        .chunks(3)
+        .zip(f64s(&out[0]).chunks(3))
+        .map(|(g, y)| g.iter().zip(y).map(|(g, y)| g * y).sum())
+        .collect();
+    let delta = Tensor::from_vec(vec![2, 40, 1], rows).unwrap();
+    let ds = onnx("Mul", &[&p, &onnx("Sub", &[&dp, &delta])]);
+    let da = onnx("MatMul", &[&bf16(&ds), &transpose(&bf16(&b))]);
+    let db = onnx("MatMul", &[&transpose(&bf16(&a)), &bf16(&ds)]);
+    let dv = onnx("MatMul", &[&transpose(&bf16(&p)), &bf16(&dy)]);
+    for (slot, want) in [da, db, dv].iter().enumerate() {
+        assert_close(&f64s(&grads[slot]), &f64s(want), 1e-12, ["bf16 da", "bf16 db", "bf16 dv"][slot]);
+    }
+    let e = call(ADAPTC_DOMAIN, "SoftmaxAttention", &[Attribute::string("products", "f16")], &ins).unwrap_err();
+    assert!(e.to_string().contains("products"), "{e}");
+}

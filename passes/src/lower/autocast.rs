@@ -12,6 +12,12 @@
 //! state stay f32. A product that reads another product's output reads its bf16 value
 //! directly (bf16 → f32 → bf16 is exact), and an f32 cast nobody reads is removed.
 //!
+//! A fused attention core (`ai.adaptc::SoftmaxAttention`, from `fuse-attention`) with f32
+//! operands gets `products="bf16"`: its products may round their operands to bf16 (cuBLAS's
+//! bf16 tensor cores on the device, the same rounding in the CPU kernel), while the softmax,
+//! its statistics and the outputs stay f32 — how `torch.autocast` runs attention. Its
+//! gradient op inherits the attribute.
+//!
 //! Run it before `build-training-graph`: autodiff then differentiates through the casts
 //! (a cast's gradient is cast back to its input's type), so gradients of bf16 products are
 //! bf16 and those of the f32 masters are f32. A product whose operand types are not known
@@ -21,7 +27,7 @@
 //! and their types; the outputs' values up to bf16 rounding of the products. Example:
 //! `insert-lora{rank=16 targets=all-linear},autocast{dtype=bf16}`. Statistics:
 //! `autocast.products`, `autocast.weights` (initializers stored in bf16), `autocast.casts`
-//! (casts inserted), `autocast.skipped`.
+//! (casts inserted), `autocast.skipped`, `autocast.attention` (fused attention cores marked).
 
 use std::collections::{HashMap, HashSet};
 
@@ -102,6 +108,21 @@ impl Pass for Autocast {
                 )),
             }
         }
+        let attention: Vec<NodeId> = order
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let node = graph.node(id);
+                node.op().domain == "ai.adaptc"
+                    && node.op().op_type == "SoftmaxAttention"
+                    && [0, 1, 3].iter().all(|&i| node.input(i).is_some_and(|v| types.get(v) == Some(&DataType::Float)))
+            })
+            .collect();
+        if self.dtype == DataType::BFloat16 {
+            for &id in &attention {
+                graph.set_attr(id, Attribute::string("products", "bf16"));
+            }
+        }
         let skipped =
             order.iter().filter(|&&id| graph.node(id).op().is("MatMul") || graph.node(id).op().is("Gemm")).count()
                 - sites.len();
@@ -135,11 +156,12 @@ impl Pass for Autocast {
         }
         crate::canonicalize::drop_value_info(graph, &removed);
         let casts = cast.casts + sites.len() - removed.len();
-        Ok(PassOutcome::changed(!sites.is_empty())
+        Ok(PassOutcome::changed(!sites.is_empty() || !attention.is_empty())
             .stat("autocast.products", sites.len() as i64)
             .stat("autocast.weights", cast.weights as i64)
             .stat("autocast.casts", casts as i64)
-            .stat("autocast.skipped", skipped as i64))
+            .stat("autocast.skipped", skipped as i64)
+            .stat("autocast.attention", attention.len() as i64))
     }
 }
 

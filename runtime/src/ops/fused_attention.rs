@@ -16,6 +16,11 @@
 //!
 //! Both run [`block_rows`] query rows at a time per (batch) product, products across threads; half
 //! types run in f32 ([`in_f32`]).
+//!
+//! Attribute `products="bf16"` (written by `autocast`) lets every product of the op round its
+//! two operands to bf16 — `a·b` and `P·v` in the forward, `dy·vᵀ`, `dS·bᵀ`, `aᵀ·dS`, `Pᵀ·dy`
+//! in the backward — as `torch.autocast` runs attention and as cuBLAS's bf16 tensor-core mode
+//! does; accumulation, the softmax, `lse`, `δ` and the outputs stay in the op's type.
 
 use rayon::prelude::*;
 
@@ -173,6 +178,30 @@ fn softmax_row<T: Real>(row: &mut [T], zero_masked: bool) -> T {
     mx + T::c(sum.to_f64().ln())
 }
 
+/// Whether the products round their operands to bf16 (the `products` attribute).
+fn bf16_products(c: &OpCtx) -> KResult<bool> {
+    match c.string("products").as_deref() {
+        None => Ok(false),
+        Some("bf16") => Ok(true),
+        Some(other) => kbail!("attribute products must be \"bf16\" when given, got {other:?}"),
+    }
+}
+
+/// Rounds every element to the nearest bf16 (ties to even), in place.
+fn round_bf16<T: Real>(x: &mut [T]) {
+    x.iter_mut().for_each(|v| *v = T::c(f64::from(half::bf16::from_f32(v.to_f64() as f32).to_f32())));
+}
+
+/// `x` rounded to bf16 when `round`, else `x` itself.
+fn maybe_rounded<T: Real>(x: &[T], round: bool) -> std::borrow::Cow<'_, [T]> {
+    if !round {
+        return std::borrow::Cow::Borrowed(x);
+    }
+    let mut v = x.to_vec();
+    round_bf16(&mut v);
+    std::borrow::Cow::Owned(v)
+}
+
 fn flag(c: &OpCtx) -> KResult<bool> {
     match c.int("masked_rows_zero", 0) {
         0 => Ok(false),
@@ -188,7 +217,8 @@ pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let (a, b, bias, v) = (i.req(0)?, i.req(1)?, i.opt(2), i.req(3)?);
     let d = Dims::new(a, b, bias, v)?;
     let zero_masked = flag(c)?;
-    fn go<T: Real>(d: &Dims, x: Operands<T>, zero: bool) -> (Vec<T>, Vec<T>) {
+    let round = bf16_products(c)?;
+    fn go<T: Real>(d: &Dims, x: Operands<T>, zero: bool, round: bool) -> (Vec<T>, Vec<T>) {
         let (m, n, dv) = (d.m, d.n, d.dv);
         let mut y = vec![T::zero(); d.products() * m * dv];
         let mut lse = vec![T::zero(); d.products() * m];
@@ -202,6 +232,9 @@ pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
                 for (r, row) in s.chunks_exact_mut(n).enumerate() {
                     lse[r0 + r] = softmax_row(row, zero);
                 }
+                if round {
+                    round_bf16(s);
+                }
                 let pm = Mat { data: &*s, view: View { off: 0, rs: n, cs: 1 } };
                 let vm = Mat { data: x.v, view: View { off: d.iv[p] * n * dv, rs: dv, cs: 1 } };
                 // SAFETY: MaybeUninit<T> has T's layout; gemm_with writes every element.
@@ -214,13 +247,14 @@ pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
         }
         (y, lse)
     }
-    fn wrapped<T: Real>(d: &Dims, x: Operands<T>, zero: bool) -> (Storage, Storage) {
-        let (y, lse) = go(d, x, zero);
+    fn wrapped<T: Real>(d: &Dims, x: Operands<T>, zero: bool, round: bool) -> (Storage, Storage) {
+        let (a, b, v) = (maybe_rounded(x.a, round), maybe_rounded(x.b, round), maybe_rounded(x.v, round));
+        let (y, lse) = go(d, Operands { a: &a, b: &b, bias: x.bias, v: &v }, zero, round);
         (T::wrap(y), T::wrap(lse))
     }
     let (y, lse) = match a.dtype() {
-        DataType::Float => wrapped::<f32>(&d, Operands::of(a, b, bias, v), zero_masked),
-        DataType::Double => wrapped::<f64>(&d, Operands::of(a, b, bias, v), zero_masked),
+        DataType::Float => wrapped::<f32>(&d, Operands::of(a, b, bias, v), zero_masked, round),
+        DataType::Double => wrapped::<f64>(&d, Operands::of(a, b, bias, v), zero_masked, round),
         other => kbail!("SoftmaxAttention takes f32, f64, f16 or bf16, got {other}"),
     };
     let mut yshape = d.batch.clone();
@@ -238,6 +272,7 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let (y, lse, dy) = (i.req(4)?, i.req(5)?, i.req(6)?);
     let d = Dims::new(a, b, bias, v)?;
     let zero_masked = flag(c)?;
+    let round = bf16_products(c)?;
     let rows = d.products() * d.m;
     if y.numel() != rows * d.dv || dy.shape() != y.shape() || lse.numel() != rows {
         kbail!("y {:?}, lse {:?} and dy {:?} do not match the forward's shapes", y.shape(), lse.shape(), dy.shape());
@@ -245,14 +280,15 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     if [y.dtype(), lse.dtype(), dy.dtype()].iter().any(|&t| t != a.dtype()) {
         kbail!("y, lse and dy must have a's element type {}", a.dtype());
     }
-    /// One product's gradients, accumulated into `da`, `db`, `dv` (its own matrices).
+    /// One product's gradients, accumulated into `da`, `db`, `dv` (its own matrices);
+    /// `dyp` is `dy` as the products read it (rounded to bf16 when `round`).
     #[allow(clippy::too_many_arguments)]
     fn product<T: Real>(
         d: &Dims,
         p: usize,
         x: Operands<T>,
-        (y, lse, dy): (&[T], &[T], &[T]),
-        zero: bool,
+        (y, lse, dy, dyp): (&[T], &[T], &[T], &[T]),
+        (zero, round): (bool, bool),
         (da, db, dv): (&mut [T], &mut [T], &mut [T]),
     ) {
         let (m, k, n, dvn) = (d.m, d.k, d.n, d.dv);
@@ -269,7 +305,7 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
                 probabilities(row, lse[row0 + r], zero);
             }
             // dP = dy·vᵀ (vᵀ: element (j, c) of v's [N, Dv] read transposed).
-            let dym = Mat { data: dy, view: View { off: row0 * dvn, rs: dvn, cs: 1 } };
+            let dym = Mat { data: dyp, view: View { off: row0 * dvn, rs: dvn, cs: 1 } };
             let vt = Mat { data: v, view: View { off: d.iv[p] * n * dvn, rs: 1, cs: dvn } };
             // SAFETY: MaybeUninit<T> has T's layout; gemm_with writes every element.
             gemm_with([rows, n, dvn], dym, vt, unsafe { &mut *(&mut *dp as *mut [T] as *mut [_]) }, false);
@@ -280,6 +316,10 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
                 for (g, &pv) in dprow.iter_mut().zip(prow) {
                     *g = pv * (*g - delta);
                 }
+            }
+            if round {
+                round_bf16(dp);
+                round_bf16(s);
             }
             let ds = Mat { data: &*dp, view: View { off: 0, rs: n, cs: 1 } };
             let pt = Mat { data: &*s, view: View { off: 0, rs: 1, cs: n } };
@@ -294,8 +334,8 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     fn go<T: Real>(
         d: &Dims,
         ins: Operands<T>,
-        outs: (&[T], &[T], &[T]),
-        zero: bool,
+        outs: (&[T], &[T], &[T], &[T]),
+        zero: (bool, bool),
         counts: [usize; 3],
     ) -> [Vec<T>; 3] {
         let (m, k, n, dvn) = (d.m, d.k, d.n, d.dv);
@@ -328,14 +368,23 @@ pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     }
     let count = |t: &Tensor| t.shape()[..t.rank() - 2].iter().product::<usize>();
     let counts = [count(a), count(b), count(v)];
-    fn wrapped<T: Real>(d: &Dims, x: Operands<T>, outs: [&Tensor; 3], zero: bool, counts: [usize; 3]) -> [Storage; 3] {
-        let outs = (slice_of(outs[0]), slice_of(outs[1]), slice_of(outs[2]));
-        go(d, x, outs, zero, counts).map(T::wrap)
+    fn wrapped<T: Real>(
+        d: &Dims,
+        x: Operands<T>,
+        outs: [&Tensor; 3],
+        (zero, round): (bool, bool),
+        counts: [usize; 3],
+    ) -> [Storage; 3] {
+        let (a, b, v) = (maybe_rounded(x.a, round), maybe_rounded(x.b, round), maybe_rounded(x.v, round));
+        let dy = slice_of(outs[2]);
+        let dyp = maybe_rounded(dy, round);
+        let outs = (slice_of(outs[0]), slice_of(outs[1]), dy, &dyp[..]);
+        go(d, Operands { a: &a, b: &b, bias: x.bias, v: &v }, outs, (zero, round), counts).map(T::wrap)
     }
     let outs = [y, lse, dy];
     let grads = match a.dtype() {
-        DataType::Float => wrapped::<f32>(&d, Operands::of(a, b, bias, v), outs, zero_masked, counts),
-        DataType::Double => wrapped::<f64>(&d, Operands::of(a, b, bias, v), outs, zero_masked, counts),
+        DataType::Float => wrapped::<f32>(&d, Operands::of(a, b, bias, v), outs, (zero_masked, round), counts),
+        DataType::Double => wrapped::<f64>(&d, Operands::of(a, b, bias, v), outs, (zero_masked, round), counts),
         other => kbail!("SoftmaxAttentionGrad takes f32, f64, f16 or bf16, got {other}"),
     };
     let [da, db, dv] = grads;

@@ -29,7 +29,7 @@ fn softmax_attention(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, P
     let (a, b, v) = (cx.input(0)?, cx.input(1)?, cx.input(3)?);
     let bias = cx.node.input(2).unwrap_or_default().to_string();
     let (y, lse) = (cx.output(0)?, cx.output(1)?);
-    let attrs = cx.attrs(&["masked_rows_zero"]);
+    let attrs = cx.attrs(&["masked_rows_zero", "products"]);
     let wanted = [cx.wants(0), cx.wants(1), cx.wants(3)];
     let inputs = [a.as_str(), b.as_str(), bias.as_str(), v.as_str(), y.as_str(), lse.as_str(), g.as_str()];
     let mut grads = cx.em.grad_op_n("SoftmaxAttentionGrad", &inputs, attrs, &y, &wanted)?;

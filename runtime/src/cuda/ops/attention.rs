@@ -13,6 +13,10 @@
 //! (GEMMs; the first block writes `db` and `dv` with beta 0, later ones add with beta 1, so
 //! they need no zeroing).
 //!
+//! With `products="bf16"` (set by `autocast`) every GEMM here runs on bf16 tensor cores from
+//! the f32 buffers (`Gemm::bf16_operands`), the kernels unchanged: the CPU kernel rounds the
+//! same operands.
+//!
 //! Covered: f32 operands, `a`, `b`, `v` with the same batch dims, a bias of any shape that
 //! broadcasts to the scores (or none). Other element types, broadcast batch dims and empty
 //! operands go to the host (the CPU kernel), as does a bias whose batch dims do not fit a
@@ -77,6 +81,8 @@ struct Geometry {
     n: usize,
     dv: usize,
     bias: Option<BiasView>,
+    /// The products may round their operands to bf16 (`products="bf16"`).
+    bf16_products: bool,
 }
 
 fn invalid(msg: String) -> DevResult<Geometry> {
@@ -118,7 +124,7 @@ impl Geometry {
                 Some(BiasView { layout: Layout::new(&ab, &[&st[..r - 2]])?, rs: st[r - 2], cs: st[r - 1] })
             }
         };
-        Ok(Geometry { batch: ab, products, m, k, n, dv, bias })
+        Ok(Geometry { batch: ab, products, m, k, n, dv, bias, bf16_products: false })
     }
 
     /// The batch dims followed by `tail`.
@@ -146,7 +152,32 @@ impl Geometry {
     /// An f32 batched GEMM over the products: dims `[m, n, k]`, transposes, strides of A, B, C.
     fn gemm(&self, m: usize, n: usize, k: usize, (ta, tb): (bool, bool), st: (usize, usize, usize), beta: f32) -> Gemm {
         let (stride_a, stride_b, stride_c) = st;
-        Gemm { elem: Elem::F32, m, n, k, ta, tb, batch: self.products, stride_a, stride_b, stride_c, alpha: 1.0, beta }
+        Gemm {
+            elem: Elem::F32,
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            batch: self.products,
+            stride_a,
+            stride_b,
+            stride_c,
+            alpha: 1.0,
+            beta,
+            bf16_operands: self.bf16_products,
+        }
+    }
+}
+
+/// The `products` attribute: `"bf16"` or absent (the CPU kernel's rule).
+fn bf16_products(c: &OpCtx) -> DevResult<bool> {
+    match c.string("products").as_deref() {
+        None => Ok(false),
+        Some("bf16") => Ok(true),
+        Some(other) => {
+            Err(KernelError::Invalid(format!("attribute products must be \"bf16\" when given, got {other:?}")).into())
+        }
     }
 }
 
@@ -160,7 +191,7 @@ fn masked_rows_zero(c: &OpCtx) -> DevResult<i32> {
 pub fn softmax_attention(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let (a, b, bias, v) = (req(i, 0)?, req(i, 1)?, opt(i, 2), req(i, 3)?);
     let zero = masked_rows_zero(c)?;
-    let g = Geometry::new(a, b, bias, v)?;
+    let g = Geometry { bf16_products: bf16_products(c)?, ..Geometry::new(a, b, bias, v)? };
     let (m, n, dv, products) = (g.m, g.n, g.dv, g.products);
     let (y, yshape) = output(gpu, g.shape(&[m, dv]), DataType::Float)?;
     let (lse, lshape) = output(gpu, g.shape(&[m]), DataType::Float)?;
@@ -188,7 +219,7 @@ pub fn softmax_attention_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) ->
     for x in [y, lse, dy] {
         want_f32(x)?;
     }
-    let g = Geometry::new(a, b, bias, v)?;
+    let g = Geometry { bf16_products: bf16_products(c)?, ..Geometry::new(a, b, bias, v)? };
     let (m, k, n, dv, products) = (g.m, g.k, g.n, g.dv, g.products);
     let count = |tail: &[usize]| crate::tensor::numel(&g.shape(tail));
     if Some(y.numel()) != count(&[m, dv]) || dy.shape() != y.shape() || Some(lse.numel()) != count(&[m]) {

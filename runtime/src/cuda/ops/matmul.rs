@@ -66,7 +66,9 @@ impl Elem {
 /// between batch entries are in elements, 0 for A or B to reuse one matrix for every entry,
 /// and `stride_c` is `m·n` for packed results (more to write row blocks of taller matrices;
 /// unused when `batch` is 1). `elem` is the type of A, B and C (`alpha`, `beta` are f32
-/// either way).
+/// either way). `bf16_operands` (f32 storage only) lets cuBLAS round A and B to bf16 and use
+/// the tensor cores (`CUBLAS_COMPUTE_32F_FAST_16BF`), accumulating in f32: what an op marked
+/// `products="bf16"` by `autocast` allows.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Gemm {
     pub elem: Elem,
@@ -81,12 +83,27 @@ pub(super) struct Gemm {
     pub stride_c: usize,
     pub alpha: f32,
     pub beta: f32,
+    pub bf16_operands: bool,
 }
 
 impl Gemm {
     /// One (unbatched) product `C = alpha·op(A)·op(B) + beta·C`.
     pub(super) fn single(elem: Elem, [m, n, k]: [usize; 3], (ta, tb): (bool, bool), alpha: f32, beta: f32) -> Gemm {
-        Gemm { elem, m, n, k, ta, tb, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0, alpha, beta }
+        Gemm {
+            elem,
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            alpha,
+            beta,
+            bf16_operands: false,
+        }
     }
 }
 
@@ -108,6 +125,9 @@ pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<
     let lda = (if g.ta { m } else { k }).max(1);
     let (alpha, beta) = (g.alpha, g.beta);
     let t = g.elem.cuda();
+    let fast = g.bf16_operands && g.elem == Elem::F32;
+    let compute =
+        if fast { cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF } else { cublasComputeType_t::CUBLAS_COMPUTE_32F };
     // SAFETY: a, b, c are live device buffers of at least batch × matrix elements of `g.elem`
     // (the callers size them from the same shapes and type), alpha and beta are f32 as
     // CUBLAS_COMPUTE_32F requires, and the handle is bound to the backend's stream.
@@ -134,15 +154,23 @@ pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<
             n,
             g.stride_c as i64,
             dim(g.batch)?,
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            compute,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     };
-    r.map_err(|e| gemm_error(g.elem, e.0))
+    match r {
+        // A device without bf16 tensor cores runs the product exactly, in f32.
+        Err(e) if fast && is_unsupported(e.0) => run_gemm(gpu, Gemm { bf16_operands: false, ..g }, a, b, c),
+        r => r.map_err(|e| gemm_error(g.elem, e.0)),
+    }
 }
 
 /// A failed GEMM: a bf16 GEMM the device cannot run (bf16 needs sm_80 or newer) goes to the
 /// host, whose result is the same; anything else is a device failure.
+fn is_unsupported(status: cublasStatus_t) -> bool {
+    matches!(status, cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED | cublasStatus_t::CUBLAS_STATUS_ARCH_MISMATCH)
+}
+
 fn gemm_error(elem: Elem, status: cublasStatus_t) -> DevError {
     use cublasStatus_t::{CUBLAS_STATUS_ARCH_MISMATCH, CUBLAS_STATUS_NOT_SUPPORTED};
     match status {
@@ -201,7 +229,21 @@ fn product(gpu: &Gpu, a: &CudaValue, b: &CudaValue, ta: bool, tb: bool) -> DevRe
         Gemm::single(elem, [m * count, n, k], (ta, tb), 1.0, 0.0)
     } else {
         let stride_c = m * n;
-        Gemm { elem, m, n, k, ta, tb, batch: count, stride_a: sa, stride_b: sb, stride_c, alpha: 1.0, beta: 0.0 }
+        Gemm {
+            elem,
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            batch: count,
+            stride_a: sa,
+            stride_b: sb,
+            stride_c,
+            alpha: 1.0,
+            beta: 0.0,
+            bf16_operands: false,
+        }
     };
     run_gemm(gpu, g, ap, bp, yp)?;
     let v = done(y, shape.clone(), elem.dtype());
