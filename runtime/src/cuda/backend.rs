@@ -24,6 +24,34 @@ use crate::tensor::Tensor;
 /// as the parity suite wants).
 const HOST_ELEMENTS: usize = 1 << 14;
 
+/// The element count of an op's output when small inputs can broadcast into a large one
+/// (`Expand` to its shape input's value, elementwise ops to their inputs' common shape), so such
+/// an op runs on the device when its *output* is large: the causal masks of exported decoders
+/// are built from `[b, s]` and `[s]` values into `[b, 1, s, s]`, and on the host every step
+/// would copy them over. `None` for other ops, or when the shapes do not broadcast (the kernel
+/// reports that).
+fn broadcast_elements(ins: &Instruction, inputs: &[Option<&Arc<CudaValue>>]) -> Option<usize> {
+    let op = ins.node.op();
+    if !adaptc_ir::is_default_domain(&op.domain) {
+        return None;
+    }
+    let shapes: Vec<Vec<usize>> = match op.op_type.as_str() {
+        "Expand" => {
+            let x = inputs.first().copied().flatten()?;
+            let dims = inputs.get(1).copied().flatten()?;
+            let host = dims.host_if_present()?;
+            let dims: Vec<usize> =
+                host.as_slice::<i64>()?.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+            vec![x.shape().to_vec(), dims]
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "And" | "Or" | "Xor" | "Equal" | "Less"
+        | "LessOrEqual" | "Greater" | "GreaterOrEqual" => inputs.iter().flatten().map(|v| v.shape().to_vec()).collect(),
+        _ => return None,
+    };
+    let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+    crate::ops::util::broadcast_shapes(&refs).ok().map(|s| s.iter().product())
+}
+
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
     host_elements: usize,
@@ -102,7 +130,8 @@ impl Backend for CudaBackend {
         let (label, op) = ins.describe();
         let small_host = inputs.iter().flatten().all(|v| !v.on_device())
             && inputs.iter().flatten().map(|v| v.numel()).sum::<usize>() <= self.host_elements
-            && self.host_elements > 0;
+            && self.host_elements > 0
+            && broadcast_elements(ins, inputs).is_none_or(|n| n <= self.host_elements);
         let reason = match ops::find(ins.node.op()) {
             None => "no device kernel".to_string(),
             Some(_) if small_host => String::new(),
@@ -152,5 +181,38 @@ impl Backend for CudaBackend {
 
     fn report(&self) -> Option<Placement> {
         Some(self.gpu.take_counters())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adaptc_ir::{Node, OpKey};
+
+    fn instruction(op: &str) -> Instruction {
+        let node = Node::new(OpKey::onnx(op), vec!["a".into(), "b".into()], vec!["y".into()]);
+        let kernel = crate::registry::Registry::cpu().get(node.op()).expect("a CPU kernel").kernel;
+        Instruction { node, kernel, opset: 21, inputs: vec![Some(0), Some(1)], outputs: vec![Some(2)] }
+    }
+
+    fn value(shape: Vec<usize>, v: Vec<i64>) -> Arc<CudaValue> {
+        Arc::new(CudaValue::from_host(Tensor::from_vec(shape, v).unwrap()))
+    }
+
+    #[test]
+    fn small_inputs_that_broadcast_into_a_large_output_are_seen() {
+        // The decoder mask's batch-index grid: [b, 1, 1, 1] expanded to [b, 1, s, s].
+        let x = value(vec![8, 1, 1, 1], (0..8).collect());
+        let dims = value(vec![4], vec![8, 1, 2048, 2048]);
+        assert_eq!(broadcast_elements(&instruction("Expand"), &[Some(&x), Some(&dims)]), Some(8 * 2048 * 2048));
+        let (col, row) = (value(vec![64, 1], vec![0; 64]), value(vec![1, 64], vec![0; 64]));
+        assert_eq!(broadcast_elements(&instruction("Add"), &[Some(&col), Some(&row)]), Some(64 * 64));
+        assert_eq!(broadcast_elements(&instruction("Where"), &[Some(&col), Some(&row)]), Some(64 * 64));
+        // Ops whose output is no larger than their inputs, and shapes that do not broadcast.
+        assert_eq!(broadcast_elements(&instruction("Neg"), &[Some(&col)]), None);
+        let bad = value(vec![5, 3], vec![0; 15]);
+        assert_eq!(broadcast_elements(&instruction("Add"), &[Some(&col), Some(&bad)]), None);
+        let negative = value(vec![2], vec![-1, 4]);
+        assert_eq!(broadcast_elements(&instruction("Expand"), &[Some(&col), Some(&negative)]), None);
     }
 }

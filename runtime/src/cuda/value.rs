@@ -90,6 +90,11 @@ impl CudaValue {
         }
     }
 
+    /// The host copy if there is one (never downloads).
+    pub fn host_if_present(&self) -> Option<&Tensor> {
+        self.host.get()
+    }
+
     /// The host copy, downloading it (once) if the value was made on the device.
     pub fn host(&self, gpu: &Gpu) -> DevResult<&Tensor> {
         if let Some(t) = self.host.get() {
