@@ -101,3 +101,26 @@ fn unclipped_steps_also_match() {
         assert_eq!(bits(h), bits(g), "weights of `{name}`");
     }
 }
+
+#[test]
+fn accumulating_two_copies_of_a_batch_is_one_step_on_it() {
+    // (g + g) · ½ = g exactly in f32, so the host path's accumulation over two identical
+    // micro-batches must give the in-graph step's weights, moments and loss bit for bit.
+    let max_norm = Some(1e-3);
+    let (graph_params, graph_opt, graph_trace) = train(true, 2, max_norm);
+    let (model, mut params) = training_graph();
+    let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+    let mut opt = AdamW::new(cfg, params.iter().map(|(n, t)| (n.as_str(), t.numel()))).unwrap();
+    let stepper = Stepper::new(model, SessionOptions::default(), &params, 2, max_norm).unwrap();
+    let mut trace = Vec::new();
+    for s in 0..2 {
+        let lr = 1e-2 * (s + 1) as f32;
+        let out = stepper.step(vec![batch(s), batch(s)], lr, &mut params, &mut opt, max_norm, s as u64 + 1).unwrap();
+        trace.push((out.loss, out.grad_norm));
+    }
+    assert_eq!(trace, graph_trace);
+    for ((name, h), (_, g)) in params.iter().zip(&graph_params) {
+        assert_eq!(bits(h), bits(g), "weights of `{name}`");
+    }
+    assert_eq!(opt.moments(), graph_opt.moments());
+}
