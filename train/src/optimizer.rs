@@ -17,6 +17,7 @@
 //! to `f32` tensors. Parameters come in a fixed order with fixed names and sizes, given when
 //! the optimizer is made; every step checks them, and a mismatch changes nothing.
 
+use adaptc_runtime::ops::optim::AdamWCoefficients;
 use adaptc_runtime::{Storage, Tensor};
 
 use crate::error::{Result, TrainError};
@@ -133,9 +134,9 @@ impl AdamW {
         if !lr.is_finite() || lr < 0.0 {
             return Err(TrainError::Optimizer(format!("learning rate must be finite and ≥ 0, got {lr}")));
         }
-        let k = Coefficients::from_array(self.next_coefficients(lr)?);
+        let k = AdamWCoefficients::from_array(self.next_coefficients(lr)?);
         for (p, mo) in params.iter_mut().zip(&mut self.moments) {
-            update(&k, p.value, p.grad, mo);
+            k.update(p.value, p.grad, &mut mo.m, &mut mo.v);
         }
         Ok(())
     }
@@ -220,13 +221,13 @@ impl AdamW {
         Ok(())
     }
 
-    fn coefficients(&self, lr: f32) -> Coefficients {
+    fn coefficients(&self, lr: f32) -> AdamWCoefficients {
         let (b1, b2) = self.config.betas;
         // `self.step` fits an i32 for any real run; saturate rather than wrap beyond.
         let t = i32::try_from(self.step).unwrap_or(i32::MAX);
         let bc1 = 1.0 - f64::from(b1).powi(t);
         let bc2 = 1.0 - f64::from(b2).powi(t);
-        Coefficients {
+        AdamWCoefficients {
             decay: (1.0 - f64::from(lr) * f64::from(self.config.weight_decay)) as f32,
             one_minus_b1: (1.0 - f64::from(b1)) as f32,
             b2,
@@ -235,38 +236,6 @@ impl AdamW {
             bc2_sqrt: bc2.sqrt() as f32,
             eps: self.config.eps,
         }
-    }
-}
-
-/// The scalars of one step, as `f32` (PyTorch applies Python floats to `f32` tensors).
-struct Coefficients {
-    decay: f32,
-    one_minus_b1: f32,
-    b2: f32,
-    one_minus_b2: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    eps: f32,
-}
-
-impl Coefficients {
-    fn to_array(&self) -> [f32; 7] {
-        [self.decay, self.one_minus_b1, self.b2, self.one_minus_b2, self.step_size, self.bc2_sqrt, self.eps]
-    }
-
-    fn from_array(k: [f32; 7]) -> Coefficients {
-        let [decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = k;
-        Coefficients { decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps }
-    }
-}
-
-fn update(k: &Coefficients, p: &mut [f32], g: &[f32], mo: &mut Moments) {
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(&mut mo.m).zip(&mut mo.v) {
-        *p *= k.decay;
-        *m += k.one_minus_b1 * (g - *m);
-        *v = *v * k.b2 + k.one_minus_b2 * (g * g);
-        let denom = v.sqrt() / k.bc2_sqrt + k.eps;
-        *p += -k.step_size * (*m / denom);
     }
 }
 

@@ -8,8 +8,9 @@
 //! - **On the host** (gradient accumulation): the graph returns `grad.<w>`, which are summed
 //!   over the micro-batches, averaged, clipped and applied by [`AdamW`] here.
 //!
-//! Both give the same weights bit for bit on the CPU backend: the graph's kernels do the host
-//! optimizer's arithmetic in the same order (tested in `tests/in_graph_step.rs`).
+//! Both give the same weights bit for bit on the CPU backend: both update with the runtime's
+//! `AdamWCoefficients::update`, and the graph's clip computes the norm as the host's does
+//! (tested in `tests/in_graph_step.rs`).
 
 use std::collections::HashMap;
 

@@ -16,8 +16,9 @@
 //! p ← p · decay;  m ← m + (1−β₁)(g − m);  v ← β₂v + (1−β₂)g²;  p ← p − step_size · m / (√v / √bc₂ + ε)
 //! ```
 //!
-//! in that order and in f32, so the CPU kernels give the trainer's host optimizer's results
-//! bit for bit.
+//! in that order and in f32. [`AdamWCoefficients::update`] is that formula, the only copy: the
+//! trainer's host optimizer (gradient accumulation) calls it too, so both paths agree bit for
+//! bit, and the CUDA kernel is checked against it.
 
 use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, KResult};
@@ -70,46 +71,51 @@ fn adamw(_ctx: &OpCtx, inputs: &Inputs) -> KResult<Vec<Tensor>> {
     if scale.len() != 1 || k.len() != ADAMW_COEFFICIENTS {
         kbail!("expects one scale and {ADAMW_COEFFICIENTS} coefficients, got {} and {}", scale.len(), k.len());
     }
-    let (scale, k) = (scale[0], Coefficients::new(k));
+    let scale = scale[0];
+    let k = AdamWCoefficients::from_array([k[0], k[1], k[2], k[3], k[4], k[5], k[6]]);
     let (mut p2, mut m2, mut v2) = (f32s(p, "parameter")?.to_vec(), f32s(m, "m")?.to_vec(), f32s(v, "v")?.to_vec());
-    for (((p, &g), m), v) in p2.iter_mut().zip(f32s(g, "gradient")?).zip(&mut m2).zip(&mut v2) {
-        k.update(p, g * scale, m, v);
-    }
+    let g: Vec<f32> = f32s(g, "gradient")?.iter().map(|&g| g * scale).collect();
+    k.update(&mut p2, &g, &mut m2, &mut v2);
     let shape = p.shape().to_vec();
     let wrap = |x: Vec<f32>| Tensor::from_parts(shape.clone(), Storage::F32(x));
     Ok(vec![wrap(p2), wrap(m2), wrap(v2)])
 }
 
-/// One step's scalars, in the order of the op's `k` input.
-struct Coefficients {
-    decay: f32,
-    one_minus_b1: f32,
-    b2: f32,
-    one_minus_b2: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    eps: f32,
+/// One AdamW step's scalars, as `f32` (PyTorch applies Python floats to `f32` tensors), in
+/// the order of the op's `k` input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWCoefficients {
+    /// `1 − lr·wd`.
+    pub decay: f32,
+    pub one_minus_b1: f32,
+    pub b2: f32,
+    pub one_minus_b2: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f32,
+    /// `√(1 − β₂ᵗ)`.
+    pub bc2_sqrt: f32,
+    pub eps: f32,
 }
 
-impl Coefficients {
-    fn new(k: &[f32]) -> Coefficients {
-        Coefficients {
-            decay: k[0],
-            one_minus_b1: k[1],
-            b2: k[2],
-            one_minus_b2: k[3],
-            step_size: k[4],
-            bc2_sqrt: k[5],
-            eps: k[6],
-        }
+impl AdamWCoefficients {
+    pub fn from_array(k: [f32; ADAMW_COEFFICIENTS]) -> AdamWCoefficients {
+        let [decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps] = k;
+        AdamWCoefficients { decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps }
     }
 
-    fn update(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
-        *p *= self.decay;
-        *m += self.one_minus_b1 * (g - *m);
-        *v = *v * self.b2 + self.one_minus_b2 * (g * g);
-        let denom = v.sqrt() / self.bc2_sqrt + self.eps;
-        *p += -self.step_size * (*m / denom);
+    pub fn to_array(&self) -> [f32; ADAMW_COEFFICIENTS] {
+        [self.decay, self.one_minus_b1, self.b2, self.one_minus_b2, self.step_size, self.bc2_sqrt, self.eps]
+    }
+
+    /// One step of every element of `p` with gradient `g` and moments `m`, `v` (same lengths).
+    pub fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+            *p *= self.decay;
+            *m += self.one_minus_b1 * (g - *m);
+            *v = *v * self.b2 + self.one_minus_b2 * (g * g);
+            let denom = v.sqrt() / self.bc2_sqrt + self.eps;
+            *p += -self.step_size * (*m / denom);
+        }
     }
 }
 
