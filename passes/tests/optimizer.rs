@@ -44,4 +44,25 @@ fn refuses_a_graph_without_gradients_and_a_bad_clip() {
         let e = PassManager::new(&Registry::builtin(), &format!("append-adamw{{max_norm={bad}}}")).err().unwrap();
         assert!(e.to_string().contains("max_norm"), "{e}");
     }
+    let e = PassManager::new(&Registry::builtin(), "append-adamw{accumulate=0}").err().unwrap();
+    assert!(e.to_string().contains("accumulate"), "{e}");
+}
+
+#[test]
+fn accumulation_carries_gradient_sums_and_applies_on_the_last_micro_batch() {
+    let (model, report) = rewrite(
+        fixture("bert6.onnx"),
+        &format!("{ADAPT},build-training-graph{{loss=cross-entropy}},append-adamw{{accumulate=4}}"),
+    );
+    let trainable = AdapterState::load(&model).unwrap().trainable;
+    assert_eq!(report.stat("adamw.carried").unwrap(), 4 * trainable.len() as i64);
+    assert!(model.graph.is_graph_input("adamw.apply"));
+    let outputs: Vec<&str> = model.graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    for w in &trainable {
+        assert!(model.graph.is_graph_input(&format!("adamw.acc.{w}")));
+        assert!(outputs.contains(&format!("next.adamw.acc.{w}").as_str()));
+    }
+    // Weights, both moments and the sums each pass through a Where on `adamw.apply`.
+    let picks = model.graph.nodes().filter(|(_, n)| n.op().is("Where") && n.input(0) == Some("adamw.apply")).count();
+    assert_eq!(picks, 4 * trainable.len());
 }

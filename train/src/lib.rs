@@ -9,8 +9,8 @@
 //!   data position, configuration fingerprint), the last K kept;
 //! - [`metrics`]: the `metrics.jsonl` log, truncated on resume;
 //! - [`plot`]: the loss chart, `loss.png`;
-//! - [`step`]: one optimizer step, in the training graph (`append-adamw`, state kept in the
-//!   session) or on the host (gradient accumulation);
+//! - [`step`]: one optimizer step inside the training graph (`append-adamw`: clip, AdamW,
+//!   gradient accumulation; weights and moments kept in the session);
 //! - [`trainer`]: the loop that ties them to the training graph and the runtime;
 //! - [`artifacts`]: adapted/merged ONNX, the PEFT adapter and the plot, written at the end.
 //!

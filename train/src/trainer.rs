@@ -1,6 +1,7 @@
 //! The training loop: the training graph (`build-training-graph`) run on padded batches,
-//! the optimizer step ([`crate::step`]: AdamW in the graph, or on the host with gradient
-//! accumulation) with the learning-rate schedule, evaluation, metrics and atomic checkpoints.
+//! the optimizer step inside the graph ([`crate::step`]: clip and AdamW, weights and moments
+//! kept by the session) at the schedule's learning rate, evaluation, metrics and atomic
+//! checkpoints.
 //!
 //! Resuming restores the trainable weights, AdamW's moments and step, and the data position
 //! of the last checkpoint, so a resumed run takes exactly the steps an uninterrupted run
@@ -56,7 +57,7 @@ pub struct TrainConfig {
     pub eval_every: Option<u64>,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
-    /// Where the training and evaluation graphs run (with the optimizer, unless gradients are accumulated). Not part
+    /// Where the training and evaluation graphs run (the optimizer step included). Not part
     /// of the fingerprint: a run may resume on another device.
     pub device: Device,
     /// Recompute each block's activations in the backward pass (`checkpoint-activations`):
@@ -235,7 +236,7 @@ pub fn train(
             batches.push(feeds(&batch, cfg.objective));
         }
         let lr = schedule.lr_at(step);
-        let out = stepper.step(batches, lr, &mut params, &mut optimizer, cfg.max_grad_norm, step + 1)?;
+        let out = stepper.step(batches, lr, &mut optimizer, step + 1)?;
         peak_bytes = peak_bytes.max(out.peak_bytes);
         if let Some(p) = &out.profile {
             profile.get_or_insert_with(Profile::default).merge(p);

@@ -15,6 +15,12 @@
 //!
 //! [`StepState`] lists which output feeds which input on the next step.
 //!
+//! With `accumulate=k > 1` a step is k runs (micro-batches): each adds its gradients into
+//! `adamw.acc.<w>` (carried state too), and the update reads their mean `acc · (1/k)`; the
+//! boolean input `adamw.apply` says which run is the last. On the other runs `next.<w>` and the
+//! moments are the inputs unchanged (`Where(apply, updated, current)`), and on the last the
+//! sums restart from zero.
+//!
 //! Preconditions: the graph is a training graph (it has `loss` and a `grad.<w>` output for
 //! every trainable `w`, all float32).
 //! Example pipeline: `insert-lora{rank=8},build-training-graph{loss=cross-entropy},append-adamw{max_norm=1.0}`.
@@ -30,6 +36,9 @@ use crate::registry::PassInfo;
 
 /// The pass name.
 pub const PASS: &str = "append-adamw";
+
+/// The boolean scalar input that marks a step's last micro-batch (`accumulate > 1`).
+pub const APPLY_INPUT: &str = "adamw.apply";
 
 /// The input carrying the step's scalars.
 pub const COEFFICIENTS_INPUT: &str = "adamw.coefficients";
@@ -48,11 +57,24 @@ pub fn moment_inputs(w: &str) -> [String; 2] {
     [format!("adamw.m.{w}"), format!("adamw.v.{w}")]
 }
 
+/// The input name of a trainable tensor's gradient sum (`accumulate > 1`).
+pub fn accumulator_input(w: &str) -> String {
+    format!("adamw.acc.{w}")
+}
+
 /// The `append-adamw` pass.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AppendAdamW {
     /// Clip the gradients' global L2 norm to this (`None`: report it, do not clip).
     pub max_norm: Option<f32>,
+    /// Micro-batches per step (1: every run is a whole step).
+    pub accumulate: usize,
+}
+
+impl Default for AppendAdamW {
+    fn default() -> AppendAdamW {
+        AppendAdamW { max_norm: None, accumulate: 1 }
+    }
 }
 
 /// What carries over from one step to the next: each `(input, output)` pair says that the
@@ -66,12 +88,20 @@ pub(crate) fn info() -> PassInfo {
     PassInfo {
         name: PASS,
         summary: "append clip-grad-norm and an AdamW step to a training graph: one run is one whole training step",
-        options: vec![OptionInfo::new(
-            "max_norm",
-            OptionKind::Float,
-            None,
-            "clip the gradients' global L2 norm to this (default: no clipping)",
-        )],
+        options: vec![
+            OptionInfo::new(
+                "max_norm",
+                OptionKind::Float,
+                None,
+                "clip the gradients' global L2 norm to this (default: no clipping)",
+            ),
+            OptionInfo::new(
+                "accumulate",
+                OptionKind::Int,
+                Some("1"),
+                "micro-batches per step: gradients are summed over this many runs, the update uses their mean",
+            ),
+        ],
         example: "insert-lora{rank=8},build-training-graph{loss=cross-entropy},append-adamw{max_norm=1.0}",
         build,
     }
@@ -84,7 +114,11 @@ fn build(o: &Options) -> Result<Box<dyn Pass>, PassError> {
             return Err(PassError::bad_option(PASS, "max_norm", format!("must be a finite number > 0, got {m}")));
         }
     }
-    Ok(Box::new(AppendAdamW { max_norm }))
+    let accumulate = o.usize("accumulate")?;
+    if accumulate == 0 {
+        return Err(PassError::bad_option(PASS, "accumulate", "must be at least 1"));
+    }
+    Ok(Box::new(AppendAdamW { max_norm, accumulate }))
 }
 
 impl Pass for AppendAdamW {
@@ -94,8 +128,10 @@ impl Pass for AppendAdamW {
 
     fn run(&self, model: &mut Model, _cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let trainable = AdapterState::load(model)?.trainable;
-        let state = append_adamw(model, trainable.iter().map(String::as_str), self.max_norm)?;
-        Ok(PassOutcome::changed(true).stat("adamw.params", (state.carried.len() / 3) as i64))
+        let state = append_adamw(model, trainable.iter().map(String::as_str), self.max_norm, self.accumulate)?;
+        Ok(PassOutcome::changed(true)
+            .stat("adamw.params", trainable.len() as i64)
+            .stat("adamw.carried", state.carried.len() as i64))
     }
 }
 
@@ -105,8 +141,13 @@ pub fn append_adamw<'a>(
     model: &mut Model,
     trainable: impl IntoIterator<Item = &'a str>,
     max_norm: Option<f32>,
+    accumulate: usize,
 ) -> Result<StepState, PassError> {
     let trainable: Vec<&str> = trainable.into_iter().collect();
+    if accumulate == 0 {
+        return Err(PassError::bad_option(PASS, "accumulate", "must be at least 1"));
+    }
+    let summed = accumulate > 1;
     let graph = &model.graph;
     if trainable.is_empty() {
         return Err(PassError::failed(
@@ -129,12 +170,16 @@ pub fn append_adamw<'a>(
         }
         grads.push(grad);
     }
-    let mut fresh = vec![COEFFICIENTS_INPUT.to_string(), GRAD_NORM_OUTPUT.to_string()];
+    let mut fresh = vec![COEFFICIENTS_INPUT.to_string(), GRAD_NORM_OUTPUT.to_string(), APPLY_INPUT.to_string()];
     for &w in &trainable {
-        let m = moment_inputs(w);
-        fresh.extend([format!("{NEXT_PREFIX}{w}"), format!("{NEXT_PREFIX}{}", m[0]), format!("{NEXT_PREFIX}{}", m[1])]);
-        fresh.extend(m);
+        let [m, v] = moment_inputs(w);
+        let acc = accumulator_input(w);
+        for s in [w.to_string(), m, v, acc] {
+            fresh.push(format!("{NEXT_PREFIX}{s}"));
+            fresh.push(s);
+        }
     }
+    fresh.retain(|n| !trainable.contains(&n.as_str()));
     if let Some(taken) = fresh.iter().find(|n| graph.name_taken(n)) {
         return Err(PassError::failed(PASS, format!("the graph already has a value named `{taken}`")));
     }
@@ -145,6 +190,26 @@ pub fn append_adamw<'a>(
         n.metadata.set(CREATED_BY, PASS);
         n
     };
+    // With accumulation the update reads mean(acc + grad), and the sums are carried.
+    let mut sums = Vec::new();
+    if summed {
+        let inverse = g.unique_name("adamw/inverse_accumulate");
+        g.add_initializer(adaptc_ir::Tensor::from_f32(&inverse, vec![], &[1.0f32 / accumulate as f32])?)?;
+        g.inputs.push(ValueInfo::tensor(APPLY_INPUT, DataType::Bool, Vec::<Dim>::new()));
+        for (&w, grad) in trainable.iter().zip(grads.iter_mut()) {
+            let acc = accumulator_input(w);
+            let sum = g.unique_name(&format!("adamw/{w}/sum"));
+            let mean = g.unique_name(&format!("adamw/{w}/mean"));
+            let add = Node::new(OpKey::onnx("Add"), vec![acc.clone(), grad.clone()], vec![sum.clone()])
+                .named(g.unique_name(&format!("adamw/{w}/Add")));
+            g.add_node(tag(add))?;
+            let mul = Node::new(OpKey::onnx("Mul"), vec![sum.clone(), inverse.clone()], vec![mean.clone()])
+                .named(g.unique_name(&format!("adamw/{w}/Mul")));
+            g.add_node(tag(mul))?;
+            *grad = mean;
+            sums.push((acc, sum));
+        }
+    }
     let scale = g.unique_name("adamw/scale");
     let mut clip = Node::new(
         OpKey::new(ADAPTC_DOMAIN, "ClipGradNorm"),
@@ -167,13 +232,27 @@ pub fn append_adamw<'a>(
         let like = |name: &str| ValueInfo::new(name, ty.clone());
         let state = [w.to_string(), m.clone(), v.clone()];
         let next: Vec<String> = state.iter().map(|s| format!("{NEXT_PREFIX}{s}")).collect();
+        // Accumulating: the update is kept only on the step's last run.
+        let updated: Vec<String> = if summed {
+            state.iter().map(|s| g.unique_name(&format!("adamw/{s}/updated"))).collect()
+        } else {
+            next.clone()
+        };
         let node = Node::new(
             OpKey::new(ADAPTC_DOMAIN, "AdamW"),
             vec![w.into(), grad.clone(), m.clone(), v.clone(), scale.clone(), COEFFICIENTS_INPUT.into()],
-            next.clone(),
+            updated.clone(),
         )
         .named(g.unique_name(&format!("adamw/{w}/AdamW")));
         g.add_node(tag(node))?;
+        if summed {
+            for ((s, u), n) in state.iter().zip(&updated).zip(&next) {
+                let pick =
+                    Node::new(OpKey::onnx("Where"), vec![APPLY_INPUT.into(), u.clone(), s.clone()], vec![n.clone()])
+                        .named(g.unique_name(&format!("adamw/{s}/Where")));
+                g.add_node(tag(pick))?;
+            }
+        }
         for s in [&m, &v] {
             g.inputs.push(like(s));
         }
@@ -183,6 +262,21 @@ pub fn append_adamw<'a>(
         for (s, n) in state.into_iter().zip(next) {
             outputs.push(like(&n));
             carried.push((s, n));
+        }
+    }
+    if summed {
+        let zero = g.unique_name("adamw/zero");
+        g.add_initializer(adaptc_ir::Tensor::from_f32(&zero, vec![], &[0.0])?)?;
+        for ((acc, sum), &w) in sums.into_iter().zip(&trainable) {
+            let next = format!("{NEXT_PREFIX}{acc}");
+            let restart =
+                Node::new(OpKey::onnx("Where"), vec![APPLY_INPUT.into(), zero.clone(), sum], vec![next.clone()])
+                    .named(g.unique_name(&format!("adamw/{acc}/Where")));
+            g.add_node(tag(restart))?;
+            let ty = g.value_type(w);
+            g.inputs.push(ValueInfo::new(acc.clone(), ty.clone()));
+            outputs.push(ValueInfo::new(next.clone(), ty));
+            carried.push((acc, next));
         }
     }
     g.outputs = outputs;
