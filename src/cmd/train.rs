@@ -87,7 +87,8 @@ pub struct Args {
     steps: Option<u64>,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Micro-batches whose gradients are added before each optimizer step.
+    /// Micro-batches whose gradients are averaged before each optimizer step (summed in the
+    /// graph, on the device with --device cuda).
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
     /// Peak learning rate.
@@ -125,8 +126,8 @@ pub struct Args {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Where the training graph runs (cuda: a `--features cuda` build and an NVIDIA GPU; the
-    /// optimizer step runs on the CPU either way).
+    /// Where the training graph runs, optimizer step included (cuda: a `--features cuda` build
+    /// and an NVIDIA GPU; the adapter weights and AdamW moments then stay on the GPU).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
     /// Recompute each transformer block's activations during the backward pass instead of
