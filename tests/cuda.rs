@@ -24,6 +24,9 @@
 //!   `AdamW` on one parameter runs both ops on the device, and the norm, the clip scale and the
 //!   new parameter and moments agree within 1e-6 relative (AdamW is the CPU's f32 arithmetic in
 //!   its order; only the f64 norm's summation order differs);
+//! - Llama's attention-mask GatherND (a Cast mask [b, s] gathered with [b, 1, s, s, 2] index
+//!   pairs, then And with a causal mask), a float GatherND with a trailing slice and negative
+//!   indices, and one with `batch_dims` 1 all run on the device and equal the CPU exactly;
 //! - every op the device implements ran on the device in at least one of those cases.
 //!
 //! Environment: `ADAPTC_NODE_DIR` overrides where the node tests are read from.
@@ -90,9 +93,10 @@ fn main() {
     std::env::set_var("ADAPTC_CUDA_ATTENTION_ROWS", "5");
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
-    let gpu_cases: [GpuCase; 6] = [
+    let gpu_cases: [GpuCase; 7] = [
         ("node_suite_matches_cpu", node_suite),
         ("clip_grad_norm_and_adamw_match_cpu", optimizer_step),
+        ("gather_nd_attention_mask_matches_cpu", gather_nd_mask),
         ("bert_lora_training_graph_matches_cpu", bert_training_graph),
         ("bert_lora_fused_attention_training_graph_matches_cpu", bert_fused_attention_training_graph),
         ("llama_lora_training_graph_matches_cpu", llama_training_graph),
@@ -569,6 +573,105 @@ fn optimizer_graph() -> Result<(adaptc_ir::Model, HashMap<String, Tensor>), Stri
         ("v".to_string(), tensor(vec![rows, cols], v)?),
         ("g2".to_string(), tensor(vec![n2], g2)?),
         ("k".to_string(), tensor(vec![k.len()], k)?),
+    ]);
+    Ok((model, inputs))
+}
+
+/// Llama's attention mask as transformers exports it: `Cast(attention_mask → bool)` [b, s]
+/// gathered with index pairs [b, 1, s, s, 2] (the pair at [i, 0, q, j] is (i, j)) into
+/// [b, 1, s, s], then `And` with a causal mask; beside it a float GatherND with a trailing slice
+/// and negative indices, and one with `batch_dims` 1. All three GatherND must run on the device,
+/// and every output equal the CPU's.
+fn gather_nd_mask(cov: &mut Coverage) -> CaseResult {
+    let (model, inputs) = gather_nd_graph()?;
+    let (want, got, placement) = both(&model, &inputs)?;
+    cov.add(&placement);
+    println!("  {placement}");
+    let mut problems = Vec::new();
+    if let Some((n, why)) = placement.host.get("GatherND") {
+        problems.push(format!("GatherND ran on the host ×{n}: {why}"));
+    }
+    match placement.device.get("GatherND") {
+        Some(3) => {}
+        n => problems.push(format!("GatherND ran on the device {} times, not 3", n.copied().unwrap_or(0))),
+    }
+    for ((n, w), (_, g)) in want.iter().zip(&got) {
+        if w != g {
+            problems.push(format!("{n}: cpu {:?} vs cuda {:?}", w, g));
+        }
+    }
+    if problems.is_empty() {
+        Ok(None)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The graph and inputs of [`gather_nd_mask`]: 3 sequences of 7 tokens padded by 0, 2 and 4.
+fn gather_nd_graph() -> Result<(adaptc_ir::Model, HashMap<String, Tensor>), String> {
+    use adaptc_ir::{Attribute, DataType, Dim, Graph, Node, OpKey, ValueInfo};
+    let (b, s) = (3usize, 7usize);
+    let known = |d: &[usize]| d.iter().map(|&n| Dim::Known(n as i64)).collect::<Vec<_>>();
+    let mut g = Graph::new("gather_nd_mask");
+    for (name, dtype, shape) in [
+        ("attention_mask", DataType::Int64, vec![b, s]),
+        ("pairs", DataType::Int64, vec![b, 1, s, s, 2]),
+        ("causal", DataType::Bool, vec![s, s]),
+        ("x", DataType::Float, vec![3, 4, 6]),
+        ("x_idx", DataType::Int64, vec![5, 2]),
+        ("z", DataType::Float, vec![2, 3, 20]),
+        ("z_idx", DataType::Int64, vec![2, 5, 1]),
+    ] {
+        g.inputs.push(ValueInfo::tensor(name, dtype, known(&shape)));
+    }
+    for (name, dtype, shape) in [
+        ("mask4", DataType::Bool, vec![b, 1, s, s]),
+        ("mask", DataType::Bool, vec![b, 1, s, s]),
+        ("slices", DataType::Float, vec![5, 6]),
+        ("rows", DataType::Float, vec![2, 5, 20]),
+    ] {
+        g.outputs.push(ValueInfo::tensor(name, dtype, known(&shape)));
+    }
+    let node = |op: &str, ins: &[&str], out: &str| {
+        Node::new(OpKey::new("", op), ins.iter().map(|s| s.to_string()).collect(), vec![out.to_string()])
+    };
+    let cast =
+        node("Cast", &["attention_mask"], "mask_b").with_attr(Attribute::int("to", DataType::Bool.code().into()));
+    let nodes = [
+        cast.named("cast"),
+        node("GatherND", &["mask_b", "pairs"], "mask4").named("gather_mask"),
+        node("And", &["mask4", "causal"], "mask").named("and"),
+        node("GatherND", &["x", "x_idx"], "slices").named("gather_slices"),
+        node("GatherND", &["z", "z_idx"], "rows").with_attr(Attribute::int("batch_dims", 1)).named("gather_rows"),
+    ];
+    for n in nodes {
+        g.add_node(n).map_err(|e| e.to_string())?;
+    }
+    let model = adaptc_ir::Model::new(g, 17);
+
+    let err = |e: adaptc_runtime::RuntimeError| e.to_string();
+    let mask: Vec<i64> = (0..b * s).map(|k| i64::from(k % s < s - (k / s) * 2)).collect();
+    let mut pairs = Vec::with_capacity(b * s * s * 2);
+    for i in 0..b {
+        for _q in 0..s {
+            for j in 0..s {
+                pairs.extend([i as i64, j as i64]);
+            }
+        }
+    }
+    let causal: Vec<bool> = (0..s * s).map(|k| k % s <= k / s).collect();
+    let x: Vec<f32> = (0..3 * 4 * 6).map(|k| k as f32 * 0.5 - 3.0).collect();
+    let x_idx = vec![0i64, 0, 2, 3, -1, -4, 1, 2, -3, -1];
+    let z: Vec<f32> = (0..2 * 3 * 20).map(|k| (k as f32).sin()).collect();
+    let z_idx = vec![2i64, 0, -1, 1, 1, 0, -3, 2, 2, 1];
+    let inputs = HashMap::from([
+        ("attention_mask".to_string(), Tensor::from_vec(vec![b, s], mask).map_err(err)?),
+        ("pairs".to_string(), Tensor::from_vec(vec![b, 1, s, s, 2], pairs).map_err(err)?),
+        ("causal".to_string(), Tensor::from_vec(vec![s, s], causal).map_err(err)?),
+        ("x".to_string(), Tensor::from_vec(vec![3, 4, 6], x).map_err(err)?),
+        ("x_idx".to_string(), Tensor::from_vec(vec![5, 2], x_idx).map_err(err)?),
+        ("z".to_string(), Tensor::from_vec(vec![2, 3, 20], z).map_err(err)?),
+        ("z_idx".to_string(), Tensor::from_vec(vec![2, 5, 1], z_idx).map_err(err)?),
     ]);
     Ok((model, inputs))
 }

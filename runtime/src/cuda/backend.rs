@@ -171,7 +171,7 @@ impl Backend for CudaBackend {
         let code = code.first().copied().unwrap_or(0);
         if code != 0 {
             self.gpu.stream.memset_zeros(&mut *flag).map_err(|e| self.backend_error(e.to_string()))?;
-            let what = if code == 1 { "a Gather index" } else { "a cross-entropy label" };
+            let what = if code == 1 { "a Gather or GatherND index" } else { "a cross-entropy label" };
             return Err(self.backend_error(format!(
                 "{what} was out of range (the kernel cannot name the node: run on the CPU backend for the details)"
             )));

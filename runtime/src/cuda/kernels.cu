@@ -246,6 +246,45 @@ GATHER(gather_b2_i64, unsigned short, i64)
 GATHER(gather_b4_i32, unsigned int, int)
 GATHER(gather_b8_i32, unsigned long long, int)
 
+// GatherND: `idx` holds `tuples` index tuples of `P.k` int64 components; tuple t addresses
+// the slice of `inner` elements at (t / per_batch) * batch_stride + Σ_d idx[t][d] · P.st[d]
+// (batch_stride 0 without batch dims), and y[t * inner + j] = x[that + j]. A component wraps
+// once when negative (+ P.dim[d]); one still outside [0, P.dim[d]) writes zero and sets `err`
+// to 1, as Gather does.
+struct NdTuple {
+    int k;
+    int pad_;
+    i64 dim[MAXR];
+    i64 st[MAXR];
+};
+#define GATHER_ND(name, T)                                                                         \
+    extern "C" __global__ void name(NdTuple P, const T* x, const i64* idx, T* y, i64 tuples,       \
+                                    i64 per_batch, i64 batch_stride, i64 inner, i64* err) {        \
+        i64 n = tuples * inner;                                                                    \
+        GRID_LOOP(i, n) {                                                                          \
+            i64 j = i % inner, t = i / inner;                                                      \
+            i64 off = (t / per_batch) * batch_stride;                                              \
+            const i64* tup = idx + t * P.k;                                                        \
+            bool bad = false;                                                                      \
+            for (int d = 0; d < P.k; ++d) {                                                        \
+                i64 v = tup[d];                                                                    \
+                if (v < 0) v += P.dim[d];                                                          \
+                if (v < 0 || v >= P.dim[d]) bad = true;                                            \
+                off += v * P.st[d];                                                                \
+            }                                                                                      \
+            if (bad) {                                                                             \
+                atomicCAS((unsigned long long*)err, 0ull, 1ull);                                   \
+                y[i] = (T)0;                                                                       \
+            } else {                                                                               \
+                y[i] = x[off + j];                                                                 \
+            }                                                                                      \
+        }                                                                                          \
+    }
+GATHER_ND(gather_nd_b1, unsigned char)
+GATHER_ND(gather_nd_b2, unsigned short)
+GATHER_ND(gather_nd_b4, unsigned int)
+GATHER_ND(gather_nd_b8, unsigned long long)
+
 // Casts between the element types the device holds. bool is a byte 0/1.
 #define CAST(name, S, D, EXPR)                                                                     \
     extern "C" __global__ void name(const S* x, D* y, i64 n) {                                     \

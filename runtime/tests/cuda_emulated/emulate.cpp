@@ -692,6 +692,129 @@ void test_gather() {
     }
 }
 
+// GatherND reference (ONNX semantics): tuple t's position over the indices' leading dims gives
+// its batch coordinates directly; a component outside the dim after one wrap makes the tuple's
+// slice zero and clears `ok`.
+template <class T>
+vector<T> ref_gather_nd(const vector<T>& x, const Shape& xs, const vector<i64>& idx, const Shape& is, size_t batch,
+                        bool& ok) {
+    size_t k = (size_t)is.back();
+    Shape ts(is.begin(), is.end() - 1), xst = contiguous(xs);
+    i64 tuples = numel(ts), inner = numel(Shape(xs.begin() + batch + k, xs.end()));
+    vector<T> y(tuples * inner);
+    ok = true;
+    for (i64 t = 0; t < tuples; ++t) {
+        Shape pos = unravel(t, ts);
+        i64 off = 0;
+        bool bad = false;
+        for (size_t d = 0; d < batch; ++d) off += pos[d] * xst[d];
+        for (size_t d = 0; d < k; ++d) {
+            i64 v = idx[t * k + d], dim = xs[batch + d];
+            if (v < 0) v += dim;
+            if (v < 0 || v >= dim) bad = true;
+            off += v * xst[batch + d];
+        }
+        ok = ok && !bad;
+        for (i64 j = 0; j < inner; ++j) y[t * inner + j] = bad ? (T)0 : x[off + j];
+    }
+    return y;
+}
+
+// Runs a gather_nd_bN kernel as the Rust launcher does (layout.rs `gather_nd`) and checks it
+// against the reference: output and error flag (`want_err`, 1 when an index is out of range).
+template <class T>
+void gather_nd_case(const string& name, void (*kern)(NdTuple, const T*, const i64*, T*, i64, i64, i64, i64, i64*),
+                    const vector<T>& x, const Shape& xs, const vector<i64>& idx, const Shape& is, size_t batch,
+                    i64 want_err, unsigned blocks, vector<T>* out = nullptr) {
+    size_t k = (size_t)is.back();
+    Shape xst = contiguous(xs);
+    NdTuple P{};
+    P.k = (int)k;
+    for (size_t d = 0; d < k; ++d) P.dim[d] = xs[batch + d], P.st[d] = xst[batch + d];
+    i64 inner = numel(Shape(xs.begin() + batch + k, xs.end()));
+    i64 batch_size = numel(Shape(xs.begin(), xs.begin() + batch));
+    i64 tuples = numel(Shape(is.begin(), is.end() - 1));
+    i64 per_batch = std::max<i64>(tuples / std::max<i64>(batch_size, 1), 1);
+    i64 batch_stride = batch > 0 ? xst[batch - 1] : 0;
+    bool ok = true;
+    vector<T> want = ref_gather_nd(x, xs, idx, is, batch, ok);
+    vector<T> y(want.size(), (T)0x5a);
+    i64 err = 0;
+    set_current(name);
+    launch(kern, dim3(blocks), B256, P, x.data(), idx.data(), y.data(), tuples, per_batch, batch_stride, inner, &err);
+    check_equal(name, y, want);
+    check_true(name + " reference", (ok ? 0 : 1) == want_err, "the case's indices are not what its name says");
+    check_true(name + " err", err == want_err,
+               "err = " + std::to_string(err) + ", expected " + std::to_string(want_err));
+    if (out) *out = y;
+}
+
+void test_gather_nd() {
+    // Llama's attention mask in miniature: mask [b, s] (bool bytes) gathered with indices
+    // [b, 1, s, s, 2] whose tuple at [i, 0, q, j] is (i, j): y[i, 0, q, j] = mask[i, j].
+    {
+        const i64 b = 2, s = 5;
+        vector<u8> mask = {1, 1, 1, 0, 0, 1, 1, 1, 1, 1};
+        vector<i64> idx;
+        for (i64 i = 0; i < b; ++i)
+            for (i64 q = 0; q < s; ++q)
+                for (i64 j = 0; j < s; ++j) idx.push_back(i), idx.push_back(j);
+        vector<u8> y;
+        gather_nd_case<u8>("gather_nd_b1 llama mask", gather_nd_b1, mask, {b, s}, idx, {b, 1, s, s, 2}, 0, 0, 1, &y);
+        bool direct = y.size() == (size_t)(b * s * s);
+        for (i64 i = 0; i < b && direct; ++i)
+            for (i64 q = 0; q < s; ++q)
+                for (i64 j = 0; j < s; ++j) direct = direct && y[(i * s + q) * s + j] == mask[i * s + j];
+        check_true("gather_nd_b1 llama mask is mask[i, j]", direct, "y[i, 0, q, j] != mask[i, j]");
+    }
+    // A trailing slice: x [3, 4, 6] with tuples of 2 (negative components too) → [5, 6].
+    {
+        vector<unsigned> x(3 * 4 * 6);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 1000 + (unsigned)i;
+        gather_nd_case<unsigned>("gather_nd_b4 trailing slice", gather_nd_b4, x, {3, 4, 6},
+                                 {0, 0, 2, 3, -1, -4, 1, 2, -3, -1}, {5, 2}, 0, 0, 1);
+        gather_nd_case<unsigned>("gather_nd_b4 out of range", gather_nd_b4, x, {3, 4, 6},
+                                 {0, 0, 3, 1, 1, -5, 2, 2}, {4, 2}, 0, 1, 1);
+        // Tuples of length 0: each one takes the whole data.
+        gather_nd_case<unsigned>("gather_nd_b4 empty tuples", gather_nd_b4, x, {3, 4, 6}, {}, {2, 0}, 0, 0, 1);
+    }
+    // 8-byte elements over more elements than the grid's threads (several grid-stride turns).
+    {
+        vector<unsigned long long> x(7 * 40);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 0x100000000ull * i + 5;
+        vector<i64> idx;
+        for (i64 t = 0; t < 20; ++t) idx.push_back(t % 14 - 7);
+        gather_nd_case<unsigned long long>("gather_nd_b8 rows, negative indices", gather_nd_b8, x, {7, 40}, idx,
+                                           {20, 1}, 0, 0, 2);
+        idx[13] = 7;
+        gather_nd_case<unsigned long long>("gather_nd_b8 out of range", gather_nd_b8, x, {7, 40}, idx, {20, 1}, 0, 1,
+                                           2);
+    }
+    // 2-byte elements, full tuples (one element each).
+    {
+        vector<unsigned short> x(3 * 4 * 5);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (unsigned short)(0x8000 + 7 * i);
+        gather_nd_case<unsigned short>("gather_nd_b2 full tuples", gather_nd_b2, x, {3, 4, 5},
+                                       {0, 0, 0, 2, 3, 4, -1, -1, -1, 1, -4, 2, -3, 0, -5, 2, 1, 3},
+                                       {2, 3, 3}, 0, 0, 1);
+        gather_nd_case<unsigned short>("gather_nd_b2 out of range", gather_nd_b2, x, {3, 4, 5},
+                                       {0, 0, 0, 2, 3, 5, -1, -1, -1}, {3, 3}, 0, 1, 1);
+    }
+    // batch_dims 1 and 2.
+    {
+        vector<unsigned> x(2 * 3 * 4 * 5);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 50000 + 3 * (unsigned)i;
+        vector<i64> idx1 = {2, 0, -1, 1, 1, 0, -3, 2, 2, 1};  // [2, 5, 1]
+        gather_nd_case<unsigned>("gather_nd_b4 batch_dims 1", gather_nd_b4, x, {2, 3, 20}, idx1, {2, 5, 1}, 1, 0, 1);
+        vector<i64> idx2;
+        for (i64 t = 0; t < 2 * 3 * 2; ++t) idx2.push_back(t % 4 - 2), idx2.push_back(4 - t % 9);
+        gather_nd_case<unsigned>("gather_nd_b4 batch_dims 2", gather_nd_b4, x, {2, 3, 4, 5}, idx2, {2, 3, 2, 2}, 2, 0, 1);
+        idx1[4] = 3;
+        gather_nd_case<unsigned>("gather_nd_b4 batch_dims 1 out of range", gather_nd_b4, x, {2, 3, 20}, idx1,
+                                 {2, 5, 1}, 1, 1, 1);
+    }
+}
+
 void test_casts() {
     const size_t n = 600;
     vector<float> xf = rand_vec(n, -100, 100);
@@ -1948,6 +2071,7 @@ int main() {
     test_where();
     test_copy();
     test_gather();
+    test_gather_nd();
     test_casts();
     test_cast_f32_bf16();
     test_cast_bf16_f32();

@@ -1,10 +1,10 @@
 //! Data movement: the reshaping ops (aliases, no kernel), Shape/Size (no device data read),
-//! and Transpose, Expand, Slice, Concat, Split, Gather as strided copies.
+//! Transpose, Expand, Slice, Concat, Split, Gather as strided copies, and GatherND.
 
 use adaptc_ir::DataType;
 
 use super::{done, dptr, host, host_ints, launch, opt, output, req, shape_proxy, DevResult, Gpu};
-use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, Layout};
+use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, Layout, MAX_RANK};
 use crate::cuda::value::{device_elem_bytes, CudaValue};
 use crate::error::KernelError;
 use crate::ops::slice::slice_axis;
@@ -248,6 +248,105 @@ pub fn gather(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<C
     Ok(vec![done(y, shape, x.dtype())])
 }
 
+/// The index-tuple shape GatherND's kernel reads (`struct NdTuple` in `kernels.cu`): `k`
+/// components, component d ranging over `dim[d]` with stride `st[d]` (elements) in the data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct NdTuple {
+    k: i32,
+    pad: i32,
+    dim: [i64; MAX_RANK],
+    st: [i64; MAX_RANK],
+}
+
+// SAFETY: a plain `#[repr(C)]` struct of integers, laid out as the C struct it mirrors.
+unsafe impl cudarc::driver::DeviceRepr for NdTuple {}
+
+/// Where GatherND's tuples read: tuple t's slice of `inner` elements starts at
+/// `(t / per_batch) * batch_stride` plus its components times `tuple.st`.
+#[derive(Debug)]
+struct NdPlan {
+    tuple: NdTuple,
+    tuples: usize,
+    per_batch: i64,
+    batch_stride: i64,
+    inner: usize,
+    shape: Vec<usize>,
+}
+
+/// GatherND of data shaped `xs` with indices shaped `is`: the CPU kernel's shape checks and
+/// error texts (`ops::gather::nd_offsets`) and its offsets; cases it does not cover go to the host.
+fn nd_plan(xs: &[usize], is: &[usize], batch: usize) -> DevResult<NdPlan> {
+    let Some(&k) = is.last() else {
+        return Err(KernelError::Invalid("indices must have rank ≥ 1".into()).into());
+    };
+    if batch + k > xs.len() || batch >= is.len() {
+        return Err(KernelError::Invalid(format!(
+            "index tuples of length {k} with {batch} batch dims do not fit data of rank {}",
+            xs.len()
+        ))
+        .into());
+    }
+    // The CPU kernel does not compare the batch dims; only equal ones are covered here.
+    if is[..batch] != xs[..batch] {
+        return host(format!("GatherND batch dims {:?} of indices vs {:?} of data", &is[..batch], &xs[..batch]));
+    }
+    if k > MAX_RANK {
+        return host(format!("GatherND index tuples of length {k}"));
+    }
+    let st = contiguous(xs);
+    let mut tuple = NdTuple { k: k as i32, ..NdTuple::default() };
+    for d in 0..k {
+        tuple.dim[d] = xs[batch + d] as i64;
+        tuple.st[d] = st[batch + d];
+    }
+    let inner: usize = xs[batch + k..].iter().product();
+    let batch_size: usize = xs[..batch].iter().product();
+    let tuples: usize = is[..is.len() - 1].iter().product();
+    if inner == 0 && tuples > 0 && k > 0 {
+        // No output element to launch over, but the CPU kernel still range-checks every tuple.
+        return host("GatherND of empty slices");
+    }
+    let mut shape = is[..is.len() - 1].to_vec();
+    shape.extend_from_slice(&xs[batch + k..]);
+    Ok(NdPlan {
+        tuple,
+        tuples,
+        per_batch: (tuples / batch_size.max(1)).max(1) as i64,
+        batch_stride: if batch > 0 { st[batch - 1] } else { 0 },
+        inner,
+        shape,
+    })
+}
+
+/// GatherND with int64 indices, any `batch_dims` whose index batch dims equal the data's (the
+/// CPU kernel's rules and error texts; an out-of-range index sets the device error flag).
+pub fn gather_nd(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let (x, ind) = (req(i, 0)?, req(i, 1)?);
+    // The CPU kernel reads any integer type; ONNX allows only int64, which the kernel reads.
+    if ind.dtype() != DataType::Int64 {
+        return host(format!("GatherND with {} indices", ind.dtype()));
+    }
+    let width = match device_elem_bytes(x.dtype()) {
+        Some(w @ (1 | 2 | 4 | 8)) => w,
+        _ => return host(format!("GatherND of {}", x.dtype())),
+    };
+    let batch = c.int("batch_dims", 0).max(0) as usize;
+    let p = nd_plan(x.shape(), ind.shape(), batch)?;
+    let (y, shape) = output(gpu, p.shape, x.dtype())?;
+    let n = crate::tensor::numel(&shape).unwrap_or(0);
+    if n > 0 {
+        let name = format!("gather_nd_b{width}");
+        let (tuples, inner) = (p.tuples as i64, p.inner as i64);
+        let (xp, ip, yp) = (dptr(gpu, x)?, dptr(gpu, ind)?, addr(&y, &gpu.stream));
+        let flag = gpu.error_flag.lock().unwrap_or_else(|p| p.into_inner());
+        let ep = addr(&*flag, &gpu.stream);
+        let args = (&p.tuple, &p.per_batch, &p.batch_stride);
+        launch!(gpu, &name, grid(n), args.0, &xp, &ip, &yp, &tuples, args.1, args.2, &inner, &ep)?;
+    }
+    Ok(vec![done(y, shape, x.dtype())])
+}
+
 /// `IndexMapGrad`: reshapes alias `dy`; every other data-movement op scatters `dy` into a
 /// zeroed `dx` through the forward op's index map, computed on the host by the CPU kernel's
 /// own code from shapes (and integer inputs) alone and kept on the device per node and shapes.
@@ -335,4 +434,85 @@ pub fn index_map_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResu
         launch!(gpu, "scatter_add_f32", grid(m), &dp, &mp, &dxp, &m_i)?;
     }
     Ok(vec![done(dx, shape, DataType::Float)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::launch::DevError;
+    use crate::tensor::Storage;
+    use adaptc_ir::{Attribute, Node, OpKey};
+
+    /// The CPU kernel's GatherND of `x` (values 0..) with `idx`.
+    fn cpu(xs: &[usize], is: &[usize], idx: &[i64], batch: i64) -> Result<Tensor, String> {
+        let node = Node::new(OpKey::new("", "GatherND"), vec!["x".into(), "i".into()], vec!["y".into()])
+            .with_attr(Attribute::int("batch_dims", batch));
+        let c = OpCtx { node: &node, opset: 13 };
+        let n: usize = xs.iter().product();
+        let x = Tensor::new(xs.to_vec(), Storage::I64((0..n as i64).collect())).map_err(|e| e.to_string())?;
+        let i = Tensor::new(is.to_vec(), Storage::I64(idx.to_vec())).map_err(|e| e.to_string())?;
+        let out = crate::ops::gather::gather_nd(&c, &Inputs(&[Some(&x), Some(&i)])).map_err(|e| e.to_string())?;
+        Ok(out.into_iter().next().expect("one output"))
+    }
+
+    /// What `gather_nd_bN` computes from the plan (`kernels.cu`), with x's values 0.. as above.
+    fn device(p: &NdPlan, idx: &[i64]) -> Vec<i64> {
+        let k = p.tuple.k as usize;
+        let mut y = Vec::new();
+        for t in 0..p.tuples {
+            let mut off = (t as i64 / p.per_batch) * p.batch_stride;
+            for d in 0..k {
+                let v = idx[t * k + d];
+                off += (if v < 0 { v + p.tuple.dim[d] } else { v }) * p.tuple.st[d];
+            }
+            y.extend(off..off + p.inner as i64);
+        }
+        y
+    }
+
+    /// The plan's output shape and offsets are the CPU kernel's, for every batch_dims.
+    #[test]
+    fn gather_nd_plans_read_what_the_cpu_reads() {
+        let cases: [(&[usize], &[usize], i64); 6] = [
+            (&[2, 5], &[2, 1, 5, 5, 2], 0),
+            (&[3, 4, 6], &[5, 2], 0),
+            (&[3, 4, 6], &[2, 2, 0], 0),
+            (&[2, 3, 20], &[2, 5, 1], 1),
+            (&[2, 3, 4, 5], &[2, 3, 2, 2], 2),
+            (&[2, 3, 4, 5], &[2, 4, 3], -1),
+        ];
+        for (xs, is, batch) in cases {
+            let b = batch.max(0) as usize;
+            let p = nd_plan(xs, is, b).unwrap_or_else(|e| panic!("{xs:?} {is:?}: {e:?}"));
+            let k = *is.last().unwrap_or(&0);
+            let n: usize = is[..is.len() - 1].iter().product::<usize>() * k;
+            // Components cycling through each dim's values, negative ones included.
+            let idx: Vec<i64> = (0..n)
+                .map(|j| {
+                    let dim = xs[b + j % k.max(1)] as i64;
+                    (j as i64 * 7 + 3) % (2 * dim) - dim
+                })
+                .collect();
+            let want = cpu(xs, is, &idx, batch).unwrap_or_else(|e| panic!("{xs:?} {is:?}: {e}"));
+            assert_eq!(p.shape, want.shape(), "{xs:?} {is:?}");
+            assert_eq!(Some(device(&p, &idx).as_slice()), want.as_slice::<i64>(), "{xs:?} {is:?} {idx:?}");
+        }
+    }
+
+    /// Invalid shapes give the CPU kernel's error; the uncovered cases go to the host.
+    #[test]
+    fn gather_nd_shape_errors_are_the_cpus() {
+        let cases: [(&[usize], &[usize], usize); 4] =
+            [(&[3, 4], &[], 0), (&[3, 4], &[2, 3], 0), (&[3, 4], &[2, 2], 1), (&[3, 4, 5], &[1], 1)];
+        for (xs, is, batch) in cases {
+            let want = cpu(xs, is, &vec![0; is.iter().product()], batch as i64).expect_err("the CPU refuses");
+            match nd_plan(xs, is, batch) {
+                Err(DevError::Kernel(e)) => assert_eq!(e.to_string(), want, "{xs:?} {is:?}"),
+                other => panic!("{xs:?} {is:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(nd_plan(&[2, 3, 4], &[3, 1], 1), Err(DevError::Host(_))));
+        assert!(matches!(nd_plan(&[3, 0], &[2, 1], 0), Err(DevError::Host(_))));
+        assert!(matches!(nd_plan(&[1; 10], &[2, 9], 0), Err(DevError::Host(_))));
+    }
 }

@@ -93,6 +93,7 @@ const DEFAULT_OPS: &[(&str, DevOp)] = &[
     ("Concat", layout::concat),
     ("Split", layout::split),
     ("Gather", layout::gather),
+    ("GatherND", layout::gather_nd),
     ("MatMul", matmul::matmul),
     ("Gemm", matmul::gemm),
     ("ReduceSum", reduce::reduce),
