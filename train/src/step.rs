@@ -22,6 +22,7 @@ use adaptc_runtime::{Placement, Profile, Session, SessionOptions, Tensor};
 
 use crate::error::{Result, TrainError};
 use crate::optimizer::{AdamW, Moments};
+use crate::trainer::f32s;
 
 /// What a step reports.
 pub struct StepOutput {
@@ -136,10 +137,6 @@ impl Stepper {
         }
         Ok(out)
     }
-}
-
-fn f32s(t: &Tensor) -> Result<&[f32]> {
-    t.as_slice::<f32>().ok_or_else(|| TrainError::Config(format!("expected a float32 tensor, got {}", t.dtype())))
 }
 
 fn scalar(t: Option<&Tensor>, name: &str) -> Result<f64> {

@@ -420,7 +420,8 @@ fn save(
     Ok(())
 }
 
-fn f32s(t: &Tensor) -> Result<&[f32]> {
+/// The values of an f32 tensor, or an error naming its type.
+pub(crate) fn f32s(t: &Tensor) -> Result<&[f32]> {
     t.as_slice::<f32>().ok_or_else(|| TrainError::Config(format!("expected a float32 tensor, got {}", t.dtype())))
 }
 
