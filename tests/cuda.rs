@@ -3,7 +3,9 @@
 //!
 //! Everywhere:
 //! - NVRTC compiles every kernel for sm_80 and sm_90 (needs only `libnvrtc.so.13`, no GPU);
-//! - without a GPU, opening the CUDA backend is an error that says so.
+//! - without a GPU, opening the CUDA backend is an error that says so;
+//! - the flash-attention case's graph runs on the CPU backend, its fully masked row gives
+//!   zeros and lse −∞ (so the GPU case compares what it means to).
 //!
 //! On a GPU (the backend-parity suite: the CPU backend is the reference):
 //! - every ONNX backend node test that the CPU passes runs on CUDA with the same inputs, and
@@ -27,6 +29,11 @@
 //! - Llama's attention-mask GatherND (a Cast mask [b, s] gathered with [b, 1, s, s, 2] index
 //!   pairs, then And with a causal mask), a float GatherND with a trailing slice and negative
 //!   indices, and one with `batch_dims` 1 all run on the device and equal the CPU exactly;
+//! - `SoftmaxAttention` and its gradient with `products="bf16"` (the flash kernels, head sizes
+//!   32 and 64, 150 queries × 150 keys: three tiles with a partial one, a causal and padding
+//!   mask, a fully masked row) agree with the CPU within 1e-2 of each output's largest
+//!   magnitude, and so does the blocked path (`ADAPTC_CUDA_FLASH=0`), whose outputs must differ
+//!   from the flash path's (else the flash kernels did not run);
 //! - every op the device implements ran on the device in at least one of those cases.
 //!
 //! Environment: `ADAPTC_NODE_DIR` overrides where the node tests are read from.
@@ -93,10 +100,12 @@ fn main() {
     std::env::set_var("ADAPTC_CUDA_ATTENTION_ROWS", "5");
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
-    let gpu_cases: [GpuCase; 7] = [
+    r.case("flash_attention_case_runs_on_the_cpu", flash_graph_on_cpu);
+    let gpu_cases: [GpuCase; 8] = [
         ("node_suite_matches_cpu", node_suite),
         ("clip_grad_norm_and_adamw_match_cpu", optimizer_step),
         ("gather_nd_attention_mask_matches_cpu", gather_nd_mask),
+        ("flash_attention_matches_cpu", flash_attention),
         ("bert_lora_training_graph_matches_cpu", bert_training_graph),
         ("bert_lora_fused_attention_training_graph_matches_cpu", bert_fused_attention_training_graph),
         ("llama_lora_training_graph_matches_cpu", llama_training_graph),
@@ -673,5 +682,139 @@ fn gather_nd_graph() -> Result<(adaptc_ir::Model, HashMap<String, Tensor>), Stri
         ("z".to_string(), Tensor::from_vec(vec![2, 3, 20], z).map_err(err)?),
         ("z_idx".to_string(), Tensor::from_vec(vec![2, 5, 1], z_idx).map_err(err)?),
     ]);
+    Ok((model, inputs))
+}
+
+/// `SoftmaxAttention` + `SoftmaxAttentionGrad` with `products="bf16"`: the flash kernels for
+/// head sizes 32 and 64 against the CPU, then the blocked path (`ADAPTC_CUDA_FLASH=0`) too.
+fn flash_attention(cov: &mut Coverage) -> CaseResult {
+    let mut problems = Vec::new();
+    for d in [32usize, 64] {
+        let (model, inputs) = flash_graph(d)?;
+        let (want, flash, placement) = both(&model, &inputs)?;
+        cov.add(&placement);
+        std::env::set_var("ADAPTC_CUDA_FLASH", "0");
+        let blocked = both(&model, &inputs);
+        std::env::remove_var("ADAPTC_CUDA_FLASH");
+        let (_, blocked, _) = blocked?;
+        for op in ["ai.adaptc::SoftmaxAttention", "ai.adaptc::SoftmaxAttentionGrad"] {
+            if let Some((n, why)) = placement.host.get(op) {
+                problems.push(format!("d {d}: {op} ran on the host ×{n}: {why}"));
+            }
+        }
+        let mut worst = (0.0f64, 0.0f64);
+        for (((n, w), (_, f)), (_, b)) in want.iter().zip(&flash).zip(&blocked) {
+            match compare(&format!("d {d} flash {n}"), w, f, 1e-2, 1e-2) {
+                Ok(x) => worst.0 = worst.0.max(x),
+                Err(e) => problems.push(e),
+            }
+            match compare(&format!("d {d} blocked {n}"), w, b, 1e-2, 1e-2) {
+                Ok(x) => worst.1 = worst.1.max(x),
+                Err(e) => problems.push(e),
+            }
+        }
+        if flash.iter().zip(&blocked).all(|((_, f), (_, b))| f == b) {
+            problems.push(format!("d {d}: the flash and blocked outputs are identical: the flash kernels did not run"));
+        }
+        println!("  d {d}: largest relative difference from the CPU: flash {:.2e}, blocked {:.2e}", worst.0, worst.1);
+    }
+    if problems.is_empty() {
+        Ok(None)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The flash case's graph on the CPU alone: valid, and its fully masked row (batch 0, head 1,
+/// query 77) gives zeros and lse −∞ while the rows around it do not.
+fn flash_graph_on_cpu() -> CaseResult {
+    for d in [32usize, 64] {
+        let (model, inputs) = flash_graph(d)?;
+        let cpu = Session::new(&model, SessionOptions::default()).map_err(|e| format!("cpu: {e}"))?;
+        let out = cpu.run(inputs).map_err(|e| format!("cpu: {e}"))?;
+        let get = |name: &str| {
+            out.iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, t)| t.as_slice::<f32>().map(|s| s.to_vec()))
+                .ok_or_else(|| format!("no f32 output {name}"))
+        };
+        let (y, lse) = (get("y")?, get("lse")?);
+        let s = 150;
+        let row = |q: usize| &y[(s + q) * d..(s + q + 1) * d];
+        if !row(77).iter().all(|&x| x == 0.0) || lse[s + 77] != f32::NEG_INFINITY {
+            return Err(format!("d {d}: the fully masked row is not zeros with lse −∞"));
+        }
+        if row(76).iter().all(|&x| x == 0.0) || !lse[s + 76].is_finite() {
+            return Err(format!("d {d}: row 76 looks masked too"));
+        }
+    }
+    Ok(None)
+}
+
+/// The graph and inputs of [`flash_attention`]: 2 × 3 heads of 150 queries and keys, head size
+/// `d`; the bias [2, 1, 150, 150] is causal, masks batch entry 1's last 30 keys, and masks
+/// every key of one row (0 out, `masked_rows_zero=1`).
+fn flash_graph(d: usize) -> Result<(adaptc_ir::Model, HashMap<String, Tensor>), String> {
+    use adaptc_ir::{Attribute, DataType, Dim, Graph, Node, OpKey, ValueInfo};
+    let (b, h, s) = (2usize, 3usize, 150usize);
+    let known = |x: &[usize]| x.iter().map(|&n| Dim::Known(n as i64)).collect::<Vec<_>>();
+    let shapes = [
+        ("a", vec![b, h, s, d]),
+        ("b", vec![b, h, d, s]),
+        ("bias", vec![b, 1, s, s]),
+        ("v", vec![b, h, s, d]),
+        ("dy", vec![b, h, s, d]),
+    ];
+    let mut g = Graph::new("flash_attention");
+    for (name, shape) in &shapes {
+        g.inputs.push(ValueInfo::tensor(*name, DataType::Float, known(shape)));
+    }
+    for (name, shape) in [
+        ("y", vec![b, h, s, d]),
+        ("lse", vec![b, h, s]),
+        ("da", vec![b, h, s, d]),
+        ("db", vec![b, h, d, s]),
+        ("dv", vec![b, h, s, d]),
+    ] {
+        g.outputs.push(ValueInfo::tensor(name, DataType::Float, known(&shape)));
+    }
+    let strs = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let attrs =
+        |n: Node| n.with_attr(Attribute::string("products", "bf16")).with_attr(Attribute::int("masked_rows_zero", 1));
+    let fwd =
+        Node::new(OpKey::new("ai.adaptc", "SoftmaxAttention"), strs(&["a", "b", "bias", "v"]), strs(&["y", "lse"]));
+    let grad = Node::new(
+        OpKey::new("ai.adaptc", "SoftmaxAttentionGrad"),
+        strs(&["a", "b", "bias", "v", "y", "lse", "dy"]),
+        strs(&["da", "db", "dv"]),
+    );
+    g.add_node(attrs(fwd).named("attention")).map_err(|e| e.to_string())?;
+    g.add_node(attrs(grad).named("attention_grad")).map_err(|e| e.to_string())?;
+    let model = adaptc_ir::Model::new(g, 17);
+    let mut rng = 0x0f1a_5eed_u64 + d as u64;
+    let mut next = move || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let mut inputs = HashMap::new();
+    for (name, shape) in &shapes {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if *name == "bias" {
+            (0..n)
+                .map(|k| {
+                    let (i, q, j) = (k / (s * s), k / s % s, k % s);
+                    let masked = j > q || (i == 1 && j >= s - 30) || (i == 0 && q == 77);
+                    if masked {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        } else {
+            (0..n).map(|_| next() * 1.5).collect()
+        };
+        inputs.insert(name.to_string(), Tensor::from_vec(shape.clone(), data).map_err(|e| e.to_string())?);
+    }
     Ok((model, inputs))
 }

@@ -1,6 +1,12 @@
 //! Per-op timing of runs, switched on with `ADAPTC_PROFILE=1`: where a plan spends its time,
 //! by op type, so kernel work goes where it pays. `ADAPTC_PROFILE=nodes` also lists the
 //! slowest nodes.
+//!
+//! Each op type also shows its operand bytes: the sizes of its inputs and outputs, what a
+//! kernel that reads each input and writes each output once moves through memory (a
+//! broadcast input counts at its own size; a view, such as Reshape's output, counts though
+//! nothing moves). Operand bytes scale with tokens and layers, so a small CPU run tells how
+//! the memory traffic of a GPU step splits between op types.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,14 +35,18 @@ fn top_nodes() -> usize {
 pub struct Profile {
     by_op: HashMap<String, (Duration, usize)>,
     by_node: HashMap<String, (Duration, usize)>,
+    /// Operand bytes per op type.
+    bytes: HashMap<String, u64>,
 }
 
 impl Profile {
-    /// Records one call of `op`; `node` describes the node when the per-node list is on.
-    pub fn record(&mut self, op: &str, node: impl FnOnce() -> String, took: Duration) {
+    /// Records one call of `op` that read and wrote `bytes` of operands; `node` describes the
+    /// node when the per-node list is on.
+    pub fn record(&mut self, op: &str, node: impl FnOnce() -> String, took: Duration, bytes: u64) {
         let e = self.by_op.entry(op.to_string()).or_default();
         e.0 += took;
         e.1 += 1;
+        *self.bytes.entry(op.to_string()).or_default() += bytes;
         if by_node() {
             let e = self.by_node.entry(node()).or_default();
             e.0 += took;
@@ -56,6 +66,14 @@ impl Profile {
             e.0 += *d;
             e.1 += n;
         }
+        for (op, b) in &other.bytes {
+            *self.bytes.entry(op.clone()).or_default() += b;
+        }
+    }
+
+    /// Operand bytes of every call of `op` so far.
+    pub fn bytes(&self, op: &str) -> u64 {
+        self.bytes.get(op).copied().unwrap_or(0)
     }
 
     pub fn total(&self) -> Duration {
@@ -68,12 +86,17 @@ impl fmt::Display for Profile {
         let total = self.total().as_secs_f64().max(1e-12);
         let mut rows: Vec<_> = self.by_op.iter().collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
-        writeln!(f, "{:<40} {:>10} {:>7} {:>8}", "op", "ms", "%", "calls")?;
+        let all_bytes = self.bytes.values().sum::<u64>().max(1) as f64;
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        writeln!(f, "{:<40} {:>10} {:>7} {:>8} {:>10} {:>7}", "op", "ms", "%", "calls", "GiB moved", "%")?;
         for (op, (d, n)) in rows {
             let ms = d.as_secs_f64() * 1e3;
-            writeln!(f, "{op:<40} {ms:>10.1} {:>6.1}% {n:>8}", 100.0 * d.as_secs_f64() / total)?;
+            let b = self.bytes(op);
+            let (pt, pb) = (100.0 * d.as_secs_f64() / total, 100.0 * b as f64 / all_bytes);
+            writeln!(f, "{op:<40} {ms:>10.1} {pt:>6.1}% {n:>8} {:>10.3} {pb:>6.1}%", gib(b))?;
         }
-        write!(f, "{:<40} {:>10.1}", "total", total * 1e3)?;
+        let moved = self.bytes.values().sum::<u64>();
+        write!(f, "{:<40} {:>10.1} {:>7} {:>8} {:>10.3}", "total", total * 1e3, "", "", gib(moved))?;
         if !self.by_node.is_empty() {
             let mut rows: Vec<_> = self.by_node.iter().collect();
             rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
@@ -83,5 +106,29 @@ impl fmt::Display for Profile {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operand_bytes_add_up_per_op_and_across_merges() {
+        let mut p = Profile::default();
+        p.record("Add", String::new, Duration::from_millis(2), 3 << 30);
+        p.record("Add", String::new, Duration::from_millis(1), 1 << 30);
+        p.record("MatMul", String::new, Duration::from_millis(5), 1 << 29);
+        let mut q = Profile::default();
+        q.record("Add", String::new, Duration::from_millis(1), 1 << 30);
+        p.merge(&q);
+        assert_eq!(p.bytes("Add"), 5 << 30);
+        assert_eq!(p.bytes("MatMul"), 1 << 29);
+        assert_eq!(p.bytes("Softmax"), 0);
+        let text = p.to_string();
+        let add = text.lines().find(|l| l.starts_with("Add")).expect("an Add row");
+        // 5 GiB of the 5.5 moved: 90.9%.
+        assert!(add.contains("5.000") && add.contains("90.9%"), "{add}");
+        assert!(text.lines().last().is_some_and(|l| l.starts_with("total") && l.contains("5.500")), "{text}");
     }
 }

@@ -324,7 +324,8 @@ impl<B: Backend> Runner<B> {
             if let (Some(p), Some(t)) = (profile.as_mut(), started) {
                 be.synchronize()?;
                 let took = t.elapsed();
-                p.record(&ins.node.op().to_string(), || describe(be, ins, &slots), took);
+                let bytes = operand_bytes(be, ins, &args, &outs);
+                p.record(&ins.node.op().to_string(), || describe(be, ins, &slots), took, bytes);
             }
             for (slot, out) in ins.outputs.iter().zip(outs) {
                 if let (Some(b), Some(o)) = (slot, out) {
@@ -354,6 +355,25 @@ impl<B: Backend> Runner<B> {
         self.carried().extend(carried_out);
         Ok((out, RunStats { peak_bytes: usage.peak, profile, placement: be.report() }))
     }
+}
+
+/// The bytes an instruction reads and writes (the profile's "GiB moved"): its inputs and
+/// outputs, except an output that shares an input's storage (a view: Reshape, an unbroadcast
+/// SumToShape) and that input, and the data of `Shape`/`Size`, which read only dims.
+fn operand_bytes<B: Backend>(
+    be: &B,
+    ins: &crate::plan::Instruction,
+    args: &[Option<&B::Buffer>],
+    outs: &[Option<B::Buffer>],
+) -> u64 {
+    if ins.node.op().domain.is_empty() && matches!(ins.node.op().op_type.as_str(), "Shape" | "Size") {
+        return outs.iter().flatten().map(|b| be.byte_size(b) as u64).sum();
+    }
+    let ins_keys: Vec<usize> = args.iter().flatten().map(|b| be.storage_key(b)).collect();
+    let out_keys: Vec<usize> = outs.iter().flatten().map(|b| be.storage_key(b)).collect();
+    let read = args.iter().flatten().filter(|b| !out_keys.contains(&be.storage_key(b)));
+    let written = outs.iter().flatten().filter(|b| !ins_keys.contains(&be.storage_key(b)));
+    read.map(|b| be.byte_size(b) as u64).sum::<u64>() + written.map(|b| be.byte_size(b) as u64).sum::<u64>()
 }
 
 /// A node and its input shapes, for the per-node profile.

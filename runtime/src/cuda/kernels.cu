@@ -497,6 +497,422 @@ extern "C" __global__ void attn_grad_probs_f32(float* s, float* dp, const float*
     }
 }
 
+// ---------------------------------------------------------------- flash attention (bf16 tensor cores)
+
+// SoftmaxAttention with `products="bf16"` in three kernels that never store the scores: per
+// block of 64 query rows (forward, dA) or 64 keys (dB, dV), the other side streams through
+// shared memory in tiles of 64, and every product runs on bf16 tensor cores (PTX
+// `mma.m16n8k16`, f32 accumulation) from operands rounded once to bf16 — the CPU kernel's
+// `products="bf16"` rule. The forward keeps a running max and sum per row (online softmax), so
+// P·v sums probabilities rounded before the final normalisation (within bf16's precision of
+// the CPU's P rounded after it); the backward rebuilds P = exp(s + bias − lse) exactly as the
+// CPU does. a: [P, M, D], b: [P, D, N] (keys transposed), v, y, dy: [P, *, D] with one head
+// size D for the keys and the values (32 or 64: the host checks); lse, δ: [P, M]. Blocks are
+// 128 threads (4 warps of 16 rows or keys); the grid strides over (product, tile) pairs,
+// product-major, so blocks in flight share a product's keys and a batch entry's bias in L2.
+// A warp skips a tile whose every score is masked (bias −∞): half the work of a causal mask.
+
+#define FA_TILE 64
+#define FA_THREADS 128
+
+// D(16×8, f32) += A(16×16, bf16, row-major) · B(16×8, bf16, column-major), one warp: PTX's
+// mma.m16n8k16 fragments, with g = lane / 4, t = lane % 4 and the lower column (or k) in
+// each register's low half:
+//   A: a[0] = row g, cols 2t..2t+1; a[1] = row g+8, same cols; a[2], a[3]: cols 2t+8..2t+9
+//   B: b[0] = k 2t..2t+1, col g; b[1] = k 2t+8..2t+9, col g
+//   C: c[0..1] = row g, cols 2t..2t+1; c[2..3] = row g+8, same cols
+// The emulator (runtime/tests/cuda_emulated/shim.h) supplies its own, as a warp exchange.
+#ifndef ADAPTC_EMULATED
+__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();  // the host launches these kernels on sm_80 and newer only
+#endif
+}
+#endif
+
+// Two f32 rounded to bf16 and packed, `lo` in the low half.
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+// Two adjacent bf16 of a shared tile (the index is even, the tile 4-byte aligned).
+__device__ __forceinline__ unsigned ld_pair(const bf16_t* s, int i) {
+    return (unsigned)s[i] | ((unsigned)s[i + 1] << 16);
+}
+
+// Whether `x` holds on any lane of the warp.
+__device__ __forceinline__ bool warp_any(bool x) {
+    int v = x ? 1 : 0;
+    for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
+    return v != 0;
+}
+
+// Rows r0 .. r0+R × columns c0 .. c0+C of the row-major f32 matrix x ([rows, cols], leading
+// dim ld) into the shared tile s as bf16, zero outside the matrix: s[r·pitch + c], or
+// s[c·pitch + r] when `tr`. Consecutive threads read consecutive columns (coalesced).
+template <int R, int C, bool TR>
+__device__ __forceinline__ void fa_stage(bf16_t* s, int pitch, const float* x, i64 ld, i64 rows, i64 cols,
+                                         i64 r0, i64 c0) {
+    for (int i = threadIdx.x; i < R * C; i += blockDim.x) {
+        int r = i / C, c = i % C;
+        i64 gr = r0 + r, gc = c0 + c;
+        bf16_t h = f32_to_bf16(gr < rows && gc < cols ? x[gr * ld + gc] : 0.0f);
+        if (TR)
+            s[c * pitch + r] = h;
+        else
+            s[r * pitch + c] = h;
+    }
+}
+
+// A fragments of rows r0 .. r0+16 of the row-major f32 matrix x ([rows, D]) straight from
+// global memory, rounded to bf16 (zero past the last row); read once per block.
+template <int D>
+__device__ __forceinline__ void fa_rows_fragment(unsigned (*f)[4], const float* x, i64 rows, i64 r0) {
+    int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    for (int ks = 0; ks < D / 16; ++ks)
+        for (int q = 0; q < 4; ++q) {
+            i64 r = r0 + g + (q & 1) * 8;
+            int c = ks * 16 + 2 * t + (q >> 1) * 8;
+            f[ks][q] = r < rows ? pack_bf16(x[r * D + c], x[r * D + c + 1]) : 0u;
+        }
+}
+
+// The A fragments of a 16 × 16·KK tile held as C fragments (16 × 8 tiles): C tiles 2k and
+// 2k+1 are A's k-th 16 columns — no data moves between lanes.
+__device__ __forceinline__ void fa_c_to_a(unsigned* a, const float* c0, const float* c1) {
+    a[0] = pack_bf16(c0[0], c0[1]);
+    a[1] = pack_bf16(c0[2], c0[3]);
+    a[2] = pack_bf16(c1[0], c1[1]);
+    a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+// The bias at (row, col) of product p's scores (0 without one).
+__device__ __forceinline__ float fa_bias(const float* bias_p, i64 brs, i64 bcs, i64 row, i64 col) {
+    return bias_p ? bias_p[row * brs + col * bcs] : 0.0f;
+}
+
+template <int D>
+__device__ void flash_fwd(const float* a, const float* b, const float* v, const float* bias, const Layout& bl,
+                          i64 brs, i64 bcs, float* y, float* lse, i64 products, i64 m, i64 n, int zero_masked) {
+    constexpr int KS = D / 16, OT = D / 8, NT = FA_TILE / 8, PB = D + 8, PV = FA_TILE + 8;
+    __shared__ bf16_t sbt[FA_TILE * PB];  // [key][d]: S's B operand
+    __shared__ bf16_t svt[D * PV];        // [d][key]: P·v's B operand
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const i64 tiles = (m + FA_TILE - 1) / FA_TILE;
+    for (i64 job = blockIdx.x; job < products * tiles; job += gridDim.x) {
+        const i64 p = job / tiles, r0 = (job % tiles) * FA_TILE + warp * 16;
+        const float* ap = a + p * m * D;
+        const float* bp = b + p * D * n;
+        const float* vp = v + p * n * D;
+        const float* biasp = bias ? bias + offset_of(bl, 0, p) : nullptr;
+        unsigned qa[KS][4];
+        fa_rows_fragment<D>(qa, ap, m, r0);
+        float o[OT][4], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        for (int j = 0; j < OT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+        for (i64 k0 = 0; k0 < n; k0 += FA_TILE) {
+            __syncthreads();  // the previous tile's readers are done
+            fa_stage<D, FA_TILE, true>(sbt, PB, bp, n, D, n, 0, k0);
+            fa_stage<FA_TILE, D, true>(svt, PV, vp, D, n, D, k0, 0);
+            __syncthreads();
+            float s[NT][4];
+            bool live = false;
+            for (int j = 0; j < NT; ++j)
+                for (int e = 0; e < 4; ++e) {
+                    i64 row = r0 + g + (e >> 1) * 8, col = k0 + j * 8 + 2 * t + (e & 1);
+                    s[j][e] = row < m && col < n ? fa_bias(biasp, brs, bcs, row, col) : -INFINITY;
+                    live |= s[j][e] != -INFINITY;
+                }
+            if (!warp_any(live)) continue;  // every score masked: adds nothing
+            for (int j = 0; j < NT; ++j) {
+                float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int ks = 0; ks < KS; ++ks) {
+                    int i = (j * 8 + g) * PB + ks * 16 + 2 * t;
+                    unsigned bb[2] = {ld_pair(sbt, i), ld_pair(sbt, i + 8)};
+                    mma_bf16_16816(acc, qa[ks], bb);
+                }
+                for (int e = 0; e < 4; ++e) s[j][e] += acc[e];
+            }
+            for (int h = 0; h < 2; ++h) {
+                float rm = -INFINITY;
+                for (int j = 0; j < NT; ++j) rm = fmaxf(rm, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+                rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, 1));
+                rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, 2));
+                float mnew = fmaxf(mx[h], rm);
+                float base = mnew == -INFINITY ? 0.0f : mnew;  // nothing seen yet: no −∞ − −∞
+                float scale = expf(mx[h] - base), sum = 0.0f;
+                for (int j = 0; j < NT; ++j)
+                    for (int e = 2 * h; e < 2 * h + 2; ++e) {
+                        s[j][e] = expf(s[j][e] - base);
+                        sum += s[j][e];
+                    }
+                l[h] = l[h] * scale + sum;  // this lane's columns; the row's lanes add up at the end
+                mx[h] = mnew;
+                for (int j = 0; j < OT; ++j) {
+                    o[j][2 * h] *= scale;
+                    o[j][2 * h + 1] *= scale;
+                }
+            }
+            for (int kk = 0; kk < FA_TILE / 16; ++kk) {
+                unsigned pa[4];
+                fa_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+                for (int j = 0; j < OT; ++j) {
+                    int i = (j * 8 + g) * PV + kk * 16 + 2 * t;
+                    unsigned bb[2] = {ld_pair(svt, i), ld_pair(svt, i + 8)};
+                    mma_bf16_16816(o[j], pa, bb);
+                }
+            }
+        }
+        for (int h = 0; h < 2; ++h) {
+            float sum = l[h];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            i64 row = r0 + g + h * 8;
+            if (row >= m) continue;
+            bool masked = mx[h] == -INFINITY;
+            if (t == 0) lse[p * m + row] = masked ? -INFINITY : mx[h] + logf(sum);
+            float* yr = y + (p * m + row) * D;
+            for (int j = 0; j < OT; ++j)
+                for (int e = 0; e < 2; ++e) {
+                    float val = o[j][2 * h + e] / sum;
+                    if (masked) val = zero_masked ? 0.0f : __int_as_float(0x7fffffff);
+                    yr[j * 8 + 2 * t + e] = val;
+                }
+        }
+    }
+}
+
+// δ = Σ dy ⊙ y per row ([rows, d]): one warp per row.
+extern "C" __global__ void attn_row_dot_f32(const float* dy, const float* y, float* delta, i64 rows, i64 d) {
+    const i64 warps = (i64)gridDim.x * (blockDim.x / 32);
+    for (i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+        float s = 0.0f;
+        for (i64 c = threadIdx.x % 32; c < d; c += 32) s += dy[r * d + c] * y[r * d + c];
+        s = warp_sum(s);
+        if (threadIdx.x % 32 == 0) delta[r] = s;
+    }
+}
+
+// Whether the score at (row, col) takes part in the backward: inside the matrices and either
+// unmasked or in a fully masked row whose probabilities are NaN (no zero guard).
+__device__ __forceinline__ bool fa_grad_live(float bias, float lse, int zero_masked) {
+    return bias != -INFINITY || (lse == -INFINITY && !zero_masked);
+}
+
+// da = dS · bᵀ for 64 query rows per block (4 warps of 16), the keys streamed in tiles.
+template <int D>
+__device__ void flash_bwd_da(const float* a, const float* b, const float* v, const float* bias, const Layout& bl,
+                             i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy, float* da,
+                             i64 products, i64 m, i64 n, int zero_masked) {
+    constexpr int KS = D / 16, OT = D / 8, NT = FA_TILE / 8, PB = D + 8, PK = FA_TILE + 8;
+    __shared__ bf16_t sbt[FA_TILE * PB];  // [key][d] = b[d][key]: S's B operand
+    __shared__ bf16_t sv[FA_TILE * PB];   // [key][d] = v[key][d]: dP = dy·vᵀ's B operand
+    __shared__ bf16_t sb[D * PK];         // [d][key] = b[d][key]: dS·bᵀ's B operand
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const i64 tiles = (m + FA_TILE - 1) / FA_TILE;
+    for (i64 job = blockIdx.x; job < products * tiles; job += gridDim.x) {
+        const i64 p = job / tiles, r0 = (job % tiles) * FA_TILE + warp * 16;
+        const float* bp = b + p * D * n;
+        const float* vp = v + p * n * D;
+        const float* biasp = bias ? bias + offset_of(bl, 0, p) : nullptr;
+        unsigned qa[KS][4], ga[KS][4];
+        fa_rows_fragment<D>(qa, a + p * m * D, m, r0);
+        fa_rows_fragment<D>(ga, dy + p * m * D, m, r0);
+        float rl[2], rd[2];
+        for (int h = 0; h < 2; ++h) {
+            i64 row = r0 + g + h * 8;
+            rl[h] = row < m ? lse[p * m + row] : 0.0f;
+            rd[h] = row < m ? delta[p * m + row] : 0.0f;
+        }
+        float acc[OT][4];
+        for (int j = 0; j < OT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+        for (i64 k0 = 0; k0 < n; k0 += FA_TILE) {
+            __syncthreads();
+            fa_stage<D, FA_TILE, true>(sbt, PB, bp, n, D, n, 0, k0);
+            fa_stage<FA_TILE, D, false>(sv, PB, vp, D, n, D, k0, 0);
+            fa_stage<D, FA_TILE, false>(sb, PK, bp, n, D, n, 0, k0);
+            __syncthreads();
+            float s[NT][4], dp[NT][4];
+            unsigned dead = 0;  // bit 4j + e: score (j, e) takes no part
+            for (int j = 0; j < NT; ++j)
+                for (int e = 0; e < 4; ++e) {
+                    i64 row = r0 + g + (e >> 1) * 8, col = k0 + j * 8 + 2 * t + (e & 1);
+                    bool in = row < m && col < n;
+                    s[j][e] = in ? fa_bias(biasp, brs, bcs, row, col) : -INFINITY;
+                    if (!(in && fa_grad_live(s[j][e], rl[e >> 1], zero_masked))) dead |= 1u << (4 * j + e);
+                }
+            if (!warp_any(dead != 0xffffffffu)) continue;
+            for (int j = 0; j < NT; ++j) {
+                float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, pc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int ks = 0; ks < KS; ++ks) {
+                    int i = (j * 8 + g) * PB + ks * 16 + 2 * t;
+                    unsigned bs[2] = {ld_pair(sbt, i), ld_pair(sbt, i + 8)};
+                    unsigned bv[2] = {ld_pair(sv, i), ld_pair(sv, i + 8)};
+                    mma_bf16_16816(sc, qa[ks], bs);
+                    mma_bf16_16816(pc, ga[ks], bv);
+                }
+                for (int e = 0; e < 4; ++e) {
+                    bool off = (dead >> (4 * j + e)) & 1u;
+                    float pr = attn_prob(sc[e] + s[j][e], rl[e >> 1], zero_masked);
+                    dp[j][e] = off ? 0.0f : pr * (pc[e] - rd[e >> 1]);
+                }
+            }
+            for (int kk = 0; kk < FA_TILE / 16; ++kk) {
+                unsigned sa[4];
+                fa_c_to_a(sa, dp[2 * kk], dp[2 * kk + 1]);
+                for (int j = 0; j < OT; ++j) {
+                    int i = (j * 8 + g) * PK + kk * 16 + 2 * t;
+                    unsigned bb[2] = {ld_pair(sb, i), ld_pair(sb, i + 8)};
+                    mma_bf16_16816(acc[j], sa, bb);
+                }
+            }
+        }
+        for (int h = 0; h < 2; ++h) {
+            i64 row = r0 + g + h * 8;
+            if (row >= m) continue;
+            float* dr = da + (p * m + row) * D;
+            for (int j = 0; j < OT; ++j) {
+                dr[j * 8 + 2 * t] = acc[j][2 * h];
+                dr[j * 8 + 2 * t + 1] = acc[j][2 * h + 1];
+            }
+        }
+    }
+}
+
+// db = aᵀ · dS and dv = Pᵀ · dy for 64 keys per block (4 warps of 16 keys), the query rows
+// streamed in tiles: each warp works on the transposed scores Sᵀ = bᵀ·aᵀ (its keys as rows),
+// so Pᵀ and dSᵀ are A operands where they stand.
+template <int D>
+__device__ void flash_bwd_dbv(const float* a, const float* b, const float* v, const float* bias, const Layout& bl,
+                              i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy, float* db,
+                              float* dv, i64 products, i64 m, i64 n, int zero_masked) {
+    constexpr int KS = D / 16, OT = D / 8, NT = FA_TILE / 8, PA = D + 8, PT = FA_TILE + 8;
+    __shared__ bf16_t sa[FA_TILE * PA];   // [row][d] = a: Sᵀ's B operand
+    __shared__ bf16_t sdy[FA_TILE * PA];  // [row][d] = dy: dPᵀ = v·dyᵀ's B operand
+    __shared__ bf16_t sat[D * PT];        // [d][row] = a: dSᵀ·a's B operand
+    __shared__ bf16_t sdyt[D * PT];       // [d][row] = dy: Pᵀ·dy's B operand
+    __shared__ float sl[FA_TILE], sd[FA_TILE];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const i64 tiles = (n + FA_TILE - 1) / FA_TILE;
+    for (i64 job = blockIdx.x; job < products * tiles; job += gridDim.x) {
+        const i64 p = job / tiles, c0 = (job % tiles) * FA_TILE + warp * 16;
+        const float* ap = a + p * m * D;
+        const float* bp = b + p * D * n;
+        const float* dyp = dy + p * m * D;
+        const float* biasp = bias ? bias + offset_of(bl, 0, p) : nullptr;
+        // bᵀ's rows (this warp's keys) as A fragments: element (key, d) = b[d][key].
+        unsigned ka[KS][4], va[KS][4];
+        for (int ks = 0; ks < KS; ++ks)
+            for (int q = 0; q < 4; ++q) {
+                i64 key = c0 + g + (q & 1) * 8;
+                int d = ks * 16 + 2 * t + (q >> 1) * 8;
+                ka[ks][q] = key < n ? pack_bf16(bp[d * n + key], bp[(d + 1) * n + key]) : 0u;
+            }
+        fa_rows_fragment<D>(va, v + p * n * D, n, c0);
+        float gv[OT][4], gb[OT][4];
+        for (int j = 0; j < OT; ++j)
+            for (int e = 0; e < 4; ++e) gv[j][e] = gb[j][e] = 0.0f;
+        for (i64 q0 = 0; q0 < m; q0 += FA_TILE) {
+            __syncthreads();
+            fa_stage<FA_TILE, D, false>(sa, PA, ap, D, m, D, q0, 0);
+            fa_stage<FA_TILE, D, false>(sdy, PA, dyp, D, m, D, q0, 0);
+            fa_stage<FA_TILE, D, true>(sat, PT, ap, D, m, D, q0, 0);
+            fa_stage<FA_TILE, D, true>(sdyt, PT, dyp, D, m, D, q0, 0);
+            for (int i = threadIdx.x; i < FA_TILE; i += blockDim.x) {
+                sl[i] = q0 + i < m ? lse[p * m + q0 + i] : 0.0f;
+                sd[i] = q0 + i < m ? delta[p * m + q0 + i] : 0.0f;
+            }
+            __syncthreads();
+            // Transposed tile: element e of C tile j is key c0 + g (+8), query q0 + 8j + 2t (+1).
+            float s[NT][4], ds[NT][4];
+            unsigned dead = 0;  // bit 4j + e: score (j, e) takes no part
+            for (int j = 0; j < NT; ++j)
+                for (int e = 0; e < 4; ++e) {
+                    i64 key = c0 + g + (e >> 1) * 8;
+                    int qi = j * 8 + 2 * t + (e & 1);
+                    i64 row = q0 + qi;
+                    bool in = row < m && key < n;
+                    s[j][e] = in ? fa_bias(biasp, brs, bcs, row, key) : -INFINITY;
+                    if (!(in && fa_grad_live(s[j][e], sl[qi], zero_masked))) dead |= 1u << (4 * j + e);
+                }
+            if (!warp_any(dead != 0xffffffffu)) continue;
+            for (int j = 0; j < NT; ++j) {
+                float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, pc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int ks = 0; ks < KS; ++ks) {
+                    int i = (j * 8 + g) * PA + ks * 16 + 2 * t;
+                    unsigned bs[2] = {ld_pair(sa, i), ld_pair(sa, i + 8)};
+                    unsigned bd[2] = {ld_pair(sdy, i), ld_pair(sdy, i + 8)};
+                    mma_bf16_16816(sc, ka[ks], bs);
+                    mma_bf16_16816(pc, va[ks], bd);
+                }
+                for (int e = 0; e < 4; ++e) {
+                    int qi = j * 8 + 2 * t + (e & 1);
+                    bool off = (dead >> (4 * j + e)) & 1u;
+                    float pr = off ? 0.0f : attn_prob(sc[e] + s[j][e], sl[qi], zero_masked);
+                    s[j][e] = pr;
+                    ds[j][e] = off ? 0.0f : pr * (pc[e] - sd[qi]);
+                }
+            }
+            for (int kk = 0; kk < FA_TILE / 16; ++kk) {
+                unsigned pa[4], da4[4];
+                fa_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+                fa_c_to_a(da4, ds[2 * kk], ds[2 * kk + 1]);
+                for (int j = 0; j < OT; ++j) {
+                    int i = (j * 8 + g) * PT + kk * 16 + 2 * t;
+                    unsigned by[2] = {ld_pair(sdyt, i), ld_pair(sdyt, i + 8)};
+                    unsigned ba[2] = {ld_pair(sat, i), ld_pair(sat, i + 8)};
+                    mma_bf16_16816(gv[j], pa, by);
+                    mma_bf16_16816(gb[j], da4, ba);
+                }
+            }
+        }
+        // dv[key][d] and db[d][key] (db is the gradient of the transposed keys).
+        for (int h = 0; h < 2; ++h) {
+            i64 key = c0 + g + h * 8;
+            if (key >= n) continue;
+            float* vr = dv + (p * n + key) * D;
+            float* bc = db + p * D * n + key;
+            for (int j = 0; j < OT; ++j)
+                for (int e = 0; e < 2; ++e) {
+                    int d = j * 8 + 2 * t + e;
+                    vr[d] = gv[j][2 * h + e];
+                    bc[(i64)d * n] = gb[j][2 * h + e];
+                }
+        }
+    }
+}
+
+// The entry points, one per kernel and head size D (`flash.rs` names them).
+#define FLASH_FWD(NAME, D)                                                                                     \
+    extern "C" __global__ void NAME(const float* a, const float* b, const float* v, const float* bias, Layout bl, \
+                                    i64 brs, i64 bcs, float* y, float* lse, i64 products, i64 m, i64 n,         \
+                                    int zero_masked) {                                                          \
+        flash_fwd<D>(a, b, v, bias, bl, brs, bcs, y, lse, products, m, n, zero_masked);                         \
+    }
+#define FLASH_BWD_DA(NAME, D)                                                                                  \
+    extern "C" __global__ void NAME(const float* a, const float* b, const float* v, const float* bias, Layout bl, \
+                                    i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy,    \
+                                    float* da, i64 products, i64 m, i64 n, int zero_masked) {                   \
+        flash_bwd_da<D>(a, b, v, bias, bl, brs, bcs, lse, delta, dy, da, products, m, n, zero_masked);          \
+    }
+#define FLASH_BWD_DBV(NAME, D)                                                                                 \
+    extern "C" __global__ void NAME(const float* a, const float* b, const float* v, const float* bias, Layout bl, \
+                                    i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy,    \
+                                    float* db, float* dv, i64 products, i64 m, i64 n, int zero_masked) {        \
+        flash_bwd_dbv<D>(a, b, v, bias, bl, brs, bcs, lse, delta, dy, db, dv, products, m, n, zero_masked);     \
+    }
+FLASH_FWD(flash_attn_fwd_d32, 32)
+FLASH_BWD_DA(flash_attn_bwd_da_d32, 32)
+FLASH_BWD_DBV(flash_attn_bwd_dbv_d32, 32)
+FLASH_FWD(flash_attn_fwd_d64, 64)
+FLASH_BWD_DA(flash_attn_bwd_da_d64, 64)
+FLASH_BWD_DBV(flash_attn_bwd_dbv_d64, 64)
+
 // ---------------------------------------------------------------- layer norm
 
 // LayerNormalization over rows of length `cols` with per-column scale and (optional) bias;

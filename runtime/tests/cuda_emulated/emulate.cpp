@@ -1544,6 +1544,117 @@ void test_attention() {
     attn_case(make_attn("row bias", {2, 3, 5, 4, 7, 3}, {2, 1, 5, 1}, 0, 2, 1u << 16), true);
 }
 
+
+// ---------------------------------------------------------------- flash attention
+
+// The flash kernels (products on bf16 tensor cores, through the shim's mma) against the double
+// reference on operands rounded to bf16 as the kernels round them. What the reference does not
+// round — the forward's unnormalised probabilities and the backward's P and dS before their
+// products — bounds the tolerances: 2⁻⁹ relative per product term, so 1% of the output's
+// largest value (a wrong fragment, tile edge or rescale is off by O(1)). lse sums exact bf16
+// products in f32: 1e-5.
+void flash_case(Attn c, unsigned grid) {
+    const i64 P = c.P(), M = c.M, N = c.N, D = c.K;
+    string tag = c.name + " P" + std::to_string(P) + " M" + std::to_string(M) + " N" + std::to_string(N) + " D" +
+                 std::to_string(D) + " bias " + (c.bias_shape.empty() ? string("none") : shape_str(c.bias_shape)) +
+                 " zero " + std::to_string(c.zero) + " grid " + std::to_string(grid);
+    Attn r = c;
+    for (vector<float>* x : {&r.a, &r.b, &r.v, &r.dy})
+        for (float& e : *x) e = (float)bf16_round(e);
+    AttnRef ref = attn_reference(r, to_d(r.a), to_d(r.b), to_d(r.v), true);
+    auto [bias, bl, brs, bcs] = attn_bias_args(c);
+    auto fwd = D == 32 ? flash_attn_fwd_d32 : flash_attn_fwd_d64;
+    auto bda = D == 32 ? flash_attn_bwd_da_d32 : flash_attn_bwd_da_d64;
+    auto bdbv = D == 32 ? flash_attn_bwd_dbv_d32 : flash_attn_bwd_dbv_d64;
+    const dim3 block(128);
+    set_current("flash_attn_fwd " + tag);
+    vector<float> y(P * M * D, 5.0f), lse(P * M, 5.0f);
+    launch(fwd, dim3(grid), block, (const float*)c.a.data(), (const float*)c.b.data(), (const float*)c.v.data(), bias,
+           bl, brs, bcs, y.data(), lse.data(), P, M, N, c.zero);
+    check_close("flash_attn_fwd y " + tag, y, ref.y, 0, 1e-2 * max_abs(ref.y));
+    check_close("flash_attn_fwd lse " + tag, lse, ref.lse, 1e-5, 1e-5);
+    // The backward from the reference's y and lse, as f32.
+    vector<float> yf(ref.y.begin(), ref.y.end()), lf(ref.lse.begin(), ref.lse.end());
+    set_current("attn_row_dot_f32 " + tag);
+    vector<float> delta(P * M, 5.0f);
+    launch(attn_row_dot_f32, dim3(std::min<unsigned>(grid, 3)), B256, (const float*)c.dy.data(),
+           (const float*)yf.data(), delta.data(), P * M, D);
+    vector<double> wd(P * M);
+    for (i64 i = 0; i < P * M; ++i)
+        for (i64 d = 0; d < D; ++d) wd[i] += (double)c.dy[i * D + d] * yf[i * D + d];
+    check_close("attn_row_dot_f32 " + tag, delta, wd, 1e-5, 1e-6);
+    set_current("flash_attn_bwd " + tag);
+    vector<float> da(P * M * D, 5.0f), db(P * D * N, 5.0f), dv(P * N * D, 5.0f);
+    launch(bda, dim3(grid), block, (const float*)c.a.data(), (const float*)c.b.data(), (const float*)c.v.data(), bias,
+           bl, brs, bcs, (const float*)lf.data(), (const float*)delta.data(), (const float*)c.dy.data(), da.data(), P,
+           M, N, c.zero);
+    launch(bdbv, dim3(grid), block, (const float*)c.a.data(), (const float*)c.b.data(), (const float*)c.v.data(), bias,
+           bl, brs, bcs, (const float*)lf.data(), (const float*)delta.data(), (const float*)c.dy.data(), db.data(),
+           dv.data(), P, M, N, c.zero);
+    check_close("flash_attn_bwd da " + tag, da, ref.da, 0, 1e-2 * max_abs(ref.da));
+    check_close("flash_attn_bwd db " + tag, db, ref.db, 0, 1e-2 * max_abs(ref.db));
+    check_close("flash_attn_bwd dv " + tag, dv, ref.dv, 0, 1e-2 * max_abs(ref.dv));
+}
+
+// The shim's mma against a plain 16×16·16×8 product of the fragments' matrices: the layout
+// the kernels and the PTX ISA agree on.
+void test_mma_layout() {
+    set_current("mma_bf16_16816 layout");
+    vector<float> A = rand_vec(16 * 16, -2, 2), Bm = rand_vec(16 * 8, -2, 2), C = rand_vec(16 * 8, -1, 1);
+    for (float& x : A) x = (float)bf16_round(x);
+    for (float& x : Bm) x = (float)bf16_round(x);
+    vector<float> out(16 * 8, 0.0f);
+    auto kernel = [](const float* A, const float* Bm, const float* C, float* out) {
+        int lane = (int)threadIdx.x, g = lane / 4, t = lane % 4;
+        unsigned a[4], b[2];
+        for (int q = 0; q < 4; ++q) {
+            int r = g + (q & 1) * 8, k = 2 * t + (q >> 1) * 8;
+            a[q] = pack_bf16(A[r * 16 + k], A[r * 16 + k + 1]);
+        }
+        for (int q = 0; q < 2; ++q) b[q] = pack_bf16(Bm[(2 * t + q * 8) * 8 + g], Bm[(2 * t + q * 8 + 1) * 8 + g]);
+        float c[4];
+        for (int e = 0; e < 4; ++e) c[e] = C[(g + (e >> 1) * 8) * 8 + 2 * t + (e & 1)];
+        mma_bf16_16816(c, a, b);
+        for (int e = 0; e < 4; ++e) out[(g + (e >> 1) * 8) * 8 + 2 * t + (e & 1)] = c[e];
+    };
+    void (*kp)(const float*, const float*, const float*, float*) = kernel;
+    launch(kp, dim3(1), dim3(32), (const float*)A.data(), (const float*)Bm.data(), (const float*)C.data(), out.data());
+    vector<double> want(16 * 8);
+    for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) {
+            double s = C[r * 8 + n];
+            for (int k = 0; k < 16; ++k) s += (double)A[r * 16 + k] * Bm[k * 8 + n];
+            want[r * 8 + n] = s;
+        }
+    check_close("mma_bf16_16816 layout", out, want, 1e-6, 1e-6);
+}
+
+void test_flash_attention() {
+    test_mma_layout();
+    for (i64 D : {32, 64}) {
+        // Several query and key tiles with partial last ones, a padding mask with masked keys
+        // in batch entry 1, the grid smaller than the tiles (grid-stride) and one per tile.
+        for (unsigned grid : {3u, 64u}) {
+            Attn c = make_attn("flash padding", {2, 2, 100, D, 150, D}, {2, 1, 1, 150}, 1, 1, grid);
+            for (i64 j = 120; j < 150; ++j) c.bias[150 + j] = -Inff;
+            flash_case(c, grid);
+        }
+        // A causal mask [M, N] (whole tiles masked: the skip), no bias, a full bias.
+        Attn causal = make_attn("flash causal", {1, 2, 130, D, 130, D}, {130, 130}, 0, 1, 8);
+        for (i64 i = 0; i < 130; ++i)
+            for (i64 j = 0; j < 130; ++j) causal.bias[i * 130 + j] = j > i ? -Inff : 0.0f;
+        flash_case(causal, 8);
+        flash_case(make_attn("flash no bias", {1, 3, 70, D, 90, D}, {}, 0, 1, 8), 8);
+        flash_case(make_attn("flash full bias", {2, 1, 40, D, 70, D}, {2, 1, 40, 70}, 1, 1, 8), 8);
+        // Fully masked rows: zeros (masked_rows_zero 1) or NaN (0), in y and the gradients.
+        for (int zero : {1, 0}) {
+            Attn c = make_attn("flash masked rows", {2, 1, 20, D, 80, D}, {2, 1, 20, 80}, zero, 1, 8);
+            for (i64 j = 0; j < 80; ++j) c.bias[(1 * 20 + 3) * 80 + j] = -Inff, c.bias[(0 * 20 + 17) * 80 + j] = -Inff;
+            flash_case(c, 8);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- layer norm
 
 struct LnStats {
@@ -2084,6 +2195,7 @@ int main() {
     test_colsum();
     test_softmax();
     test_attention();
+    test_flash_attention();
     test_layer_norm();
     test_layer_norm_grad();
     test_gelu_grad();

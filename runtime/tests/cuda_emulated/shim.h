@@ -14,6 +14,9 @@
 // build emulate.cpp with -fsanitize=thread to have ThreadSanitizer report them.
 #pragma once
 
+// kernels.cu takes the emulator's versions of the few device intrinsics it cannot express in C++.
+#define ADAPTC_EMULATED 1
+
 #include <algorithm>
 #include <atomic>
 #include <barrier>
@@ -57,6 +60,8 @@ inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline std::uint64_t shfl_slots[2][kMaxThreads / kWarp][kWarp];
 // Which of the two slot arrays the calling thread's next shuffle uses (reset per block).
 inline thread_local unsigned shfl_parity = 0;
+// The same for the mma exchange (mma_bf16_16816, below).
+inline thread_local unsigned mma_parity = 0;
 inline unsigned block_threads = 0;
 
 inline unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
@@ -206,6 +211,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {
                     blockDim = block;
                     gridDim = grid;
                     shfl_parity = 0;
+                    mma_parity = 0;
                     std::tuple<P...> local = params;  // each thread's own copy of the arguments
                     std::apply(kernel, local);
                 });
@@ -214,5 +220,59 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {
 }
 
 }  // namespace emu
+
+
+namespace emu {
+// Operands of the warp's mma in flight, per lane (two arrays, alternated as for shuffles).
+struct MmaSlot {
+    unsigned a[4], b[2];
+};
+inline MmaSlot mma_slots[2][kMaxThreads / kWarp][kWarp];
+
+// bf16 bits → f32 (exact).
+inline float bf16_bits(unsigned short h) {
+    unsigned u = (unsigned)h << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+}  // namespace emu
+
+// PTX mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 as a warp exchange: every lane posts its A
+// and B fragments, then computes its four C elements from the whole warp's, reading each
+// element from the lane and register the PTX ISA assigns it (see kernels.cu). The products
+// of bf16 values are exact in f32; they are summed in k order.
+inline void mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
+    unsigned tid = emu::linear_tid();
+    unsigned warp = tid / emu::kWarp, lane = tid % emu::kWarp;
+    if (warp * emu::kWarp + emu::kWarp > emu::block_threads) {
+        std::fprintf(stderr, "emulator: mma in a partial warp\n");
+        std::abort();
+    }
+    unsigned par = emu::mma_parity;
+    emu::mma_parity ^= 1u;
+    emu::MmaSlot& mine = emu::mma_slots[par][warp][lane];
+    for (int i = 0; i < 4; ++i) mine.a[i] = a[i];
+    for (int i = 0; i < 2; ++i) mine.b[i] = b[i];
+    emu::warp_barriers[warp]->arrive_and_wait();
+    const emu::MmaSlot* w = emu::mma_slots[par][warp];
+    // A(r, k): lane 4·(r % 8) + (k % 8) / 2, register (r ≥ 8) + 2·(k ≥ 8), half k % 2.
+    auto A = [&](int r, int k) {
+        unsigned reg = w[4 * (r % 8) + (k % 8) / 2].a[(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+        return emu::bf16_bits((unsigned short)(k % 2 ? reg >> 16 : reg & 0xffffu));
+    };
+    // B(k, n): lane 4·n + (k % 8) / 2, register (k ≥ 8), half k % 2.
+    auto B = [&](int k, int n) {
+        unsigned reg = w[4 * n + (k % 8) / 2].b[k >= 8 ? 1 : 0];
+        return emu::bf16_bits((unsigned short)(k % 2 ? reg >> 16 : reg & 0xffffu));
+    };
+    int g = (int)lane / 4, t = (int)lane % 4;
+    for (int e = 0; e < 4; ++e) {
+        int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+        float acc = c[e];
+        for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, n);
+        c[e] = acc;
+    }
+}
 
 using emu::launch;

@@ -13,9 +13,10 @@
 //! (GEMMs; the first block writes `db` and `dv` with beta 0, later ones add with beta 1, so
 //! they need no zeroing).
 //!
-//! With `products="bf16"` (set by `autocast`) every GEMM here runs on bf16 tensor cores from
-//! the f32 buffers (`Gemm::bf16_operands`), the kernels unchanged: the CPU kernel rounds the
-//! same operands.
+//! With `products="bf16"` (set by `autocast`) and a head size of 32 or 64 on sm_80 or newer,
+//! the op takes the fused flash kernels instead (`flash.rs`); otherwise every GEMM here runs on
+//! bf16 tensor cores from the f32 buffers (`Gemm::bf16_operands`), the kernels unchanged: the
+//! CPU kernel rounds the same operands.
 //!
 //! Covered: f32 operands, `a`, `b`, `v` with the same batch dims, a bias of any shape that
 //! broadcasts to the scores (or none). Other element types, broadcast batch dims and empty
@@ -25,6 +26,7 @@
 
 use adaptc_ir::DataType;
 
+use super::flash;
 use super::matmul::{run_gemm, Elem, Gemm};
 use super::{done, dptr, host, launch, opt, output, req, want_f32, DevResult, Gpu};
 use crate::cuda::launch::{addr, broadcast, per_row, Layout};
@@ -142,6 +144,26 @@ impl Geometry {
         }
     }
 
+    /// The flash kernels' view of this call.
+    fn flash_call(
+        &self,
+        gpu: &Gpu,
+        (a, b, bias, v): (&CudaValue, &CudaValue, Option<&CudaValue>, &CudaValue),
+        masked_rows_zero: i32,
+    ) -> DevResult<flash::Call> {
+        Ok(flash::Call {
+            a: dptr(gpu, a)?,
+            b: dptr(gpu, b)?,
+            v: dptr(gpu, v)?,
+            bias: self.bias_args(gpu, bias)?,
+            products: self.products,
+            m: self.m,
+            n: self.n,
+            d: self.k,
+            masked_rows_zero,
+        })
+    }
+
     /// `S = a_blk · b` for rows `r0 .. r0 + r` of every product, packed into `s`.
     fn scores(&self, gpu: &Gpu, (ap, bp, sp): (u64, u64, u64), (r0, r): (usize, usize)) -> DevResult<()> {
         let (m, k, n) = (self.m, self.k, self.n);
@@ -195,6 +217,11 @@ pub fn softmax_attention(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevR
     let (m, n, dv, products) = (g.m, g.n, g.dv, g.products);
     let (y, yshape) = output(gpu, g.shape(&[m, dv]), DataType::Float)?;
     let (lse, lshape) = output(gpu, g.shape(&[m]), DataType::Float)?;
+    if flash::applies(gpu, g.bf16_products, g.k, dv) {
+        let call = g.flash_call(gpu, (a, b, bias, v), zero)?;
+        call.forward(gpu, addr(&y, &gpu.stream), addr(&lse, &gpu.stream))?;
+        return Ok(vec![done(y, yshape, DataType::Float), done(lse, lshape, DataType::Float)]);
+    }
     let rows = block_rows(products, m, n, SCRATCH_BYTES, rows_cap());
     let s = alloc(gpu, DataType::Float, products * rows * n)?;
     let (ap, bp, vp) = (dptr(gpu, a)?, dptr(gpu, b)?, dptr(gpu, v)?);
@@ -232,6 +259,21 @@ pub fn softmax_attention_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) ->
     let (da, dashape) = output(gpu, a.shape().to_vec(), DataType::Float)?;
     let (db, dbshape) = output(gpu, b.shape().to_vec(), DataType::Float)?;
     let (dvv, dvshape) = output(gpu, v.shape().to_vec(), DataType::Float)?;
+    let outputs = |da, db, dvv| {
+        vec![
+            done(da, dashape, DataType::Float),
+            done(db, dbshape, DataType::Float),
+            done(dvv, dvshape, DataType::Float),
+        ]
+    };
+    if flash::applies(gpu, g.bf16_products, k, dv) {
+        let call = g.flash_call(gpu, (a, b, bias, v), zero)?;
+        let delta = alloc(gpu, DataType::Float, products * m)?;
+        let ins = (dptr(gpu, y)?, dptr(gpu, lse)?, dptr(gpu, dy)?);
+        let s = &gpu.stream;
+        call.backward(gpu, ins, addr(&delta, s), (addr(&da, s), addr(&db, s), addr(&dvv, s)))?;
+        return Ok(outputs(da, db, dvv));
+    }
     let rows = block_rows(products, m, n, SCRATCH_BYTES, rows_cap());
     let s = alloc(gpu, DataType::Float, products * rows * n)?;
     let dp = alloc(gpu, DataType::Float, products * rows * n)?;
@@ -273,11 +315,7 @@ pub fn softmax_attention_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) ->
         run_gemm(gpu, g.gemm(k, n, r, (true, false), (m * k, r * n, k * n), beta), at(ap, r0 * k), dpp, dbp)?;
         run_gemm(gpu, g.gemm(n, dv, r, (true, false), (r * n, m * dv, n * dv), beta), sp, at(dyp, r0 * dv), dvp)?;
     }
-    Ok(vec![
-        done(da, dashape, DataType::Float),
-        done(db, dbshape, DataType::Float),
-        done(dvv, dvshape, DataType::Float),
-    ])
+    Ok(outputs(da, db, dvv))
 }
 
 #[cfg(test)]

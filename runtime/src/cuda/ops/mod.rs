@@ -5,6 +5,7 @@
 
 mod attention;
 mod elementwise;
+mod flash;
 mod layout;
 mod loss;
 mod matmul;
