@@ -6,7 +6,8 @@
 # layers: the difference is one layer's traffic. Bytes scale with tokens (and layers), so the
 # per-layer figures times 22 layers × 16 (batch 8 × 2048 tokens vs the 1 × 1024 run here) give
 # the benchmark step's traffic, and divided by a card's bandwidth, a lower bound on its memory
-# time. Writes bench/results/traffic.md. An estimate of bytes, not a timing.
+# time; the runs' peak activation memory, scaled the same way, estimates the step's peak.
+# Writes bench/results/traffic.md. An estimate of bytes, not a timing.
 #
 #   bash bench/traffic.sh        # needs target/release/adaptc and a python with torch + transformers
 #
@@ -31,8 +32,12 @@ for layers in 1 2; do
     ADAPTC_PROFILE=1 "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
         --autocast bf16 --out "$work/run$layers" > "$work/profile-$layers.txt" 2>&1
+    # The same step recomputing each block's activations in the backward: its peak memory.
+    "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
+        -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
+        --autocast bf16 --checkpoint-activations --out "$work/ckpt$layers" > "$work/ckpt-$layers.txt" 2>&1
 done
-"$PY" - "$work/profile-1.txt" "$work/profile-2.txt" "$OUT" "$(git rev-parse --short HEAD)" <<'PY'
+"$PY" - "$work/profile-1.txt" "$work/profile-2.txt" "$OUT" "$(git rev-parse --short HEAD)" "$work/ckpt-1.txt" "$work/ckpt-2.txt" <<'PY'
 import re, sys, datetime, platform
 def table(path):
     rows = {}
@@ -42,6 +47,13 @@ def table(path):
             rows[m.group(1)] = (int(m.group(3)), float(m.group(4)))
     return rows
 one, two = table(sys.argv[1]), table(sys.argv[2])
+def peak(path):
+    for line in open(path):
+        m = re.search(r"peak activation memory ([\d.]+) MiB", line)
+        if m:
+            return float(m.group(1)) / 1024
+    return float("nan")
+peak1, peak2 = peak(sys.argv[1]), peak(sys.argv[2])
 scale = 22 * 16
 per_layer = {op: (two[op][0] - one.get(op, (0, 0))[0], two[op][1] - one.get(op, (0, 0))[1]) for op in two}
 fixed = {op: (one[op][0] - per_layer.get(op, (0, 0))[0], one[op][1] - per_layer.get(op, (0, 0))[1]) for op in one}
@@ -63,6 +75,17 @@ w(f"Per layer per 1024 tokens: {layer_total:.3f} GiB; outside the layers (embedd
 w(f"At the benchmark shape (22 layers, batch 8 × 2048 = 16× the tokens): **{step:.0f} GiB per step**, so at least")
 w(f"{step * 2**30 / 3.35e12 * 1e3:.0f} ms of memory time on an H100 SXM (3.35 TB/s) and {step * 2**30 / 4.8e12 * 1e3:.0f} ms on an H200 (4.8 TB/s), beside the GEMMs'")
 w("arithmetic. PEFT's step on the H200 took 353 ms in all (bench/results/gpu-anchor.md).")
+w()
+peak_layer, peak_fixed = peak2 - peak1, 2 * peak1 - peak2
+w(f"Peak activation memory (the plan's live buffers, weights not counted): {peak1:.2f} GiB with 1 layer, {peak2:.2f} GiB")
+w(f"with 2; {peak_layer:.3f} GiB per layer per 1024 tokens. Scaled the same way, the benchmark step would hold about")
+w(f"**{(peak_layer * 22 + peak_fixed) * 16:.0f} GiB** of activations at its peak (f32 activations; PEFT's bf16 step peaked at 40.2 GiB in all),")
+w("plus the bf16 base weights (2.0 GiB) and the adapters' f32 weights and moments.")
+c1, c2 = peak(sys.argv[5]), peak(sys.argv[6])
+cl, cf = c2 - c1, 2 * c1 - c2
+w(f"With `--checkpoint-activations` (each block recomputed in the backward): {c1:.2f} GiB with 1 layer, {c2:.2f} GiB with 2,")
+w(f"so about **{(cl * 22 + cf) * 16:.0f} GiB** at the benchmark shape (a layer's growth is then its saved input and the")
+w("recomputed block's working set, which does not add up across layers: this linear scaling overestimates it).")
 w()
 w("| op (per layer) | calls | GiB per 1024 tokens | share |")
 w("|---|---|---|---|")

@@ -61,6 +61,29 @@ fn llama_training_graph_keeps_its_values_with_less_memory() {
     println!("llama4 peak activations: {before} → {after} bytes");
 }
 
+/// `adaptc train`'s own pipeline on Llama (LoRA on all linear layers, fused attention, bf16
+/// autocast): the nodes other passes wrote without a module path — LoRA's products and add,
+/// autocast's casts, the fused attention — belong to their layer's block and are recomputed
+/// with it, rather than keeping their outputs alive from the forward to the backward.
+#[test]
+fn adapter_cast_and_attention_nodes_are_recomputed_with_their_block() {
+    let base = "insert-lora{rank=8 alpha=16 targets=all-linear},fuse-attention,autocast{dtype=bf16},build-training-graph{loss=causal-lm}";
+    let (plain, _) = rewrite(fixture("llama4/model.onnx"), base);
+    let (ckpt, _) = rewrite(fixture("llama4/model.onnx"), &format!("{base},checkpoint-activations"));
+    let recomputed: Vec<&str> =
+        ckpt.graph.nodes().map(|(_, n)| n.name.as_str()).filter(|n| n.starts_with("recompute/")).collect();
+    for part in ["/lora_add/", "/lora_B/", "/f32/Cast", "SoftmaxAttention"] {
+        assert!(recomputed.iter().any(|n| n.contains(part)), "no recomputed node named like {part}: {recomputed:?}");
+    }
+    let (b, s) = (2, 24);
+    let inputs = HashMap::from([
+        ("input_ids".to_string(), ids(b, s, 1000)),
+        ("attention_mask".to_string(), Tensor::from_vec(vec![b, s], vec![1i64; b * s]).unwrap()),
+    ]);
+    let (before, after) = same_outputs_less_memory(&plain, &ckpt, inputs);
+    println!("llama4 (autocast, fused attention) peak activations: {before} → {after} bytes");
+}
+
 #[test]
 fn a_graph_without_backward_is_refused() {
     let mut model = fixture("bert6.onnx");

@@ -152,6 +152,60 @@ pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
         }
     }
     let pinned: Vec<BufId> = constants.iter().map(|(b, _)| *b).chain(outputs.iter().map(|(_, b)| *b)).collect();
+    let instructions = hoist_shape_reads(instructions);
     let memory = MemoryPlan::new(&instructions, next, &pinned);
     Ok(ExecPlan { instructions, num_buffers: next, constants, inputs, outputs, memory })
+}
+
+/// Whether an instruction reads only its input's dims, never its data (`Shape`, `Size`).
+fn reads_only_dims(ins: &Instruction) -> bool {
+    let op = ins.node.op();
+    adaptc_ir::is_default_domain(&op.domain) && matches!(op.op_type.as_str(), "Shape" | "Size")
+}
+
+/// Moves every `Shape`/`Size` instruction to right after the instruction that produces its
+/// input (to the front for graph inputs and constants). Why: the backward of a training graph
+/// reads the forward's activations through `Shape` to size its gradients, and a buffer lives
+/// until its last reader, so those reads alone would keep every such activation alive from
+/// the forward to the end of the backward (in a Llama LoRA step, the products' outputs: a
+/// third of the peak). Read right away, only the small dims tensor lives on. The instruction
+/// reads nothing else, so the order stays a topological one.
+fn hoist_shape_reads(instructions: Vec<Instruction>) -> Vec<Instruction> {
+    let mut producer: HashMap<BufId, usize> = HashMap::new();
+    for (i, ins) in instructions.iter().enumerate() {
+        for b in ins.outputs.iter().flatten() {
+            producer.insert(*b, i);
+        }
+    }
+    // For each instruction, the hoisted ones that follow it; `front` for the rest.
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); instructions.len()];
+    let mut front = Vec::new();
+    let mut hoisted = vec![false; instructions.len()];
+    for (i, ins) in instructions.iter().enumerate() {
+        if !reads_only_dims(ins) {
+            continue;
+        }
+        hoisted[i] = true;
+        match ins.inputs.first().copied().flatten().and_then(|b| producer.get(&b)) {
+            Some(&p) => after[p].push(i),
+            None => front.push(i),
+        }
+    }
+    fn emit(i: usize, after: &[Vec<usize>], order: &mut Vec<usize>) {
+        order.push(i);
+        for &h in &after[i] {
+            emit(h, after, order);
+        }
+    }
+    let mut order = Vec::with_capacity(instructions.len());
+    for &h in &front {
+        emit(h, &after, &mut order);
+    }
+    for i in 0..instructions.len() {
+        if !hoisted[i] {
+            emit(i, &after, &mut order);
+        }
+    }
+    let mut slots: Vec<Option<Instruction>> = instructions.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }

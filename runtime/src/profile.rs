@@ -1,6 +1,7 @@
 //! Per-op timing of runs, switched on with `ADAPTC_PROFILE=1`: where a plan spends its time,
 //! by op type, so kernel work goes where it pays. `ADAPTC_PROFILE=nodes` also lists the
-//! slowest nodes.
+//! slowest nodes; `ADAPTC_PROFILE=memory` lists the buffers live at the peak (what a
+//! memory cut must shrink).
 //!
 //! Each op type also shows its operand bytes: the sizes of its inputs and outputs, what a
 //! kernel that reads each input and writes each output once moves through memory (a
@@ -17,6 +18,12 @@ use std::time::Duration;
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("ADAPTC_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Whether `ADAPTC_PROFILE=memory` asks for the buffers live at the peak.
+pub fn memory() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ADAPTC_PROFILE").is_ok_and(|v| v == "memory"))
 }
 
 /// Whether `ADAPTC_PROFILE=nodes` asks for the per-node list too.
@@ -37,6 +44,9 @@ pub struct Profile {
     by_node: HashMap<String, (Duration, usize)>,
     /// Operand bytes per op type.
     bytes: HashMap<String, u64>,
+    /// With `ADAPTC_PROFILE=memory`: the instruction after which the run's live bytes peaked,
+    /// and the buffers live then (bytes, the value's name and producer), largest first.
+    pub peak: Option<(String, Vec<(u64, String)>)>,
 }
 
 impl Profile {
@@ -69,6 +79,11 @@ impl Profile {
         for (op, b) in &other.bytes {
             *self.bytes.entry(op.clone()).or_default() += b;
         }
+        let total =
+            |p: &Option<(String, Vec<(u64, String)>)>| p.as_ref().map_or(0, |(_, l)| l.iter().map(|x| x.0).sum());
+        if total(&other.peak) > total(&self.peak) {
+            self.peak = other.peak.clone();
+        }
     }
 
     /// Operand bytes of every call of `op` so far.
@@ -97,6 +112,17 @@ impl fmt::Display for Profile {
         }
         let moved = self.bytes.values().sum::<u64>();
         write!(f, "{:<40} {:>10.1} {:>7} {:>8} {:>10.3}", "total", total * 1e3, "", "", gib(moved))?;
+        if let Some((at, live)) = &self.peak {
+            let total: u64 = live.iter().map(|(b, _)| b).sum();
+            writeln!(
+                f,
+                "\n\nlive at the peak ({:.1} MiB, after {at}), largest first:",
+                total as f64 / (1 << 20) as f64
+            )?;
+            for (b, what) in live.iter().take(top_nodes()) {
+                writeln!(f, "{:>10.1} MiB  {what}", *b as f64 / (1 << 20) as f64)?;
+            }
+        }
         if !self.by_node.is_empty() {
             let mut rows: Vec<_> = self.by_node.iter().collect();
             rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));

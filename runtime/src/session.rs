@@ -317,6 +317,7 @@ impl<B: Backend> Runner<B> {
             slots[pi.buf] = Some(buf);
         }
         let mut profile = crate::profile::enabled().then(Profile::default);
+        let mut peak_watch = (profile.is_some() && crate::profile::memory()).then(|| PeakWatch::new(plan));
         for (i, ins) in plan.instructions.iter().enumerate() {
             let args: Vec<Option<&B::Buffer>> = ins.inputs.iter().map(|b| b.and_then(|b| slots[b].as_ref())).collect();
             let started = profile.as_ref().map(|_| Instant::now());
@@ -333,11 +334,17 @@ impl<B: Backend> Runner<B> {
                     slots[*b] = Some(o);
                 }
             }
+            if let Some(w) = peak_watch.as_mut() {
+                w.observe(be, &usage, i, &slots);
+            }
             for &b in &plan.memory.frees[i] {
                 if let Some(buf) = slots[b].take() {
                     usage.free(be.storage_key(&buf), be.byte_size(&buf));
                 }
             }
+        }
+        if let (Some(p), Some(w)) = (profile.as_mut(), peak_watch) {
+            p.peak = w.result(plan);
         }
         be.end_run()?;
         let mut out = Vec::with_capacity(plan.outputs.len());
@@ -354,6 +361,57 @@ impl<B: Backend> Runner<B> {
         // Only a run that finished replaces the state, so a failed step leaves it as it was.
         self.carried().extend(carried_out);
         Ok((out, RunStats { peak_bytes: usage.peak, profile, placement: be.report() }))
+    }
+}
+
+/// Which buffers were live when a run's live bytes peaked (`ADAPTC_PROFILE=memory`).
+struct PeakWatch {
+    /// Each buffer's value name and producer (empty for constants, which are not counted).
+    names: Vec<String>,
+    peak: usize,
+    at: Option<usize>,
+    live: Vec<(u64, usize)>,
+}
+
+impl PeakWatch {
+    fn new(plan: &ExecPlan) -> PeakWatch {
+        let mut names = vec![String::new(); plan.num_buffers];
+        for pi in &plan.inputs {
+            names[pi.buf] = format!("{} (graph input)", pi.info.name);
+        }
+        for ins in &plan.instructions {
+            for (b, name) in ins.outputs.iter().zip(ins.node.outputs()) {
+                if let Some(b) = b {
+                    names[*b] = format!("{name} ({} {})", ins.node.op(), ins.node.label());
+                }
+            }
+        }
+        PeakWatch { names, peak: 0, at: None, live: Vec::new() }
+    }
+
+    /// After instruction `i`: a new peak snapshots the live buffers (each storage once).
+    fn observe<B: Backend>(&mut self, be: &B, usage: &Usage, i: usize, slots: &[Option<B::Buffer>]) {
+        if usage.live <= self.peak {
+            return;
+        }
+        self.peak = usage.live;
+        self.at = Some(i);
+        let mut seen = std::collections::HashSet::new();
+        self.live = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(b, s)| s.as_ref().map(|buf| (b, buf)))
+            .filter(|(b, buf)| !self.names[*b].is_empty() && seen.insert(be.storage_key(buf)))
+            .map(|(b, buf)| (be.byte_size(buf) as u64, b))
+            .collect();
+    }
+
+    fn result(mut self, plan: &ExecPlan) -> Option<(String, Vec<(u64, String)>)> {
+        let i = self.at?;
+        let (label, op) = plan.instructions[i].describe();
+        self.live.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        let live = self.live.into_iter().map(|(bytes, b)| (bytes, self.names[b].clone())).collect();
+        Some((format!("instruction {i} of {}, {op} {label}", plan.instructions.len()), live))
     }
 }
 

@@ -33,6 +33,32 @@ fn runs_and_reports_peak_memory() {
     assert_eq!(out[0].1.shape(), &[0, 3]);
 }
 
+/// A `Shape` read of an activation, placed last in the graph (as the backward of a training
+/// graph reads the forward's values to size gradients), does not keep the activation alive:
+/// the plan reads its dims as soon as it exists. `big = Relu(x)`, three Negs after it, then
+/// `Shape(big)`: kept to the end, `big`, `a` and `b` (4 KiB each) would be live at once.
+#[test]
+fn shape_reads_do_not_extend_a_buffers_life() {
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, vec![Dim::Known(1024)]));
+    g.outputs.push(ValueInfo::tensor("c", DataType::Float, vec![Dim::Known(1024)]));
+    g.outputs.push(ValueInfo::tensor("dims", DataType::Int64, vec![Dim::Known(1)]));
+    let node = |op: &str, i: &str, o: &str| Node::new(OpKey::onnx(op), vec![i.into()], vec![o.into()]).named(o);
+    for n in [node("Relu", "x", "big"), node("Neg", "big", "a"), node("Neg", "a", "b"), node("Neg", "b", "c")] {
+        g.add_node(n).unwrap();
+    }
+    g.add_node(node("Shape", "big", "dims")).unwrap();
+    let s = Session::new(&Model::new(g, 21), SessionOptions::default()).unwrap();
+    let v: Vec<f32> = (0..1024).map(|k| k as f32 - 500.0).collect();
+    let (out, stats) = s.run_with_stats(x(vec![1024], v.clone())).unwrap();
+    let get = |name: &str| out.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).unwrap();
+    assert_eq!(get("dims").as_slice::<i64>().unwrap(), &[1024]);
+    let want: Vec<f32> = v.iter().map(|&x| -x.max(0.0)).collect();
+    assert_eq!(get("c").as_slice::<f32>().unwrap(), &want[..]);
+    // At most two 4 KiB buffers (and the 8-byte dims) live at once.
+    assert!(stats.peak_bytes <= 2 * 4096 + 8, "peak {} bytes", stats.peak_bytes);
+}
+
 #[test]
 fn unknown_ops_fail_at_lowering_naming_the_node() {
     let err = Session::new(&model("NoSuchOp"), SessionOptions::default()).err().unwrap();

@@ -24,7 +24,8 @@ use adaptc_ir::{Graph, Model, Node, NodeId};
 
 use crate::adapters::record::CREATED_BY;
 use crate::pass::{Pass, PassContext, PassError, PassOutcome};
-use crate::pattern::blocks::node_block;
+use crate::pattern::blocks::{node_block, node_module_path};
+use crate::pattern::module_path::{block_of, path_from_adapter_node_name};
 use crate::registry::PassInfo;
 
 pub const PASS: &str = "checkpoint-activations";
@@ -61,11 +62,13 @@ impl Pass for CheckpointActivations {
         let order = graph.topo_order()?;
         let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut blocks: BTreeMap<(String, usize), Vec<NodeId>> = BTreeMap::new();
+        let mut block_of_node: HashMap<NodeId, (String, usize)> = HashMap::new();
         for &id in &order {
             if backward.contains(&id) {
                 continue;
             }
-            if let Some(key) = node_block(graph, id) {
+            if let Some(key) = forward_block(graph, id, &block_of_node) {
+                block_of_node.insert(id, key.clone());
                 blocks.entry(key).or_default().push(id);
             }
         }
@@ -97,6 +100,38 @@ impl Pass for CheckpointActivations {
             .stat("checkpoint.values", values)
             .stat("checkpoint.recomputed_nodes", copies))
     }
+}
+
+/// The block of a forward node, given the blocks of the nodes before it (graph order):
+/// - its module path's block (exporter metadata or node name);
+/// - for a node an adapter pass inserted (LoRA's products, scale and add), the module path its
+///   name starts with;
+/// - for a node with no module path that another pass wrote (`autocast`'s casts,
+///   `fuse-attention`'s attention), the one block its inputs come from, when they come from
+///   one (values from no block — shared masks, graph inputs, weights — do not count).
+///
+/// Why: a value a block's backward reads is recomputed only when it belongs to the block, so
+/// nodes left out keep their outputs (the adapted layers' outputs, the casts of every
+/// product, attention's inputs and output) alive from the forward to the backward.
+fn forward_block(graph: &Graph, id: NodeId, known: &HashMap<NodeId, (String, usize)>) -> Option<(String, usize)> {
+    if let Some(key) = node_block(graph, id) {
+        return Some(key);
+    }
+    if let Some(path) = path_from_adapter_node_name(&graph.node(id).name) {
+        return block_of(&path);
+    }
+    if node_module_path(graph, id).is_some() {
+        return None;
+    }
+    let mut from: Option<&(String, usize)> = None;
+    for (producer, _, _) in graph.producers_of(id) {
+        match (known.get(&producer), from) {
+            (Some(b), None) => from = Some(b),
+            (Some(b), Some(f)) if b != f => return None,
+            _ => {}
+        }
+    }
+    from.cloned()
 }
 
 /// What to recompute in one block.

@@ -51,7 +51,7 @@ impl BlockStack {
 }
 
 /// The module path of a node: its `name_scopes` metadata, else its TorchScript-style name.
-fn node_module_path(graph: &Graph, id: NodeId) -> Option<String> {
+pub(crate) fn node_module_path(graph: &Graph, id: NodeId) -> Option<String> {
     node_name_scopes_path(graph, id).or_else(|| path_from_node_name(&graph.node(id).name))
 }
 

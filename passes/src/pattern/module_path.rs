@@ -162,6 +162,14 @@ pub fn path_from_node_name(name: &str) -> Option<String> {
     is_module_path(&path).then_some(path)
 }
 
+/// The module path in the name of a node an adapter pass inserted, `<module path>/<role>/<Op>`
+/// (`model.layers.0.mlp.gate_proj/lora_add/Add` → `model.layers.0.mlp.gate_proj`): a dotted
+/// path before the first `/`. `None` for other names (`node_linear_4`, `grad/…`, `loss/…`).
+pub fn path_from_adapter_node_name(name: &str) -> Option<String> {
+    let (first, _) = name.split_once('/')?;
+    (first.contains('.') && is_module_path(first)).then(|| first.to_string())
+}
+
 /// The module path in a parameter name: `classifier.weight` → `classifier`,
 /// `transformer.h.0.attn.c_attn.bias` → `transformer.h.0.attn.c_attn`. Other names (`val_84`,
 /// `onnx::MatMul_101`, a bare `weight`) give `None`.
