@@ -64,6 +64,9 @@ export B=${B:-4} S=${S:-512} STEPS=${STEPS:-10}
 export AUTOCAST=${AUTOCAST:-bf16}
 precision=()
 [ "$AUTOCAST" != none ] && precision=(--autocast "$AUTOCAST")
+# CHECKPOINT=1: recompute each block's activations in the backward (bench/results/traffic.md
+# estimates the full benchmark shape's activations at ~64 GiB without it, ~21 GiB with it).
+[ "${CHECKPOINT:-0}" = 1 ] && precision+=(--checkpoint-activations)
 bench="not run"
 if timeout 150 python3 scripts/gpu/export_models.py "$G/work" llama > "$OUT/export-llama.log" 2>&1; then
     python3 - "$G/work/bench.jsonl" <<'PY'
@@ -82,7 +85,8 @@ PY
     if [ -f "$G/anchors/peft_gpu_baseline.py" ]; then
         peft=$(timeout 150 python3 "$G/anchors/peft_gpu_baseline.py" 2>&1 | tee "$OUT/bench-peft.log" | grep '^peft-gpu' | tail -1)
     fi
-    bench=$(python3 - "$G/work/run-bench/metrics.jsonl" "$peft" <<'PY'
+    adaptc_peak=$(grep -ho 'peak activation memory [0-9.]* MiB' "$OUT/bench-adaptc.log" 2>/dev/null | tail -1 | grep -o '[0-9.]*' | head -1)
+    bench=$(python3 - "$G/work/run-bench/metrics.jsonl" "$peft" "${adaptc_peak:-}" <<'PY'
 import json, os, re, statistics, sys
 e = lambda k: int(os.environ[k])
 L, D, F, H, KV = e("LAYERS"), e("D"), e("FFN"), e("HEADS"), e("KV")
@@ -101,7 +105,10 @@ row = lambda name, s, extra="": f"{name}: step {s:.4f} s, {tokens / s:.0f} token
 out = []
 a = statistics.median(times[3:] if len(times) > 5 else times) if times else None
 label = "adaptc " + ("fp32" if os.environ["AUTOCAST"] == "none" else os.environ["AUTOCAST"])
-out.append(row(label, a) if a else "adaptc: no step times (see bench-adaptc.log)")
+if os.environ.get("CHECKPOINT") == "1":
+    label += " checkpointed"
+mem = f", peak activations {float(sys.argv[3]) / 1024:.1f} GiB" if len(sys.argv) > 3 and sys.argv[3] else ""
+out.append(row(label, a, mem) if a else "adaptc: no step times (see bench-adaptc.log)")
 m = re.search(r"step_s=([0-9.]+).*peak_mem_gib=([0-9.]+)", sys.argv[2] or "")
 if m:
     p = float(m.group(1))

@@ -201,8 +201,8 @@ fn hoist_shape_reads(instructions: Vec<Instruction>) -> Vec<Instruction> {
     for &h in &front {
         emit(h, &after, &mut order);
     }
-    for i in 0..instructions.len() {
-        if !hoisted[i] {
+    for (i, &h) in hoisted.iter().enumerate() {
+        if !h {
             emit(i, &after, &mut order);
         }
     }
