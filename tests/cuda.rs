@@ -161,7 +161,7 @@ fn nvrtc_compiles() -> CaseResult {
 
 fn no_device(probe_error: &str) -> CaseResult {
     let model = onnx::load(&root().join("examples/models/tiny_bert.onnx")).map_err(|e| e.to_string())?;
-    let err = match Session::new(&model, SessionOptions { device: Device::Cuda }) {
+    let err = match Session::new(&model, SessionOptions { device: Device::Cuda, ..Default::default() }) {
         Ok(_) => return Err("a CUDA session opened although the probe found no device".into()),
         Err(e) => e.to_string(),
     };
@@ -203,7 +203,8 @@ impl Coverage {
 fn both(model: &adaptc_ir::Model, inputs: &HashMap<String, Tensor>) -> Result<(Outputs, Outputs, Placement), String> {
     let cpu = Session::new(model, SessionOptions::default()).map_err(|e| format!("cpu: {e}"))?;
     let expected = cpu.run(inputs.clone()).map_err(|e| format!("cpu: {e}"))?;
-    let gpu = Session::new(model, SessionOptions { device: Device::Cuda }).map_err(|e| format!("cuda: {e}"))?;
+    let gpu = Session::new(model, SessionOptions { device: Device::Cuda, ..Default::default() })
+        .map_err(|e| format!("cuda: {e}"))?;
     let (got, stats) = gpu.run_with_stats(inputs.clone()).map_err(|e| format!("cuda: {e}"))?;
     Ok((expected, got, stats.placement.unwrap_or_default()))
 }

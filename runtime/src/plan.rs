@@ -54,8 +54,9 @@ pub struct ExecPlan {
     pub memory: MemoryPlan,
 }
 
-/// Lowers `model`'s main graph with the kernels of `registry`.
-pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
+/// Lowers `model`'s main graph with the kernels of `registry`, with the plan-time fusions of
+/// [`crate::fuse`] when `fuse` is set.
+pub fn lower(model: &Model, registry: &Registry, fuse: bool) -> Result<ExecPlan> {
     let graph = &model.graph;
     let mut bufs: HashMap<String, BufId> = HashMap::new();
     let mut next = 0usize;
@@ -86,7 +87,7 @@ pub fn lower(model: &Model, registry: &Registry) -> Result<ExecPlan> {
         let buf = new_buf(&t.name, &mut bufs);
         constants.push((buf, Tensor::from_ir(t)?));
     }
-    let fusions = crate::fuse::find(graph);
+    let fusions = crate::fuse::find(graph, fuse);
     let mut instructions = Vec::new();
     for id in graph.topo_order()? {
         if fusions.absorbed.contains(&id) {

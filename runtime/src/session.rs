@@ -36,6 +36,9 @@ pub enum Device {
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
     pub device: Device,
+    /// Run every node as its own instruction, without the plan-time fusions (to compare
+    /// numerics or profiles with the fused plan; `ADAPTC_NO_FUSE=1` does the same).
+    pub unfused: bool,
 }
 
 /// Checks that `device` can be used here, before any work is done for it: the CUDA backend
@@ -95,7 +98,7 @@ pub struct RunStats {
 
 impl Session {
     pub fn new(model: &Model, options: SessionOptions) -> Result<Session> {
-        let plan = lower(model, Registry::cpu())?;
+        let plan = lower(model, Registry::cpu(), !options.unfused)?;
         let engine = match options.device {
             Device::Cpu => Engine::Cpu(Runner::new(CpuBackend, &plan)?),
             #[cfg(feature = "cuda")]

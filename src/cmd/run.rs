@@ -87,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let bar = Bar::new();
     let model = onnx::load_with(&args.model, &bar).with_context(|| format!("cannot load {}", args.model.display()))?;
-    let session = Session::new(&model, SessionOptions { device: args.device.device() })?;
+    let session = Session::new(&model, SessionOptions { device: args.device.device(), ..Default::default() })?;
     let (outputs, stats) = session.run_with_stats(inputs)?;
     if let Some(placement) = &stats.placement {
         eprintln!("{placement}");

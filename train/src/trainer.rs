@@ -182,7 +182,7 @@ pub fn train(
         adaptc_passes::autodiff::checkpoint::CheckpointActivations.run(&mut training, &mut PassContext::default())?;
     }
     let mut params = initial_params(adapted, &trainable)?;
-    let options = SessionOptions { device: cfg.device };
+    let options = SessionOptions { device: cfg.device, ..Default::default() };
     let stepper = Stepper::new(training, options.clone(), &params, cfg.grad_accum, cfg.max_grad_norm)?;
     let eval_session = match eval {
         Some(_) => Some(Session::new(&evaluation, options)?),

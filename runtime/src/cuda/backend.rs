@@ -32,7 +32,8 @@ const HOST_ELEMENTS: usize = 1 << 14;
 /// reports that).
 fn broadcast_elements(ins: &Instruction, inputs: &[Option<&Arc<CudaValue>>]) -> Option<usize> {
     let op = ins.node.op();
-    if !adaptc_ir::is_default_domain(&op.domain) {
+    let chain = op.domain == crate::registry::ADAPTC_DOMAIN && op.op_type == "ElementwiseChain";
+    if !adaptc_ir::is_default_domain(&op.domain) && !chain {
         return None;
     }
     let shapes: Vec<Vec<usize>> = match op.op_type.as_str() {
@@ -45,7 +46,9 @@ fn broadcast_elements(ins: &Instruction, inputs: &[Option<&Arc<CudaValue>>]) -> 
             vec![x.shape().to_vec(), dims]
         }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "And" | "Or" | "Xor" | "Equal" | "Less"
-        | "LessOrEqual" | "Greater" | "GreaterOrEqual" => inputs.iter().flatten().map(|v| v.shape().to_vec()).collect(),
+        | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "ElementwiseChain" => {
+            inputs.iter().flatten().map(|v| v.shape().to_vec()).collect()
+        }
         _ => return None,
     };
     let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();

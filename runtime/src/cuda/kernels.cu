@@ -17,6 +17,7 @@
 
 typedef long long i64;
 typedef unsigned char u8;
+typedef unsigned long long u64;
 // A bf16 value's bits. Converted by hand (below), not through cuda_bf16.h, so NVRTC needs no
 // headers and the host emulator (g++) compiles this file as is.
 typedef unsigned short bf16_t;
@@ -107,39 +108,41 @@ __device__ __forceinline__ float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(u));
 }
 
-// Unary ops; codes in runtime/src/cuda/ops/elementwise.rs (`Unary`).
-extern "C" __global__ void unary_f32(int op, const float* x, float* y, i64 n, float a, float b) {
-    GRID_LOOP(i, n) {
-        float v = x[i], r;
-        switch (op) {
-            case 0: r = -v; break;
-            case 1: r = expf(v); break;
-            case 2: r = logf(v); break;
-            case 3: r = sqrtf(v); break;
-            case 4: r = 1.0f / v; break;
-            case 5: r = 1.0f / (1.0f + expf(-v)); break;
-            case 6: r = tanhf(v); break;
-            case 7: r = erff(v); break;
-            case 8: r = gelu_exact(v); break;
-            case 9: r = gelu_tanh(v); break;
-            case 10: r = fmaxf(v, 0.0f); break;
-            case 11: r = fabsf(v); break;
-            case 12: r = cosf(v); break;
-            case 13: r = sinf(v); break;
-            case 14: r = floorf(v); break;
-            case 15: r = ceilf(v); break;
-            case 16: r = v > 20.0f ? v : log1pf(expf(v)); break;  // Softplus
-            case 17: r = v / (1.0f + expf(-v)); break;             // SiLU (x·sigmoid x)
-            case 18: r = v * a; break;                             // scale
-            case 19: r = isnan(v) ? a : v; break;                  // NaN → a
-            case 20: r = v; if (r < a) r = a; if (r > b) r = b; break;  // Clip (keeps NaN)
-            case 21: r = v > 0.0f ? v : a * v; break;              // LeakyRelu
-            case 22: r = rsqrtf(v); break;
-            case 23: r = v; break;
-            default: r = v; break;
-        }
-        y[i] = r;
+// Unary ops; codes in runtime/src/cuda/ops/elementwise.rs (`unary_code`).
+__device__ __forceinline__ float unary_op(int op, float v, float a, float b) {
+    float r;
+    switch (op) {
+        case 0: r = -v; break;
+        case 1: r = expf(v); break;
+        case 2: r = logf(v); break;
+        case 3: r = sqrtf(v); break;
+        case 4: r = 1.0f / v; break;
+        case 5: r = 1.0f / (1.0f + expf(-v)); break;
+        case 6: r = tanhf(v); break;
+        case 7: r = erff(v); break;
+        case 8: r = gelu_exact(v); break;
+        case 9: r = gelu_tanh(v); break;
+        case 10: r = fmaxf(v, 0.0f); break;
+        case 11: r = fabsf(v); break;
+        case 12: r = cosf(v); break;
+        case 13: r = sinf(v); break;
+        case 14: r = floorf(v); break;
+        case 15: r = ceilf(v); break;
+        case 16: r = v > 20.0f ? v : log1pf(expf(v)); break;  // Softplus
+        case 17: r = v / (1.0f + expf(-v)); break;             // SiLU (x·sigmoid x)
+        case 18: r = v * a; break;                             // scale
+        case 19: r = isnan(v) ? a : v; break;                  // NaN → a
+        case 20: r = v; if (r < a) r = a; if (r > b) r = b; break;  // Clip (keeps NaN)
+        case 21: r = v > 0.0f ? v : a * v; break;              // LeakyRelu
+        case 22: r = rsqrtf(v); break;
+        case 23: r = v; break;
+        default: r = v; break;
     }
+    return r;
+}
+
+extern "C" __global__ void unary_f32(int op, const float* x, float* y, i64 n, float a, float b) {
+    GRID_LOOP(i, n) { y[i] = unary_op(op, x[i], a, b); }
 }
 
 extern "C" __global__ void is_nan_f32(const float* x, u8* y, i64 n) {
@@ -327,6 +330,69 @@ FILL_ROWS(fill_rows_bf16, bf16_t)
 
 extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
     GRID_LOOP(i, n) { y[i] = v; }
+}
+
+// ---------------------------------------------------------------- elementwise chains
+
+// A program of elementwise steps over registers (runtime/src/ops/chain/program.rs), run per
+// element of the chain's shape so the values between steps never leave the thread. Registers
+// 0..n_in are the inputs (loaded through broadcast strides, widened from bf16), n_in + s is
+// step s's result. Step kinds: 0 `unary_op(code)`, 1 `binary_op(code)`, 2 round to bf16,
+// 3 copy. Outputs are stored through their own strides: an output smaller than the chain (0
+// along its broadcast dims) is written with the same value by several threads. The struct
+// travels as a kernel parameter (constant memory), so every thread reads the same program.
+#define CHAIN_IN 8
+#define CHAIN_OUT 6
+#define CHAIN_STEPS 32
+struct ChainArgs {
+    int rank, n_in, n_steps, n_out;
+    i64 shape[MAXR];
+    i64 in_st[CHAIN_IN][MAXR];
+    i64 out_st[CHAIN_OUT][MAXR];
+    u64 in_ptr[CHAIN_IN];
+    u64 out_ptr[CHAIN_OUT];
+    int in_bf16[CHAIN_IN];
+    int out_bf16[CHAIN_OUT];
+    int out_reg[CHAIN_OUT];
+    int kind[CHAIN_STEPS];
+    int code[CHAIN_STEPS];
+    int a[CHAIN_STEPS];
+    int b[CHAIN_STEPS];
+};
+
+extern "C" __global__ void elementwise_chain(ChainArgs p, i64 n) {
+    GRID_LOOP(i, n) {
+        float r[CHAIN_IN + CHAIN_STEPS];
+        i64 in_off[CHAIN_IN], out_off[CHAIN_OUT];
+        for (int k = 0; k < p.n_in; ++k) in_off[k] = 0;
+        for (int k = 0; k < p.n_out; ++k) out_off[k] = 0;
+        i64 rem = i;
+        for (int d = p.rank - 1; d >= 0; --d) {
+            i64 c = rem % p.shape[d];
+            rem /= p.shape[d];
+            for (int k = 0; k < p.n_in; ++k) in_off[k] += c * p.in_st[k][d];
+            for (int k = 0; k < p.n_out; ++k) out_off[k] += c * p.out_st[k][d];
+        }
+        for (int k = 0; k < p.n_in; ++k) {
+            r[k] = p.in_bf16[k] ? bf16_to_f32(((const bf16_t*)p.in_ptr[k])[in_off[k]])
+                                : ((const float*)p.in_ptr[k])[in_off[k]];
+        }
+        for (int s = 0; s < p.n_steps; ++s) {
+            float u = r[p.a[s]], v = r[p.b[s] >= 0 ? p.b[s] : p.a[s]], y;
+            switch (p.kind[s]) {
+                case 0: y = unary_op(p.code[s], u, 0.0f, 0.0f); break;
+                case 1: y = binary_op(p.code[s], u, v); break;
+                case 2: y = bf16_to_f32(f32_to_bf16(u)); break;
+                default: y = u; break;
+            }
+            r[p.n_in + s] = y;
+        }
+        for (int k = 0; k < p.n_out; ++k) {
+            float y = r[p.out_reg[k]];
+            if (p.out_bf16[k]) ((bf16_t*)p.out_ptr[k])[out_off[k]] = f32_to_bf16(y);
+            else ((float*)p.out_ptr[k])[out_off[k]] = y;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- reductions

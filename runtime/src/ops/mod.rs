@@ -10,6 +10,7 @@ pub mod util;
 pub mod attention;
 pub mod binary;
 pub mod cast;
+pub mod chain;
 pub mod compare;
 pub mod conv;
 pub mod detection;

@@ -90,7 +90,7 @@ float_unary! {
     mish => |x: f64| x * (if x > 30.0 { x } else { x.exp().ln_1p() }).tanh();
 }
 
-fn sigmoid_f(x: f64) -> f64 {
+pub(crate) fn sigmoid_f(x: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {

@@ -1056,6 +1056,83 @@ void test_binary_bf16() {
     }
 }
 
+// An elementwise chain (an RMSNorm-like scaling by a [b, t, 1] and a [d] operand, a bf16
+// residual, SiLU, a cast to bf16, a Pow by a scalar, Tanh, Sub, Div) with four outputs: a bf16
+// one, two f32 ones and one smaller than the chain ([b, t, 1], written through broadcast
+// strides). Against the same program in double precision; the grid is smaller than the
+// element count, so the grid-stride loop takes several turns.
+void test_elementwise_chain() {
+    const Shape full = {2, 3, 50}, rs = {2, 3, 1}, ws = {50}, one = {};
+    const i64 n = numel(full);
+    vector<float> x = rand_vec(n, -2, 2), r = rand_vec(numel(rs), 0.2, 1.5), w = rand_vec(50, -1, 1), two = {2.0f};
+    vector<bf16_t> h = rand_bf16(n, -1, 1);
+    ChainArgs p{};
+    p.rank = 3;
+    p.n_in = 5;
+    for (int d = 0; d < 3; ++d) p.shape[d] = full[d];
+    const vector<Shape> in_shapes = {full, rs, ws, full, one};
+    const void* in_ptrs[] = {x.data(), r.data(), w.data(), h.data(), two.data()};
+    for (int k = 0; k < 5; ++k) {
+        Shape st = broadcast(in_shapes[k], full);
+        for (int d = 0; d < 3; ++d) p.in_st[k][d] = st[d];
+        p.in_ptr[k] = (u64)(uintptr_t)in_ptrs[k];
+        p.in_bf16[k] = k == 3;
+    }
+    // {kind, code, a, b}: registers 0..4 inputs, 5 + s step s.
+    const int steps[][4] = {
+        {1, 2, 0, 1},   // 5  a = x · r
+        {1, 2, 2, 5},   // 6  b = w · a
+        {3, 0, 3, -1},  // 7  hf = f32(h)
+        {1, 0, 6, 7},   // 8  c = b + hf
+        {0, 5, 8, -1},  // 9  s = sigmoid(c)
+        {1, 2, 8, 9},   // 10 silu = c · s
+        {2, 0, 10, -1}, // 11 e = bf16(silu)
+        {1, 6, 8, 4},   // 12 q = c ^ 2
+        {0, 6, 12, -1}, // 13 t = tanh(q)
+        {1, 1, 13, 9},  // 14 u = t − s
+        {1, 3, 14, 4},  // 15 v = u / 2
+        {1, 2, 1, 1},   // 16 rr = r · r
+        {1, 2, 11, 4},  // 17 e2 = e · 2 (reads the value rounded to bf16)
+    };
+    p.n_steps = 13;
+    for (int k = 0; k < p.n_steps; ++k) {
+        p.kind[k] = steps[k][0], p.code[k] = steps[k][1], p.a[k] = steps[k][2], p.b[k] = steps[k][3];
+    }
+    vector<bf16_t> e(n, 0x1234);
+    vector<float> s_out(n, -7.0f), v_out(n, -7.0f), rr_out(numel(rs), -7.0f), e2(n, -7.0f);
+    const int regs[] = {11, 9, 15, 16, 17};
+    void* out_ptrs[] = {e.data(), s_out.data(), v_out.data(), rr_out.data(), e2.data()};
+    const vector<Shape> out_shapes = {full, full, full, rs, full};
+    p.n_out = 5;
+    for (int k = 0; k < 5; ++k) {
+        Shape st = out_shapes[k] == full ? contiguous(full) : broadcast(out_shapes[k], full);
+        for (int d = 0; d < 3; ++d) p.out_st[k][d] = st[d];
+        p.out_ptr[k] = (u64)(uintptr_t)out_ptrs[k];
+        p.out_bf16[k] = k == 0;
+        p.out_reg[k] = regs[k];
+    }
+    set_current("elementwise_chain");
+    launch(elementwise_chain, dim3(1), B256, p, n);
+    vector<double> want_e(n), want_s(n), want_v(n), want_rr(numel(rs));
+    const Shape sr = broadcast(rs, full), sw = broadcast(ws, full);
+    for (i64 i = 0; i < n; ++i) {
+        Shape idx = unravel(i, full);
+        double rv = r[dot(idx, sr)], a = (double)x[i] * rv, b = (double)w[dot(idx, sw)] * a;
+        double c = b + bf16_values({h[i]})[0], s = 1.0 / (1.0 + std::exp(-c));
+        want_e[i] = bf16_round(c * s);
+        want_s[i] = s;
+        want_v[i] = (std::tanh(c * c) - s) / 2.0;
+        want_rr[dot(idx, sr)] = rv * rv;
+    }
+    check_close("elementwise_chain bf16 output (within a bf16 step)", bf16_values(e), want_e, 1.0 / 128, 1e-6);
+    check_close("elementwise_chain f32 output", s_out, want_s, 1e-5, 1e-6);
+    check_close("elementwise_chain f32 output of Pow/Tanh/Sub/Div", v_out, want_v, 1e-5, 1e-6);
+    check_close("elementwise_chain output smaller than the chain", rr_out, want_rr, 1e-6, 0);
+    vector<double> twice_e = bf16_values(e);
+    for (double& v : twice_e) v *= 2;
+    check_close("elementwise_chain steps after a cast read the bf16 value", e2, twice_e, 0, 0);
+}
+
 void test_fill_rows_bf16() {
     const i64 rows = 40, cols = 15;
     vector<bf16_t> b = rand_bf16(cols, -2, 2), y(rows * cols, 0x1234), want(rows * cols);
@@ -2188,6 +2265,7 @@ int main() {
     test_cast_bf16_f32();
     test_cast_bf16_bool();
     test_binary_bf16();
+    test_elementwise_chain();
     test_fill();
     test_fill_rows_bf16();
     test_scatter_add();

@@ -4,6 +4,7 @@
 //! reference for every op and the device path only ever adds speed.
 
 mod attention;
+mod chain;
 mod elementwise;
 mod flash;
 mod layout;
@@ -116,6 +117,7 @@ const ADAPTC_OPS: &[(&str, DevOp)] = &[
     ("SoftmaxGrad", softmax::softmax_grad),
     ("AddSoftmax", softmax::add_softmax),
     ("IsNaNWhere", elementwise::is_nan_where),
+    ("ElementwiseChain", chain::elementwise_chain),
     ("GeluGrad", elementwise::gelu_grad),
     ("LayerNormalizationGrad", norm::layer_norm_grad),
     ("SoftmaxCrossEntropyLossGrad", loss::softmax_cross_entropy_grad),

@@ -1,9 +1,13 @@
-//! Plan-time fusions: pairs of nodes that lowering turns into one instruction, so that a value
-//! only the second node reads is never written out and read back.
+//! Plan-time fusions: nodes that lowering turns into one instruction, so that values passed
+//! between them are never written out and read back. Pairs with a dedicated kernel come first
+//! (a product and its bias, a mask and its softmax, the NaN guard); then chains of elementwise
+//! nodes ([`chains`]) among the nodes left.
 //!
-//! Each fusion is exact up to f32 rounding order and applies only when the intermediate value
-//! has no other reader and is not a graph output. The graph itself is not changed: fusions are
-//! a property of the plan, like buffer reuse.
+//! The pairs are exact up to f32 rounding order and apply only when the intermediate value has
+//! no other reader and is not a graph output; chains are exact. The graph itself is not
+//! changed: fusions are a property of the plan, like buffer reuse.
+
+pub mod chains;
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,11 +30,11 @@ impl Fusions {
     }
 }
 
-/// Finds the fusions of `graph`; none when `ADAPTC_NO_FUSE` is set (to compare numerics or
-/// profiles with the node-by-node plan).
-pub fn find(graph: &Graph) -> Fusions {
+/// Finds the fusions of `graph`; none when `enabled` is false or `ADAPTC_NO_FUSE` is set (to
+/// compare numerics or profiles with the node-by-node plan).
+pub fn find(graph: &Graph, enabled: bool) -> Fusions {
     let mut f = Fusions { replace: HashMap::new(), absorbed: HashSet::new() };
-    if std::env::var_os("ADAPTC_NO_FUSE").is_some_and(|v| !v.is_empty() && v != "0") {
+    if !enabled || std::env::var_os("ADAPTC_NO_FUSE").is_some_and(|v| !v.is_empty() && v != "0") {
         return f;
     }
     for id in graph.node_ids() {
@@ -56,6 +60,9 @@ pub fn find(graph: &Graph) -> Fusions {
                 f.absorbed.insert(where_);
             }
         }
+    }
+    if let Ok(order) = graph.topo_order() {
+        chains::find(graph, &order, &mut f);
     }
     f
 }

@@ -1,0 +1,174 @@
+//! `ElementwiseChain` on the device: one `elementwise_chain` launch runs the whole program per
+//! element (`kernels.cu`, "elementwise chains"), so the chain reads its inputs and writes its
+//! outputs once. A program the fused kernel does not cover (a step on bf16 operands, more dims
+//! than it walks) runs step by step with the device ops of its nodes.
+
+use adaptc_ir::{Attribute, DataType, Node, OpKey};
+use cudarc::driver::DeviceRepr;
+
+use super::{done, dptr, find, host, launch, output, req, DevResult, Gpu};
+use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, DevError, MAX_RANK};
+use crate::cuda::value::CudaValue;
+use crate::error::KernelError;
+use crate::fuse::chains::{MAX_INPUTS, MAX_STEPS, MAX_VALUES};
+use crate::ops::chain::{Op, Program};
+use crate::ops::OpCtx;
+use crate::tensor::Tensor;
+
+/// `struct ChainArgs` in `kernels.cu`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ChainArgs {
+    rank: i32,
+    n_in: i32,
+    n_steps: i32,
+    n_out: i32,
+    shape: [i64; MAX_RANK],
+    in_st: [[i64; MAX_RANK]; MAX_INPUTS],
+    out_st: [[i64; MAX_RANK]; MAX_VALUES],
+    in_ptr: [u64; MAX_INPUTS],
+    out_ptr: [u64; MAX_VALUES],
+    in_bf16: [i32; MAX_INPUTS],
+    out_bf16: [i32; MAX_VALUES],
+    out_reg: [i32; MAX_VALUES],
+    kind: [i32; MAX_STEPS],
+    code: [i32; MAX_STEPS],
+    a: [i32; MAX_STEPS],
+    b: [i32; MAX_STEPS],
+}
+
+// SAFETY: a plain `#[repr(C)]` struct of integers, laid out as the C struct it mirrors.
+unsafe impl DeviceRepr for ChainArgs {}
+
+/// A step's kind and code in the kernel: 0 a `unary_op` code, 1 a `binary_op` code (the codes
+/// of `unary_f32` and `binary_f32`), 2 round to bf16, 3 copy.
+fn kernel_op(op: Op) -> (i32, i32) {
+    match op {
+        Op::Add => (1, 0),
+        Op::Sub => (1, 1),
+        Op::Mul => (1, 2),
+        Op::Div => (1, 3),
+        Op::Pow => (1, 6),
+        Op::Neg => (0, 0),
+        Op::Exp => (0, 1),
+        Op::Log => (0, 2),
+        Op::Sqrt => (0, 3),
+        Op::Reciprocal => (0, 4),
+        Op::Sigmoid => (0, 5),
+        Op::Tanh => (0, 6),
+        Op::Erf => (0, 7),
+        Op::Relu => (0, 10),
+        Op::Abs => (0, 11),
+        Op::ToBf16 => (2, 0),
+        Op::ToF32 => (3, 0),
+    }
+}
+
+pub fn elementwise_chain(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    let p = Program::from_node(c.node)?;
+    let inputs: Vec<&CudaValue> = (0..p.inputs).map(|k| req(i, k)).collect::<DevResult<_>>()?;
+    let in_shapes: Vec<&[usize]> = inputs.iter().map(|v| v.shape()).collect();
+    // Shapes that do not broadcast: the CPU kernel gives the error, naming the step's node.
+    let Ok(shapes) = p.shapes_of(&in_shapes) else { return host("shapes that do not broadcast") };
+    let types: Vec<DataType> = inputs.iter().map(|v| v.dtype()).collect();
+    let full = &shapes[p.values[0]];
+    let mut values = match p.f32_types(&types) {
+        Some(reg_types) if full.len() <= MAX_RANK && p.steps.len() <= MAX_STEPS && p.inputs <= MAX_INPUTS => {
+            fused(gpu, &p, &inputs, &shapes, &reg_types)?
+        }
+        _ => step_by_step(gpu, c, &p, &inputs)?,
+    };
+    for &r in &p.shapes {
+        let dims: Vec<i64> = shapes[r].iter().map(|&d| d as i64).collect();
+        let t = Tensor::from_vec(vec![dims.len()], dims).map_err(|e| DevError::Device(e.to_string()))?;
+        values.push(CudaValue::from_host(t));
+    }
+    Ok(values)
+}
+
+/// One launch of `elementwise_chain`.
+fn fused(
+    gpu: &Gpu,
+    p: &Program,
+    inputs: &[&CudaValue],
+    shapes: &[Vec<usize>],
+    types: &[DataType],
+) -> DevResult<Vec<CudaValue>> {
+    if p.values.len() > MAX_VALUES {
+        return host(format!("{} outputs (the chain kernel writes {MAX_VALUES})", p.values.len()));
+    }
+    let full = shapes[p.values[0]].clone();
+    let n: usize = full.iter().product();
+    let mut args = ChainArgs {
+        rank: full.len() as i32,
+        n_in: p.inputs as i32,
+        n_steps: p.steps.len() as i32,
+        n_out: p.values.len() as i32,
+        shape: [1; MAX_RANK],
+        in_st: [[0; MAX_RANK]; MAX_INPUTS],
+        out_st: [[0; MAX_RANK]; MAX_VALUES],
+        in_ptr: [0; MAX_INPUTS],
+        out_ptr: [0; MAX_VALUES],
+        in_bf16: [0; MAX_INPUTS],
+        out_bf16: [0; MAX_VALUES],
+        out_reg: [0; MAX_VALUES],
+        kind: [0; MAX_STEPS],
+        code: [0; MAX_STEPS],
+        a: [0; MAX_STEPS],
+        b: [-1; MAX_STEPS],
+    };
+    args.shape[..full.len()].copy_from_slice(&full.iter().map(|&d| d as i64).collect::<Vec<_>>());
+    for (k, v) in inputs.iter().enumerate() {
+        args.in_st[k][..full.len()].copy_from_slice(&broadcast(v.shape(), &full));
+        args.in_ptr[k] = if v.numel() == 0 { 0 } else { dptr(gpu, v)? };
+        args.in_bf16[k] = i32::from(v.dtype() == DataType::BFloat16);
+    }
+    for (k, s) in p.steps.iter().enumerate() {
+        let (kind, code) = kernel_op(s.op);
+        args.kind[k] = kind;
+        args.code[k] = code;
+        args.a[k] = s.a as i32;
+        args.b[k] = s.b.map_or(-1, |b| b as i32);
+    }
+    let mut outs = Vec::with_capacity(p.values.len());
+    for (k, &r) in p.values.iter().enumerate() {
+        let (mem, shape) = output(gpu, shapes[r].clone(), types[r])?;
+        // An output smaller than the chain is walked through broadcast strides.
+        let st = if shapes[r] == full { contiguous(&full) } else { broadcast(&shapes[r], &full) };
+        args.out_st[k][..full.len()].copy_from_slice(&st);
+        args.out_ptr[k] = addr(&mem, &gpu.stream);
+        args.out_bf16[k] = i32::from(types[r] == DataType::BFloat16);
+        args.out_reg[k] = r as i32;
+        outs.push((mem, shape, types[r]));
+    }
+    if n > 0 {
+        let n = n as i64;
+        launch!(gpu, "elementwise_chain", grid(n as usize), &args, &n)?;
+    }
+    Ok(outs.into_iter().map(|(mem, shape, t)| done(mem, shape, t)).collect())
+}
+
+/// The steps one by one with their nodes' device ops (a step a device op sends to the host
+/// sends the whole chain there, where the CPU kernel runs it).
+fn step_by_step(gpu: &Gpu, c: &OpCtx, p: &Program, inputs: &[&CudaValue]) -> DevResult<Vec<CudaValue>> {
+    let mut made: Vec<CudaValue> = Vec::with_capacity(p.steps.len());
+    for s in &p.steps {
+        let mut node = Node::new(OpKey::onnx(s.op.onnx()), vec![String::new(); s.op.arity()], vec!["y".into()]);
+        match s.op {
+            Op::ToF32 => node = node.with_attr(Attribute::int("to", DataType::Float.code() as i64)),
+            Op::ToBf16 => node = node.with_attr(Attribute::int("to", DataType::BFloat16.code() as i64)),
+            _ => {}
+        }
+        let Some(f) = find(node.op()) else { return host(format!("no device op for {}", s.op.onnx())) };
+        let reg = |r: usize| if r < p.inputs { inputs[r] } else { &made[r - p.inputs] };
+        let args: Vec<Option<&CudaValue>> = s.operands().map(|r| Some(reg(r))).collect();
+        let ctx = OpCtx { node: &node, opset: c.opset };
+        let y = f(gpu, &ctx, &args).map_err(|e| match e {
+            DevError::Kernel(k) => DevError::Kernel(KernelError::Invalid(format!("in fused node `{}`: {k}", s.name))),
+            other => other,
+        })?;
+        let Some(y) = y.into_iter().next() else { return host(format!("{} gave no output", s.op.onnx())) };
+        made.push(y);
+    }
+    p.values.iter().map(|&r| made[r - p.inputs].reshaped(made[r - p.inputs].shape().to_vec())).collect()
+}

@@ -1,0 +1,143 @@
+//! Elementwise chains: the plan runs connected elementwise nodes as one `ElementwiseChain`
+//! instruction, and its outputs are bit for bit those of the node-by-node plan — with
+//! broadcast and bf16 inputs, `Shape` reads and values read after the chain, in the cases the
+//! fused evaluator covers and in those it hands back to the step-by-step path.
+
+use std::collections::HashMap;
+
+use adaptc_ir::{Attribute, DataType, Dim, Graph, Model, Node, OpKey, ValueInfo};
+use adaptc_runtime::{Session, SessionOptions, Tensor};
+use half::bf16;
+
+fn node(op: &str, inputs: &[&str], out: &str) -> Node {
+    Node::new(OpKey::onnx(op), inputs.iter().map(|s| s.to_string()).collect(), vec![out.into()]).named(out)
+}
+
+fn cast(input: &str, to: DataType, out: &str) -> Node {
+    node("Cast", &[input], out).with_attr(Attribute::int("to", to.code() as i64))
+}
+
+fn known(dims: &[usize]) -> Vec<Dim> {
+    dims.iter().map(|&d| Dim::Known(d as i64)).collect()
+}
+
+/// `x: f32[b, t, d]`, `r: f32[b, t, 1]`, `h: bf16[b, t, d]`, weight `w: f32[d]`:
+/// an RMSNorm-like scaling, a bf16 residual, SiLU, a cast to bf16, with `Shape(a)` and a late
+/// reader of the sigmoid; and a chain through every other op the chains hold.
+fn model(b: usize, t: usize, d: usize, extra: impl FnOnce(&mut Graph)) -> Model {
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[b, t, d])));
+    g.inputs.push(ValueInfo::tensor(
+        "r",
+        DataType::Float,
+        vec![Dim::Known(b as i64), Dim::Symbol("t".into()), Dim::Known(1)],
+    ));
+    g.inputs.push(ValueInfo::tensor("h", DataType::BFloat16, known(&[b, t, d])));
+    let w: Vec<f32> = (0..d).map(|k| 0.5 + (k % 7) as f32 * 0.25).collect();
+    g.add_initializer(adaptc_ir::Tensor::from_f32("w", vec![d as u64], &w).unwrap()).unwrap();
+    for (name, v) in [("one", 1.0f32), ("half", 0.5), ("two", 2.0)] {
+        g.add_initializer(adaptc_ir::Tensor::from_f32(name, vec![], &[v]).unwrap()).unwrap();
+    }
+    for n in [
+        node("Mul", &["x", "r"], "a"),
+        node("Mul", &["w", "a"], "b"),
+        cast("h", DataType::Float, "hf"),
+        node("Add", &["b", "hf"], "c"),
+        node("Sigmoid", &["c"], "s"),
+        node("Mul", &["c", "s"], "silu"),
+        cast("silu", DataType::BFloat16, "e"),
+        node("Shape", &["a"], "dims"),
+        node("Neg", &["s"], "late"),
+        // Every other op, one after another.
+        node("Abs", &["x"], "u0"),
+        node("Add", &["u0", "one"], "u1"),
+        node("Sqrt", &["u1"], "u2"),
+        node("Log", &["u2"], "u3"),
+        node("Exp", &["u3"], "u4"),
+        node("Reciprocal", &["u4"], "u5"),
+        node("Tanh", &["u5"], "u6"),
+        node("Erf", &["u6"], "u7"),
+        node("Sub", &["u7", "half"], "u8"),
+        node("Relu", &["u8"], "u9"),
+        node("Div", &["u9", "u1"], "u10"),
+        node("Pow", &["u10", "two"], "u11"),
+        node("Neg", &["u11"], "u12"),
+    ] {
+        g.add_node(n).unwrap();
+    }
+    g.outputs.push(ValueInfo::tensor("e", DataType::BFloat16, known(&[b, t, d])));
+    g.outputs.push(ValueInfo::tensor("dims", DataType::Int64, known(&[3])));
+    g.outputs.push(ValueInfo::tensor("late", DataType::Float, known(&[b, t, d])));
+    g.outputs.push(ValueInfo::tensor("u12", DataType::Float, known(&[b, t, d])));
+    extra(&mut g);
+    Model::new(g, 21)
+}
+
+fn inputs(b: usize, t: usize, d: usize) -> HashMap<String, Tensor> {
+    let n = b * t * d;
+    let x: Vec<f32> = (0..n).map(|k| ((k * 37 % 101) as f32 - 50.0) * 0.07).collect();
+    let r: Vec<f32> = (0..b * t).map(|k| 0.3 + k as f32 * 0.11).collect();
+    let h: Vec<bf16> = (0..n).map(|k| bf16::from_f32(((k * 13 % 29) as f32 - 14.0) * 0.1)).collect();
+    HashMap::from([
+        ("x".to_string(), Tensor::from_vec(vec![b, t, d], x).unwrap()),
+        ("r".to_string(), Tensor::from_vec(vec![b, t, 1], r).unwrap()),
+        ("h".to_string(), Tensor::from_vec(vec![b, t, d], h).unwrap()),
+    ])
+}
+
+/// Runs `m` fused and unfused: every output the same bits. Returns the fused plan's ops.
+fn same_bits(m: &Model, feed: HashMap<String, Tensor>) -> Vec<String> {
+    let fused = Session::new(m, SessionOptions::default()).unwrap();
+    let plain = Session::new(m, SessionOptions { unfused: true, ..Default::default() }).unwrap();
+    let (a, b) = (fused.run(feed.clone()).unwrap(), plain.run(feed).unwrap());
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert_eq!((ta.dtype(), ta.shape()), (tb.dtype(), tb.shape()), "{na}");
+        assert!(ta.to_le_bytes() == tb.to_le_bytes(), "{na} differs between the fused and the node-by-node plan");
+    }
+    fused.plan().instructions.iter().map(|i| i.node.op().op_type.clone()).collect()
+}
+
+#[test]
+fn chains_give_the_bits_of_the_node_by_node_plan() {
+    // Small (one chunk) and large (parallel chunks, a partial last one).
+    for (b, t, d) in [(2, 3, 5), (2, 3, 12_001)] {
+        let ops = same_bits(&model(b, t, d, |_| {}), inputs(b, t, d));
+        // Two chains and the late Neg; no elementwise node and no Shape left on its own.
+        assert_eq!(ops.iter().filter(|o| *o == "ElementwiseChain").count(), 2, "{ops:?}");
+        assert_eq!(ops.len(), 3, "{ops:?}");
+    }
+}
+
+/// A value the chain must write that is smaller than the chain (`r²`, read after it), and a
+/// bf16 Add inside a chain: both leave the fused evaluator, and the steps run one by one.
+#[test]
+fn chains_outside_the_fused_path_run_step_by_step() {
+    let m = model(2, 3, 7, |g| {
+        for n in [
+            node("Mul", &["r", "r"], "rr"),
+            node("Mul", &["x", "rr"], "xr"),
+            node("Add", &["h", "h"], "hh"),
+            cast("hh", DataType::Float, "hhf"),
+            node("Add", &["xr", "hhf"], "y"),
+            node("Neg", &["rr"], "rr_late"),
+        ] {
+            g.add_node(n).unwrap();
+        }
+        g.outputs.push(ValueInfo::tensor("y", DataType::Float, known(&[2, 3, 7])));
+        g.outputs.push(ValueInfo::tensor("rr_late", DataType::Float, known(&[2, 3, 1])));
+    });
+    let ops = same_bits(&m, inputs(2, 3, 7));
+    assert_eq!(ops.iter().filter(|o| *o == "ElementwiseChain").count(), 3, "{ops:?}");
+}
+
+/// Shapes that do not broadcast fail naming the node inside the chain.
+#[test]
+fn a_bad_broadcast_names_the_node_in_the_chain() {
+    let s = Session::new(&model(2, 3, 5, |_| {}), SessionOptions::default()).unwrap();
+    let mut feed = inputs(2, 3, 5);
+    feed.insert("r".into(), Tensor::from_vec(vec![2, 2, 1], vec![1.0f32; 4]).unwrap());
+    let err = s.run(feed).unwrap_err().to_string();
+    assert!(err.contains("`a`") && err.contains("Mul") && err.contains("broadcast"), "{err}");
+}
