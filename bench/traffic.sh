@@ -32,12 +32,17 @@ for layers in 1 2; do
     ADAPTC_PROFILE=1 "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
         --autocast bf16 --out "$work/run$layers" > "$work/profile-$layers.txt" 2>&1
+    # The same step node by node (no plan-time fusions): what the elementwise chains save.
+    ADAPTC_NO_FUSE=1 ADAPTC_PROFILE=1 "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
+        -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
+        --autocast bf16 --out "$work/plain$layers" > "$work/plain-$layers.txt" 2>&1
     # The same step recomputing each block's activations in the backward: its peak memory.
     "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
         --autocast bf16 --checkpoint-activations --out "$work/ckpt$layers" > "$work/ckpt-$layers.txt" 2>&1
 done
-"$PY" - "$work/profile-1.txt" "$work/profile-2.txt" "$OUT" "$(git rev-parse --short HEAD)" "$work/ckpt-1.txt" "$work/ckpt-2.txt" <<'PY'
+"$PY" - "$work/profile-1.txt" "$work/profile-2.txt" "$OUT" "$(git rev-parse --short HEAD)" "$work/ckpt-1.txt" "$work/ckpt-2.txt" \
+    "$work/plain-1.txt" "$work/plain-2.txt" <<'PY'
 import re, sys, datetime, platform
 def table(path):
     rows = {}
@@ -60,6 +65,11 @@ fixed = {op: (one[op][0] - per_layer.get(op, (0, 0))[0], one[op][1] - per_layer.
 layer_total = sum(b for _, b in per_layer.values())
 fixed_total = sum(b for _, b in fixed.values())
 step = layer_total * scale + fixed_total * 16
+# The node-by-node plan (ADAPTC_NO_FUSE=1), scaled the same way.
+p1, p2 = table(sys.argv[7]), table(sys.argv[8])
+plain_layer = sum(b for _, b in p2.values()) - sum(b for _, b in p1.values())
+plain_fixed = sum(b for _, b in p1.values()) - plain_layer
+plain_step = plain_layer * scale + plain_fixed * 16
 out = open(sys.argv[3], "w")
 w = lambda s="": out.write(s + "\n")
 w("# Memory traffic of a Llama-shaped LoRA training step, by op type (operand bytes)")
@@ -69,12 +79,16 @@ w("- command: `bash bench/traffic.sh` (ADAPTC_PROFILE operand bytes of one `adap
 w("  LoRA r=16 all-linear, `--autocast bf16`, fused attention; Llama d=2048, ffn 5632, 32/4 heads, vocab 32000,")
 w("  exported with 1 and 2 layers: per layer = 2-layer run − 1-layer run; outside the layers = 1-layer run − one layer)")
 w("- operand bytes: every input and output of an instruction once (views and `Shape`'s input excluded); a fused")
-w("  kernel that keeps an intermediate in registers moves less, so this is what the current plan asks of memory")
+w("  instruction (an elementwise chain) keeps its intermediates in registers, so this is what the plan asks of memory")
 w()
 w(f"Per layer per 1024 tokens: {layer_total:.3f} GiB; outside the layers (embedding, final norm, LM head, loss): {fixed_total:.3f} GiB.")
 w(f"At the benchmark shape (22 layers, batch 8 × 2048 = 16× the tokens): **{step:.0f} GiB per step**, so at least")
 w(f"{step * 2**30 / 3.35e12 * 1e3:.0f} ms of memory time on an H100 SXM (3.35 TB/s) and {step * 2**30 / 4.8e12 * 1e3:.0f} ms on an H200 (4.8 TB/s), beside the GEMMs'")
 w("arithmetic. PEFT's step on the H200 took 353 ms in all (bench/results/gpu-anchor.md).")
+w()
+w(f"The same step node by node (`ADAPTC_NO_FUSE=1`, same run): {plain_layer:.3f} GiB per layer per 1024 tokens, {plain_step:.0f} GiB")
+w(f"per step at the benchmark shape ({plain_step * 2**30 / 4.8e12 * 1e3:.0f} ms on an H200): the plan's fusions (elementwise chains, mostly)")
+w(f"move **{plain_step / step:.2f}×** fewer bytes.")
 w()
 peak_layer, peak_fixed = peak2 - peak1, 2 * peak1 - peak2
 w(f"Peak activation memory (the plan's live buffers, weights not counted): {peak1:.2f} GiB with 1 layer, {peak2:.2f} GiB")
