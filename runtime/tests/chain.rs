@@ -141,3 +141,31 @@ fn a_bad_broadcast_names_the_node_in_the_chain() {
     let err = s.run(feed).unwrap_err().to_string();
     assert!(err.contains("`a`") && err.contains("Mul") && err.contains("broadcast"), "{err}");
 }
+
+/// The backward's `SumToShape` joins chains: fused where nothing is summed (the target is the
+/// operand's shape), step by step where it sums (`[b, t, d]` down to `r`'s `[b, t, 1]`).
+#[test]
+fn sum_to_shape_steps_fuse_when_they_copy() {
+    let sum = |i: &str, dims: &str, o: &str| {
+        Node::new(OpKey::new("ai.adaptc", "SumToShape"), vec![i.into(), dims.into()], vec![o.into()]).named(o)
+    };
+    let m = model(2, 3, 7, |g| {
+        for n in [
+            node("Shape", &["x"], "x_dims"),
+            node("Shape", &["r"], "r_dims"),
+            node("Mul", &["x", "r"], "g1"),
+            sum("g1", "x_dims", "c1"),
+            cast("c1", DataType::BFloat16, "o1"),
+            node("Mul", &["x", "r"], "g2"),
+            sum("g2", "r_dims", "c2"),
+            node("Neg", &["c2"], "o2"),
+        ] {
+            g.add_node(n).unwrap();
+        }
+        g.outputs.push(ValueInfo::tensor("o1", DataType::BFloat16, known(&[2, 3, 7])));
+        g.outputs.push(ValueInfo::tensor("o2", DataType::Float, known(&[2, 3, 1])));
+    });
+    let ops = same_bits(&m, inputs(2, 3, 7));
+    assert_eq!(ops.iter().filter(|o| *o == "ElementwiseChain").count(), 4, "{ops:?}");
+    assert!(!ops.iter().any(|o| o == "SumToShape"), "{ops:?}");
+}

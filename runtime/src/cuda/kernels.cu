@@ -336,9 +336,9 @@ extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
 
 // A program of elementwise steps over registers (runtime/src/ops/chain/program.rs), run per
 // element of the chain's shape so the values between steps never leave the thread. Registers
-// 0..n_in are the inputs (loaded through broadcast strides, widened from bf16), n_in + s is
-// step s's result. Step kinds: 0 `unary_op(code)`, 1 `binary_op(code)`, 2 round to bf16,
-// 3 copy. Outputs are stored through their own strides: an output smaller than the chain (0
+// 0..n_in are the inputs (loaded through broadcast strides; `in_kind` 0 f32, 1 bf16 widened,
+// 2 not loaded: a SumToShape's dims), n_in + s is step s's result. Step kinds: 0
+// `unary_op(code)`, 1 `binary_op(code)`, 2 round to bf16, 3 copy. Outputs are stored through their own strides: an output smaller than the chain (0
 // along its broadcast dims) is written with the same value by several threads. The struct
 // travels as a kernel parameter (constant memory), so every thread reads the same program.
 #define CHAIN_IN 8
@@ -351,7 +351,7 @@ struct ChainArgs {
     i64 out_st[CHAIN_OUT][MAXR];
     u64 in_ptr[CHAIN_IN];
     u64 out_ptr[CHAIN_OUT];
-    int in_bf16[CHAIN_IN];
+    int in_kind[CHAIN_IN];
     int out_bf16[CHAIN_OUT];
     int out_reg[CHAIN_OUT];
     int kind[CHAIN_STEPS];
@@ -374,8 +374,9 @@ extern "C" __global__ void elementwise_chain(ChainArgs p, i64 n) {
             for (int k = 0; k < p.n_out; ++k) out_off[k] += c * p.out_st[k][d];
         }
         for (int k = 0; k < p.n_in; ++k) {
-            r[k] = p.in_bf16[k] ? bf16_to_f32(((const bf16_t*)p.in_ptr[k])[in_off[k]])
-                                : ((const float*)p.in_ptr[k])[in_off[k]];
+            r[k] = p.in_kind[k] == 0   ? ((const float*)p.in_ptr[k])[in_off[k]]
+                   : p.in_kind[k] == 1 ? bf16_to_f32(((const bf16_t*)p.in_ptr[k])[in_off[k]])
+                                       : 0.0f;
         }
         for (int s = 0; s < p.n_steps; ++s) {
             float u = r[p.a[s]], v = r[p.b[s] >= 0 ? p.b[s] : p.a[s]], y;

@@ -1068,7 +1068,11 @@ void test_elementwise_chain() {
     vector<bf16_t> h = rand_bf16(n, -1, 1);
     ChainArgs p{};
     p.rank = 3;
-    p.n_in = 5;
+    // Input 5 is a SumToShape's dims: never loaded (its address is null), so registers from
+    // 6 on are the steps'; the table below numbers them from 5 and `R` shifts them.
+    p.n_in = 6;
+    p.in_kind[5] = 2;
+    auto R = [](int reg) { return reg >= 5 ? reg + 1 : reg; };
     for (int d = 0; d < 3; ++d) p.shape[d] = full[d];
     const vector<Shape> in_shapes = {full, rs, ws, full, one};
     const void* in_ptrs[] = {x.data(), r.data(), w.data(), h.data(), two.data()};
@@ -1076,7 +1080,7 @@ void test_elementwise_chain() {
         Shape st = broadcast(in_shapes[k], full);
         for (int d = 0; d < 3; ++d) p.in_st[k][d] = st[d];
         p.in_ptr[k] = (u64)(uintptr_t)in_ptrs[k];
-        p.in_bf16[k] = k == 3;
+        p.in_kind[k] = k == 3;
     }
     // {kind, code, a, b}: registers 0..4 inputs, 5 + s step s.
     const int steps[][4] = {
@@ -1093,23 +1097,25 @@ void test_elementwise_chain() {
         {1, 3, 14, 4},  // 15 v = u / 2
         {1, 2, 1, 1},   // 16 rr = r · r
         {1, 2, 11, 4},  // 17 e2 = e · 2 (reads the value rounded to bf16)
+        {3, 0, 17, 5},  // 18 e2 through a SumToShape that copies (b: the unloaded dims)
     };
-    p.n_steps = 13;
+    p.n_steps = 14;
     for (int k = 0; k < p.n_steps; ++k) {
-        p.kind[k] = steps[k][0], p.code[k] = steps[k][1], p.a[k] = steps[k][2], p.b[k] = steps[k][3];
+        p.kind[k] = steps[k][0], p.code[k] = steps[k][1], p.a[k] = R(steps[k][2]);
+        p.b[k] = steps[k][3] < 0 ? -1 : k == 13 ? 5 : R(steps[k][3]);
     }
     vector<bf16_t> e(n, 0x1234);
-    vector<float> s_out(n, -7.0f), v_out(n, -7.0f), rr_out(numel(rs), -7.0f), e2(n, -7.0f);
-    const int regs[] = {11, 9, 15, 16, 17};
-    void* out_ptrs[] = {e.data(), s_out.data(), v_out.data(), rr_out.data(), e2.data()};
-    const vector<Shape> out_shapes = {full, full, full, rs, full};
-    p.n_out = 5;
-    for (int k = 0; k < 5; ++k) {
+    vector<float> s_out(n, -7.0f), v_out(n, -7.0f), rr_out(numel(rs), -7.0f), e2(n, -7.0f), e2_copy(n, -7.0f);
+    const int regs[] = {11, 9, 15, 16, 17, 18};
+    void* out_ptrs[] = {e.data(), s_out.data(), v_out.data(), rr_out.data(), e2.data(), e2_copy.data()};
+    const vector<Shape> out_shapes = {full, full, full, rs, full, full};
+    p.n_out = 6;
+    for (int k = 0; k < 6; ++k) {
         Shape st = out_shapes[k] == full ? contiguous(full) : broadcast(out_shapes[k], full);
         for (int d = 0; d < 3; ++d) p.out_st[k][d] = st[d];
         p.out_ptr[k] = (u64)(uintptr_t)out_ptrs[k];
         p.out_bf16[k] = k == 0;
-        p.out_reg[k] = regs[k];
+        p.out_reg[k] = R(regs[k]);
     }
     set_current("elementwise_chain");
     launch(elementwise_chain, dim3(1), B256, p, n);
@@ -1131,6 +1137,7 @@ void test_elementwise_chain() {
     vector<double> twice_e = bf16_values(e);
     for (double& v : twice_e) v *= 2;
     check_close("elementwise_chain steps after a cast read the bf16 value", e2, twice_e, 0, 0);
+    check_close("elementwise_chain SumToShape copy (dims never loaded)", e2_copy, twice_e, 0, 0);
 }
 
 void test_fill_rows_bf16() {

@@ -3,7 +3,7 @@
 //! outputs once. A program the fused kernel does not cover (a step on bf16 operands, more dims
 //! than it walks) runs step by step with the device ops of its nodes.
 
-use adaptc_ir::{Attribute, DataType, Node, OpKey};
+use adaptc_ir::DataType;
 use cudarc::driver::DeviceRepr;
 
 use super::{done, dptr, find, host, launch, output, req, DevResult, Gpu};
@@ -28,7 +28,7 @@ struct ChainArgs {
     out_st: [[i64; MAX_RANK]; MAX_VALUES],
     in_ptr: [u64; MAX_INPUTS],
     out_ptr: [u64; MAX_VALUES],
-    in_bf16: [i32; MAX_INPUTS],
+    in_kind: [i32; MAX_INPUTS],
     out_bf16: [i32; MAX_VALUES],
     out_reg: [i32; MAX_VALUES],
     kind: [i32; MAX_STEPS],
@@ -60,7 +60,7 @@ fn kernel_op(op: Op) -> (i32, i32) {
         Op::Relu => (0, 10),
         Op::Abs => (0, 11),
         Op::ToBf16 => (2, 0),
-        Op::ToF32 => (3, 0),
+        Op::ToF32 | Op::SumToShape => (3, 0),
     }
 }
 
@@ -69,19 +69,22 @@ pub fn elementwise_chain(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevR
     let inputs: Vec<&CudaValue> = (0..p.inputs).map(|k| req(i, k)).collect::<DevResult<_>>()?;
     let in_shapes: Vec<&[usize]> = inputs.iter().map(|v| v.shape()).collect();
     // Shapes that do not broadcast: the CPU kernel gives the error, naming the step's node.
-    let Ok(shapes) = p.shapes_of(&in_shapes) else { return host("shapes that do not broadcast") };
+    // SumToShape's dims: small host values (device ones are not downloaded for this).
+    let dims = |r: usize| {
+        let t = inputs.get(r)?.host_if_present()?;
+        crate::ops::grad::common::shape_input(t, "shape").ok()
+    };
+    // Shapes that do not broadcast fail in the step's own device op, naming its node.
+    let Ok(shapes) = p.shapes_of(&in_shapes, dims) else { return step_by_step(gpu, c, &p, &inputs) };
     let types: Vec<DataType> = inputs.iter().map(|v| v.dtype()).collect();
     let full = &shapes[p.values[0]];
+    let fits = full.len() <= MAX_RANK && p.steps.len() <= MAX_STEPS && p.inputs <= MAX_INPUTS;
     let mut values = match p.f32_types(&types) {
-        Some(reg_types) if full.len() <= MAX_RANK && p.steps.len() <= MAX_STEPS && p.inputs <= MAX_INPUTS => {
-            fused(gpu, &p, &inputs, &shapes, &reg_types)?
-        }
-        _ => step_by_step(gpu, c, &p, &inputs)?,
+        Some(reg_types) if fits && p.sums_are_copies(&shapes) => fused(gpu, &p, &inputs, &shapes, &reg_types)?,
+        _ => return step_by_step(gpu, c, &p, &inputs),
     };
     for &r in &p.shapes {
-        let dims: Vec<i64> = shapes[r].iter().map(|&d| d as i64).collect();
-        let t = Tensor::from_vec(vec![dims.len()], dims).map_err(|e| DevError::Device(e.to_string()))?;
-        values.push(CudaValue::from_host(t));
+        values.push(dims_value(&shapes[r])?);
     }
     Ok(values)
 }
@@ -109,7 +112,7 @@ fn fused(
         out_st: [[0; MAX_RANK]; MAX_VALUES],
         in_ptr: [0; MAX_INPUTS],
         out_ptr: [0; MAX_VALUES],
-        in_bf16: [0; MAX_INPUTS],
+        in_kind: [0; MAX_INPUTS],
         out_bf16: [0; MAX_VALUES],
         out_reg: [0; MAX_VALUES],
         kind: [0; MAX_STEPS],
@@ -119,9 +122,14 @@ fn fused(
     };
     args.shape[..full.len()].copy_from_slice(&full.iter().map(|&d| d as i64).collect::<Vec<_>>());
     for (k, v) in inputs.iter().enumerate() {
+        if p.dims_only(k) {
+            // A SumToShape's dims (host values): never loaded.
+            args.in_kind[k] = 2;
+            continue;
+        }
         args.in_st[k][..full.len()].copy_from_slice(&broadcast(v.shape(), &full));
         args.in_ptr[k] = if v.numel() == 0 { 0 } else { dptr(gpu, v)? };
-        args.in_bf16[k] = i32::from(v.dtype() == DataType::BFloat16);
+        args.in_kind[k] = i32::from(v.dtype() == DataType::BFloat16);
     }
     for (k, s) in p.steps.iter().enumerate() {
         let (kind, code) = kernel_op(s.op);
@@ -153,12 +161,7 @@ fn fused(
 fn step_by_step(gpu: &Gpu, c: &OpCtx, p: &Program, inputs: &[&CudaValue]) -> DevResult<Vec<CudaValue>> {
     let mut made: Vec<CudaValue> = Vec::with_capacity(p.steps.len());
     for s in &p.steps {
-        let mut node = Node::new(OpKey::onnx(s.op.onnx()), vec![String::new(); s.op.arity()], vec!["y".into()]);
-        match s.op {
-            Op::ToF32 => node = node.with_attr(Attribute::int("to", DataType::Float.code() as i64)),
-            Op::ToBf16 => node = node.with_attr(Attribute::int("to", DataType::BFloat16.code() as i64)),
-            _ => {}
-        }
+        let node = s.op.node(vec![String::new(); s.op.arity()], "y".into());
         let Some(f) = find(node.op()) else { return host(format!("no device op for {}", s.op.onnx())) };
         let reg = |r: usize| if r < p.inputs { inputs[r] } else { &made[r - p.inputs] };
         let args: Vec<Option<&CudaValue>> = s.operands().map(|r| Some(reg(r))).collect();
@@ -170,5 +173,18 @@ fn step_by_step(gpu: &Gpu, c: &OpCtx, p: &Program, inputs: &[&CudaValue]) -> Dev
         let Some(y) = y.into_iter().next() else { return host(format!("{} gave no output", s.op.onnx())) };
         made.push(y);
     }
-    p.values.iter().map(|&r| made[r - p.inputs].reshaped(made[r - p.inputs].shape().to_vec())).collect()
+    let reg = |r: usize| if r < p.inputs { inputs[r] } else { &made[r - p.inputs] };
+    let mut outs: Vec<CudaValue> =
+        p.values.iter().map(|&r| reg(r).reshaped(reg(r).shape().to_vec())).collect::<DevResult<_>>()?;
+    for &r in &p.shapes {
+        outs.push(dims_value(reg(r).shape())?);
+    }
+    Ok(outs)
+}
+
+/// A `Shape` output: the dims as a host int64 tensor.
+fn dims_value(shape: &[usize]) -> DevResult<CudaValue> {
+    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let t = Tensor::from_vec(vec![dims.len()], dims).map_err(|e| DevError::Device(e.to_string()))?;
+    Ok(CudaValue::from_host(t))
 }

@@ -30,6 +30,8 @@ struct Source<'a> {
 enum Data<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
+    /// A `SumToShape` step's dims: never loaded.
+    Dims,
 }
 
 /// One value output's slice for a chunk.
@@ -49,13 +51,16 @@ pub fn run(p: &Program, inputs: &[&Tensor], shapes: &[Vec<usize>], types: &[Data
     let n: usize = full.iter().product();
     let sources: Vec<Source> = inputs
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(k, t)| {
             let data = match t.data() {
                 Storage::F32(v) => Data::F32(v),
                 Storage::BF16(v) => Data::Bf16(v),
+                _ if p.dims_only(k) => Data::Dims,
                 _ => return None,
             };
-            let strides = (t.shape() != full.as_slice()).then(|| broadcast_strides(t.shape(), full));
+            let strides = (t.shape() != full.as_slice() && !matches!(data, Data::Dims))
+                .then(|| broadcast_strides(t.shape(), full));
             Some(Source { data, strides })
         })
         .collect::<Option<_>>()?;
@@ -131,7 +136,8 @@ fn chunk(p: &Program, sources: &[Source], full: &[usize], start: usize, regs: &m
             (Op::Sigmoid, _) => map(y, a, sigmoid_f),
             (Op::Tanh, _) => map(y, a, f64::tanh),
             (Op::Erf, _) => map(y, a, erf_f),
-            (Op::ToF32, _) => y.copy_from_slice(a),
+            // A copy: the caller checked that nothing is summed.
+            (Op::ToF32 | Op::SumToShape, _) => y.copy_from_slice(a),
             // Cast rounds once, to nearest even (`half`'s `from_f64` does not: `Num` avoids it).
             (Op::ToBf16, _) => y.iter_mut().zip(a).for_each(|(y, &x)| *y = bf16::from_f32(x).to_f32()),
             // Two-operand ops always carry `b` (checked when decoding).
@@ -166,12 +172,17 @@ fn load(src: &Source, full: &[usize], start: usize, reg: &mut [f32]) {
         match &src.data {
             Data::F32(v) => v[i],
             Data::Bf16(v) => v[i].to_f32(),
+            Data::Dims => 0.0,
         }
     };
+    if matches!(src.data, Data::Dims) {
+        return;
+    }
     let Some(strides) = &src.strides else {
         match &src.data {
             Data::F32(v) => reg.copy_from_slice(&v[start..start + reg.len()]),
             Data::Bf16(v) => reg.iter_mut().zip(&v[start..]).for_each(|(r, x)| *r = x.to_f32()),
+            Data::Dims => {}
         }
         return;
     };

@@ -1,10 +1,12 @@
 //! `ElementwiseChain`: a program of elementwise steps that the plan makes of connected
 //! elementwise nodes (`crate::fuse::chains`), so that the values passed between them are never
-//! written to memory and read back.
+//! written to memory and read back. Gradient chains also hold `SumToShape`, which runs fused
+//! only when it is a copy.
 //!
 //! Its meaning is that of running the steps one by one with their own kernels, and
 //! [`sequential`] does exactly that: for the cases the fused evaluator does not cover (a step
-//! on bf16 or integer operands, a value output smaller than the chain's shape) and for errors
+//! on bf16 or integer operands, a value output smaller than the chain's shape, a `SumToShape`
+//! that sums) and for errors
 //! (shapes that do not broadcast), which then name the step's node. The fused evaluator
 //! ([`eval`]) computes each step exactly as the step's kernel would, so both give the same
 //! bits.
@@ -16,7 +18,8 @@ use adaptc_ir::DataType;
 
 pub use program::{Op, Program, Step};
 
-use super::{binary, cast, unary, Inputs, KernelFn, OpCtx};
+use super::grad::common::shape_input;
+use super::{Inputs, KernelFn, OpCtx};
 use crate::error::{kbail, KResult, KernelError};
 use crate::tensor::Tensor;
 
@@ -25,8 +28,9 @@ pub fn elementwise_chain(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let inputs: Vec<&Tensor> = (0..p.inputs).map(|k| i.req(k)).collect::<KResult<_>>()?;
     let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
     let types: Vec<DataType> = inputs.iter().map(|t| t.dtype()).collect();
-    let fused = match (p.shapes_of(&shapes), p.f32_types(&types)) {
-        (Ok(reg_shapes), Some(reg_types)) => {
+    let dims = |r: usize| inputs.get(r).and_then(|t| shape_input(t, "shape").ok());
+    let fused = match (p.shapes_of(&shapes, dims), p.f32_types(&types)) {
+        (Ok(reg_shapes), Some(reg_types)) if p.sums_are_copies(&reg_shapes) => {
             eval::run(&p, &inputs, &reg_shapes, &reg_types).map(|values| (values, reg_shapes))
         }
         _ => None,
@@ -56,30 +60,14 @@ pub fn sequential(c: &OpCtx, p: &Program, inputs: &[&Tensor]) -> KResult<(Vec<Te
     Ok((p.values.iter().map(|&r| regs[r].clone().into_owned()).collect(), shapes))
 }
 
-/// One step with its op's own kernel.
+/// One step with its op's own kernel: the registry's, as the node-by-node plan runs it.
 fn step(c: &OpCtx, s: &Step, a: &Tensor, b: Option<&Tensor>) -> KResult<Tensor> {
-    let kernel: KernelFn = match s.op {
-        Op::ToF32 => return cast::cast_to(a, DataType::Float),
-        Op::ToBf16 => return cast::cast_to(a, DataType::BFloat16),
-        Op::Add => binary::add,
-        Op::Sub => binary::sub,
-        Op::Mul => binary::mul,
-        Op::Div => binary::div,
-        Op::Pow => binary::pow,
-        Op::Neg => unary::neg,
-        Op::Abs => unary::abs,
-        Op::Relu => unary::relu,
-        Op::Exp => unary::exp,
-        Op::Log => unary::log,
-        Op::Sqrt => unary::sqrt,
-        Op::Reciprocal => unary::reciprocal,
-        Op::Sigmoid => unary::sigmoid,
-        Op::Tanh => unary::tanh,
-        Op::Erf => unary::erf,
-    };
-    let args = [Some(a), b];
     let n = s.op.arity();
-    match kernel(c, &Inputs(&args[..n]))?.into_iter().next() {
+    let node = s.op.node(vec!["a".into(), "b".into()][..n].to_vec(), "y".into());
+    let Some(def) = crate::registry::Registry::cpu().get(node.op()) else { kbail!("no kernel for {}", node.op()) };
+    let ctx = OpCtx { node: &node, opset: c.opset };
+    let args = [Some(a), b];
+    match (def.kernel)(&ctx, &Inputs(&args[..n]))?.into_iter().next() {
         Some(t) => Ok(t),
         None => kbail!("the {} kernel returned no output", s.op.onnx()),
     }

@@ -39,11 +39,15 @@ pub enum Op {
     ToF32,
     /// `Cast` to bf16.
     ToBf16,
+    /// `ai.adaptc::SumToShape(dy, dims)`, which the backward puts after every broadcasting op
+    /// and which is a plain copy when nothing was broadcast: a chain carries it so that the
+    /// gradient chains are not cut, and runs fused only when every such step is a copy.
+    SumToShape,
 }
 
 impl Op {
     /// Every op, in code order (an op's code is its index here).
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::Add,
         Op::Sub,
         Op::Mul,
@@ -61,15 +65,21 @@ impl Op {
         Op::Erf,
         Op::ToF32,
         Op::ToBf16,
+        Op::SumToShape,
     ];
 
-    /// The op of a default-domain node with one output, when a chain can hold it.
+    /// The op of a node with one output, when a chain can hold it.
     pub fn of(node: &Node) -> Option<Op> {
         let key = node.op();
-        if !adaptc_ir::is_default_domain(&key.domain) || node.outputs().len() != 1 || node.output(0)?.is_empty() {
+        if node.outputs().len() != 1 || node.output(0)?.is_empty() {
+            return None;
+        }
+        let sum = key.domain == crate::registry::ADAPTC_DOMAIN && key.op_type == "SumToShape";
+        if !adaptc_ir::is_default_domain(&key.domain) && !sum {
             return None;
         }
         let op = match key.op_type.as_str() {
+            "SumToShape" if sum => Op::SumToShape,
             "Add" => Op::Add,
             "Sub" => Op::Sub,
             "Mul" => Op::Mul,
@@ -98,7 +108,7 @@ impl Op {
 
     pub fn arity(self) -> usize {
         match self {
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => 2,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow | Op::SumToShape => 2,
             _ => 1,
         }
     }
@@ -130,6 +140,18 @@ impl Op {
             Op::Sigmoid => "Sigmoid",
             Op::Tanh => "Tanh",
             Op::Erf => "Erf",
+            Op::SumToShape => "SumToShape",
+        }
+    }
+
+    /// The op's node, with the attributes its kernel reads (Cast's `to`).
+    pub fn node(self, inputs: Vec<String>, output: String) -> Node {
+        let domain = if self == Op::SumToShape { crate::registry::ADAPTC_DOMAIN } else { "" };
+        let node = Node::new(adaptc_ir::OpKey::new(domain, self.onnx()), inputs, vec![output]);
+        match self {
+            Op::ToF32 => node.with_attr(Attribute::int("to", DataType::Float.code() as i64)),
+            Op::ToBf16 => node.with_attr(Attribute::int("to", DataType::BFloat16.code() as i64)),
+            _ => node,
         }
     }
 }
@@ -236,36 +258,60 @@ impl Program {
         Ok(program)
     }
 
-    /// Every register's shape, from the inputs' shapes by broadcasting.
-    pub fn shapes_of(&self, inputs: &[&[usize]]) -> KResult<Vec<Vec<usize>>> {
+    /// Every register's shape, from the inputs' shapes by broadcasting; a `SumToShape` step's
+    /// is the value of its dims input, which `dims` gives (`None`: not a list of dims).
+    pub fn shapes_of(
+        &self,
+        inputs: &[&[usize]],
+        dims: impl Fn(usize) -> Option<Vec<usize>>,
+    ) -> KResult<Vec<Vec<usize>>> {
         let mut shapes: Vec<Vec<usize>> = inputs.iter().map(|s| s.to_vec()).collect();
         for s in &self.steps {
-            let shape = match s.b {
-                None => shapes[s.a].clone(),
-                Some(b) => broadcast_shapes(&[&shapes[s.a], &shapes[b]])?,
+            let shape = match (s.op, s.b) {
+                (Op::SumToShape, Some(b)) => match dims(b) {
+                    Some(d) => d,
+                    None => kbail!("`{}` (SumToShape): its shape input is not a list of dims", s.name),
+                },
+                (_, None) => shapes[s.a].clone(),
+                (_, Some(b)) => broadcast_shapes(&[&shapes[s.a], &shapes[b]])?,
             };
             shapes.push(shape);
         }
         Ok(shapes)
     }
 
+    /// Whether every `SumToShape` step is a copy (its target is its operand's shape), as the
+    /// fused evaluators need.
+    pub fn sums_are_copies(&self, shapes: &[Vec<usize>]) -> bool {
+        self.steps.iter().enumerate().all(|(k, s)| s.op != Op::SumToShape || shapes[self.inputs + k] == shapes[s.a])
+    }
+
     /// Every register's element type when the whole program computes on f32 values (bf16 only
-    /// loaded, cast to or stored): the case the fused evaluators cover. `None` otherwise (a
-    /// step on bf16 or integer operands), and then the steps run one by one.
+    /// loaded, cast to or stored; int64 only as `SumToShape`'s dims): the case the fused
+    /// evaluators cover. `None` otherwise (a step on bf16 or integer operands), and then the
+    /// steps run one by one.
     pub fn f32_types(&self, inputs: &[DataType]) -> Option<Vec<DataType>> {
         let mut types: Vec<DataType> = inputs.to_vec();
-        if types.iter().any(|t| !matches!(t, DataType::Float | DataType::BFloat16)) {
-            return None;
-        }
+        let float = |t: DataType| matches!(t, DataType::Float | DataType::BFloat16);
         for s in &self.steps {
-            let t = match s.op {
-                Op::ToF32 => DataType::Float,
-                Op::ToBf16 => DataType::BFloat16,
+            let t = match (s.op, s.b) {
+                (Op::ToF32, _) if float(types[s.a]) => DataType::Float,
+                (Op::ToBf16, _) if float(types[s.a]) => DataType::BFloat16,
+                (Op::SumToShape, Some(b)) if types[s.a] == DataType::Float && types[b] == DataType::Int64 => {
+                    DataType::Float
+                }
+                (Op::ToF32 | Op::ToBf16 | Op::SumToShape, _) => return None,
                 _ if s.operands().all(|r| types[r] == DataType::Float) => DataType::Float,
                 _ => return None,
             };
             types.push(t);
         }
         Some(types)
+    }
+
+    /// Whether register `r` is only ever read as a `SumToShape` step's dims (so its values are
+    /// never loaded as elements).
+    pub fn dims_only(&self, r: usize) -> bool {
+        self.steps.iter().all(|s| s.a != r && (s.b != Some(r) || s.op == Op::SumToShape)) && !self.values.contains(&r)
     }
 }
