@@ -366,12 +366,27 @@ extern "C" __global__ void elementwise_chain(ChainArgs p, i64 n) {
         i64 in_off[CHAIN_IN], out_off[CHAIN_OUT];
         for (int k = 0; k < p.n_in; ++k) in_off[k] = 0;
         for (int k = 0; k < p.n_out; ++k) out_off[k] = 0;
-        i64 rem = i;
-        for (int d = p.rank - 1; d >= 0; --d) {
-            i64 c = rem % p.shape[d];
-            rem /= p.shape[d];
-            for (int k = 0; k < p.n_in; ++k) in_off[k] += c * p.in_st[k][d];
-            for (int k = 0; k < p.n_out; ++k) out_off[k] += c * p.out_st[k][d];
+        // Dims come merged (launch.rs `merge_dims`): one dim needs no division, and below 2^31
+        // elements the divisions are 32-bit.
+        if (p.rank == 1) {
+            for (int k = 0; k < p.n_in; ++k) in_off[k] = i * p.in_st[k][0];
+            for (int k = 0; k < p.n_out; ++k) out_off[k] = i * p.out_st[k][0];
+        } else if (n <= 0x7fffffff) {
+            unsigned int rem = (unsigned int)i;
+            for (int d = p.rank - 1; d >= 0; --d) {
+                unsigned int size = (unsigned int)p.shape[d], c = rem % size;
+                rem /= size;
+                for (int k = 0; k < p.n_in; ++k) in_off[k] += (i64)c * p.in_st[k][d];
+                for (int k = 0; k < p.n_out; ++k) out_off[k] += (i64)c * p.out_st[k][d];
+            }
+        } else {
+            i64 rem = i;
+            for (int d = p.rank - 1; d >= 0; --d) {
+                i64 c = rem % p.shape[d];
+                rem /= p.shape[d];
+                for (int k = 0; k < p.n_in; ++k) in_off[k] += c * p.in_st[k][d];
+                for (int k = 0; k < p.n_out; ++k) out_off[k] += c * p.out_st[k][d];
+            }
         }
         for (int k = 0; k < p.n_in; ++k) {
             r[k] = p.in_kind[k] == 0   ? ((const float*)p.in_ptr[k])[in_off[k]]

@@ -66,21 +66,7 @@ impl Layout {
     /// as few times as possible.
     pub fn new(shape: &[usize], strides: &[&[i64]]) -> DevResult<Layout> {
         debug_assert!(strides.len() <= 4 && strides.iter().all(|s| s.len() == shape.len()));
-        let mut dims: Vec<(i64, Vec<i64>)> = Vec::new();
-        for (d, &n) in shape.iter().enumerate() {
-            if n == 1 {
-                continue;
-            }
-            let st: Vec<i64> = strides.iter().map(|s| s[d]).collect();
-            if let Some((pn, pst)) = dims.last_mut() {
-                if pst.iter().zip(&st).all(|(&p, &s)| p == s * n as i64) {
-                    *pn *= n as i64;
-                    *pst = st;
-                    continue;
-                }
-            }
-            dims.push((n as i64, st));
-        }
+        let dims = merge_dims(shape, strides);
         if dims.len() > MAX_RANK {
             return host(format!("{} dims after merging (the device loops take {MAX_RANK})", dims.len()));
         }
@@ -93,6 +79,28 @@ impl Layout {
         }
         Ok(l)
     }
+}
+
+/// `shape` walked with one stride list per operand, as (size, strides) per dim: size-1 dims
+/// dropped and adjacent dims merged where every operand is contiguous across them, so kernels
+/// divide as few times as possible (none for a single dim).
+pub fn merge_dims(shape: &[usize], strides: &[&[i64]]) -> Vec<(i64, Vec<i64>)> {
+    let mut dims: Vec<(i64, Vec<i64>)> = Vec::new();
+    for (d, &n) in shape.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        let st: Vec<i64> = strides.iter().map(|s| s[d]).collect();
+        if let Some((pn, pst)) = dims.last_mut() {
+            if pst.iter().zip(&st).all(|(&p, &s)| p == s * n as i64) {
+                *pn *= n as i64;
+                *pst = st;
+                continue;
+            }
+        }
+        dims.push((n as i64, st));
+    }
+    dims
 }
 
 /// Row-major strides of `shape`, in elements.
@@ -156,5 +164,17 @@ mod tests {
         let l = Layout::new(&[3, 4], &[&broadcast(&[1, 4], &[3, 4]), &contiguous(&[3, 4])]).unwrap();
         assert_eq!((l.rank, l.st[0][0], l.st[0][1]), (2, 0, 1));
         assert!(Layout::new(&[2; 9], &[&[1, 2, 4, 8, 16, 32, 64, 128, 256]]).is_err());
+    }
+
+    #[test]
+    fn any_number_of_operands_merge_where_all_are_contiguous() {
+        let shape = [2, 3, 4];
+        let c = contiguous(&shape);
+        // Six contiguous operands and a scalar: one dim.
+        let ops: Vec<&[i64]> = vec![&c, &c, &c, &c, &c, &c, &[0, 0, 0]];
+        assert_eq!(merge_dims(&shape, &ops), vec![(24, vec![1, 1, 1, 1, 1, 1, 0])]);
+        // A [4] row broadcast over [2, 3, 4]: the two leading dims merge, the row's does not.
+        let row = broadcast(&[4], &shape);
+        assert_eq!(merge_dims(&shape, &[&c, &row]), vec![(6, vec![4, 0]), (4, vec![1, 1])]);
     }
 }

@@ -1140,6 +1140,35 @@ void test_elementwise_chain() {
     check_close("elementwise_chain SumToShape copy (dims never loaded)", e2_copy, twice_e, 0, 0);
 }
 
+// The same kernel on a layout merged to one dim (what the launcher passes when every operand
+// is contiguous or a scalar): offsets without division.
+void test_elementwise_chain_one_dim() {
+    const i64 n = 700;
+    vector<float> x = rand_vec(n, -2, 2), two = {2.0f};
+    vector<bf16_t> h = rand_bf16(n, -1, 1);
+    ChainArgs p{};
+    p.rank = 1;
+    p.shape[0] = n;
+    p.n_in = 3;
+    const void* in_ptrs[] = {x.data(), h.data(), two.data()};
+    const i64 in_st[] = {1, 1, 0};
+    for (int k = 0; k < 3; ++k) p.in_st[k][0] = in_st[k], p.in_ptr[k] = (u64)(uintptr_t)in_ptrs[k];
+    p.in_kind[1] = 1;
+    const int steps[][4] = {{3, 0, 1, -1}, {1, 0, 0, 3}, {1, 2, 4, 2}};  // hf = f32(h); y = x + hf; z = y · 2
+    p.n_steps = 3;
+    for (int k = 0; k < 3; ++k) p.kind[k] = steps[k][0], p.code[k] = steps[k][1], p.a[k] = steps[k][2], p.b[k] = steps[k][3];
+    vector<float> z(n, -7.0f);
+    p.n_out = 1;
+    p.out_st[0][0] = 1;
+    p.out_ptr[0] = (u64)(uintptr_t)z.data();
+    p.out_reg[0] = 5;
+    set_current("elementwise_chain one dim");
+    launch(elementwise_chain, dim3(2), B256, p, n);
+    vector<double> want(n);
+    for (i64 i = 0; i < n; ++i) want[i] = 2.0 * ((double)x[i] + bf16_values({h[i]})[0]);
+    check_close("elementwise_chain on one merged dim", z, want, 1e-6, 1e-7);
+}
+
 void test_fill_rows_bf16() {
     const i64 rows = 40, cols = 15;
     vector<bf16_t> b = rand_bf16(cols, -2, 2), y(rows * cols, 0x1234), want(rows * cols);
@@ -2273,6 +2302,7 @@ int main() {
     test_cast_bf16_bool();
     test_binary_bf16();
     test_elementwise_chain();
+    test_elementwise_chain_one_dim();
     test_fill();
     test_fill_rows_bf16();
     test_scatter_add();

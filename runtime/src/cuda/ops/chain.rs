@@ -7,7 +7,7 @@ use adaptc_ir::DataType;
 use cudarc::driver::DeviceRepr;
 
 use super::{done, dptr, find, host, launch, output, req, DevResult, Gpu};
-use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, DevError, MAX_RANK};
+use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, merge_dims, DevError, MAX_RANK};
 use crate::cuda::value::CudaValue;
 use crate::error::KernelError;
 use crate::fuse::chains::{MAX_INPUTS, MAX_STEPS, MAX_VALUES};
@@ -102,8 +102,24 @@ fn fused(
     }
     let full = shapes[p.values[0]].clone();
     let n: usize = full.iter().product();
+    // Every operand's strides over the chain's shape, inputs then outputs; dims merged where
+    // all are contiguous (the usual chain, all of one shape, walks a single dim).
+    let mut strides: Vec<Vec<i64>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(k, v)| if p.dims_only(k) { vec![0; full.len()] } else { broadcast(v.shape(), &full) })
+        .collect();
+    for &r in &p.values {
+        // An output smaller than the chain is walked through broadcast strides.
+        strides.push(if shapes[r] == full { contiguous(&full) } else { broadcast(&shapes[r], &full) });
+    }
+    let refs: Vec<&[i64]> = strides.iter().map(Vec::as_slice).collect();
+    let dims = merge_dims(&full, &refs);
+    if dims.len() > MAX_RANK {
+        return host(format!("{} dims after merging (the chain kernel walks {MAX_RANK})", dims.len()));
+    }
     let mut args = ChainArgs {
-        rank: full.len() as i32,
+        rank: dims.len() as i32,
         n_in: p.inputs as i32,
         n_steps: p.steps.len() as i32,
         n_out: p.values.len() as i32,
@@ -120,14 +136,21 @@ fn fused(
         a: [0; MAX_STEPS],
         b: [-1; MAX_STEPS],
     };
-    args.shape[..full.len()].copy_from_slice(&full.iter().map(|&d| d as i64).collect::<Vec<_>>());
+    for (d, (size, st)) in dims.iter().enumerate() {
+        args.shape[d] = *size;
+        for (k, &s) in st.iter().enumerate() {
+            match k.checked_sub(p.inputs) {
+                None => args.in_st[k][d] = s,
+                Some(o) => args.out_st[o][d] = s,
+            }
+        }
+    }
     for (k, v) in inputs.iter().enumerate() {
         if p.dims_only(k) {
             // A SumToShape's dims (host values): never loaded.
             args.in_kind[k] = 2;
             continue;
         }
-        args.in_st[k][..full.len()].copy_from_slice(&broadcast(v.shape(), &full));
         args.in_ptr[k] = if v.numel() == 0 { 0 } else { dptr(gpu, v)? };
         args.in_kind[k] = i32::from(v.dtype() == DataType::BFloat16);
     }
@@ -141,9 +164,6 @@ fn fused(
     let mut outs = Vec::with_capacity(p.values.len());
     for (k, &r) in p.values.iter().enumerate() {
         let (mem, shape) = output(gpu, shapes[r].clone(), types[r])?;
-        // An output smaller than the chain is walked through broadcast strides.
-        let st = if shapes[r] == full { contiguous(&full) } else { broadcast(&shapes[r], &full) };
-        args.out_st[k][..full.len()].copy_from_slice(&st);
         args.out_ptr[k] = addr(&mem, &gpu.stream);
         args.out_bf16[k] = i32::from(types[r] == DataType::BFloat16);
         args.out_reg[k] = r as i32;
