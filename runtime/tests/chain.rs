@@ -169,3 +169,62 @@ fn sum_to_shape_steps_fuse_when_they_copy() {
     assert_eq!(ops.iter().filter(|o| *o == "ElementwiseChain").count(), 4, "{ops:?}");
     assert!(!ops.iter().any(|o| o == "SumToShape"), "{ops:?}");
 }
+
+/// A run of 40 elementwise nodes, one of them a graph output: chains stop at the device
+/// kernel's 32 steps, the graph output is written from inside its chain, and the bits are the
+/// node-by-node plan's.
+#[test]
+fn long_runs_split_at_the_step_limit_and_keep_graph_outputs() {
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[3, 5])));
+    let mut prev = "x".to_string();
+    for k in 0..40 {
+        let out = format!("v{k}");
+        let n = if k % 2 == 0 { node("Neg", &[&prev], &out) } else { node("Add", &[&prev, "x"], &out) };
+        g.add_node(n).unwrap();
+        prev = out;
+    }
+    g.outputs.push(ValueInfo::tensor("v39", DataType::Float, known(&[3, 5])));
+    g.outputs.push(ValueInfo::tensor("v10", DataType::Float, known(&[3, 5])));
+    let m = Model::new(g, 21);
+    let x: Vec<f32> = (0..15).map(|k| k as f32 * 0.5 - 3.0).collect();
+    let ops = same_bits(&m, HashMap::from([("x".to_string(), Tensor::from_vec(vec![3, 5], x).unwrap())]));
+    assert_eq!(ops, ["ElementwiseChain", "ElementwiseChain"], "{ops:?}");
+}
+
+/// A hand-written `ElementwiseChain` is checked like any node: a program that reads a register
+/// it has not made is refused by name, and one the fused walk cannot take (a dead step on an
+/// input larger than the chain) runs step by step instead of reading out of bounds.
+#[test]
+fn hand_written_chains_are_checked() {
+    let chain = |args: Vec<i64>, outputs: Vec<&str>| {
+        let mut g = Graph::new("g");
+        g.inputs.push(ValueInfo::tensor("big", DataType::Float, known(&[4, 3])));
+        g.inputs.push(ValueInfo::tensor("small", DataType::Float, known(&[3])));
+        let node = Node::new(
+            OpKey::new("ai.adaptc", "ElementwiseChain"),
+            vec!["big".into(), "small".into()],
+            outputs.iter().map(|s| s.to_string()).collect(),
+        )
+        .named("hand")
+        .with_attr(Attribute::ints("codes", vec![2, 5])) // Mul, Neg
+        .with_attr(Attribute::ints("args", args))
+        .with_attr(Attribute::ints("values", vec![3]))
+        .with_attr(Attribute::ints("shapes", vec![]));
+        g.add_node(node).unwrap();
+        g.outputs.push(ValueInfo::tensor("y", DataType::Float, vec![Dim::Symbol("n".into())]));
+        Model::new(g, 21)
+    };
+    let feed = HashMap::from([
+        ("big".to_string(), Tensor::from_vec(vec![4, 3], vec![1.0f32; 12]).unwrap()),
+        ("small".to_string(), Tensor::from_vec(vec![3], vec![1.0f32, -2.0, 3.0]).unwrap()),
+    ]);
+    // Step 0 multiplies `big` by itself (dead), step 1 negates `small`: y = −small.
+    let s = Session::new(&chain(vec![0, 0, 1, -1], vec!["y"]), SessionOptions::default()).unwrap();
+    let out = s.run(feed.clone()).unwrap();
+    assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &[-1.0, 2.0, -3.0]);
+    // Step 0 reads register 3, its own.
+    let s = Session::new(&chain(vec![3, 0, 1, -1], vec!["y"]), SessionOptions::default()).unwrap();
+    let err = s.run(feed).unwrap_err().to_string();
+    assert!(err.contains("hand") && err.contains("register 3"), "{err}");
+}

@@ -80,7 +80,7 @@ pub fn elementwise_chain(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevR
     let full = &shapes[p.values[0]];
     let fits = full.len() <= MAX_RANK && p.steps.len() <= MAX_STEPS && p.inputs <= MAX_INPUTS;
     let mut values = match p.f32_types(&types) {
-        Some(reg_types) if fits && p.sums_are_copies(&shapes) => fused(gpu, &p, &inputs, &shapes, &reg_types)?,
+        Some(reg_types) if fits && p.walkable(&shapes) => fused(gpu, &p, &inputs, &shapes, &reg_types)?,
         _ => return step_by_step(gpu, c, &p, &inputs),
     };
     for &r in &p.shapes {

@@ -30,7 +30,7 @@ pub fn elementwise_chain(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let types: Vec<DataType> = inputs.iter().map(|t| t.dtype()).collect();
     let dims = |r: usize| inputs.get(r).and_then(|t| shape_input(t, "shape").ok());
     let fused = match (p.shapes_of(&shapes, dims), p.f32_types(&types)) {
-        (Ok(reg_shapes), Some(reg_types)) if p.sums_are_copies(&reg_shapes) => {
+        (Ok(reg_shapes), Some(reg_types)) if p.walkable(&reg_shapes) => {
             eval::run(&p, &inputs, &reg_shapes, &reg_types).map(|values| (values, reg_shapes))
         }
         _ => None,

@@ -280,10 +280,20 @@ impl Program {
         Ok(shapes)
     }
 
-    /// Whether every `SumToShape` step is a copy (its target is its operand's shape), as the
-    /// fused evaluators need.
-    pub fn sums_are_copies(&self, shapes: &[Vec<usize>]) -> bool {
-        self.steps.iter().enumerate().all(|(k, s)| s.op != Op::SumToShape || shapes[self.inputs + k] == shapes[s.a])
+    /// Whether the fused evaluators can walk this program over the chain's shape: every
+    /// `SumToShape` step is a copy (its target is its operand's shape), and every input read as
+    /// elements broadcasts to the chain's shape (a hand-written node may have an input no step
+    /// reads).
+    pub fn walkable(&self, shapes: &[Vec<usize>]) -> bool {
+        let full = &shapes[self.values[0]];
+        let sums_copy = self
+            .steps
+            .iter()
+            .enumerate()
+            .all(|(k, s)| s.op != Op::SumToShape || shapes[self.inputs + k] == shapes[s.a]);
+        let inputs_fit = (0..self.inputs)
+            .all(|k| self.dims_only(k) || broadcast_shapes(&[&shapes[k], full]).is_ok_and(|b| &b == full));
+        sums_copy && inputs_fit
     }
 
     /// Every register's element type when the whole program computes on f32 values (bf16 only
