@@ -46,9 +46,14 @@ fn broadcast_elements(ins: &Instruction, inputs: &[Option<&Arc<CudaValue>>]) -> 
             vec![x.shape().to_vec(), dims]
         }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Where" | "And" | "Or" | "Xor" | "Equal" | "Less"
-        | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "ElementwiseChain" => {
-            inputs.iter().flatten().map(|v| v.shape().to_vec()).collect()
-        }
+        | "LessOrEqual" | "Greater" | "GreaterOrEqual" => inputs.iter().flatten().map(|v| v.shape().to_vec()).collect(),
+        // A chain's int64 inputs are SumToShape dims, not elements.
+        "ElementwiseChain" => inputs
+            .iter()
+            .flatten()
+            .filter(|v| v.dtype() != adaptc_ir::DataType::Int64)
+            .map(|v| v.shape().to_vec())
+            .collect(),
         _ => return None,
     };
     let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
@@ -217,5 +222,23 @@ mod tests {
         assert_eq!(broadcast_elements(&instruction("Add"), &[Some(&col), Some(&bad)]), None);
         let negative = value(vec![2], vec![-1, 4]);
         assert_eq!(broadcast_elements(&instruction("Expand"), &[Some(&col), Some(&negative)]), None);
+    }
+
+    #[test]
+    fn a_chains_size_leaves_out_its_sum_dims() {
+        let node = Node::new(OpKey::new(crate::registry::ADAPTC_DOMAIN, "ElementwiseChain"), vec![], vec![]);
+        let chain = Instruction {
+            node,
+            kernel: crate::ops::chain::elementwise_chain,
+            opset: 1,
+            inputs: vec![Some(0), Some(1), Some(2)],
+            outputs: vec![Some(3)],
+        };
+        let f32s = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            Arc::new(CudaValue::from_host(Tensor::from_vec(shape, vec![0.0f32; n]).unwrap()))
+        };
+        let (col, row, dims) = (f32s(vec![64, 1]), f32s(vec![1, 64]), value(vec![3], vec![2, 64, 64]));
+        assert_eq!(broadcast_elements(&chain, &[Some(&col), Some(&row), Some(&dims)]), Some(64 * 64));
     }
 }
