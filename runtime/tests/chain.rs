@@ -228,3 +228,44 @@ fn hand_written_chains_are_checked() {
     let err = s.run(feed).unwrap_err().to_string();
     assert!(err.contains("hand") && err.contains("register 3"), "{err}");
 }
+
+/// A backward-shaped graph: the late chain reads the forward's SiLU output and a widened
+/// bf16 input. It recomputes both instead (SiLU from its pre-activation, which it reads
+/// anyway; the f32 value from the bf16 one), so the forward never writes them; the bits stay
+/// the node-by-node plan's.
+#[test]
+fn late_chains_recompute_what_costs_no_new_reads() {
+    let (b, t, d) = (2, 3, 9);
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[b, t, d])));
+    g.inputs.push(ValueInfo::tensor("h", DataType::BFloat16, known(&[b, t, d])));
+    for n in [
+        cast("h", DataType::Float, "hf"),
+        node("Add", &["x", "hf"], "c"),
+        node("Sigmoid", &["c"], "g"),
+        node("Mul", &["c", "g"], "s"),
+        cast("s", DataType::BFloat16, "e"),
+        cast("e", DataType::Float, "q"),
+        node("Softmax", &["q"], "p"),
+        // The "backward": reads p, s, c and hf after the Softmax.
+        node("Mul", &["p", "s"], "d1"),
+        node("Mul", &["d1", "c"], "d2"),
+        node("Mul", &["d2", "hf"], "d3"),
+    ] {
+        g.add_node(n).unwrap();
+    }
+    g.outputs.push(ValueInfo::tensor("d3", DataType::Float, known(&[b, t, d])));
+    let m = Model::new(g, 21);
+    let feed = inputs(b, t, d).into_iter().filter(|(k, _)| k == "x" || k == "h").collect();
+    same_bits(&m, feed);
+    let plan = Session::new(&m, SessionOptions::default()).unwrap();
+    let written: Vec<&String> = plan.plan().instructions.iter().flat_map(|i| i.node.outputs()).collect();
+    for v in ["s", "g", "hf"] {
+        assert!(!written.iter().any(|w| *w == v), "`{v}` is written: {written:?}");
+    }
+    let last = plan.plan().instructions.last().unwrap();
+    assert_eq!(last.node.op().op_type, "ElementwiseChain");
+    let mut read = last.node.inputs().to_vec();
+    read.sort();
+    assert_eq!(read, ["c", "h", "p"], "the backward chain reads {read:?}");
+}
