@@ -36,13 +36,17 @@ for layers in 1 2; do
     ADAPTC_NO_FUSE=1 ADAPTC_PROFILE=1 "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
         --autocast bf16 --out "$work/plain$layers" > "$work/plain-$layers.txt" 2>&1
+    # The same step with activations stored in bf16 too (a bf16 model's storage).
+    ADAPTC_PROFILE=1 "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
+        -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
+        --autocast bf16-activations --out "$work/act$layers" > "$work/act-$layers.txt" 2>&1
     # The same step recomputing each block's activations in the backward: its peak memory.
     "$BIN" train "$work/l$layers/llama/model.onnx" --data "$work/rows.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps 1 --batch-size 1 --lr 1e-4 \
         --autocast bf16 --checkpoint-activations --out "$work/ckpt$layers" > "$work/ckpt-$layers.txt" 2>&1
 done
 "$PY" - "$work/profile-1.txt" "$work/profile-2.txt" "$OUT" "$(git rev-parse --short HEAD)" "$work/ckpt-1.txt" "$work/ckpt-2.txt" \
-    "$work/plain-1.txt" "$work/plain-2.txt" <<'PY'
+    "$work/plain-1.txt" "$work/plain-2.txt" "$work/act-1.txt" "$work/act-2.txt" <<'PY'
 import re, sys, datetime, platform
 def table(path):
     rows = {}
@@ -70,6 +74,12 @@ p1, p2 = table(sys.argv[7]), table(sys.argv[8])
 plain_layer = sum(b for _, b in p2.values()) - sum(b for _, b in p1.values())
 plain_fixed = sum(b for _, b in p1.values()) - plain_layer
 plain_step = plain_layer * scale + plain_fixed * 16
+# Activations stored in bf16 (`--autocast bf16-activations`), scaled the same way.
+a1, a2 = table(sys.argv[9]), table(sys.argv[10])
+act_layer = sum(b for _, b in a2.values()) - sum(b for _, b in a1.values())
+act_fixed = sum(b for _, b in a1.values()) - act_layer
+act_step = act_layer * scale + act_fixed * 16
+ap1, ap2 = peak(sys.argv[9]), peak(sys.argv[10])
 out = open(sys.argv[3], "w")
 w = lambda s="": out.write(s + "\n")
 w("# Memory traffic of a Llama-shaped LoRA training step, by op type (operand bytes)")
@@ -89,6 +99,11 @@ w()
 w(f"The same step node by node (`ADAPTC_NO_FUSE=1`, same run): {plain_layer:.3f} GiB per layer per 1024 tokens, {plain_step:.0f} GiB")
 w(f"per step at the benchmark shape ({plain_step * 2**30 / 4.8e12 * 1e3:.0f} ms on an H200): the plan's fusions (elementwise chains, mostly)")
 w(f"move **{plain_step / step:.2f}×** fewer bytes.")
+w()
+w(f"With activations stored in bf16 too (`--autocast bf16-activations`, `autocast{{activations=bf16}}`: a bf16")
+w(f"model's storage, as PEFT's bf16 model has), same run: {act_layer:.3f} GiB per layer per 1024 tokens, **{act_step:.0f} GiB per step**")
+w(f"at the benchmark shape ({act_step * 2**30 / 3.35e12 * 1e3:.0f} ms on an H100, {act_step * 2**30 / 4.8e12 * 1e3:.0f} ms on an H200), {step / act_step:.2f}× fewer bytes than f32")
+w(f"activations; peak {ap1:.2f} GiB with 1 layer and {ap2:.2f} GiB with 2, about **{((ap2 - ap1) * 22 + 2 * ap1 - ap2) * 16:.0f} GiB** at the benchmark shape.")
 w()
 peak_layer, peak_fixed = peak2 - peak1, 2 * peak1 - peak2
 w(f"Peak activation memory (the plan's live buffers, weights not counted): {peak1:.2f} GiB with 1 layer, {peak2:.2f} GiB")

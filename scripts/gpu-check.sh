@@ -8,7 +8,9 @@
 #   3. a LoRA training-step benchmark of a Llama-shaped model, adaptc on CUDA against PyTorch +
 #      PEFT (../shared/anchors/peft_gpu_baseline.py) on the same card, same dims (env D, LAYERS,
 #      FFN, HEADS, KV, VOCAB, B, S; small defaults so the whole check stays under 8 minutes),
-#      adaptc with --autocast bf16 (AUTOCAST=none: fp32) and fused attention (its default).
+#      adaptc with --autocast bf16-activations (bf16 products and activations stored in bf16, as
+#      PEFT's bf16 model; AUTOCAST=bf16: f32 activations; AUTOCAST=none: fp32) and fused
+#      attention (its default).
 # Logs go to $OUT (when set) or .gpu/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +62,9 @@ fi
 echo "== 3. LoRA training step, Llama-shaped, adaptc (CUDA) vs PyTorch + PEFT"
 export D=${D:-1024} LAYERS=${LAYERS:-4} FFN=${FFN:-2816} HEADS=${HEADS:-16} KV=${KV:-4} VOCAB=${VOCAB:-32000}
 export B=${B:-4} S=${S:-512} STEPS=${STEPS:-10}
-# adaptc's precision: bf16 products like the PEFT side (AUTOCAST=none for fp32).
-export AUTOCAST=${AUTOCAST:-bf16}
+# adaptc's precision: bf16 products and bf16 activations like the PEFT side's bf16 model
+# (AUTOCAST=bf16 keeps activations f32; AUTOCAST=none for fp32).
+export AUTOCAST=${AUTOCAST:-bf16-activations}
 precision=()
 [ "$AUTOCAST" != none ] && precision=(--autocast "$AUTOCAST")
 # CHECKPOINT=1: recompute each block's activations in the backward (bench/results/traffic.md

@@ -244,30 +244,45 @@ fn checkpointed_activations_train_the_same_in_less_memory() {
     assert!(peak(&b) < 0.75 * peak(&a), "peak {} MiB with checkpointing vs {} without", peak(&b), peak(&a));
 }
 
-/// `--autocast bf16`: the loss curve follows the f32 run's within bf16 tolerance (and is not
-/// the same numbers), and what the run exports stays f32 (the adapters are f32 masters).
+/// `--autocast bf16` and `bf16-activations`: the loss curve follows the f32 run's within bf16
+/// tolerance (and is not the same numbers), storing activations in bf16 does not raise the
+/// peak (MiniLM's peak is its GELU inputs, which the standalone `GeluGrad` reads in f32; the
+/// Llama graph's drop is measured in `passes/tests/autocast.rs`), and what the run exports
+/// stays f32 (the adapters are f32 masters).
 #[test]
 fn autocast_bf16_follows_the_f32_loss_curve_and_exports_f32() {
     let tmp = tempfile::tempdir().unwrap();
-    let (full, low) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    let full = tmp.path().join("f32");
     let a = run(&train_args(&full, "6"));
     assert!(a.status.success(), "{}", stderr(&a));
-    let mut args = train_args(&low, "6");
-    args.extend(["--autocast".into(), "bf16".into()]);
-    let b = run(&args);
-    assert!(b.status.success(), "{}", stderr(&b));
-    let (la, lb) = (steps_of(&full.join("metrics.jsonl")), steps_of(&low.join("metrics.jsonl")));
-    assert_eq!(lb.len(), 6);
-    for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        assert!((x - y).abs() <= 2e-2 * x.abs(), "step {s}: loss {x} in f32 vs {y} in bf16");
+    let la = steps_of(&full.join("metrics.jsonl"));
+    let mut peaks = Vec::new();
+    for mode in ["bf16", "bf16-activations"] {
+        let low = tmp.path().join(mode);
+        let mut args = train_args(&low, "6");
+        args.extend(["--autocast".into(), mode.into()]);
+        let b = run(&args);
+        assert!(b.status.success(), "{}", stderr(&b));
+        let lb = steps_of(&low.join("metrics.jsonl"));
+        assert_eq!(lb.len(), 6);
+        for ((s, x), (_, y)) in la.iter().zip(&lb) {
+            assert!((x - y).abs() <= 2e-2 * x.abs(), "step {s}: loss {x} in f32 vs {y} with --autocast {mode}");
+        }
+        assert!(la.iter().zip(&lb).any(|(x, y)| x.1 != y.1), "{mode} gave exactly the f32 losses");
+        for f in ["adapted.onnx", "merged.onnx"] {
+            let m = adaptc_ir::onnx::load(&low.join(f)).unwrap();
+            assert!(
+                m.graph.initializers().all(|t| t.dtype() != adaptc_ir::DataType::BFloat16),
+                "{f} holds bf16 weights ({mode})"
+            );
+        }
+        let adapter = std::fs::read(low.join("adapter/adapter_model.safetensors")).unwrap();
+        assert!(!String::from_utf8_lossy(&adapter[..256.min(adapter.len())]).contains("BF16"));
+        let text = String::from_utf8_lossy(&b.stdout).into_owned() + &stderr(&b);
+        let at = text.find("peak activation memory ").expect("a peak memory line") + "peak activation memory ".len();
+        peaks.push(text[at..].split_whitespace().next().unwrap().parse::<f64>().unwrap());
     }
-    assert!(la.iter().zip(&lb).any(|(x, y)| x.1 != y.1), "bf16 gave exactly the f32 losses");
-    for f in ["adapted.onnx", "merged.onnx"] {
-        let m = adaptc_ir::onnx::load(&low.join(f)).unwrap();
-        assert!(m.graph.initializers().all(|t| t.dtype() != adaptc_ir::DataType::BFloat16), "{f} holds bf16 weights");
-    }
-    let adapter = std::fs::read(low.join("adapter/adapter_model.safetensors")).unwrap();
-    assert!(!String::from_utf8_lossy(&adapter[..256.min(adapter.len())]).contains("BF16"));
+    assert!(peaks[1] <= peaks[0], "peak {} MiB with bf16 activations vs {} MiB", peaks[1], peaks[0]);
 }
 
 #[test]

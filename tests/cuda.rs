@@ -21,7 +21,9 @@
 //! - the same Llama graph under `autocast{dtype=bf16}` (bf16 products, casts, bf16 gradient
 //!   sums) agrees within 3e-2 of each output's largest magnitude (the backends may round a
 //!   product's f32 sum to bf16 one unit apart, and that spreads), and none of its bf16 work
-//!   fell back to the host but data-movement gradients the CPU kernel keeps in f32;
+//!   fell back to the host but data-movement gradients the CPU kernel keeps in f32; and with
+//!   fused attention and `activations=bf16` (bf16 values through chains and layout ops) within
+//!   the same 3e-2, with no bf16 work on the host at all;
 //! - a graph of `ClipGradNorm` over two gradients (with `max_norm` below their norm) and
 //!   `AdamW` on one parameter runs both ops on the device, and the norm, the clip scale and the
 //!   new parameter and moments agree within 1e-6 relative (AdamW is the CPU's f32 arithmetic in
@@ -101,7 +103,7 @@ fn main() {
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
     r.case("flash_attention_case_runs_on_the_cpu", flash_graph_on_cpu);
-    let gpu_cases: [GpuCase; 8] = [
+    let gpu_cases: [GpuCase; 9] = [
         ("node_suite_matches_cpu", node_suite),
         ("clip_grad_norm_and_adamw_match_cpu", optimizer_step),
         ("gather_nd_attention_mask_matches_cpu", gather_nd_mask),
@@ -110,6 +112,7 @@ fn main() {
         ("bert_lora_fused_attention_training_graph_matches_cpu", bert_fused_attention_training_graph),
         ("llama_lora_training_graph_matches_cpu", llama_training_graph),
         ("llama_lora_bf16_training_graph_matches_cpu", llama_bf16_training_graph),
+        ("llama_lora_bf16_activations_training_graph_matches_cpu", llama_bf16_activations_training_graph),
     ];
     match adaptc_runtime::cuda::probe() {
         Err(e) => {
@@ -445,20 +448,38 @@ fn llama_training_graph(cov: &mut Coverage) -> CaseResult {
 /// The Llama LoRA training graph in mixed precision: frozen weights in bf16, bf16 products
 /// and their gradients, f32 everywhere else.
 fn llama_bf16_training_graph(cov: &mut Coverage) -> CaseResult {
+    // Data-movement gradients other than the reshapes scatter in f32 only (the CPU kernel's
+    // rule too); any other bf16 fallback is a gap in the device path.
+    llama_mixed_precision(
+        "insert-lora{rank=8 alpha=16 targets=all-linear},autocast{dtype=bf16},build-training-graph{loss=causal-lm}",
+        &["ai.adaptc::IndexMapGrad"],
+        cov,
+    )
+}
+
+/// The same with fused attention and activations stored in bf16 (`adaptc train --autocast
+/// bf16-activations`): layout ops and chains move bf16 values, and none of it may fall back.
+fn llama_bf16_activations_training_graph(cov: &mut Coverage) -> CaseResult {
+    llama_mixed_precision(
+        "insert-lora{rank=8 alpha=16 targets=all-linear},fuse-attention,autocast{dtype=bf16 activations=bf16},\
+         build-training-graph{loss=causal-lm}",
+        &[],
+        cov,
+    )
+}
+
+/// Parity of the Llama training graph `pipeline` makes, within bf16 tolerance, with no bf16
+/// work on the host but in the `allowed` ops.
+fn llama_mixed_precision(pipeline: &str, allowed: &[&str], cov: &mut Coverage) -> CaseResult {
     if Registry::builtin().get("autocast").is_none() {
         return Ok(Some("this build has no autocast pass".into()));
     }
-    let model = adapted(
-        "tests/fixtures/models/llama4/model.onnx",
-        "insert-lora{rank=8 alpha=16 targets=all-linear},autocast{dtype=bf16},build-training-graph{loss=causal-lm}",
-    )?;
+    let model = adapted("tests/fixtures/models/llama4/model.onnx", pipeline)?;
     let placement = training_graph_parity(&model, llama_inputs(&model)?, 3e-2, cov)?;
-    // Data-movement gradients other than the reshapes scatter in f32 only (the CPU kernel's
-    // rule too); any other bf16 fallback is a gap in the device path.
     let bf16_on_host: Vec<String> = placement
         .host
         .iter()
-        .filter(|(op, (_, why))| why.contains("bf16") && op.as_str() != "ai.adaptc::IndexMapGrad")
+        .filter(|(op, (_, why))| why.contains("bf16") && !allowed.contains(&op.as_str()))
         .map(|(op, (n, why))| format!("{op} ×{n}: {why}"))
         .collect();
     if bf16_on_host.is_empty() {

@@ -145,3 +145,57 @@ fn fused_attention_is_marked_for_bf16_products_and_its_gradient_inherits_it() {
     let worst = close_not_equal(&run(&low, &inputs), &run(&full, &inputs), 5e-2);
     println!("bert6 fused training graph, bf16 (attention products too) vs f32: worst relative L2 {worst:.2e}");
 }
+
+/// Runs `m` on `inputs`: its outputs and the plan's peak of live bytes.
+fn run_peak(m: &Model, inputs: &HashMap<String, Tensor>) -> (Vec<(String, Tensor)>, usize) {
+    let (out, stats) = Session::new(m, SessionOptions::default()).unwrap().run_with_stats(inputs.clone()).unwrap();
+    (out, stats.peak_bytes)
+}
+
+/// `activations=bf16` on the Llama training graph (`adaptc train --autocast bf16-activations`'s
+/// pipeline): activations are rounded where they are written and layout ops move bf16
+/// values, the loss and every gradient stay within bf16 tolerance of the f32 model's and
+/// differ from products-only autocast's, and the plan's peak of live bytes drops.
+#[test]
+fn llama_training_graph_with_bf16_activations_stays_close_with_less_memory() {
+    let adapt = "insert-lora{rank=8 alpha=16 targets=all-linear},fuse-attention";
+    let loss = "build-training-graph{loss=causal-lm}";
+    let (full, _) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},{loss}"));
+    let (products, _) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},autocast,{loss}"));
+    let (low, report) = rewrite(fixture("llama4/model.onnx"), &format!("{adapt},autocast{{activations=bf16}},{loss}"));
+    assert!(report.stat("autocast.activations").unwrap() > 0);
+    assert!(report.stat("autocast.layout").unwrap() > 0);
+    adaptc_ir::verify(&low.graph).unwrap();
+    let (b, s) = (2, 24);
+    let mut mask = vec![1i64; b * s];
+    mask[s - 3..s].fill(0);
+    let inputs = HashMap::from([
+        ("input_ids".to_string(), ids(b, s, 1000)),
+        ("attention_mask".to_string(), Tensor::from_vec(vec![b, s], mask).unwrap()),
+    ]);
+    let (out_full, _) = run_peak(&full, &inputs);
+    let (out_products, peak_products) = run_peak(&products, &inputs);
+    let (out_low, peak_low) = run_peak(&low, &inputs);
+    let worst = close_not_equal(&out_low, &out_full, 5e-2);
+    close_not_equal(&out_low, &out_products, 5e-2);
+    println!("llama4 training graph, bf16 activations vs f32: worst relative L2 {worst:.2e}; peak {peak_products} → {peak_low} bytes");
+    assert!(peak_low * 10 < peak_products * 9, "peak {peak_low} with bf16 activations vs {peak_products}");
+}
+
+/// BERT's attention is not fused: its additive mask (large negatives) and what adds it to the
+/// scores stay f32, so padded positions stay finite and the loss and gradients stay close.
+#[test]
+fn bert_training_graph_with_bf16_activations_keeps_masks_f32() {
+    let adapt = "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value}";
+    let loss = "build-training-graph{loss=cross-entropy}";
+    let (full, _) = rewrite(fixture("bert6.onnx"), &format!("{adapt},{loss}"));
+    let (low, report) = rewrite(fixture("bert6.onnx"), &format!("{adapt},autocast{{activations=bf16}},{loss}"));
+    assert!(report.stat("autocast.activations").unwrap() > 0);
+    let mut inputs = bert_inputs(4, 32);
+    let mut mask = vec![1i64; 4 * 32];
+    mask[20..32].fill(0);
+    inputs.insert("attention_mask".into(), Tensor::from_vec(vec![4, 32], mask).unwrap());
+    inputs.insert("labels".into(), Tensor::from_vec(vec![4], vec![0i64, 2, 1, 2]).unwrap());
+    let worst = close_not_equal(&run(&low, &inputs), &run(&full, &inputs), 5e-2);
+    println!("bert6 training graph, bf16 activations vs f32: worst relative L2 {worst:.2e}");
+}

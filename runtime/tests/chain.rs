@@ -269,3 +269,30 @@ fn late_chains_recompute_what_costs_no_new_reads() {
     read.sort();
     assert_eq!(read, ["c", "h", "p"], "the backward chain reads {read:?}");
 }
+
+/// A widening cast whose readers are all chains, on both sides of a non-elementwise op: each
+/// chain widens the bf16 value itself, so the cast never runs and the f32 value never exists.
+#[test]
+fn a_value_every_reader_recomputes_is_never_written() {
+    let (b, t, d) = (2, 3, 9);
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[b, t, d])));
+    g.inputs.push(ValueInfo::tensor("h", DataType::BFloat16, known(&[b, t, d])));
+    for n in [
+        cast("h", DataType::Float, "hf"),
+        node("Mul", &["x", "hf"], "m1"),
+        node("Softmax", &["m1"], "p"),
+        node("Mul", &["p", "hf"], "m2"),
+    ] {
+        g.add_node(n).unwrap();
+    }
+    g.outputs.push(ValueInfo::tensor("m2", DataType::Float, known(&[b, t, d])));
+    let m = Model::new(g, 21);
+    let feed = inputs(b, t, d).into_iter().filter(|(k, _)| k == "x" || k == "h").collect();
+    let ops = same_bits(&m, feed);
+    assert_eq!(ops, ["ElementwiseChain", "Softmax", "ElementwiseChain"], "{ops:?}");
+    let plan = Session::new(&m, SessionOptions::default()).unwrap();
+    for ins in &plan.plan().instructions {
+        assert!(!ins.node.outputs().iter().any(|o| o == "hf"), "`hf` is written by {}", ins.node.label());
+    }
+}

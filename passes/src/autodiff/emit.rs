@@ -98,7 +98,16 @@ impl<'g> Emitter<'g> {
     /// A scalar constant with `like`'s element type (`CastLike` of an f64 constant).
     pub fn scalar_like(&mut self, value: f64, like: &str) -> Result<String, PassError> {
         let c = self.constant_f64(value)?;
-        self.op("CastLike", &[&c, like], vec![], &format!("{like}/const"))
+        self.cast_like(&c, like, &format!("{like}/const"))
+    }
+
+    /// `value` converted to `like`'s element type: a `Cast` to that type when it is known, so
+    /// the backward does not keep `like` alive (a `CastLike` would read it) just for its type.
+    pub fn cast_like(&mut self, value: &str, like: &str, hint: &str) -> Result<String, PassError> {
+        match self.elem_type(like) {
+            Some(d) => self.op("Cast", &[value], vec![Attribute::int("to", d.code() as i64)], hint),
+            None => self.op("CastLike", &[value, like], vec![], hint),
+        }
     }
 
     /// An f64 scalar `Constant` node.

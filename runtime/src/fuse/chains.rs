@@ -12,13 +12,13 @@
 //! only after, so the order stays a topological one.
 //!
 //! A chain also *recomputes* a producer it cannot take over (its value has readers elsewhere,
-//! typically a forward value the backward reads) when that costs no new reads: every input of
-//! the producer is already one of the chain's, or the producer widens a value to f32 (reading
-//! the narrow value is cheaper than the wide one). The chain then reads the producer's inputs,
-//! not its value, and when every reader of the value recomputes it, the value is never written
-//! at all: SiLU's gate and sigmoid, for instance, are rebuilt in the backward from the gate's
-//! pre-activation, which it reads anyway, so the forward neither writes nor keeps them. The
-//! recomputed step is the same op on the same inputs, so the results keep their bits.
+//! typically a forward value the backward reads) when that costs no new reads ([`Recompute`]):
+//! the producer is rebuilt from inputs the chain reads anyway, or from one value read after the
+//! chain anyway, or it widens a value to f32 (reading the narrow value is cheaper). When every
+//! reader of a value recomputes it, the value is never written at all: SiLU's gate and sigmoid,
+//! for instance, are rebuilt in the backward from the gate's pre-activation, which it reads
+//! anyway, so the forward neither writes nor keeps them. The recomputed steps are the same ops
+//! on the same inputs, so the results keep their bits.
 
 use std::collections::{HashMap, HashSet};
 
@@ -275,7 +275,7 @@ struct Recompute<'a> {
 }
 
 /// How deep a rebuilt value's producers are rebuilt in turn.
-const MAX_DEPTH: usize = 3;
+const MAX_DEPTH: usize = 6;
 
 impl Recompute<'_> {
     /// The copies and new leaves that rebuild `p`, when that pays.

@@ -1,8 +1,6 @@
 //! Elementwise ops. Binary ops broadcast, so each operand's gradient is summed back to its
 //! shape (`SumToShape`, skipped when the declared shapes show no broadcasting).
 
-use adaptc_ir::Attribute;
-
 use super::{r, Grads, Rule, RuleCx};
 use crate::pass::PassError;
 
@@ -134,7 +132,7 @@ fn pow(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
     let g = dy(cx, dys)?;
     let (x, e) = (cx.input(0)?, cx.input(1)?);
     // d(x^e)/dx = e · x^(e-1).
-    let ex = cx.em.op("CastLike", &[&e, &x], vec![], &x)?;
+    let ex = cx.em.cast_like(&e, &x, &x)?;
     let one_ = cx.em.scalar_like(1.0, &x)?;
     let em1 = cx.em.op("Sub", &[&ex, &one_], vec![], &x)?;
     let p = cx.em.op("Pow", &[&x, &em1], vec![], &x)?;
@@ -244,12 +242,7 @@ fn identity(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError>
 fn cast(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
     let g = dy(cx, dys)?;
     let x = cx.input(0)?;
-    // Cast back to x's type: by name when it is known, so the backward does not keep x alive
-    // (CastLike would read it) just for its type.
-    let back = match cx.em.elem_type(&x) {
-        Some(d) => cx.em.op("Cast", &[&g], vec![Attribute::int("to", d.code() as i64)], &x)?,
-        None => cx.em.op("CastLike", &[&g, &x], vec![], &x)?,
-    };
+    let back = cx.em.cast_like(&g, &x, &x)?;
     let mut grads = vec![Some(back)];
     if cx.node.inputs().len() > 1 {
         grads.push(None);

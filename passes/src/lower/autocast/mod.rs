@@ -18,6 +18,10 @@
 //! its statistics and the outputs stay f32 — how `torch.autocast` runs attention. Its
 //! gradient op inherits the attribute.
 //!
+//! With `activations=bf16` the activations are also stored in bf16 between ops, as in a model
+//! loaded in bf16 ([`activations`]); by default they stay f32, as `torch.autocast` keeps them
+//! on an f32 model.
+//!
 //! Run it before `build-training-graph`: autodiff then differentiates through the casts
 //! (a cast's gradient is cast back to its input's type), so gradients of bf16 products are
 //! bf16 and those of the f32 masters are f32. A product whose operand types are not known
@@ -27,7 +31,11 @@
 //! and their types; the outputs' values up to bf16 rounding of the products. Example:
 //! `insert-lora{rank=16 targets=all-linear},autocast{dtype=bf16}`. Statistics:
 //! `autocast.products`, `autocast.weights` (initializers stored in bf16), `autocast.casts`
-//! (casts inserted), `autocast.skipped`, `autocast.attention` (fused attention cores marked).
+//! (casts inserted), `autocast.skipped`, `autocast.attention` (fused attention cores marked),
+//! `autocast.activations` (activations rounded where written), `autocast.layout` (layout ops
+//! moved onto bf16 values).
+
+mod activations;
 
 use std::collections::{HashMap, HashSet};
 
@@ -50,11 +58,13 @@ const DTYPES: &[&str] = &["bf16"];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Autocast {
     pub dtype: DataType,
+    /// Whether activations are also stored in `dtype` between ops ([`activations`]).
+    pub low_activations: bool,
 }
 
 impl Default for Autocast {
     fn default() -> Autocast {
-        Autocast { dtype: DataType::BFloat16 }
+        Autocast { dtype: DataType::BFloat16, low_activations: false }
     }
 }
 
@@ -62,14 +72,24 @@ pub(crate) fn info() -> PassInfo {
     PassInfo {
         name: NAME,
         summary: "run every f32 MatMul/Gemm in bf16 (frozen weights stored in bf16, trainable ones cast)",
-        options: vec![OptionInfo::new("dtype", OptionKind::Enum(DTYPES), Some("bf16"), "the products' element type")],
-        example: "insert-lora{rank=16 targets=all-linear},autocast{dtype=bf16}",
+        options: vec![
+            OptionInfo::new("dtype", OptionKind::Enum(DTYPES), Some("bf16"), "the products' element type"),
+            OptionInfo::new(
+                "activations",
+                OptionKind::Enum(&["f32", "bf16"]),
+                Some("f32"),
+                "how activations are stored between ops: f32 (as torch.autocast on an f32 model), or rounded to \
+                 dtype (as a bf16 model; statistics and masks stay f32)",
+            ),
+        ],
+        example: "insert-lora{rank=16 targets=all-linear},autocast{dtype=bf16 activations=bf16}",
         build: |o: &Options| {
             let dtype = match o.choice("dtype")?.as_str() {
                 "bf16" => DataType::BFloat16,
                 other => return Err(PassError::bad_option(NAME, "dtype", format!("unsupported `{other}`"))),
             };
-            Ok(Box::new(Autocast { dtype }))
+            let low_activations = o.choice("activations")? != "f32";
+            Ok(Box::new(Autocast { dtype, low_activations }))
         },
     }
 }
@@ -88,9 +108,8 @@ impl Pass for Autocast {
             ));
         }
         let graph = &mut model.graph;
-        let types = elem_types(graph)?;
-        let order = graph.topo_order()?;
-        let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut types = elem_types(graph)?;
+        let mut order = graph.topo_order()?;
         let mut sites = Vec::new();
         for &id in &order {
             let node = graph.node(id);
@@ -126,6 +145,16 @@ impl Pass for Autocast {
         let skipped =
             order.iter().filter(|&&id| graph.node(id).op().is("MatMul") || graph.node(id).op().is("Gemm")).count()
                 - sites.len();
+        let stored = match self.low_activations {
+            true => {
+                let stored = activations::store_low(graph, self.dtype, &sites.iter().copied().collect(), &types)?;
+                types = elem_types(graph)?;
+                order = graph.topo_order()?;
+                stored
+            }
+            false => activations::Stored { rounded: 0, layout: 0 },
+        };
+        let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut cast = Caster {
             dtype: self.dtype,
             sites: sites.iter().copied().collect(),
@@ -156,12 +185,14 @@ impl Pass for Autocast {
         }
         crate::canonicalize::drop_value_info(graph, &removed);
         let casts = cast.casts + sites.len() - removed.len();
-        Ok(PassOutcome::changed(!sites.is_empty() || !attention.is_empty())
+        Ok(PassOutcome::changed(!sites.is_empty() || !attention.is_empty() || stored.rounded > 0)
             .stat("autocast.products", sites.len() as i64)
             .stat("autocast.weights", cast.weights as i64)
             .stat("autocast.casts", casts as i64)
             .stat("autocast.skipped", skipped as i64)
-            .stat("autocast.attention", attention.len() as i64))
+            .stat("autocast.attention", attention.len() as i64)
+            .stat("autocast.activations", stored.rounded as i64)
+            .stat("autocast.layout", stored.layout as i64))
     }
 }
 
