@@ -10,7 +10,8 @@
 #      FFN, HEADS, KV, VOCAB, B, S; small defaults so the whole check stays under 8 minutes),
 #      adaptc with --autocast bf16-activations (bf16 products and activations stored in bf16, as
 #      PEFT's bf16 model; AUTOCAST=bf16: f32 activations; AUTOCAST=none: fp32) and fused
-#      attention (its default).
+#      attention (its default); CHAIN_AB=1 adds a run with the chain interpreter instead of
+#      each chain program's own kernel.
 # Logs go to $OUT (when set) or .gpu/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +85,24 @@ PY
     timeout 150 "$G/bin/adaptc" train "$G/work/llama/model.onnx" --data "$G/work/bench.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps "$STEPS" --batch-size "$B" --lr 1e-4 \
         --device cuda "${precision[@]}" --out "$G/work/run-bench" > "$OUT/bench-adaptc.log" 2>&1 || echo "adaptc bench failed (see bench-adaptc.log)"
+    # CHAIN_AB=1: the same run with the chain interpreter instead of each program's own
+    # kernel (ADAPTC_CUDA_CHAIN=interpret), to measure what specialising them gives.
+    interp=""
+    if [ "${CHAIN_AB:-0}" = 1 ]; then
+        rm -rf "$G/work/run-bench-interp"
+        ADAPTC_CUDA_CHAIN=interpret timeout 150 "$G/bin/adaptc" train "$G/work/llama/model.onnx" --data "$G/work/bench.jsonl" \
+            --task causal-lm -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps "$STEPS" --batch-size "$B" \
+            --lr 1e-4 --device cuda "${precision[@]}" --out "$G/work/run-bench-interp" > "$OUT/bench-adaptc-interp.log" 2>&1
+        interp=$(python3 - "$G/work/run-bench-interp/metrics.jsonl" <<'PY'
+import json, statistics, sys
+try:
+    t = [r["step_time_s"] for r in map(json.loads, open(sys.argv[1])) if "step_time_s" in r and "eval_loss" not in r]
+    print(f"{statistics.median(t[3:] if len(t) > 5 else t):.4f}" if t else "")
+except OSError:
+    pass
+PY
+)
+    fi
     peft=""
     if [ -f "$G/anchors/peft_gpu_baseline.py" ]; then
         peft=$(timeout 150 python3 "$G/anchors/peft_gpu_baseline.py" 2>&1 | tee "$OUT/bench-peft.log" | grep '^peft-gpu' | tail -1)
@@ -131,3 +150,4 @@ echo "suite      : ${suite:-no summary (see suite.log)}"
 echo "loss curve : $curve"
 echo "benchmark  : D=$D LAYERS=$LAYERS FFN=$FFN B=$B S=$S: $bench"
 echo "last step  : $(grep -h '^last step:' "$OUT/bench-adaptc.log" 2>/dev/null | tail -1 | cut -c 12-)"
+[ "${CHAIN_AB:-0}" = 1 ] && echo "chains interpreted (ADAPTC_CUDA_CHAIN=interpret): step ${interp:-failed} s"

@@ -2,7 +2,8 @@
 //! that cannot run here is reported as *skipped*, never as passed).
 //!
 //! Everywhere:
-//! - NVRTC compiles every kernel for sm_80 and sm_90 (needs only `libnvrtc.so.13`, no GPU);
+//! - NVRTC compiles every kernel for sm_80 and sm_90 (needs only `libnvrtc.so.13`, no GPU),
+//!   and the own kernel of every elementwise chain in the Llama and BERT LoRA training plans;
 //! - without a GPU, opening the CUDA backend is an error that says so;
 //! - the flash-attention case's graph runs on the CPU backend, its fully masked row gives
 //!   zeros and lse −∞ (so the GPU case compares what it means to).
@@ -102,6 +103,7 @@ fn main() {
     std::env::set_var("ADAPTC_CUDA_ATTENTION_ROWS", "5");
     let mut r = Report::default();
     r.case("nvrtc_compiles_every_kernel", nvrtc_compiles);
+    r.case("nvrtc_compiles_the_chain_kernels_of_the_training_plans", nvrtc_compiles_chains);
     r.case("flash_attention_case_runs_on_the_cpu", flash_graph_on_cpu);
     let gpu_cases: [GpuCase; 9] = [
         ("node_suite_matches_cpu", node_suite),
@@ -159,6 +161,68 @@ fn nvrtc_compiles() -> CaseResult {
             return Err(format!("{arch}: the compiled image lacks {}", missing.join(", ")));
         }
     }
+    Ok(None)
+}
+
+/// Every elementwise chain of the Llama (bf16 activations, fused attention) and BERT LoRA
+/// training plans gets its own kernel at its first launch: each must compile, over one merged
+/// dim (element by element, and four elements per thread) and over three. Inputs a cast widens are taken as bf16, a
+/// `SumToShape`'s dims as int64, the rest f32 (autocast's types).
+fn nvrtc_compiles_chains() -> CaseResult {
+    use adaptc_ir::DataType;
+    if !adaptc_runtime::cuda::nvrtc_available() {
+        return Ok(Some("libnvrtc.so.13 not found".into()));
+    }
+    let plans = [
+        (
+            "tests/fixtures/models/llama4/model.onnx",
+            "insert-lora{rank=8 alpha=16 targets=all-linear},fuse-attention,autocast{dtype=bf16 activations=bf16},\
+             build-training-graph{loss=causal-lm},append-adamw{max_norm=1.0}",
+        ),
+        (
+            "tests/fixtures/models/bert6.onnx",
+            "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value},\
+             fuse-attention,build-training-graph{loss=cross-entropy},append-adamw{max_norm=1.0}",
+        ),
+    ];
+    let mut sources = BTreeMap::new();
+    for (path, pipeline) in plans {
+        let model = adapted(path, pipeline)?;
+        let plan = adaptc_runtime::plan::lower(&model, adaptc_runtime::registry::Registry::cpu(), true)
+            .map_err(|e| e.to_string())?;
+        for ins in plan.instructions.iter().filter(|i| i.node.op().op_type == "ElementwiseChain") {
+            let program = adaptc_runtime::ops::chain::Program::from_node(&ins.node).map_err(|e| e.to_string())?;
+            let types: Vec<DataType> = (0..program.inputs)
+                .map(|k| {
+                    let widened =
+                        program.steps.iter().any(|s| s.a == k && s.op == adaptc_runtime::ops::chain::Op::ToF32);
+                    if program.dims_only(k) {
+                        DataType::Int64
+                    } else if widened {
+                        DataType::BFloat16
+                    } else {
+                        DataType::Float
+                    }
+                })
+                .collect();
+            for (rank, vector) in [(1, false), (1, true), (3, false)] {
+                let (name, source) = adaptc_runtime::cuda::specialised_source(&ins.node, &types, rank, vector)
+                    .map_err(|e| format!("{}: {e}", ins.node.label()))?;
+                sources.insert(name, source);
+            }
+        }
+    }
+    if sources.len() < 20 {
+        return Err(format!("only {} distinct chain kernels in two training plans", sources.len()));
+    }
+    let start = std::time::Instant::now();
+    for (name, source) in &sources {
+        let image = adaptc_runtime::cuda::compile(source, name, "sm_90", adaptc_runtime::cuda::Contraction::Off)?;
+        if !image.windows(name.len() + 1).any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0) {
+            return Err(format!("{name}: the compiled image lacks its entry point"));
+        }
+    }
+    println!("  {} chain kernels compiled for sm_90 in {:.2} s", sources.len(), start.elapsed().as_secs_f64());
     Ok(None)
 }
 

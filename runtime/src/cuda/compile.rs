@@ -1,11 +1,16 @@
-//! NVRTC: the kernels of `kernels.cu` compiled once per session for the device's architecture.
+//! NVRTC: the kernels of `kernels.cu` compiled once per process for the device's architecture,
+//! and each elementwise-chain program's own kernel at its first launch.
 
 use std::ffi::CString;
 
 use cudarc::nvrtc::{result, sys};
 
-/// The CUDA C source of every kernel (embedded, so the binary needs no files beside it).
-pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
+/// What every compiled program starts with: types, bf16 conversions, the elementwise op tables
+/// and the chain arguments (embedded, so the binary needs no files beside it).
+pub const PRELUDE: &str = include_str!("prelude.cuh");
+
+/// The CUDA C source of every fixed kernel: the prelude, then `kernels.cu`.
+pub const KERNEL_SOURCE: &str = concat!(include_str!("prelude.cuh"), "\n", include_str!("kernels.cu"));
 
 /// Whether `libnvrtc` can be loaded (cudarc would panic on first use otherwise).
 pub fn nvrtc_available() -> bool {
@@ -17,13 +22,31 @@ pub fn nvrtc_available() -> bool {
 /// log. Runs without a GPU (only NVRTC is needed), which is how the tests check the kernels on
 /// machines that have none.
 pub fn compile_kernels(arch: &str) -> Result<Vec<u8>, String> {
+    compile(KERNEL_SOURCE, "adaptc_kernels.cu", arch, Contraction::Allowed)
+}
+
+/// Whether NVRTC may contract a product and a sum into one fused multiply-add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contraction {
+    /// `--fmad=true`: the fixed kernels, whose products and sums the CPU kernels do not
+    /// reproduce bit for bit anyway (reductions sum in another order).
+    Allowed,
+    /// `--fmad=false`: every product and sum rounded on its own, as the CPU chain kernel
+    /// computes a program's `Mul` then `Add` (the chains' bits then match the CPU backend's).
+    Off,
+}
+
+/// Compiles `source` (named `name` in NVRTC's messages) for `arch` into a CUBIN image, or
+/// returns NVRTC's log.
+pub fn compile(source: &str, name: &str, arch: &str, contraction: Contraction) -> Result<Vec<u8>, String> {
     if !nvrtc_available() {
         return Err("libnvrtc.so (CUDA 13) was not found on the library path".into());
     }
-    let src = CString::new(KERNEL_SOURCE).map_err(|e| e.to_string())?;
-    let name = CString::new("adaptc_kernels.cu").map_err(|e| e.to_string())?;
-    let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), "--fmad=true".to_string()];
+    let src = CString::new(source).map_err(|e| e.to_string())?;
+    let file = CString::new(name).map_err(|e| e.to_string())?;
+    let prog = result::create_program(&src, Some(&file)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    let fmad = matches!(contraction, Contraction::Allowed);
+    let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), format!("--fmad={fmad}")];
     // SAFETY: `prog` is a live program created above and destroyed once below.
     let out = unsafe {
         let compiled = result::compile_program(prog, &opts);
@@ -31,7 +54,7 @@ pub fn compile_kernels(arch: &str) -> Result<Vec<u8>, String> {
             Ok(()) => cubin(prog),
             Err(e) => {
                 let log = result::get_program_log(prog).map(|l| log_text(&l)).unwrap_or_default();
-                Err(format!("NVRTC failed to compile the kernels for {arch} ({e:?}):\n{log}"))
+                Err(format!("NVRTC failed to compile {name} for {arch} ({e:?}):\n{log}"))
             }
         };
         let _ = result::destroy_program(prog);

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
 
-use super::compile::compile_kernels;
+use super::compile::{compile, compile_kernels, Contraction, PRELUDE};
+use super::ops::chain::specialise::{self, ProgramKey, Walk};
+use super::ops::chain::ChainArgs;
 use crate::error::RuntimeError;
 
 /// Every kernel entry point of `kernels.cu` the backend launches.
@@ -136,7 +138,11 @@ pub struct Gpu {
     pub name: String,
     /// The compute capability's major number (bf16 tensor cores from 8).
     pub compute_major: i32,
+    /// The architecture NVRTC compiles for (`sm_90`, …).
+    arch: String,
     functions: HashMap<&'static str, CudaFunction>,
+    /// Each elementwise-chain program's own kernel, compiled at its first launch.
+    chain_kernels: Mutex<HashMap<ProgramKey, CudaFunction>>,
     /// Set by kernels that meet a bad index or label (first one wins); read after each run.
     pub error_flag: Mutex<CudaSlice<i64>>,
     counters: Mutex<Placement>,
@@ -197,7 +203,9 @@ impl Gpu {
             blas,
             name: format!("cuda:{ordinal} ({name}, {arch})"),
             compute_major: major,
+            arch,
             functions,
+            chain_kernels: Mutex::new(HashMap::new()),
             error_flag: Mutex::new(error_flag),
             counters: Mutex::new(Placement::default()),
             index_maps: Mutex::new(HashMap::new()),
@@ -236,6 +244,26 @@ impl Gpu {
         let mut p = std::mem::take(&mut *self.counters());
         p.backend = self.name.clone();
         p
+    }
+
+    /// The kernel specialised for `args`' program and `walk` (`ops/chain/specialise.rs`):
+    /// compiled by NVRTC and loaded the first time the program runs so, then reused.
+    pub fn chain_kernel(&self, args: &ChainArgs, walk: Walk) -> Result<CudaFunction, RuntimeError> {
+        let key = ProgramKey::of(args, walk);
+        let mut cache = self.chain_kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = cache.get(&key) {
+            return Ok(f.clone());
+        }
+        let k = specialise::kernel(args, walk);
+        let source = format!("{PRELUDE}\n{}", k.body);
+        let image = compile(&source, &format!("{}.cu", k.name), &self.arch, Contraction::Off).map_err(err)?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image))
+            .map_err(|e| err(format!("cannot load the chain kernel {}: {e}", k.name)))?;
+        let f = module.load_function(&k.name).map_err(|e| err(format!("chain kernel `{}`: {e}", k.name)))?;
+        cache.insert(key, f.clone());
+        Ok(f)
     }
 
     /// A compiled kernel by name (the names are fixed at compile time, so absence is a bug in

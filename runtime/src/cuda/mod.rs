@@ -24,7 +24,8 @@ mod ops;
 mod value;
 
 pub use backend::CudaBackend;
-pub use compile::{compile_kernels, nvrtc_available, KERNEL_SOURCE};
+pub use compile::{compile, compile_kernels, nvrtc_available, Contraction, KERNEL_SOURCE, PRELUDE};
 pub use device::{probe, ENTRY_POINTS};
+pub use ops::chain::specialised_source;
 pub use ops::covered_ops;
 pub use value::CudaValue;

@@ -14,6 +14,7 @@
 
 #include "shim.h"
 
+#include "../../src/cuda/prelude.cuh"
 #include "../../src/cuda/kernels.cu"
 
 #include <algorithm>

@@ -174,8 +174,9 @@ fn activations(
         };
         for o in outputs.into_iter().filter(|o| f32(o)) {
             kind.insert(o.clone(), out_kind);
-            let rounds = !products.contains(&id) && !(default && op.op_type == "Cast");
-            if out_kind == Kind::Activation && rounds {
+            // Products and casts already write what they should; everything else rounds.
+            let written_low = products.contains(&id) || (default && op.op_type == "Cast");
+            if out_kind == Kind::Activation && !written_low {
                 full.insert(o.clone());
             }
         }

@@ -4,7 +4,7 @@
 //! reference for every op and the device path only ever adds speed.
 
 mod attention;
-mod chain;
+pub(crate) mod chain;
 mod elementwise;
 mod flash;
 mod layout;

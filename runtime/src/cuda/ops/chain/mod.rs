@@ -1,12 +1,19 @@
-//! `ElementwiseChain` on the device: one `elementwise_chain` launch runs the whole program per
-//! element (`kernels.cu`, "elementwise chains"), so the chain reads its inputs and writes its
-//! outputs once. A program the fused kernel does not cover (a step on bf16 operands, more dims
-//! than it walks) runs step by step with the device ops of its nodes.
+//! `ElementwiseChain` on the device: one launch runs the whole program per element, so the
+//! chain reads its inputs and writes its outputs once. The kernel is the program's own
+//! ([`specialise`], compiled at its first launch), or the interpreter `elementwise_chain`
+//! (`kernels.cu`) with `ADAPTC_CUDA_CHAIN=interpret`. A program the fused kernels do not cover
+//! (a step on bf16 operands, more dims than they walk) runs step by step with the device ops
+//! of its nodes.
 
-use adaptc_ir::DataType;
+pub mod specialise;
+
+use specialise::Walk;
+
+use adaptc_ir::{DataType, Node};
 use cudarc::driver::DeviceRepr;
 
 use super::{done, dptr, find, host, launch, output, req, DevResult, Gpu};
+use crate::cuda::compile::PRELUDE;
 use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, merge_dims, DevError, MAX_RANK};
 use crate::cuda::value::CudaValue;
 use crate::error::KernelError;
@@ -15,26 +22,68 @@ use crate::ops::chain::{Op, Program};
 use crate::ops::OpCtx;
 use crate::tensor::Tensor;
 
-/// `struct ChainArgs` in `kernels.cu`.
+/// `struct ChainArgs` in `prelude.cuh`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ChainArgs {
-    rank: i32,
-    n_in: i32,
-    n_steps: i32,
-    n_out: i32,
-    shape: [i64; MAX_RANK],
-    in_st: [[i64; MAX_RANK]; MAX_INPUTS],
-    out_st: [[i64; MAX_RANK]; MAX_VALUES],
-    in_ptr: [u64; MAX_INPUTS],
-    out_ptr: [u64; MAX_VALUES],
-    in_kind: [i32; MAX_INPUTS],
-    out_bf16: [i32; MAX_VALUES],
-    out_reg: [i32; MAX_VALUES],
-    kind: [i32; MAX_STEPS],
-    code: [i32; MAX_STEPS],
-    a: [i32; MAX_STEPS],
-    b: [i32; MAX_STEPS],
+pub struct ChainArgs {
+    pub rank: i32,
+    pub n_in: i32,
+    pub n_steps: i32,
+    pub n_out: i32,
+    pub shape: [i64; MAX_RANK],
+    pub in_st: [[i64; MAX_RANK]; MAX_INPUTS],
+    pub out_st: [[i64; MAX_RANK]; MAX_VALUES],
+    pub in_ptr: [u64; MAX_INPUTS],
+    pub out_ptr: [u64; MAX_VALUES],
+    pub in_kind: [i32; MAX_INPUTS],
+    pub out_bf16: [i32; MAX_VALUES],
+    pub out_reg: [i32; MAX_VALUES],
+    pub kind: [i32; MAX_STEPS],
+    pub code: [i32; MAX_STEPS],
+    pub a: [i32; MAX_STEPS],
+    pub b: [i32; MAX_STEPS],
+}
+
+impl ChainArgs {
+    /// The program part of the arguments for `p` (steps, input kinds, outputs) at `rank`
+    /// merged dims; shape, strides and addresses are left for the launch to fill.
+    /// `in_types`: the inputs' storage types; `out_types`: the registers' (`Program::f32_types`).
+    pub fn program(p: &Program, rank: usize, in_types: &[DataType], reg_types: &[DataType]) -> ChainArgs {
+        let mut args = ChainArgs {
+            rank: rank as i32,
+            n_in: p.inputs as i32,
+            n_steps: p.steps.len() as i32,
+            n_out: p.values.len() as i32,
+            shape: [1; MAX_RANK],
+            in_st: [[0; MAX_RANK]; MAX_INPUTS],
+            out_st: [[0; MAX_RANK]; MAX_VALUES],
+            in_ptr: [0; MAX_INPUTS],
+            out_ptr: [0; MAX_VALUES],
+            in_kind: [0; MAX_INPUTS],
+            out_bf16: [0; MAX_VALUES],
+            out_reg: [0; MAX_VALUES],
+            kind: [0; MAX_STEPS],
+            code: [0; MAX_STEPS],
+            a: [0; MAX_STEPS],
+            b: [-1; MAX_STEPS],
+        };
+        for (k, t) in in_types.iter().enumerate().take(p.inputs) {
+            // 2: a SumToShape's dims (host values), never loaded.
+            args.in_kind[k] = if p.dims_only(k) { 2 } else { i32::from(*t == DataType::BFloat16) };
+        }
+        for (k, s) in p.steps.iter().enumerate() {
+            let (kind, code) = kernel_op(s.op);
+            args.kind[k] = kind;
+            args.code[k] = code;
+            args.a[k] = s.a as i32;
+            args.b[k] = s.b.map_or(-1, |b| b as i32);
+        }
+        for (k, &r) in p.values.iter().enumerate() {
+            args.out_bf16[k] = i32::from(reg_types[r] == DataType::BFloat16);
+            args.out_reg[k] = r as i32;
+        }
+        args
+    }
 }
 
 // SAFETY: a plain `#[repr(C)]` struct of integers, laid out as the C struct it mirrors.
@@ -118,24 +167,8 @@ fn fused(
     if dims.len() > MAX_RANK {
         return host(format!("{} dims after merging (the chain kernel walks {MAX_RANK})", dims.len()));
     }
-    let mut args = ChainArgs {
-        rank: dims.len() as i32,
-        n_in: p.inputs as i32,
-        n_steps: p.steps.len() as i32,
-        n_out: p.values.len() as i32,
-        shape: [1; MAX_RANK],
-        in_st: [[0; MAX_RANK]; MAX_INPUTS],
-        out_st: [[0; MAX_RANK]; MAX_VALUES],
-        in_ptr: [0; MAX_INPUTS],
-        out_ptr: [0; MAX_VALUES],
-        in_kind: [0; MAX_INPUTS],
-        out_bf16: [0; MAX_VALUES],
-        out_reg: [0; MAX_VALUES],
-        kind: [0; MAX_STEPS],
-        code: [0; MAX_STEPS],
-        a: [0; MAX_STEPS],
-        b: [-1; MAX_STEPS],
-    };
+    let in_types: Vec<DataType> = inputs.iter().map(|v| v.dtype()).collect();
+    let mut args = ChainArgs::program(p, dims.len(), &in_types, types);
     for (d, (size, st)) in dims.iter().enumerate() {
         args.shape[d] = *size;
         for (k, &s) in st.iter().enumerate() {
@@ -146,34 +179,58 @@ fn fused(
         }
     }
     for (k, v) in inputs.iter().enumerate() {
-        if p.dims_only(k) {
-            // A SumToShape's dims (host values): never loaded.
-            args.in_kind[k] = 2;
-            continue;
+        if !p.dims_only(k) {
+            args.in_ptr[k] = if v.numel() == 0 { 0 } else { dptr(gpu, v)? };
         }
-        args.in_ptr[k] = if v.numel() == 0 { 0 } else { dptr(gpu, v)? };
-        args.in_kind[k] = i32::from(v.dtype() == DataType::BFloat16);
-    }
-    for (k, s) in p.steps.iter().enumerate() {
-        let (kind, code) = kernel_op(s.op);
-        args.kind[k] = kind;
-        args.code[k] = code;
-        args.a[k] = s.a as i32;
-        args.b[k] = s.b.map_or(-1, |b| b as i32);
     }
     let mut outs = Vec::with_capacity(p.values.len());
     for (k, &r) in p.values.iter().enumerate() {
         let (mem, shape) = output(gpu, shapes[r].clone(), types[r])?;
         args.out_ptr[k] = addr(&mem, &gpu.stream);
-        args.out_bf16[k] = i32::from(types[r] == DataType::BFloat16);
-        args.out_reg[k] = r as i32;
         outs.push((mem, shape, types[r]));
     }
     if n > 0 {
         let n = n as i64;
-        launch!(gpu, "elementwise_chain", grid(n as usize), &args, &n)?;
+        if interpret() {
+            launch!(gpu, "elementwise_chain", grid(n as usize), &args, &n)?;
+        } else {
+            use cudarc::driver::PushKernelArg as _;
+            let walk = Walk::of(&args);
+            let f = gpu.chain_kernel(&args, walk).map_err(|e| DevError::Device(e.to_string()))?;
+            let mut b = gpu.stream.launch_builder(&f);
+            b.arg(&args);
+            b.arg(&n);
+            // SAFETY: the kernel is generated with exactly these parameters (`ChainArgs p,
+            // i64 n`), and every address in `args` belongs to a buffer that outlives the
+            // launch (buffers are freed in stream order).
+            unsafe { b.launch(grid(walk.threads(n as usize))) }.map_err(DevError::from)?;
+        }
     }
     Ok(outs.into_iter().map(|(mem, shape, t)| done(mem, shape, t)).collect())
+}
+
+/// The kernel `node`'s program gets with inputs stored as `in_types`, walked over `rank`
+/// merged dims (with `vector`, rank 1 and four elements per thread, every operand
+/// contiguous): its entry point and whole source (prelude included), as the backend compiles
+/// it. Lets the tests compile every chain of a real plan without a device.
+pub fn specialised_source(
+    node: &Node,
+    in_types: &[DataType],
+    rank: usize,
+    vector: bool,
+) -> Result<(String, String), String> {
+    let p = Program::from_node(node).map_err(|e| e.to_string())?;
+    let regs = p.f32_types(in_types).ok_or("a step on bf16 operands (the chain runs step by step)")?;
+    let walk = if vector { Walk::Vector4 { scalars: 0 } } else { Walk::Strided };
+    let k = specialise::kernel(&ChainArgs::program(&p, rank, in_types, &regs), walk);
+    Ok((k.name, format!("{PRELUDE}\n{}", k.body)))
+}
+
+/// `ADAPTC_CUDA_CHAIN=interpret`: chains run through the interpreter instead of their own
+/// kernels (to compare the two on a device, or to skip the compilations).
+fn interpret() -> bool {
+    static INTERPRET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INTERPRET.get_or_init(|| std::env::var("ADAPTC_CUDA_CHAIN").is_ok_and(|v| v == "interpret"))
 }
 
 /// The steps one by one with their nodes' device ops (a step a device op sends to the host
