@@ -385,8 +385,9 @@ fn cross_entropy_losses() {
         DataType::Int64,
         vec![Dim::Symbol("b".into()), Dim::Symbol("s".into())],
     ));
-    g.add_initializer(f64_tensor("emb", &[6, 3], &rng.values(18, -1.0, 1.0))).unwrap();
-    g.add_initializer(f64_tensor("w", &[3, 6], &rng.values(18, -1.0, 1.0))).unwrap();
+    let (emb, w) = (rng.values(18, -1.0, 1.0), rng.values(18, -1.0, 1.0));
+    g.add_initializer(f64_tensor("emb", &[6, 3], &emb)).unwrap();
+    g.add_initializer(f64_tensor("w", &[3, 6], &w)).unwrap();
     g.add_node(node("Gather", &["emb", "input_ids"], &["h"])).unwrap();
     g.add_node(node("MatMul", &["h", "w"], &["logits"])).unwrap();
     g.outputs.push(ValueInfo::tensor(
@@ -397,13 +398,32 @@ fn cross_entropy_losses() {
     let mut model = Model::new(g, 18);
     let trainable: BTreeSet<String> = strings(&["emb", "w"]).into_iter().collect();
     build_training_graph(&mut model, LossKind::CausalLm, None, &trainable).unwrap();
-    let ids = Tensor::from_vec(vec![2, 4], vec![1i64, 5, 2, 3, 4, 4, 0, 0]).unwrap();
-    let mask = Tensor::from_vec(vec![2, 4], vec![1i64, 1, 1, 1, 1, 1, 0, 0]).unwrap();
-    check_gradients(
-        &model,
-        &trainable,
-        HashMap::from([("input_ids".to_string(), ids), ("attention_mask".to_string(), mask)]),
-    );
+    let (id_values, mask_values) = ([1i64, 5, 2, 3, 4, 4, 0, 0], [1i64, 1, 1, 1, 1, 1, 0, 0]);
+    let ids = Tensor::from_vec(vec![2, 4], id_values.to_vec()).unwrap();
+    let mask = Tensor::from_vec(vec![2, 4], mask_values.to_vec()).unwrap();
+    let feeds = HashMap::from([("input_ids".to_string(), ids), ("attention_mask".to_string(), mask)]);
+    // The loss itself: mean over b and t < 3 with mask[b, t + 1] = 1 of
+    // −log softmax(emb[ids[b, t]]·w)[ids[b, t + 1]] (Hugging Face's shift), here 4 terms.
+    let mut terms = Vec::new();
+    for b in 0..2 {
+        for t in 0..3 {
+            let (at, next) = (b * 4 + t, b * 4 + t + 1);
+            if mask_values[next] == 0 {
+                continue;
+            }
+            let h = &emb[id_values[at] as usize * 3..][..3];
+            let logits: Vec<f64> = (0..6).map(|v| (0..3).map(|k| h[k] * w[k * 6 + v]).sum()).collect();
+            let lse = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
+            terms.push(lse - logits[id_values[next] as usize]);
+        }
+    }
+    assert_eq!(terms.len(), 4);
+    let want = terms.iter().sum::<f64>() / terms.len() as f64;
+    let session = Session::new(&model, SessionOptions::default()).unwrap();
+    let out: HashMap<String, Tensor> = session.run(feeds.clone()).unwrap().into_iter().collect();
+    let got = out["loss"].as_slice::<f64>().unwrap()[0];
+    assert!((got - want).abs() <= 1e-12 * want.abs(), "causal-lm loss {got} vs {want}");
+    check_gradients(&model, &trainable, feeds);
 }
 
 #[test]

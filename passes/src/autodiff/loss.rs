@@ -4,7 +4,8 @@
 //! - `cross-entropy`: `SoftmaxCrossEntropyLoss(logits [batch, classes], labels [batch])`, mean;
 //! - `causal-lm`: next-token cross-entropy, `logits[:, :-1]` against `input_ids[:, 1:]`, with
 //!   positions whose `attention_mask` is 0 ignored (label −100), mean over the rest — Hugging
-//!   Face's `labels = input_ids` convention;
+//!   Face's `labels = input_ids` convention (built as every position's logits against the
+//!   labels shifted left, the last one ignored: the same terms, without copying the logits);
 //! - `mse`: `mean((output − targets)²)` over all elements.
 
 use adaptc_ir::{Attribute, DataType, Dim, Graph, ValueInfo};
@@ -63,9 +64,11 @@ fn causal_lm(em: &mut Emitter, logits: &str) -> Result<String, PassError> {
     let (zero, one, minus_one, end) =
         (em.ints(&[0], "zero")?, em.ints(&[1], "one")?, em.ints(&[-1], "minus_one")?, em.ints(&[i64::MAX], "end")?);
     let seq_axis = em.ints(&[1], "seq_axis")?;
-    // Predictions at positions 0..S-1 score tokens 1..S.
-    let scores = em.op("Slice", &[logits, &zero, &minus_one, &seq_axis], vec![], "shifted_logits")?;
-    let scores = em.op("Flatten", &[&scores], vec![Attribute::int("axis", 2)], "flat_logits")?;
+    let ignore = em.ints(&[IGNORE_INDEX], "ignore")?;
+    // The prediction at position t scores token t + 1. The labels move, not the logits: position
+    // t's label is input_ids[t + 1] and the last position's is ignored, so the loss reads the
+    // logits where the model wrote them (a [B·S, V] view) and its gradient is already the
+    // logits' (no slice of the largest activation forward, no scatter back in the backward).
     let mut labels = em.op("Slice", &[ids, &one, &end, &seq_axis], vec![], "next_tokens")?;
     if em.dtype(ids) != Some(DataType::Int64) {
         labels = em.op("Cast", &[&labels], vec![Attribute::int("to", DataType::Int64.code() as i64)], "next_tokens")?;
@@ -73,10 +76,15 @@ fn causal_lm(em: &mut Emitter, logits: &str) -> Result<String, PassError> {
     if em.graph.is_graph_input("attention_mask") {
         let mask = em.op("Slice", &["attention_mask", &one, &end, &seq_axis], vec![], "next_mask")?;
         let keep = em.op("Cast", &[&mask], vec![Attribute::int("to", DataType::Bool.code() as i64)], "keep")?;
-        let ignore = em.ints(&[IGNORE_INDEX], "ignore")?;
         labels = em.op("Where", &[&keep, &labels, &ignore], vec![], "labels")?;
     }
+    // The last position: −100 in a [B, 1] column.
+    let first = em.op("Slice", &[ids, &zero, &one, &seq_axis], vec![], "first_tokens")?;
+    let column = em.op("Shape", &[&first], vec![], "last_shape")?;
+    let last = em.op("Expand", &[&ignore, &column], vec![], "last_labels")?;
+    let labels = em.op("Concat", &[&labels, &last], vec![Attribute::int("axis", 1)], "shifted_labels")?;
     let labels = em.op("Reshape", &[&labels, &minus_one], vec![], "flat_labels")?;
+    let scores = em.op("Flatten", &[logits], vec![Attribute::int("axis", 2)], "flat_logits")?;
     em.op(
         "SoftmaxCrossEntropyLoss",
         &[&scores, &labels],
