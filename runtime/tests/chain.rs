@@ -229,6 +229,26 @@ fn hand_written_chains_are_checked() {
     assert!(err.contains("hand") && err.contains("register 3"), "{err}");
 }
 
+/// `nodes` over an f32 input `x` and a bf16 input `h` (both [b, t, d]), f32 `output`; with
+/// their values.
+fn f32_and_bf16_model<const N: usize>(
+    b: usize,
+    t: usize,
+    d: usize,
+    nodes: [Node; N],
+    output: &str,
+) -> (Model, HashMap<String, Tensor>) {
+    let mut g = Graph::new("g");
+    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[b, t, d])));
+    g.inputs.push(ValueInfo::tensor("h", DataType::BFloat16, known(&[b, t, d])));
+    for n in nodes {
+        g.add_node(n).unwrap();
+    }
+    g.outputs.push(ValueInfo::tensor(output, DataType::Float, known(&[b, t, d])));
+    let feed = inputs(b, t, d).into_iter().filter(|(k, _)| k == "x" || k == "h").collect();
+    (Model::new(g, 21), feed)
+}
+
 /// A backward-shaped graph: the late chain reads the forward's SiLU output and a widened
 /// bf16 input. It recomputes both instead (SiLU from its pre-activation, which it reads
 /// anyway; the f32 value from the bf16 one), so the forward never writes them; the bits stay
@@ -236,27 +256,25 @@ fn hand_written_chains_are_checked() {
 #[test]
 fn late_chains_recompute_what_costs_no_new_reads() {
     let (b, t, d) = (2, 3, 9);
-    let mut g = Graph::new("g");
-    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[b, t, d])));
-    g.inputs.push(ValueInfo::tensor("h", DataType::BFloat16, known(&[b, t, d])));
-    for n in [
-        cast("h", DataType::Float, "hf"),
-        node("Add", &["x", "hf"], "c"),
-        node("Sigmoid", &["c"], "g"),
-        node("Mul", &["c", "g"], "s"),
-        cast("s", DataType::BFloat16, "e"),
-        cast("e", DataType::Float, "q"),
-        node("Softmax", &["q"], "p"),
-        // The "backward": reads p, s, c and hf after the Softmax.
-        node("Mul", &["p", "s"], "d1"),
-        node("Mul", &["d1", "c"], "d2"),
-        node("Mul", &["d2", "hf"], "d3"),
-    ] {
-        g.add_node(n).unwrap();
-    }
-    g.outputs.push(ValueInfo::tensor("d3", DataType::Float, known(&[b, t, d])));
-    let m = Model::new(g, 21);
-    let feed = inputs(b, t, d).into_iter().filter(|(k, _)| k == "x" || k == "h").collect();
+    let (m, feed) = f32_and_bf16_model(
+        b,
+        t,
+        d,
+        [
+            cast("h", DataType::Float, "hf"),
+            node("Add", &["x", "hf"], "c"),
+            node("Sigmoid", &["c"], "g"),
+            node("Mul", &["c", "g"], "s"),
+            cast("s", DataType::BFloat16, "e"),
+            cast("e", DataType::Float, "q"),
+            node("Softmax", &["q"], "p"),
+            // The "backward": reads p, s, c and hf after the Softmax.
+            node("Mul", &["p", "s"], "d1"),
+            node("Mul", &["d1", "c"], "d2"),
+            node("Mul", &["d2", "hf"], "d3"),
+        ],
+        "d3",
+    );
     same_bits(&m, feed);
     let plan = Session::new(&m, SessionOptions::default()).unwrap();
     let written: Vec<&String> = plan.plan().instructions.iter().flat_map(|i| i.node.outputs()).collect();
@@ -274,21 +292,18 @@ fn late_chains_recompute_what_costs_no_new_reads() {
 /// chain widens the bf16 value itself, so the cast never runs and the f32 value never exists.
 #[test]
 fn a_value_every_reader_recomputes_is_never_written() {
-    let (b, t, d) = (2, 3, 9);
-    let mut g = Graph::new("g");
-    g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[b, t, d])));
-    g.inputs.push(ValueInfo::tensor("h", DataType::BFloat16, known(&[b, t, d])));
-    for n in [
-        cast("h", DataType::Float, "hf"),
-        node("Mul", &["x", "hf"], "m1"),
-        node("Softmax", &["m1"], "p"),
-        node("Mul", &["p", "hf"], "m2"),
-    ] {
-        g.add_node(n).unwrap();
-    }
-    g.outputs.push(ValueInfo::tensor("m2", DataType::Float, known(&[b, t, d])));
-    let m = Model::new(g, 21);
-    let feed = inputs(b, t, d).into_iter().filter(|(k, _)| k == "x" || k == "h").collect();
+    let (m, feed) = f32_and_bf16_model(
+        2,
+        3,
+        9,
+        [
+            cast("h", DataType::Float, "hf"),
+            node("Mul", &["x", "hf"], "m1"),
+            node("Softmax", &["m1"], "p"),
+            node("Mul", &["p", "hf"], "m2"),
+        ],
+        "m2",
+    );
     let ops = same_bits(&m, feed);
     assert_eq!(ops, ["ElementwiseChain", "Softmax", "ElementwiseChain"], "{ops:?}");
     let plan = Session::new(&m, SessionOptions::default()).unwrap();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
 
-use super::compile::{compile, compile_kernels, Contraction, PRELUDE};
+use super::compile::{compile, compile_kernels, Contraction};
 use super::ops::chain::specialise::{self, ProgramKey, Walk};
 use super::ops::chain::ChainArgs;
 use crate::error::RuntimeError;
@@ -255,8 +255,7 @@ impl Gpu {
             return Ok(f.clone());
         }
         let k = specialise::kernel(args, walk);
-        let source = format!("{PRELUDE}\n{}", k.body);
-        let image = compile(&source, &format!("{}.cu", k.name), &self.arch, Contraction::Off).map_err(err)?;
+        let image = compile(&k.source(), &format!("{}.cu", k.name), &self.arch, Contraction::Off).map_err(err)?;
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))

@@ -13,7 +13,6 @@ use adaptc_ir::{DataType, Node};
 use cudarc::driver::DeviceRepr;
 
 use super::{done, dptr, find, host, launch, output, req, DevResult, Gpu};
-use crate::cuda::compile::PRELUDE;
 use crate::cuda::launch::{addr, broadcast, contiguous, elementwise as grid, merge_dims, DevError, MAX_RANK};
 use crate::cuda::value::CudaValue;
 use crate::error::KernelError;
@@ -45,15 +44,13 @@ pub struct ChainArgs {
 }
 
 impl ChainArgs {
-    /// The program part of the arguments for `p` (steps, input kinds, outputs) at `rank`
-    /// merged dims; shape, strides and addresses are left for the launch to fill.
-    /// `in_types`: the inputs' storage types; `out_types`: the registers' (`Program::f32_types`).
-    pub fn program(p: &Program, rank: usize, in_types: &[DataType], reg_types: &[DataType]) -> ChainArgs {
-        let mut args = ChainArgs {
+    /// Counts set, everything else zero (no step has a second operand: `b` = -1).
+    pub fn blank(rank: usize, n_in: usize, n_steps: usize, n_out: usize) -> ChainArgs {
+        ChainArgs {
             rank: rank as i32,
-            n_in: p.inputs as i32,
-            n_steps: p.steps.len() as i32,
-            n_out: p.values.len() as i32,
+            n_in: n_in as i32,
+            n_steps: n_steps as i32,
+            n_out: n_out as i32,
             shape: [1; MAX_RANK],
             in_st: [[0; MAX_RANK]; MAX_INPUTS],
             out_st: [[0; MAX_RANK]; MAX_VALUES],
@@ -66,7 +63,14 @@ impl ChainArgs {
             code: [0; MAX_STEPS],
             a: [0; MAX_STEPS],
             b: [-1; MAX_STEPS],
-        };
+        }
+    }
+
+    /// The program part of the arguments for `p` (steps, input kinds, outputs) at `rank`
+    /// merged dims; shape, strides and addresses are left for the launch to fill.
+    /// `in_types`: the inputs' storage types; `out_types`: the registers' (`Program::f32_types`).
+    pub fn program(p: &Program, rank: usize, in_types: &[DataType], reg_types: &[DataType]) -> ChainArgs {
+        let mut args = ChainArgs::blank(rank, p.inputs, p.steps.len(), p.values.len());
         for (k, t) in in_types.iter().enumerate().take(p.inputs) {
             // 2: a SumToShape's dims (host values), never loaded.
             args.in_kind[k] = if p.dims_only(k) { 2 } else { i32::from(*t == DataType::BFloat16) };
@@ -223,7 +227,7 @@ pub fn specialised_source(
     let regs = p.f32_types(in_types).ok_or("a step on bf16 operands (the chain runs step by step)")?;
     let walk = if vector { Walk::Vector4 { scalars: 0 } } else { Walk::Strided };
     let k = specialise::kernel(&ChainArgs::program(&p, rank, in_types, &regs), walk);
-    Ok((k.name, format!("{PRELUDE}\n{}", k.body)))
+    Ok((k.name.clone(), k.source()))
 }
 
 /// `ADAPTC_CUDA_CHAIN=interpret`: chains run through the interpreter instead of their own

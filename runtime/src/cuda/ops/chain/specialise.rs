@@ -88,6 +88,13 @@ pub struct Specialised {
     pub body: String,
 }
 
+impl Specialised {
+    /// What NVRTC compiles: the prelude, then the body.
+    pub fn source(&self) -> String {
+        format!("{}\n{}", crate::cuda::compile::PRELUDE, self.body)
+    }
+}
+
 /// The kernel of `a`'s program walking as `walk` says; its name is a hash of its body, so
 /// equal programs share it.
 pub fn kernel(a: &ChainArgs, walk: Walk) -> Specialised {
@@ -262,7 +269,6 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::cuda::launch::MAX_RANK;
 
     /// A program over `shape` (dims as the launcher passes them, already merged), each input
     /// drawn from its range (bf16 inputs rounded), every operand walked through its strides.
@@ -281,25 +287,7 @@ mod tests {
         steps: &[[i32; 4]],
         outputs: &[(i32, bool, &[i64])],
     ) -> Case {
-        let zero = [[0; MAX_RANK]; 8];
-        let mut a = ChainArgs {
-            rank: shape.len() as i32,
-            n_in: inputs.len() as i32,
-            n_steps: steps.len() as i32,
-            n_out: outputs.len() as i32,
-            shape: [1; MAX_RANK],
-            in_st: zero,
-            out_st: [[0; MAX_RANK]; 6],
-            in_ptr: [0; 8],
-            out_ptr: [0; 6],
-            in_kind: [0; 8],
-            out_bf16: [0; 6],
-            out_reg: [0; 6],
-            kind: [0; 32],
-            code: [0; 32],
-            a: [0; 32],
-            b: [-1; 32],
-        };
+        let mut a = ChainArgs::blank(shape.len(), inputs.len(), steps.len(), outputs.len());
         a.shape[..shape.len()].copy_from_slice(shape);
         for (k, (kind, st, _)) in inputs.iter().enumerate() {
             a.in_kind[k] = *kind;
