@@ -1,12 +1,13 @@
 //! Per-op timing of runs, switched on with `ADAPTC_PROFILE=1`: where a plan spends its time,
 //! by op type, so kernel work goes where it pays. `ADAPTC_PROFILE=nodes` also lists the
-//! slowest nodes; `ADAPTC_PROFILE=memory` lists the buffers live at the peak (what a
+//! slowest nodes, `ADAPTC_PROFILE=bytes` the nodes that move the most bytes (what a fusion
+//! must remove); `ADAPTC_PROFILE=memory` lists the buffers live at the peak (what a
 //! memory cut must shrink).
 //!
 //! Each op type also shows its operand bytes: the sizes of its inputs and outputs, what a
 //! kernel that reads each input and writes each output once moves through memory (a
 //! broadcast input counts at its own size; a view, such as Reshape's output, counts though
-//! nothing moves). Operand bytes scale with tokens and layers, so a small CPU run tells how
+//! nothing moves; a Gather's table counts as the rows it reads). Operand bytes scale with tokens and layers, so a small CPU run tells how
 //! the memory traffic of a GPU step splits between op types.
 
 use std::collections::HashMap;
@@ -26,10 +27,15 @@ pub fn memory() -> bool {
     *ON.get_or_init(|| std::env::var("ADAPTC_PROFILE").is_ok_and(|v| v == "memory"))
 }
 
-/// Whether `ADAPTC_PROFILE=nodes` asks for the per-node list too.
+/// Whether `ADAPTC_PROFILE=nodes` or `=bytes` asks for the per-node list too.
 pub fn by_node() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("ADAPTC_PROFILE").is_ok_and(|v| v == "nodes"))
+    *ON.get_or_init(|| std::env::var("ADAPTC_PROFILE").is_ok_and(|v| v == "nodes" || v == "bytes"))
+}
+
+/// Whether the per-node list is ordered by operand bytes (`ADAPTC_PROFILE=bytes`), not time.
+fn nodes_by_bytes() -> bool {
+    std::env::var("ADAPTC_PROFILE").is_ok_and(|v| v == "bytes")
 }
 
 /// Nodes listed by `ADAPTC_PROFILE=nodes`: `ADAPTC_PROFILE_NODES` (default 40).
@@ -41,7 +47,8 @@ fn top_nodes() -> usize {
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     by_op: HashMap<String, (Duration, usize)>,
-    by_node: HashMap<String, (Duration, usize)>,
+    /// Per node (when asked): time, calls and operand bytes.
+    by_node: HashMap<String, (Duration, usize, u64)>,
     /// Operand bytes per op type.
     bytes: HashMap<String, u64>,
     /// With `ADAPTC_PROFILE=memory`: the instruction after which the run's live bytes peaked,
@@ -61,6 +68,7 @@ impl Profile {
             let e = self.by_node.entry(node()).or_default();
             e.0 += took;
             e.1 += 1;
+            e.2 += bytes;
         }
     }
 
@@ -71,10 +79,11 @@ impl Profile {
             e.0 += *d;
             e.1 += n;
         }
-        for (node, (d, n)) in &other.by_node {
+        for (node, (d, n, b)) in &other.by_node {
             let e = self.by_node.entry(node.clone()).or_default();
             e.0 += *d;
             e.1 += n;
+            e.2 += b;
         }
         for (op, b) in &other.bytes {
             *self.bytes.entry(op.clone()).or_default() += b;
@@ -125,10 +134,16 @@ impl fmt::Display for Profile {
         }
         if !self.by_node.is_empty() {
             let mut rows: Vec<_> = self.by_node.iter().collect();
-            rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
-            writeln!(f, "\n\nslowest nodes:")?;
-            for (node, (d, n)) in rows.into_iter().take(top_nodes()) {
-                writeln!(f, "{:>10.1} ms {n:>4}×  {node}", d.as_secs_f64() * 1e3)?;
+            if nodes_by_bytes() {
+                rows.sort_by_key(|r| std::cmp::Reverse(r.1 .2));
+                writeln!(f, "\n\nnodes moving the most bytes:")?;
+            } else {
+                rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
+                writeln!(f, "\n\nslowest nodes:")?;
+            }
+            for (node, (d, n, b)) in rows.into_iter().take(top_nodes()) {
+                let mib = *b as f64 / (1u64 << 20) as f64;
+                writeln!(f, "{:>10.1} ms {mib:>9.1} MiB {n:>4}×  {node}", d.as_secs_f64() * 1e3)?;
             }
         }
         Ok(())

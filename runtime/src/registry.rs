@@ -67,8 +67,12 @@ impl Registry {
             for &(name, kernel) in ops::quant::MS_OPS {
                 r.ops.insert((MS_DOMAIN.to_string(), name.to_string()), OpDef { kernel });
             }
-            for &(name, kernel) in
-                ops::grad::OPS.iter().chain(ops::fused_attention::OPS).chain(ops::optim::OPS).chain(ops::chain::OPS)
+            for &(name, kernel) in ops::grad::OPS
+                .iter()
+                .chain(ops::fused_attention::OPS)
+                .chain(ops::optim::OPS)
+                .chain(ops::chain::OPS)
+                .chain(ops::loss::ADAPTC_OPS)
             {
                 r.ops.insert((ADAPTC_DOMAIN.to_string(), name.to_string()), OpDef { kernel });
             }

@@ -427,14 +427,24 @@ fn operand_bytes<B: Backend>(
     args: &[Option<&B::Buffer>],
     outs: &[Option<B::Buffer>],
 ) -> u64 {
-    if ins.node.op().domain.is_empty() && matches!(ins.node.op().op_type.as_str(), "Shape" | "Size") {
-        return outs.iter().flatten().map(|b| be.byte_size(b) as u64).sum();
+    let op = ins.node.op();
+    let default_domain = adaptc_ir::is_default_domain(&op.domain);
+    let written_bytes = || outs.iter().flatten().map(|b| be.byte_size(b) as u64).sum::<u64>();
+    if default_domain && matches!(op.op_type.as_str(), "Shape" | "Size") {
+        return written_bytes();
     }
     let ins_keys: Vec<usize> = args.iter().flatten().map(|b| be.storage_key(b)).collect();
     let out_keys: Vec<usize> = outs.iter().flatten().map(|b| be.storage_key(b)).collect();
-    let read = args.iter().flatten().filter(|b| !out_keys.contains(&be.storage_key(b)));
     let written = outs.iter().flatten().filter(|b| !ins_keys.contains(&be.storage_key(b)));
-    read.map(|b| be.byte_size(b) as u64).sum::<u64>() + written.map(|b| be.byte_size(b) as u64).sum::<u64>()
+    let written = written.map(|b| be.byte_size(b) as u64).sum::<u64>();
+    // A Gather reads only the rows it writes out (an embedding lookup reads a few rows of a
+    // large table), and its indices.
+    if default_domain && op.op_type == "Gather" {
+        let indices = args.get(1).copied().flatten().map_or(0, |b| be.byte_size(b) as u64);
+        return 2 * written + indices;
+    }
+    let read = args.iter().flatten().filter(|b| !out_keys.contains(&be.storage_key(b)));
+    read.map(|b| be.byte_size(b) as u64).sum::<u64>() + written
 }
 
 /// A node and its input shapes, for the per-node profile.

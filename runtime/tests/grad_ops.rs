@@ -991,7 +991,11 @@ fn softmax_cross_entropy_loss_grad_refuses_bad_input() {
     assert!(g(&[string("reduction", "none")], &[Some(&one), Some(&scores), Some(&labels)]).is_err(), "dloss for none");
     assert!(g(&[string("reduction", "max")], &[Some(&one), Some(&scores), Some(&labels)]).is_err(), "reduction");
     assert!(g(&[], &[Some(&one), Some(&scores), Some(&labels), Some(&t64(&[2], vec![1.0; 2]))]).is_err(), "weights");
-    assert!(g(&[], &[Some(&to_f32(&one)), Some(&scores), Some(&labels)]).is_err(), "types");
+    assert!(g(&[int("to", 7)], &[Some(&one), Some(&scores), Some(&labels)]).is_err(), "`to` an integer type");
+    // Mixed types compute in f32 (the plan's loss fusion feeds bf16 scores beside an f32
+    // dloss); `to` picks the gradient's type.
+    let mixed = g(&[int("to", 16)], &[Some(&to_f32(&one)), Some(&scores), Some(&labels)]).unwrap();
+    assert_eq!(mixed[0].dtype(), DataType::BFloat16);
     let float_labels = t64(&[2], vec![0.0, 1.0]);
     assert!(g(&[], &[Some(&one), Some(&scores), Some(&float_labels)]).is_err(), "float labels");
 }

@@ -328,12 +328,13 @@ __device__ void row_mean_invstd(const float* xr, i64 cols, float eps, float* mea
 }
 
 // Max and Σ exp(x − max) of one row, for every thread of the block.
-__device__ void row_max_sumexp(const float* xr, i64 cols, float* max, float* sum) {
+template <typename T>
+__device__ void row_max_sumexp(const T* xr, i64 cols, float* max, float* sum) {
     float m = -INFINITY;
-    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = nanmax(m, xr[c]);
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = nanmax(m, widen(xr[c]));
     m = block_reduce(m, 1);
     float s = 0.0f;
-    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(xr[c] - m);
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(widen(xr[c]) - m);
     *max = m;
     *sum = block_reduce(s, 0);
 }
@@ -957,11 +958,12 @@ extern "C" __global__ void gelu_grad_f32(const float* dy, const float* x, float*
 
 // Per row of scores [rows, cols] (class axis last): loss_r = w·(logsumexp − x[label]) and its
 // weight w (0 for ignore_index, else 1 or weights[label]). A label outside [0, cols) that is not
-// ignored sets `err` to 2.
-extern "C" __global__ void xent_rows_f32(const float* x, const i64* labels, const float* weights, float* loss,
-                                         float* wout, i64 rows, i64 cols, i64 ignore, int has_ignore, i64* err) {
+// ignored sets `err` to 2. Scores are f32 or bf16 (a model's logits as stored), read as f32.
+template <typename T>
+__device__ void xent_rows(const T* x, const i64* labels, const float* weights, float* loss, float* wout, i64 rows,
+                          i64 cols, i64 ignore, int has_ignore, i64* err) {
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-        const float* xr = x + r * cols;
+        const T* xr = x + r * cols;
         i64 lab = labels[r];
         bool skip = has_ignore && lab == ignore;
         if (!skip && (lab < 0 || lab >= cols)) {
@@ -972,11 +974,19 @@ extern "C" __global__ void xent_rows_f32(const float* x, const i64* labels, cons
         row_max_sumexp(xr, cols, &m, &s);
         if (threadIdx.x == 0) {
             float w = skip ? 0.0f : (weights ? weights[lab] : 1.0f);
-            loss[r] = skip ? 0.0f : w * (m + logf(s) - xr[lab]);
+            loss[r] = skip ? 0.0f : w * (m + logf(s) - widen(xr[lab]));
             wout[r] = w;
         }
     }
 }
+
+#define XENT_ROWS(name, T)                                                                                     \
+    extern "C" __global__ void name(const T* x, const i64* labels, const float* weights, float* loss, float* wout, \
+                                    i64 rows, i64 cols, i64 ignore, int has_ignore, i64* err) {                \
+        xent_rows<T>(x, labels, weights, loss, wout, rows, cols, ignore, has_ignore, err);                     \
+    }
+XENT_ROWS(xent_rows_f32, float)
+XENT_ROWS(xent_rows_bf16, bf16_t)
 
 // loss = Σ loss_r (sum), Σ loss_r / Σ w_r (mean; 0 when the weights sum to 0), in one block.
 extern "C" __global__ void xent_finish_f32(const float* loss, const float* w, float* out, i64 rows, int mean) {
@@ -991,17 +1001,19 @@ extern "C" __global__ void xent_finish_f32(const float* loss, const float* w, fl
 }
 
 // dscores = (softmax(x) − onehot(label)) · w_r · dloss / denom, where denom = Σ w (mean) or 1.
-// `dloss` is the loss gradient: a scalar (sum / mean) or one per row (none, `per_row`).
-extern "C" __global__ void xent_grad_f32(const float* dloss, const float* x, const i64* labels, const float* w,
-                                         const float* wsum, float* dx, i64 rows, i64 cols, int per_row) {
+// `dloss` is the loss gradient: a scalar (sum / mean) or one per row (none, `per_row`). Scores
+// (TX) and their gradient (TD) are f32 or bf16; the math is f32, the gradient rounded once.
+template <typename TX, typename TD>
+__device__ void xent_grad(const float* dloss, const TX* x, const i64* labels, const float* w, const float* wsum,
+                          TD* dx, i64 rows, i64 cols, int per_row) {
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-        const float* xr = x + r * cols;
-        float* dr = dx + r * cols;
+        const TX* xr = x + r * cols;
+        TD* dr = dx + r * cols;
         float wr = w[r];
         float denom = wsum ? wsum[0] : 1.0f;
         float g = (wr == 0.0f || denom == 0.0f) ? 0.0f : wr * (per_row ? dloss[r] : dloss[0]) / denom;
         if (g == 0.0f) {
-            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = 0.0f;
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = narrow<TD>(0.0f);
             continue;
         }
         float m, s;
@@ -1009,11 +1021,21 @@ extern "C" __global__ void xent_grad_f32(const float* dloss, const float* x, con
         float inv = 1.0f / s;
         i64 lab = labels[r];
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            float p = expf(xr[c] - m) * inv;
-            dr[c] = g * (p - (c == lab ? 1.0f : 0.0f));
+            float p = expf(widen(xr[c]) - m) * inv;
+            dr[c] = narrow<TD>(g * (p - (c == lab ? 1.0f : 0.0f)));
         }
     }
 }
+
+#define XENT_GRAD(name, TX, TD)                                                                                    \
+    extern "C" __global__ void name(const float* dloss, const TX* x, const i64* labels, const float* w,            \
+                                    const float* wsum, TD* dx, i64 rows, i64 cols, int per_row) {                 \
+        xent_grad<TX, TD>(dloss, x, labels, w, wsum, dx, rows, cols, per_row);                                     \
+    }
+XENT_GRAD(xent_grad_f32, float, float)
+XENT_GRAD(xent_grad_f32_bf16, float, bf16_t)
+XENT_GRAD(xent_grad_bf16_f32, bf16_t, float)
+XENT_GRAD(xent_grad_bf16, bf16_t, bf16_t)
 
 // ---------------------------------------------------------------- optimizer
 

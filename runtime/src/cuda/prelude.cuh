@@ -65,6 +65,14 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
 // The load and store conversions that let one kernel body serve f32 and bf16 storage.
 __device__ __forceinline__ float f32_to_f32(float v) { return v; }
 
+// Overloads for kernels templated over the storage type: `widen` loads as f32, `narrow`
+// rounds an f32 result to the storage type.
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(bf16_t v) { return bf16_to_f32(v); }
+template <typename T> __device__ __forceinline__ T narrow(float v);
+template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t narrow<bf16_t>(float v) { return f32_to_bf16(v); }
+
 #define GRID_LOOP(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 // max/min that propagate NaN, as the CPU kernels do (fmaxf/fminf drop it).

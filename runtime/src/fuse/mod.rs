@@ -1,6 +1,7 @@
 //! Plan-time fusions: nodes that lowering turns into one instruction, so that values passed
-//! between them are never written out and read back. Pairs with a dedicated kernel come first
-//! (a product and its bias, a mask and its softmax, the NaN guard); then chains of elementwise
+//! between them are never written out and read back. The loss's conversions come first
+//! ([`loss`]: the loss reads bf16 logits as stored), then pairs with a dedicated kernel (a
+//! product and its bias, a mask and its softmax, the NaN guard); then chains of elementwise
 //! nodes ([`chains`]) among the nodes left.
 //!
 //! The pairs are exact up to f32 rounding order and apply only when the intermediate value has
@@ -8,6 +9,7 @@
 //! changed: fusions are a property of the plan, like buffer reuse.
 
 pub mod chains;
+pub mod loss;
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +39,7 @@ pub fn find(graph: &Graph, enabled: bool) -> Fusions {
     if !enabled || std::env::var_os("ADAPTC_NO_FUSE").is_some_and(|v| !v.is_empty() && v != "0") {
         return f;
     }
+    loss::find(graph, &mut f);
     for id in graph.node_ids() {
         if let Some(m) = matmul_bias(graph, id) {
             let shapes: Vec<NodeId> = m.shapes.iter().map(|(s, _)| *s).collect();

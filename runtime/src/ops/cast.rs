@@ -14,6 +14,9 @@ pub fn cast_to(t: &Tensor, to: DataType) -> KResult<Tensor> {
     if t.dtype() == to {
         return Ok(t.clone());
     }
+    if let Some(data) = between_f32_and_half(t.data(), to) {
+        return Ok(Tensor::from_parts(t.shape().to_vec(), data));
+    }
     fn from_num<A: Num>(v: &[A], to: DataType) -> KResult<Storage> {
         fn conv<A: Num, B: Num>(v: &[A]) -> Storage {
             B::wrap(v.iter().map(|&x| convert::<A, B>(x)).collect())
@@ -41,6 +44,30 @@ pub fn cast_to(t: &Tensor, to: DataType) -> KResult<Tensor> {
         other => crate::with_num!(other, v => from_num(v, to)?, _ => kbail!("unreachable")),
     };
     Ok(Tensor::from_parts(t.shape().to_vec(), data))
+}
+
+/// The conversions an `autocast` graph makes all the time (f32 ↔ bf16/f16), directly and
+/// across threads: the same values as the general path through f64 (a half type widens to
+/// f32 exactly, and f32 → f64 → f32 is the identity), at a fraction of its cost.
+fn between_f32_and_half(data: &Storage, to: DataType) -> Option<Storage> {
+    use rayon::prelude::*;
+    fn map<A: Copy + Send + Sync, B: Copy + Send + Sync + Default>(v: &[A], f: impl Fn(A) -> B + Sync) -> Vec<B> {
+        let mut out = vec![B::default(); v.len()];
+        let each = |(o, a): (&mut [B], &[A])| o.iter_mut().zip(a).for_each(|(o, &a)| *o = f(a));
+        if v.len() >= super::util::PAR_THRESHOLD {
+            out.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(each);
+        } else {
+            each((&mut out, v));
+        }
+        out
+    }
+    Some(match (data, to) {
+        (Storage::F32(v), DataType::BFloat16) => Storage::BF16(map(v, bf16::from_f32)),
+        (Storage::F32(v), DataType::Float16) => Storage::F16(map(v, f16::from_f32)),
+        (Storage::BF16(v), DataType::Float) => Storage::F32(map(v, bf16::to_f32)),
+        (Storage::F16(v), DataType::Float) => Storage::F32(map(v, f16::to_f32)),
+        _ => return None,
+    })
 }
 
 fn to_string<A: Num>(x: A) -> String {

@@ -2090,6 +2090,50 @@ void test_xent() {
     }
 }
 
+// bf16 scores (a model's logits as stored) and bf16 gradients: the f32 kernels' results on the
+// widened scores, bit for bit, the gradient rounded once (what Cast(to=f32) before and
+// Cast(to=bf16) after the f32 kernels give).
+void test_xent_bf16() {
+    for (int mode : {2, 0}) {
+        Xent p = make_xent(9, 300, mode == 0, true);
+        vector<bf16_t> xb(p.x.size());
+        for (size_t k = 0; k < xb.size(); ++k) xb[k] = f32_to_bf16(p.x[k]), p.x[k] = bf16_to_f32(xb[k]);
+        string tag = mode == 2 ? "mean" : "none, weights";
+        set_current("xent_rows_bf16 " + tag);
+        auto [loss, w, err] = run_xent_rows(p, 4);
+        vector<float> lb(p.rows, 9), wb(p.rows, 9);
+        i64 eb = 0;
+        launch(xent_rows_bf16, dim3(4), B256, (const bf16_t*)xb.data(), (const i64*)p.labels.data(),
+               p.weights.empty() ? (const float*)nullptr : (const float*)p.weights.data(), lb.data(), wb.data(),
+               p.rows, p.cols, p.ignore, p.has_ignore, &eb);
+        check_equal("xent_rows_bf16 " + tag + " loss = f32 kernel on widened scores", lb, loss);
+        check_equal("xent_rows_bf16 " + tag + " weight", wb, w);
+        check_true("xent_rows_bf16 " + tag + " err", eb == 0 && err == 0, "err = " + std::to_string(eb));
+
+        vector<float> dloss = mode == 0 ? rand_vec(p.rows, -1.5, 1.5) : vector<float>{0.7f};
+        vector<float> wsum;
+        if (mode == 2) wsum.push_back(run_finish(w, w, 0, 256));
+        const float* wsp = mode == 2 ? (const float*)wsum.data() : (const float*)nullptr;
+        int per_row = mode == 0 ? 1 : 0;
+        size_t n = p.x.size();
+        vector<float> ref(n, 3), from_bf16(n, 3);
+        vector<bf16_t> to_bf16(n, 3), both(n, 3), rounded(n);
+        launch(xent_grad_f32, dim3(4), B256, (const float*)dloss.data(), (const float*)p.x.data(),
+               (const i64*)p.labels.data(), (const float*)w.data(), wsp, ref.data(), p.rows, p.cols, per_row);
+        for (size_t k = 0; k < n; ++k) rounded[k] = f32_to_bf16(ref[k]);
+        set_current("xent_grad bf16 variants " + tag);
+        launch(xent_grad_bf16_f32, dim3(4), B256, (const float*)dloss.data(), (const bf16_t*)xb.data(),
+               (const i64*)p.labels.data(), (const float*)w.data(), wsp, from_bf16.data(), p.rows, p.cols, per_row);
+        launch(xent_grad_f32_bf16, dim3(4), B256, (const float*)dloss.data(), (const float*)p.x.data(),
+               (const i64*)p.labels.data(), (const float*)w.data(), wsp, to_bf16.data(), p.rows, p.cols, per_row);
+        launch(xent_grad_bf16, dim3(4), B256, (const float*)dloss.data(), (const bf16_t*)xb.data(),
+               (const i64*)p.labels.data(), (const float*)w.data(), wsp, both.data(), p.rows, p.cols, per_row);
+        check_equal("xent_grad_bf16_f32 " + tag + " = f32 kernel on widened scores", from_bf16, ref);
+        check_equal("xent_grad_f32_bf16 " + tag + " = f32 kernel, rounded", to_bf16, rounded);
+        check_equal("xent_grad_bf16 " + tag + " = f32 kernel on widened scores, rounded", both, rounded);
+    }
+}
+
 // ---------------------------------------------------------------- optimizer (ClipGradNorm, AdamW)
 
 // The launcher's shapes (runtime/src/cuda/ops/optim.rs): sum of squares ceil(n / 256) blocks
@@ -2316,6 +2360,7 @@ int main() {
     test_layer_norm_grad();
     test_gelu_grad();
     test_xent();
+    test_xent_bf16();
     test_clip_grad_norm();
     test_adamw();
     std::printf("emulated kernels: %d passed, %d failed\n", g_passed, g_failed);

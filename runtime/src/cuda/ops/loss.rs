@@ -1,5 +1,10 @@
 //! SoftmaxCrossEntropyLoss over `[N, C]` scores and its gradient: per-row losses and weights
 //! in one pass, then a one-block sum for the `mean`/`sum` reductions.
+//!
+//! Scores are f32 or bf16 (the plan's loss fusion hands the loss a model's bf16 logits as
+//! stored); the math is f32. The ONNX op's outputs have the scores' type, so bf16 scores take
+//! it to the host; `ai.adaptc::SoftmaxCrossEntropyLoss` always writes f32. The gradient is
+//! written in its `to` type (f32 or bf16).
 
 use adaptc_ir::DataType;
 
@@ -27,7 +32,11 @@ struct Rows {
 }
 
 fn rows(gpu: &Gpu, c: &OpCtx, scores: &CudaValue, labels: &CudaValue, weights: Option<&CudaValue>) -> DevResult<Rows> {
-    want_f32(scores)?;
+    let kernel = match scores.dtype() {
+        DataType::Float => "xent_rows_f32",
+        DataType::BFloat16 => "xent_rows_bf16",
+        other => return host(format!("{other} scores (the device reads f32 or bf16)")),
+    };
     if scores.shape().len() != 2 {
         return host("scores of rank other than 2");
     }
@@ -57,7 +66,7 @@ fn rows(gpu: &Gpu, c: &OpCtx, scores: &CudaValue, labels: &CudaValue, weights: O
         let (r, cc) = (n as i64, classes as i64);
         let flag = gpu.error_flag.lock().unwrap_or_else(|p| p.into_inner());
         let ep = addr(&*flag, &gpu.stream);
-        launch!(gpu, "xent_rows_f32", per_row(n), &sp, &lp, &wp, &op, &wo, &r, &cc, &ignore, &has_ignore, &ep)?;
+        launch!(gpu, kernel, per_row(n), &sp, &lp, &wp, &op, &wo, &r, &cc, &ignore, &has_ignore, &ep)?;
     }
     Ok(Rows { loss, weight, n })
 }
@@ -78,16 +87,27 @@ fn finish(
     Ok(out)
 }
 
+/// ONNX SoftmaxCrossEntropyLoss: outputs in the scores' type (f32 on the device).
 pub fn softmax_cross_entropy(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
+    want_f32(req(i, 0)?)?;
+    softmax_cross_entropy_f32(gpu, c, i)
+}
+
+/// `ai.adaptc::SoftmaxCrossEntropyLoss`: f32 outputs from f32 or bf16 scores.
+pub fn softmax_cross_entropy_f32(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let (scores, labels) = (req(i, 0)?, req(i, 1)?);
     let red = reduction(c)?;
+    let want_log_prob = c.node.outputs().get(1).is_some_and(|o| !o.is_empty());
+    if want_log_prob {
+        want_f32(scores)?;
+    }
     let r = rows(gpu, c, scores, labels, opt(i, 2))?;
     let loss = match red {
         0 => done(r.loss, vec![r.n], DataType::Float),
         _ => done(finish(gpu, &r.loss, &r.weight, r.n, red == 2)?, vec![], DataType::Float),
     };
     let mut outs = vec![loss];
-    if c.node.outputs().len() > 1 {
+    if want_log_prob {
         let (lp, shape) = output(gpu, scores.shape().to_vec(), DataType::Float)?;
         let (n, classes) = (scores.shape()[0] as i64, scores.shape()[1] as i64);
         if n > 0 {
@@ -109,7 +129,21 @@ pub fn softmax_cross_entropy_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]
         return Err(KernelError::Invalid(format!("dloss of shape {:?} does not match the loss", dloss.shape())).into());
     }
     let wsum = if red == 2 { Some(finish(gpu, &r.weight, &r.weight, r.n, false)?) } else { None };
-    let (dx, shape) = output(gpu, scores.shape().to_vec(), DataType::Float)?;
+    let out = match c.node.attr("to").map(|_| c.int("to", 0)) {
+        None => scores.dtype(),
+        Some(code) => match i32::try_from(code).ok().and_then(DataType::from_code) {
+            Some(d) => d,
+            None => return Err(KernelError::Invalid(format!("`to` is not a type code: {code}")).into()),
+        },
+    };
+    let kernel = match (scores.dtype(), out) {
+        (DataType::Float, DataType::Float) => "xent_grad_f32",
+        (DataType::Float, DataType::BFloat16) => "xent_grad_f32_bf16",
+        (DataType::BFloat16, DataType::Float) => "xent_grad_bf16_f32",
+        (DataType::BFloat16, DataType::BFloat16) => "xent_grad_bf16",
+        (s, o) => return host(format!("a {o} gradient of {s} scores")),
+    };
+    let (dx, shape) = output(gpu, scores.shape().to_vec(), out)?;
     if r.n > 0 {
         let wsp = wsum.as_ref().map_or(0u64, |w| addr(w, &gpu.stream));
         let (dl, sp, lp, wp, xp) = (
@@ -120,7 +154,7 @@ pub fn softmax_cross_entropy_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]
             addr(&dx, &gpu.stream),
         );
         let (n, classes) = (r.n as i64, scores.shape()[1] as i64);
-        launch!(gpu, "xent_grad_f32", per_row(r.n), &dl, &sp, &lp, &wp, &wsp, &xp, &n, &classes, &by_row)?;
+        launch!(gpu, kernel, per_row(r.n), &dl, &sp, &lp, &wp, &wsp, &xp, &n, &classes, &by_row)?;
     }
-    Ok(vec![done(dx, shape, DataType::Float)])
+    Ok(vec![done(dx, shape, out)])
 }

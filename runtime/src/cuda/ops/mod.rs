@@ -121,6 +121,7 @@ const ADAPTC_OPS: &[(&str, DevOp)] = &[
     ("GeluGrad", elementwise::gelu_grad),
     ("LayerNormalizationGrad", norm::layer_norm_grad),
     ("SoftmaxCrossEntropyLossGrad", loss::softmax_cross_entropy_grad),
+    ("SoftmaxCrossEntropyLoss", loss::softmax_cross_entropy_f32),
     ("IndexMapGrad", layout::index_map_grad),
     ("SoftmaxAttention", attention::softmax_attention),
     ("SoftmaxAttentionGrad", attention::softmax_attention_grad),

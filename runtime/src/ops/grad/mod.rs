@@ -23,15 +23,16 @@ pub mod sum_to_shape;
 use super::matmul::in_f32;
 use super::KernelFn;
 
-/// `(op type, kernel)` entries whose kernel widens half-type operands to f32 first.
+/// `(op type, kernel)` entries whose kernel widens half-type operands to f32 first, then
+/// (after `;`) entries whose kernel handles the types itself.
 macro_rules! widening {
-    ($($name:literal => $kernel:path),* $(,)?) => {
+    ($($name:literal => $kernel:path),* $(,)?; $($own:literal => $own_kernel:path),* $(,)?) => {
         &[$(($name, {
             fn k(c: &super::OpCtx, i: &super::Inputs) -> crate::error::KResult<Vec<crate::tensor::Tensor>> {
                 in_f32(c, i, $kernel).unwrap_or_else(|| $kernel(c, i))
             }
             k as KernelFn
-        })),*]
+        }),)* $(($own, $own_kernel as KernelFn)),*]
     };
 }
 
@@ -43,6 +44,7 @@ pub const OPS: &[(&str, KernelFn)] = widening![
     "LayerNormalizationGrad" => layer_norm_grad::layer_norm_grad,
     "GeluGrad" => gelu_grad::gelu_grad,
     "ReduceGrad" => reduce_grad::reduce_grad,
-    "IndexMapGrad" => index_map_grad::index_map_grad,
+    "IndexMapGrad" => index_map_grad::index_map_grad;
+    // Widens bf16 scores itself and writes the type its `to` attribute asks for.
     "SoftmaxCrossEntropyLossGrad" => softmax_cross_entropy_loss_grad::softmax_cross_entropy_loss_grad,
 ];

@@ -4,13 +4,22 @@
 //! `(softmax(scores) − onehot(label)) · weight[label] · dloss`, divided for `"mean"` by the total
 //! weight of the non-ignored targets (0 when that is 0); ignored targets get 0.
 //!
-//! The language-model head is its hot path (`[B·S, 32000]` f32): rows run in parallel, each in
+//! The gradient is computed in f64 when the scores and `dloss` are f64, else in f32 with the
+//! scores as a `Cast(to=f32)` gives them (a model's bf16 logits, read as stored: exact), and
+//! written in the type of the optional `to` attribute (a `Cast`'s code), by default the
+//! scores': a bf16 gradient is rounded once on the way out, as a `Cast(to=bf16)` after an f32
+//! kernel would round it.
+//!
+//! The language-model head is its hot path (`[B·S, 32000]`): rows run in parallel, each in
 //! vectorised passes (max; exp written out; its sum; scaled), never leaving f32.
 
 use rayon::prelude::*;
 
 use super::real::{max, sum, with_real, Real};
+use adaptc_ir::DataType;
+
 use crate::error::{kbail, unsupported, KResult};
+use crate::ops::cast::cast_to;
 use crate::ops::util::{ints, PAR_THRESHOLD};
 use crate::ops::{Inputs, OpCtx};
 use crate::tensor::{Elem, Tensor};
@@ -125,7 +134,7 @@ pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Ten
     if labels.shape() != tshape.as_slice() {
         kbail!("labels have shape {:?}, scores {:?} need {tshape:?}", labels.shape(), scores.shape());
     }
-    if !matches!(labels.dtype(), adaptc_ir::DataType::Int64 | adaptc_ir::DataType::Int32) {
+    if !matches!(labels.dtype(), DataType::Int64 | DataType::Int32) {
         kbail!("labels must be int64 or int32, got {}", labels.dtype());
     }
     let reduction = c.string("reduction").unwrap_or_else(|| "mean".into());
@@ -142,20 +151,30 @@ pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Ten
         }
         other => unsupported!("reduction \"{other}\""),
     }
-    if dloss.dtype() != scores.dtype() || weights.is_some_and(|w| w.dtype() != scores.dtype()) {
-        kbail!("dloss, scores and weights must have one type, got {} and {}", dloss.dtype(), scores.dtype());
-    }
     if let Some(w) = weights {
         if w.shape() != [ch] {
             kbail!("weights must have shape [{ch}], got {:?}", w.shape());
         }
     }
+    let out = match c.node.attr("to").and_then(|a| a.as_int()) {
+        None => scores.dtype(),
+        Some(code) => match i32::try_from(code).ok().and_then(DataType::from_code) {
+            Some(d @ (DataType::Float | DataType::Double | DataType::Float16 | DataType::BFloat16)) => d,
+            _ => kbail!("`to` must be the code of a float type, got {code}"),
+        },
+    };
+    // f64 throughout (the finite-difference tests), else f32 with the scores as a
+    // `Cast(to=f32)` gives them (the plan's loss fusion reads bf16 logits as stored).
+    let keep_f64 = scores.dtype() == DataType::Double && dloss.dtype() == DataType::Double;
+    let scores = crate::ops::loss::widened(scores, keep_f64)?;
+    let compute = scores.dtype();
+    let (dloss, weights) = (cast_to(dloss, compute)?, weights.map(|w| cast_to(w, compute)).transpose()?);
     let ignore = c.node.attr("ignore_index").and_then(|a| a.as_int());
     let labels = ints(labels)?;
     let data = with_real!(scores.data(), x => {
-        let w = weights.map(|w| Elem::slice(w.data()).unwrap_or(&[]));
+        let w = weights.as_ref().map(|w| Elem::slice(w.data()).unwrap_or(&[]));
         let t = targets(&labels, ch, ignore, w, Elem::slice(dloss.data()).unwrap_or(&[]), &reduction)?;
         Elem::wrap(go(x, &t, ch, inner))
-    }, _ => kbail!("SoftmaxCrossEntropyLossGrad takes f32 or f64, got {}", scores.dtype()));
-    Ok(vec![Tensor::from_parts(scores.shape().to_vec(), data)])
+    }, _ => kbail!("SoftmaxCrossEntropyLossGrad takes float scores, got {}", scores.dtype()));
+    cast_to(&Tensor::from_parts(scores.shape().to_vec(), data), out).map(|g| vec![g])
 }

@@ -1,0 +1,112 @@
+//! The plan's loss fusion (`fuse::loss`): bf16 logits read as stored by the loss and its
+//! gradient, the gradient written in bf16, with the same values, bit for bit, as the
+//! node-by-node plan's `Cast(to=f32)` → loss → gradient → `Cast(to=bf16)`.
+
+use std::collections::HashMap;
+
+use adaptc_ir::{Attribute, DataType, Dim, Graph, Model, Node, OpKey, ValueInfo};
+use adaptc_runtime::{Session, SessionOptions, Tensor};
+use half::bf16;
+
+const CLASSES: usize = 40;
+
+/// The end of a causal-LM training graph: bf16 `logits [2, 3, C]` widened, viewed as
+/// `[6, C]` (or, with `flatten` false, `[6, C]` logits read directly, as a classifier's), the
+/// mean loss with ignored labels, its gradient, viewed back and rounded to bf16. With
+/// `widened_is_output`, the f32 logits are a graph output too, which rules the fusion out.
+fn loss_graph(flatten: bool, widened_is_output: bool) -> Model {
+    let mut g = Graph::new("loss");
+    let dims: Vec<Dim> = if flatten { vec![2, 3, CLASSES] } else { vec![6, CLASSES] }
+        .into_iter()
+        .map(|d| Dim::Known(d as i64))
+        .collect();
+    g.inputs.push(ValueInfo::tensor("logits", DataType::BFloat16, dims.clone()));
+    g.inputs.push(ValueInfo::tensor("labels", DataType::Int64, vec![Dim::Known(6)]));
+    g.inputs.push(ValueInfo::tensor("dloss", DataType::Float, vec![]));
+    g.outputs.push(ValueInfo::tensor("loss", DataType::Float, vec![]));
+    g.outputs.push(ValueInfo::tensor("dlogits", DataType::BFloat16, dims));
+    g.outputs.push(ValueInfo::tensor("dims", DataType::Int64, vec![Dim::Known(if flatten { 3 } else { 2 })]));
+    if widened_is_output {
+        g.outputs.push(ValueInfo::tensor("wide", DataType::Float, vec![]));
+    }
+    let node = |op: OpKey, i: &[&str], o: &[&str], label: &str| {
+        Node::new(op, i.iter().map(|s| s.to_string()).collect(), o.iter().map(|s| s.to_string()).collect()).named(label)
+    };
+    let to = |d: DataType| Attribute::int("to", i64::from(d.code()));
+    g.add_node(node(OpKey::onnx("Cast"), &["logits"], &["wide"], "widen").with_attr(to(DataType::Float))).unwrap();
+    g.add_node(node(OpKey::onnx("Shape"), &["wide"], &["dims"], "dims")).unwrap();
+    let scores = if flatten {
+        g.add_node(node(OpKey::onnx("Flatten"), &["wide"], &["flat"], "flat").with_attr(Attribute::int("axis", 2)))
+            .unwrap();
+        "flat"
+    } else {
+        "wide"
+    };
+    let attrs = [Attribute::string("reduction", "mean"), Attribute::int("ignore_index", -100)];
+    let sce = node(OpKey::onnx("SoftmaxCrossEntropyLoss"), &[scores, "labels"], &["loss"], "loss");
+    g.add_node(attrs.iter().fold(sce, |n, a| n.with_attr(a.clone()))).unwrap();
+    let grad =
+        node(OpKey::new("ai.adaptc", "SoftmaxCrossEntropyLossGrad"), &["dloss", scores, "labels"], &["g"], "grad");
+    g.add_node(attrs.iter().fold(grad, |n, a| n.with_attr(a.clone()))).unwrap();
+    let g_shaped = if flatten {
+        g.add_node(node(OpKey::onnx("Reshape"), &["g", "dims"], &["g_shaped"], "unflat")).unwrap();
+        "g_shaped"
+    } else {
+        "g"
+    };
+    g.add_node(node(OpKey::onnx("Cast"), &[g_shaped], &["dlogits"], "narrow").with_attr(to(DataType::BFloat16)))
+        .unwrap();
+    Model::new(g, 21)
+}
+
+fn feeds(flatten: bool) -> HashMap<String, Tensor> {
+    let shape = if flatten { vec![2, 3, CLASSES] } else { vec![6, CLASSES] };
+    let logits: Vec<bf16> = (0..6 * CLASSES)
+        .map(|k| bf16::from_f32(((k * 37 % 101) as f32 - 50.0) * 0.11 + (k / CLASSES) as f32))
+        .collect();
+    HashMap::from([
+        ("logits".to_string(), Tensor::from_vec(shape, logits).unwrap()),
+        ("labels".to_string(), Tensor::from_vec(vec![6], vec![3i64, -100, 39, 0, 17, -100]).unwrap()),
+        ("dloss".to_string(), Tensor::from_vec(vec![], vec![1.0f32]).unwrap()),
+    ])
+}
+
+fn run(model: &Model, unfused: bool, flatten: bool) -> (Vec<String>, HashMap<String, Tensor>) {
+    let s = Session::new(model, SessionOptions { unfused, ..Default::default() }).unwrap();
+    let ops = s.plan().instructions.iter().map(|i| i.node.op().to_string()).collect();
+    (ops, s.run(feeds(flatten)).unwrap().into_iter().collect())
+}
+
+#[test]
+fn the_loss_reads_bf16_logits_as_stored_and_writes_a_bf16_gradient() {
+    for flatten in [true, false] {
+        let model = loss_graph(flatten, false);
+        let (ops, fused) = run(&model, false, flatten);
+        let (reference_ops, reference) = run(&model, true, flatten);
+        assert!(!ops.iter().any(|o| o == "Cast"), "flatten {flatten}: {ops:?}");
+        assert!(ops.iter().any(|o| o == "ai.adaptc::SoftmaxCrossEntropyLoss"), "{ops:?}");
+        assert_eq!(reference_ops.iter().filter(|o| *o == "Cast").count(), 2, "{reference_ops:?}");
+        let loss = fused["loss"].as_slice::<f32>().unwrap()[0];
+        assert_eq!(fused["loss"].dtype(), DataType::Float);
+        assert_eq!(loss.to_bits(), reference["loss"].as_slice::<f32>().unwrap()[0].to_bits(), "flatten {flatten}");
+        assert!(loss.is_finite() && loss > 0.0);
+        let (a, b) = (&fused["dlogits"], &reference["dlogits"]);
+        assert_eq!((a.dtype(), a.shape()), (DataType::BFloat16, b.shape()), "flatten {flatten}");
+        let bits = |t: &Tensor| t.as_slice::<bf16>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "flatten {flatten}");
+        // The ignored rows' gradient is 0; the others' rows sum to 0 (softmax − one-hot).
+        let g: Vec<f32> = a.as_slice::<bf16>().unwrap().iter().map(|v| v.to_f32()).collect();
+        assert!(g[CLASSES..2 * CLASSES].iter().all(|&v| v == 0.0));
+        assert!(g[..CLASSES].iter().sum::<f32>().abs() < 1e-2);
+        assert_eq!(fused["dims"].as_slice::<i64>(), reference["dims"].as_slice::<i64>());
+    }
+}
+
+#[test]
+fn the_fusion_leaves_widened_logits_that_something_else_reads() {
+    let model = loss_graph(true, true);
+    let (ops, _) = run(&model, false, true);
+    // The forward Cast stays (its value is a graph output); the gradient's narrowing still folds.
+    assert_eq!(ops.iter().filter(|o| *o == "Cast").count(), 1, "{ops:?}");
+    assert!(ops.iter().any(|o| o == "SoftmaxCrossEntropyLoss"), "{ops:?}");
+}
