@@ -253,3 +253,56 @@ fn bf16_products_round_exactly_the_products_operands() {
     let e = call(ADAPTC_DOMAIN, "SoftmaxAttention", &[Attribute::string("products", "f16")], &ins).unwrap_err();
     assert!(e.to_string().contains("products"), "{e}");
 }
+
+/// `t` converted to `to` (the registry's Cast).
+fn cast(t: &Tensor, to: adaptc_ir::DataType) -> Tensor {
+    let attrs = [Attribute::int("to", i64::from(to.code()))];
+    call("", "Cast", &attrs, &[Some(t)]).unwrap().remove(0)
+}
+
+/// Operands of mixed types (bf16 queries, keys, values and output gradient as stored, beside
+/// f32 bias, `y` and `lse`: what the plan's stored-value fusion hands the ops) give what the
+/// f32 kernels give on the widened operands, and the outputs take the `to` types.
+#[test]
+fn mixed_operand_types_widen_and_outputs_take_the_to_types() {
+    use adaptc_ir::DataType::{BFloat16, Float};
+    let mut rng = Rng(5);
+    let f32t = |t: &Tensor| cast(t, Float);
+    let (a, b, v) = (rng.tensor(&[2, 9, 4], 1.0), rng.tensor(&[2, 4, 7], 1.0), rng.tensor(&[2, 7, 3], 1.0));
+    let (a, b, v) = (cast(&a, BFloat16), cast(&b, BFloat16), cast(&v, BFloat16));
+    let bias = f32t(&mask(&[2, 9, 7], 2, Some(3)));
+    let base = [Attribute::int("masked_rows_zero", 1), Attribute::string("products", "bf16")];
+    let with_to = |codes: Vec<i64>| [base[0].clone(), base[1].clone(), Attribute::ints("to", codes)];
+    let wide = call(
+        ADAPTC_DOMAIN,
+        "SoftmaxAttention",
+        &base,
+        &[Some(&f32t(&a)), Some(&f32t(&b)), Some(&bias), Some(&f32t(&v))],
+    )
+    .unwrap();
+    let mixed =
+        call(ADAPTC_DOMAIN, "SoftmaxAttention", &with_to(vec![1]), &[Some(&a), Some(&b), Some(&bias), Some(&v)])
+            .unwrap();
+    assert_eq!((mixed[0].dtype(), mixed[1].dtype()), (Float, Float));
+    assert_eq!(mixed[0], wide[0]);
+    assert_eq!(mixed[1], wide[1]);
+
+    let dy = cast(&rng.tensor(&[2, 9, 3], 1.0), BFloat16);
+    let (y, lse) = (&wide[0], &wide[1]);
+    let grads = |attrs: &[Attribute], a: &Tensor, b: &Tensor, v: &Tensor, dy: &Tensor| {
+        let ins = [Some(a), Some(b), Some(&bias), Some(v), Some(y), Some(lse), Some(dy)];
+        call(ADAPTC_DOMAIN, "SoftmaxAttentionGrad", attrs, &ins)
+    };
+    let want = grads(&base, &f32t(&a), &f32t(&b), &f32t(&v), &f32t(&dy)).unwrap();
+    let got = grads(&with_to(vec![16, 1, 16]), &a, &b, &v, &dy).unwrap();
+    assert_eq!([got[0].dtype(), got[1].dtype(), got[2].dtype()], [BFloat16, Float, BFloat16]);
+    assert_eq!(got[0], cast(&want[0], BFloat16));
+    assert_eq!(got[1], want[1]);
+    assert_eq!(got[2], cast(&want[2], BFloat16));
+    // Without `to`, mixed operands give f32 gradients; a `to` of the wrong length or type is
+    // refused.
+    let plain = grads(&base, &a, &b, &v, &dy).unwrap();
+    assert_eq!(plain[0], want[0]);
+    assert!(grads(&with_to(vec![16, 16]), &a, &b, &v, &dy).is_err());
+    assert!(grads(&with_to(vec![16, 16, 7]), &a, &b, &v, &dy).is_err());
+}

@@ -494,16 +494,17 @@ __device__ __forceinline__ bool warp_any(bool x) {
     return v != 0;
 }
 
-// Rows r0 .. r0+R × columns c0 .. c0+C of the row-major f32 matrix x ([rows, cols], leading
-// dim ld) into the shared tile s as bf16, zero outside the matrix: s[r·pitch + c], or
-// s[c·pitch + r] when `tr`. Consecutive threads read consecutive columns (coalesced).
-template <int R, int C, bool TR>
-__device__ __forceinline__ void fa_stage(bf16_t* s, int pitch, const float* x, i64 ld, i64 rows, i64 cols,
-                                         i64 r0, i64 c0) {
+// Rows r0 .. r0+R × columns c0 .. c0+C of the row-major matrix x ([rows, cols], leading dim
+// ld; f32 or bf16) into the shared tile s as bf16, zero outside the matrix: s[r·pitch + c], or
+// s[c·pitch + r] when `tr`. Consecutive threads read consecutive columns (coalesced). A bf16
+// element arrives as it is (widening then rounding gives its bits back).
+template <int R, int C, bool TR, typename T>
+__device__ __forceinline__ void fa_stage(bf16_t* s, int pitch, const T* x, i64 ld, i64 rows, i64 cols, i64 r0,
+                                         i64 c0) {
     for (int i = threadIdx.x; i < R * C; i += blockDim.x) {
         int r = i / C, c = i % C;
         i64 gr = r0 + r, gc = c0 + c;
-        bf16_t h = f32_to_bf16(gr < rows && gc < cols ? x[gr * ld + gc] : 0.0f);
+        bf16_t h = f32_to_bf16(gr < rows && gc < cols ? widen(x[gr * ld + gc]) : 0.0f);
         if (TR)
             s[c * pitch + r] = h;
         else
@@ -511,16 +512,16 @@ __device__ __forceinline__ void fa_stage(bf16_t* s, int pitch, const float* x, i
     }
 }
 
-// A fragments of rows r0 .. r0+16 of the row-major f32 matrix x ([rows, D]) straight from
-// global memory, rounded to bf16 (zero past the last row); read once per block.
-template <int D>
-__device__ __forceinline__ void fa_rows_fragment(unsigned (*f)[4], const float* x, i64 rows, i64 r0) {
+// A fragments of rows r0 .. r0+16 of the row-major matrix x ([rows, D]; f32 or bf16) straight
+// from global memory, rounded to bf16 (zero past the last row); read once per block.
+template <int D, typename T>
+__device__ __forceinline__ void fa_rows_fragment(unsigned (*f)[4], const T* x, i64 rows, i64 r0) {
     int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     for (int ks = 0; ks < D / 16; ++ks)
         for (int q = 0; q < 4; ++q) {
             i64 r = r0 + g + (q & 1) * 8;
             int c = ks * 16 + 2 * t + (q >> 1) * 8;
-            f[ks][q] = r < rows ? pack_bf16(x[r * D + c], x[r * D + c + 1]) : 0u;
+            f[ks][q] = r < rows ? pack_bf16(widen(x[r * D + c]), widen(x[r * D + c + 1])) : 0u;
         }
 }
 
@@ -538,8 +539,8 @@ __device__ __forceinline__ float fa_bias(const float* bias_p, i64 brs, i64 bcs, 
     return bias_p ? bias_p[row * brs + col * bcs] : 0.0f;
 }
 
-template <int D>
-__device__ void flash_fwd(const float* a, const float* b, const float* v, const float* bias, const Layout& bl,
+template <int D, typename T>
+__device__ void flash_fwd(const T* a, const T* b, const T* v, const float* bias, const Layout& bl,
                           i64 brs, i64 bcs, float* y, float* lse, i64 products, i64 m, i64 n, int zero_masked) {
     constexpr int KS = D / 16, OT = D / 8, NT = FA_TILE / 8, PB = D + 8, PV = FA_TILE + 8;
     __shared__ bf16_t sbt[FA_TILE * PB];  // [key][d]: S's B operand
@@ -548,9 +549,9 @@ __device__ void flash_fwd(const float* a, const float* b, const float* v, const 
     const i64 tiles = (m + FA_TILE - 1) / FA_TILE;
     for (i64 job = blockIdx.x; job < products * tiles; job += gridDim.x) {
         const i64 p = job / tiles, r0 = (job % tiles) * FA_TILE + warp * 16;
-        const float* ap = a + p * m * D;
-        const float* bp = b + p * D * n;
-        const float* vp = v + p * n * D;
+        const T* ap = a + p * m * D;
+        const T* bp = b + p * D * n;
+        const T* vp = v + p * n * D;
         const float* biasp = bias ? bias + offset_of(bl, 0, p) : nullptr;
         unsigned qa[KS][4];
         fa_rows_fragment<D>(qa, ap, m, r0);
@@ -628,15 +629,22 @@ __device__ void flash_fwd(const float* a, const float* b, const float* v, const 
     }
 }
 
-// δ = Σ dy ⊙ y per row ([rows, d]): one warp per row.
-extern "C" __global__ void attn_row_dot_f32(const float* dy, const float* y, float* delta, i64 rows, i64 d) {
+// δ = Σ dy ⊙ y per row ([rows, d]; dy f32 or bf16, y f32): one warp per row.
+template <typename T>
+__device__ void attn_row_dot(const T* dy, const float* y, float* delta, i64 rows, i64 d) {
     const i64 warps = (i64)gridDim.x * (blockDim.x / 32);
     for (i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
         float s = 0.0f;
-        for (i64 c = threadIdx.x % 32; c < d; c += 32) s += dy[r * d + c] * y[r * d + c];
+        for (i64 c = threadIdx.x % 32; c < d; c += 32) s += widen(dy[r * d + c]) * y[r * d + c];
         s = warp_sum(s);
         if (threadIdx.x % 32 == 0) delta[r] = s;
     }
+}
+extern "C" __global__ void attn_row_dot_f32(const float* dy, const float* y, float* delta, i64 rows, i64 d) {
+    attn_row_dot(dy, y, delta, rows, d);
+}
+extern "C" __global__ void attn_row_dot_bf16(const bf16_t* dy, const float* y, float* delta, i64 rows, i64 d) {
+    attn_row_dot(dy, y, delta, rows, d);
 }
 
 // Whether the score at (row, col) takes part in the backward: inside the matrices and either
@@ -646,9 +654,9 @@ __device__ __forceinline__ bool fa_grad_live(float bias, float lse, int zero_mas
 }
 
 // da = dS · bᵀ for 64 query rows per block (4 warps of 16), the keys streamed in tiles.
-template <int D>
-__device__ void flash_bwd_da(const float* a, const float* b, const float* v, const float* bias, const Layout& bl,
-                             i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy, float* da,
+template <int D, typename T>
+__device__ void flash_bwd_da(const T* a, const T* b, const T* v, const float* bias, const Layout& bl, i64 brs,
+                             i64 bcs, const float* lse, const float* delta, const T* dy, float* da,
                              i64 products, i64 m, i64 n, int zero_masked) {
     constexpr int KS = D / 16, OT = D / 8, NT = FA_TILE / 8, PB = D + 8, PK = FA_TILE + 8;
     __shared__ bf16_t sbt[FA_TILE * PB];  // [key][d] = b[d][key]: S's B operand
@@ -658,8 +666,8 @@ __device__ void flash_bwd_da(const float* a, const float* b, const float* v, con
     const i64 tiles = (m + FA_TILE - 1) / FA_TILE;
     for (i64 job = blockIdx.x; job < products * tiles; job += gridDim.x) {
         const i64 p = job / tiles, r0 = (job % tiles) * FA_TILE + warp * 16;
-        const float* bp = b + p * D * n;
-        const float* vp = v + p * n * D;
+        const T* bp = b + p * D * n;
+        const T* vp = v + p * n * D;
         const float* biasp = bias ? bias + offset_of(bl, 0, p) : nullptr;
         unsigned qa[KS][4], ga[KS][4];
         fa_rows_fragment<D>(qa, a + p * m * D, m, r0);
@@ -728,9 +736,9 @@ __device__ void flash_bwd_da(const float* a, const float* b, const float* v, con
 // db = aᵀ · dS and dv = Pᵀ · dy for 64 keys per block (4 warps of 16 keys), the query rows
 // streamed in tiles: each warp works on the transposed scores Sᵀ = bᵀ·aᵀ (its keys as rows),
 // so Pᵀ and dSᵀ are A operands where they stand.
-template <int D>
-__device__ void flash_bwd_dbv(const float* a, const float* b, const float* v, const float* bias, const Layout& bl,
-                              i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy, float* db,
+template <int D, typename T>
+__device__ void flash_bwd_dbv(const T* a, const T* b, const T* v, const float* bias, const Layout& bl, i64 brs,
+                              i64 bcs, const float* lse, const float* delta, const T* dy, float* db,
                               float* dv, i64 products, i64 m, i64 n, int zero_masked) {
     constexpr int KS = D / 16, OT = D / 8, NT = FA_TILE / 8, PA = D + 8, PT = FA_TILE + 8;
     __shared__ bf16_t sa[FA_TILE * PA];   // [row][d] = a: Sᵀ's B operand
@@ -742,9 +750,9 @@ __device__ void flash_bwd_dbv(const float* a, const float* b, const float* v, co
     const i64 tiles = (n + FA_TILE - 1) / FA_TILE;
     for (i64 job = blockIdx.x; job < products * tiles; job += gridDim.x) {
         const i64 p = job / tiles, c0 = (job % tiles) * FA_TILE + warp * 16;
-        const float* ap = a + p * m * D;
-        const float* bp = b + p * D * n;
-        const float* dyp = dy + p * m * D;
+        const T* ap = a + p * m * D;
+        const T* bp = b + p * D * n;
+        const T* dyp = dy + p * m * D;
         const float* biasp = bias ? bias + offset_of(bl, 0, p) : nullptr;
         // bᵀ's rows (this warp's keys) as A fragments: element (key, d) = b[d][key].
         unsigned ka[KS][4], va[KS][4];
@@ -752,7 +760,7 @@ __device__ void flash_bwd_dbv(const float* a, const float* b, const float* v, co
             for (int q = 0; q < 4; ++q) {
                 i64 key = c0 + g + (q & 1) * 8;
                 int d = ks * 16 + 2 * t + (q >> 1) * 8;
-                ka[ks][q] = key < n ? pack_bf16(bp[d * n + key], bp[(d + 1) * n + key]) : 0u;
+                ka[ks][q] = key < n ? pack_bf16(widen(bp[d * n + key]), widen(bp[(d + 1) * n + key])) : 0u;
             }
         fa_rows_fragment<D>(va, v + p * n * D, n, c0);
         float gv[OT][4], gb[OT][4];
@@ -828,31 +836,37 @@ __device__ void flash_bwd_dbv(const float* a, const float* b, const float* v, co
     }
 }
 
-// The entry points, one per kernel and head size D (`flash.rs` names them).
-#define FLASH_FWD(NAME, D)                                                                                     \
-    extern "C" __global__ void NAME(const float* a, const float* b, const float* v, const float* bias, Layout bl, \
-                                    i64 brs, i64 bcs, float* y, float* lse, i64 products, i64 m, i64 n,         \
-                                    int zero_masked) {                                                          \
-        flash_fwd<D>(a, b, v, bias, bl, brs, bcs, y, lse, products, m, n, zero_masked);                         \
+// The entry points, one per kernel, head size D and operand type T (`flash.rs` names them):
+// f32 operands, or bf16 ones as stored (`_bf16`); the outputs and statistics are f32.
+#define FLASH_FWD(NAME, D, T)                                                                                  \
+    extern "C" __global__ void NAME(const T* a, const T* b, const T* v, const float* bias, Layout bl, i64 brs,  \
+                                    i64 bcs, float* y, float* lse, i64 products, i64 m, i64 n, int zero_masked) { \
+        flash_fwd<D, T>(a, b, v, bias, bl, brs, bcs, y, lse, products, m, n, zero_masked);                      \
     }
-#define FLASH_BWD_DA(NAME, D)                                                                                  \
-    extern "C" __global__ void NAME(const float* a, const float* b, const float* v, const float* bias, Layout bl, \
-                                    i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy,    \
-                                    float* da, i64 products, i64 m, i64 n, int zero_masked) {                   \
-        flash_bwd_da<D>(a, b, v, bias, bl, brs, bcs, lse, delta, dy, da, products, m, n, zero_masked);          \
+#define FLASH_BWD_DA(NAME, D, T)                                                                               \
+    extern "C" __global__ void NAME(const T* a, const T* b, const T* v, const float* bias, Layout bl, i64 brs,  \
+                                    i64 bcs, const float* lse, const float* delta, const T* dy, float* da,      \
+                                    i64 products, i64 m, i64 n, int zero_masked) {                              \
+        flash_bwd_da<D, T>(a, b, v, bias, bl, brs, bcs, lse, delta, dy, da, products, m, n, zero_masked);       \
     }
-#define FLASH_BWD_DBV(NAME, D)                                                                                 \
-    extern "C" __global__ void NAME(const float* a, const float* b, const float* v, const float* bias, Layout bl, \
-                                    i64 brs, i64 bcs, const float* lse, const float* delta, const float* dy,    \
-                                    float* db, float* dv, i64 products, i64 m, i64 n, int zero_masked) {        \
-        flash_bwd_dbv<D>(a, b, v, bias, bl, brs, bcs, lse, delta, dy, db, dv, products, m, n, zero_masked);     \
+#define FLASH_BWD_DBV(NAME, D, T)                                                                              \
+    extern "C" __global__ void NAME(const T* a, const T* b, const T* v, const float* bias, Layout bl, i64 brs,  \
+                                    i64 bcs, const float* lse, const float* delta, const T* dy, float* db,      \
+                                    float* dv, i64 products, i64 m, i64 n, int zero_masked) {                   \
+        flash_bwd_dbv<D, T>(a, b, v, bias, bl, brs, bcs, lse, delta, dy, db, dv, products, m, n, zero_masked);  \
     }
-FLASH_FWD(flash_attn_fwd_d32, 32)
-FLASH_BWD_DA(flash_attn_bwd_da_d32, 32)
-FLASH_BWD_DBV(flash_attn_bwd_dbv_d32, 32)
-FLASH_FWD(flash_attn_fwd_d64, 64)
-FLASH_BWD_DA(flash_attn_bwd_da_d64, 64)
-FLASH_BWD_DBV(flash_attn_bwd_dbv_d64, 64)
+FLASH_FWD(flash_attn_fwd_d32, 32, float)
+FLASH_BWD_DA(flash_attn_bwd_da_d32, 32, float)
+FLASH_BWD_DBV(flash_attn_bwd_dbv_d32, 32, float)
+FLASH_FWD(flash_attn_fwd_d64, 64, float)
+FLASH_BWD_DA(flash_attn_bwd_da_d64, 64, float)
+FLASH_BWD_DBV(flash_attn_bwd_dbv_d64, 64, float)
+FLASH_FWD(flash_attn_fwd_d32_bf16, 32, bf16_t)
+FLASH_BWD_DA(flash_attn_bwd_da_d32_bf16, 32, bf16_t)
+FLASH_BWD_DBV(flash_attn_bwd_dbv_d32_bf16, 32, bf16_t)
+FLASH_FWD(flash_attn_fwd_d64_bf16, 64, bf16_t)
+FLASH_BWD_DA(flash_attn_bwd_da_d64_bf16, 64, bf16_t)
+FLASH_BWD_DBV(flash_attn_bwd_dbv_d64_bf16, 64, bf16_t)
 
 // ---------------------------------------------------------------- layer norm
 

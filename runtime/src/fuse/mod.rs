@@ -1,6 +1,6 @@
 //! Plan-time fusions: nodes that lowering turns into one instruction, so that values passed
-//! between them are never written out and read back. The loss's conversions come first
-//! ([`loss`]: the loss reads bf16 logits as stored), then pairs with a dedicated kernel (a
+//! between them are never written out and read back. Casts that ops can do themselves go
+//! first ([`stored`]: the loss and fused attention read and write bf16 values as stored), then pairs with a dedicated kernel (a
 //! product and its bias, a mask and its softmax, the NaN guard); then chains of elementwise
 //! nodes ([`chains`]) among the nodes left.
 //!
@@ -9,7 +9,7 @@
 //! changed: fusions are a property of the plan, like buffer reuse.
 
 pub mod chains;
-pub mod loss;
+pub mod stored;
 
 use std::collections::{HashMap, HashSet};
 
@@ -39,7 +39,7 @@ pub fn find(graph: &Graph, enabled: bool) -> Fusions {
     if !enabled || std::env::var_os("ADAPTC_NO_FUSE").is_some_and(|v| !v.is_empty() && v != "0") {
         return f;
     }
-    loss::find(graph, &mut f);
+    stored::find(graph, &mut f);
     for id in graph.node_ids() {
         if let Some(m) = matmul_bias(graph, id) {
             let shapes: Vec<NodeId> = m.shapes.iter().map(|(s, _)| *s).collect();

@@ -17,6 +17,12 @@
 //! Both run [`block_rows`] query rows at a time per (batch) product, products across threads; half
 //! types run in f32 ([`in_f32`]).
 //!
+//! Operands may also mix types (the plan's [`crate::fuse::stored`] hands the ops bf16 values as
+//! stored where the graph widened them for the op): every half-type operand is then widened to
+//! f32, as a `Cast(to=f32)` would, and the outputs take the types of the `to` attribute (one
+//! `Cast` code per output: the forward's `y`, the gradient's `da`, `db`, `dv`; the forward's
+//! `lse` is f32). Without `to`, the outputs have the operands' one type.
+//!
 //! Attribute `products="bf16"` (written by `autocast`) lets every product of the op round its
 //! two operands to bf16 — `a·b` and `P·v` in the forward, `dy·vᵀ`, `dS·bᵀ`, `aᵀ·dS`, `Pᵀ·dy`
 //! in the backward — as `torch.autocast` runs attention and as cuBLAS's bf16 tensor-core mode
@@ -210,8 +216,65 @@ fn flag(c: &OpCtx) -> KResult<bool> {
     }
 }
 
+/// The output types the `to` attribute asks for (one `Cast` code per output), if given.
+fn output_types(c: &OpCtx, outputs: usize) -> KResult<Option<Vec<DataType>>> {
+    let Some(codes) = c.node.attr("to").and_then(|a| a.as_ints()) else { return Ok(None) };
+    if codes.len() != outputs {
+        kbail!("attribute to must give {outputs} types, got {codes:?}");
+    }
+    codes
+        .iter()
+        .map(|&code| match i32::try_from(code).ok().and_then(DataType::from_code) {
+            Some(d @ (DataType::Float | DataType::Double | DataType::Float16 | DataType::BFloat16)) => Ok(d),
+            _ => kbail!("attribute to holds {code}, not the code of a float type"),
+        })
+        .collect::<KResult<Vec<_>>>()
+        .map(Some)
+}
+
+/// Runs `kernel` with operands of mixed types, or with output types the `to` attribute fixes:
+/// half-type operands widened to f32, the first outputs cast to `to`'s types, the others (the
+/// forward's `lse`) left f32. `None` when neither applies (the kernel's own path).
+fn with_types(c: &OpCtx, i: &Inputs, kernel: KernelFn, typed: usize) -> Option<KResult<Vec<Tensor>>> {
+    let run = || -> KResult<Option<Vec<Tensor>>> {
+        let types = output_types(c, typed)?;
+        let present = i.present();
+        let mixed = present.iter().any(|t| t.dtype() != present[0].dtype());
+        if types.is_none() && !mixed {
+            return Ok(None);
+        }
+        let wide: Vec<Option<Tensor>> =
+            i.0.iter()
+                .map(|t| {
+                    t.map(|t| match t.dtype() {
+                        DataType::Float16 | DataType::BFloat16 => super::cast::cast_to(t, DataType::Float),
+                        _ => Ok(t.clone()),
+                    })
+                    .transpose()
+                })
+                .collect::<KResult<_>>()?;
+        let refs: Vec<Option<&Tensor>> = wide.iter().map(Option::as_ref).collect();
+        let outs = kernel(c, &Inputs(&refs))?;
+        let Some(types) = types else { return Ok(Some(outs)) };
+        let cast = outs.iter().enumerate().map(|(k, y)| match types.get(k) {
+            Some(&d) => super::cast::cast_to(y, d),
+            None => Ok(y.clone()),
+        });
+        cast.collect::<KResult<Vec<_>>>().map(Some)
+    };
+    run().transpose()
+}
+
 pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
-    if let Some(r) = in_f32(c, i, softmax_attention) {
+    if let Some(r) = with_types(c, i, softmax_attention_plain, 1) {
+        return r;
+    }
+    softmax_attention_plain(c, i)
+}
+
+/// SoftmaxAttention with operands of one type (and outputs of that type).
+fn softmax_attention_plain(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    if let Some(r) = in_f32(c, i, softmax_attention_plain) {
         return r;
     }
     let (a, b, bias, v) = (i.req(0)?, i.req(1)?, i.opt(2), i.req(3)?);
@@ -265,7 +328,15 @@ pub fn softmax_attention(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
 }
 
 pub fn softmax_attention_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
-    if let Some(r) = in_f32(c, i, softmax_attention_grad) {
+    if let Some(r) = with_types(c, i, softmax_attention_grad_plain, 3) {
+        return r;
+    }
+    softmax_attention_grad_plain(c, i)
+}
+
+/// SoftmaxAttentionGrad with operands of one type (and gradients of that type).
+fn softmax_attention_grad_plain(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
+    if let Some(r) = in_f32(c, i, softmax_attention_grad_plain) {
         return r;
     }
     let (a, b, bias, v) = (i.req(0)?, i.req(1)?, i.opt(2), i.req(3)?);

@@ -2,7 +2,7 @@
 //! reductions follow onnx: `mean` divides by the total weight of the non-ignored targets).
 //!
 //! SoftmaxCrossEntropyLoss comes twice: the ONNX op, whose outputs have the scores' type, and
-//! `ai.adaptc::SoftmaxCrossEntropyLoss` (the plan's [`crate::fuse::loss`] puts it where a
+//! `ai.adaptc::SoftmaxCrossEntropyLoss` (the plan's [`crate::fuse::stored`] puts it where a
 //! model's bf16 logits were widened only for the loss), whose outputs are f32 whatever the
 //! scores' type: exactly the ONNX op applied to `Cast(scores, to=f32)`, so the loss of bf16
 //! logits is computed from them as stored, and reported at f32 precision.

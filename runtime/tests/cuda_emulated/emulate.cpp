@@ -1708,6 +1708,56 @@ void flash_case(Attn c, unsigned grid) {
     check_close("flash_attn_bwd da " + tag, da, ref.da, 0, 1e-2 * max_abs(ref.da));
     check_close("flash_attn_bwd db " + tag, db, ref.db, 0, 1e-2 * max_abs(ref.db));
     check_close("flash_attn_bwd dv " + tag, dv, ref.dv, 0, 1e-2 * max_abs(ref.dv));
+
+    // Operands stored as bf16 (`_bf16` kernels): the f32 kernels' results on the same values
+    // widened, bit for bit (the f32 kernels round their operands to these very bits).
+    set_current("flash_attn bf16 operands " + tag);
+    auto bits = [](const vector<float>& x) {
+        vector<bf16_t> h(x.size());
+        for (size_t k = 0; k < x.size(); ++k) h[k] = f32_to_bf16(x[k]);
+        return h;
+    };
+    vector<bf16_t> ah = bits(r.a), bh = bits(r.b), vh = bits(r.v), dyh = bits(r.dy);
+    // Compared as bits: fully masked rows are NaN without the zero guard.
+    auto same = [](const string& name, const vector<float>& got, const vector<float>& want) {
+        vector<uint32_t> g(got.size()), w(want.size());
+        std::memcpy(g.data(), got.data(), got.size() * 4);
+        std::memcpy(w.data(), want.data(), want.size() * 4);
+        check_equal(name, g, w);
+    };
+    auto fwd16 = D == 32 ? flash_attn_fwd_d32_bf16 : flash_attn_fwd_d64_bf16;
+    auto bda16 = D == 32 ? flash_attn_bwd_da_d32_bf16 : flash_attn_bwd_da_d64_bf16;
+    auto bdbv16 = D == 32 ? flash_attn_bwd_dbv_d32_bf16 : flash_attn_bwd_dbv_d64_bf16;
+    vector<float> y32(P * M * D, 5.0f), l32(P * M, 5.0f), y16(P * M * D, 6.0f), l16(P * M, 6.0f);
+    launch(fwd, dim3(grid), block, (const float*)r.a.data(), (const float*)r.b.data(), (const float*)r.v.data(), bias,
+           bl, brs, bcs, y32.data(), l32.data(), P, M, N, c.zero);
+    launch(fwd16, dim3(grid), block, (const bf16_t*)ah.data(), (const bf16_t*)bh.data(), (const bf16_t*)vh.data(),
+           bias, bl, brs, bcs, y16.data(), l16.data(), P, M, N, c.zero);
+    same("flash_attn_fwd_bf16 y = f32 kernel on widened operands " + tag, y16, y32);
+    same("flash_attn_fwd_bf16 lse " + tag, l16, l32);
+    vector<float> d32(P * M, 5.0f), d16(P * M, 6.0f);
+    launch(attn_row_dot_f32, dim3(std::min<unsigned>(grid, 3)), B256, (const float*)r.dy.data(),
+           (const float*)yf.data(), d32.data(), P * M, D);
+    launch(attn_row_dot_bf16, dim3(std::min<unsigned>(grid, 3)), B256, (const bf16_t*)dyh.data(),
+           (const float*)yf.data(), d16.data(), P * M, D);
+    same("attn_row_dot_bf16 = f32 kernel on widened dy " + tag, d16, d32);
+    vector<float> da32(P * M * D, 5.0f), db32(P * D * N, 5.0f), dv32(P * N * D, 5.0f);
+    vector<float> da16(P * M * D, 6.0f), db16(P * D * N, 6.0f), dv16(P * N * D, 6.0f);
+    launch(bda, dim3(grid), block, (const float*)r.a.data(), (const float*)r.b.data(), (const float*)r.v.data(), bias,
+           bl, brs, bcs, (const float*)lf.data(), (const float*)d32.data(), (const float*)r.dy.data(), da32.data(), P,
+           M, N, c.zero);
+    launch(bdbv, dim3(grid), block, (const float*)r.a.data(), (const float*)r.b.data(), (const float*)r.v.data(),
+           bias, bl, brs, bcs, (const float*)lf.data(), (const float*)d32.data(), (const float*)r.dy.data(),
+           db32.data(), dv32.data(), P, M, N, c.zero);
+    launch(bda16, dim3(grid), block, (const bf16_t*)ah.data(), (const bf16_t*)bh.data(), (const bf16_t*)vh.data(),
+           bias, bl, brs, bcs, (const float*)lf.data(), (const float*)d16.data(), (const bf16_t*)dyh.data(),
+           da16.data(), P, M, N, c.zero);
+    launch(bdbv16, dim3(grid), block, (const bf16_t*)ah.data(), (const bf16_t*)bh.data(), (const bf16_t*)vh.data(),
+           bias, bl, brs, bcs, (const float*)lf.data(), (const float*)d16.data(), (const bf16_t*)dyh.data(),
+           db16.data(), dv16.data(), P, M, N, c.zero);
+    same("flash_attn_bwd_da_bf16 = f32 kernel on widened operands " + tag, da16, da32);
+    same("flash_attn_bwd_dbv_bf16 db " + tag, db16, db32);
+    same("flash_attn_bwd_dbv_bf16 dv " + tag, dv16, dv32);
 }
 
 // The shim's mma against a plain 16×16·16×8 product of the fragments' matrices: the layout

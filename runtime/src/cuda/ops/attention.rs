@@ -19,13 +19,17 @@
 //! CPU kernel rounds the same operands.
 //!
 //! Covered: f32 operands, `a`, `b`, `v` with the same batch dims, a bias of any shape that
-//! broadcasts to the scores (or none). Other element types, broadcast batch dims and empty
-//! operands go to the host (the CPU kernel), as does a bias whose batch dims do not fit a
-//! [`Layout`]. `ADAPTC_CUDA_ATTENTION_ROWS` caps the rows per block (the GPU tests use it to
+//! broadcasts to the scores (or none). With a `to` attribute (written by the plan's
+//! `fuse::stored`, which hands the ops bf16 values as stored), `a`, `b`, `v` and `dy` may also
+//! be bf16: the flash kernels read them as they are when all of them are, otherwise they are
+//! widened to f32 first (exact); the outputs are computed in f32 and take `to`'s types. Other
+//! element types, broadcast batch dims and empty operands go to the host (the CPU kernel), as
+//! does a bias whose batch dims do not fit a [`Layout`]. `ADAPTC_CUDA_ATTENTION_ROWS` caps the rows per block (the GPU tests use it to
 //! run several blocks and a partial last one on small models).
 
 use adaptc_ir::DataType;
 
+use super::elementwise::convert;
 use super::flash;
 use super::matmul::{run_gemm, Elem, Gemm};
 use super::{done, dptr, host, launch, opt, output, req, want_f32, DevResult, Gpu};
@@ -93,8 +97,13 @@ fn invalid(msg: String) -> DevResult<Geometry> {
 
 impl Geometry {
     fn new(a: &CudaValue, b: &CudaValue, bias: Option<&CudaValue>, v: &CudaValue) -> DevResult<Geometry> {
-        for x in [a, b, v].into_iter().chain(bias) {
-            want_f32(x)?;
+        for x in [a, b, v] {
+            if !matches!(x.dtype(), DataType::Float | DataType::BFloat16) {
+                return host(format!("{} attention operands", x.dtype()));
+            }
+        }
+        if let Some(t) = bias {
+            want_f32(t)?;
         }
         let (ash, bsh, vsh) = (a.shape(), b.shape(), v.shape());
         if ash.len() < 2 || bsh.len() < 2 || vsh.len() < 2 {
@@ -144,7 +153,7 @@ impl Geometry {
         }
     }
 
-    /// The flash kernels' view of this call.
+    /// The flash kernels' view of this call (operands all f32 or all bf16).
     fn flash_call(
         &self,
         gpu: &Gpu,
@@ -152,6 +161,7 @@ impl Geometry {
         masked_rows_zero: i32,
     ) -> DevResult<flash::Call> {
         Ok(flash::Call {
+            bf16: a.dtype() == DataType::BFloat16,
             a: dptr(gpu, a)?,
             b: dptr(gpu, b)?,
             v: dptr(gpu, v)?,
@@ -210,17 +220,54 @@ fn masked_rows_zero(c: &OpCtx) -> DevResult<i32> {
     }
 }
 
+/// The output types the `to` attribute gives (one `Cast` code per output), if any.
+fn output_types(c: &OpCtx, outputs: usize) -> DevResult<Option<Vec<DataType>>> {
+    let Some(codes) = c.node.attr("to").and_then(|a| a.as_ints()) else { return Ok(None) };
+    let types: Option<Vec<DataType>> =
+        codes.iter().map(|&code| i32::try_from(code).ok().and_then(DataType::from_code)).collect();
+    match types {
+        Some(t) if t.len() == outputs => Ok(Some(t)),
+        _ => Err(KernelError::Invalid(format!("attribute to must give {outputs} type codes, got {codes:?}")).into()),
+    }
+}
+
+/// The operands as the kernels read them: as they are when they share one type (f32, or bf16
+/// for the flash kernels), otherwise (or for the blocked path) every one widened to f32, as
+/// the CPU kernel widens them. Without `to`, operands must be f32 (the host kernel gives the
+/// outputs of other types).
+fn operands(gpu: &Gpu, typed: bool, flash: bool, xs: &[&CudaValue]) -> DevResult<Vec<CudaValue>> {
+    let bf16 = xs.iter().all(|x| x.dtype() == DataType::BFloat16);
+    if !typed && xs.iter().any(|x| x.dtype() != DataType::Float) {
+        return host("attention operands other than f32 without output types");
+    }
+    let to = if bf16 && flash { DataType::BFloat16 } else { DataType::Float };
+    xs.iter().map(|x| convert(gpu, x, to)).collect()
+}
+
+/// The f32 result `y` as `types[k]` asks (as it is without `to`).
+fn typed(gpu: &Gpu, y: CudaValue, types: &Option<Vec<DataType>>, k: usize) -> DevResult<CudaValue> {
+    match types.as_ref().and_then(|t| t.get(k)) {
+        Some(&t) if t != y.dtype() => convert(gpu, &y, t),
+        _ => Ok(y),
+    }
+}
+
 pub fn softmax_attention(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let (a, b, bias, v) = (req(i, 0)?, req(i, 1)?, opt(i, 2), req(i, 3)?);
     let zero = masked_rows_zero(c)?;
+    let types = output_types(c, 1)?;
     let g = Geometry { bf16_products: bf16_products(c)?, ..Geometry::new(a, b, bias, v)? };
     let (m, n, dv, products) = (g.m, g.n, g.dv, g.products);
+    let flash = flash::applies(gpu, g.bf16_products, g.k, dv);
+    let ops = operands(gpu, types.is_some(), flash, &[a, b, v])?;
+    let (a, b, v) = (&ops[0], &ops[1], &ops[2]);
     let (y, yshape) = output(gpu, g.shape(&[m, dv]), DataType::Float)?;
     let (lse, lshape) = output(gpu, g.shape(&[m]), DataType::Float)?;
-    if flash::applies(gpu, g.bf16_products, g.k, dv) {
+    if flash {
         let call = g.flash_call(gpu, (a, b, bias, v), zero)?;
         call.forward(gpu, addr(&y, &gpu.stream), addr(&lse, &gpu.stream))?;
-        return Ok(vec![done(y, yshape, DataType::Float), done(lse, lshape, DataType::Float)]);
+        let y = typed(gpu, done(y, yshape, DataType::Float), &types, 0)?;
+        return Ok(vec![y, done(lse, lshape, DataType::Float)]);
     }
     let rows = block_rows(products, m, n, SCRATCH_BYTES, rows_cap());
     let s = alloc(gpu, DataType::Float, products * rows * n)?;
@@ -236,18 +283,23 @@ pub fn softmax_attention(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevR
         // y rows r0 .. r0 + r of every product = P · v.
         run_gemm(gpu, g.gemm(r, dv, n, (false, false), (r * n, n * dv, m * dv), 0.0), sp, vp, at(yp, r0 * dv))?;
     }
-    Ok(vec![done(y, yshape, DataType::Float), done(lse, lshape, DataType::Float)])
+    let y = typed(gpu, done(y, yshape, DataType::Float), &types, 0)?;
+    Ok(vec![y, done(lse, lshape, DataType::Float)])
 }
 
 pub fn softmax_attention_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<CudaValue>> {
     let (a, b, bias, v) = (req(i, 0)?, req(i, 1)?, opt(i, 2), req(i, 3)?);
     let (y, lse, dy) = (req(i, 4)?, req(i, 5)?, req(i, 6)?);
     let zero = masked_rows_zero(c)?;
-    for x in [y, lse, dy] {
+    for x in [y, lse] {
         want_f32(x)?;
     }
+    let types = output_types(c, 3)?;
     let g = Geometry { bf16_products: bf16_products(c)?, ..Geometry::new(a, b, bias, v)? };
     let (m, k, n, dv, products) = (g.m, g.k, g.n, g.dv, g.products);
+    let flash = flash::applies(gpu, g.bf16_products, k, dv);
+    let ops = operands(gpu, types.is_some(), flash, &[a, b, v, dy])?;
+    let (a, b, v, dy) = (&ops[0], &ops[1], &ops[2], &ops[3]);
     let count = |tail: &[usize]| crate::tensor::numel(&g.shape(tail));
     if Some(y.numel()) != count(&[m, dv]) || dy.shape() != y.shape() || Some(lse.numel()) != count(&[m]) {
         let (ys, ls, ds) = (y.shape(), lse.shape(), dy.shape());
@@ -259,20 +311,20 @@ pub fn softmax_attention_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) ->
     let (da, dashape) = output(gpu, a.shape().to_vec(), DataType::Float)?;
     let (db, dbshape) = output(gpu, b.shape().to_vec(), DataType::Float)?;
     let (dvv, dvshape) = output(gpu, v.shape().to_vec(), DataType::Float)?;
-    let outputs = |da, db, dvv| {
-        vec![
-            done(da, dashape, DataType::Float),
-            done(db, dbshape, DataType::Float),
-            done(dvv, dvshape, DataType::Float),
-        ]
+    let outputs = |da, db, dvv| -> DevResult<Vec<CudaValue>> {
+        Ok(vec![
+            typed(gpu, done(da, dashape, DataType::Float), &types, 0)?,
+            typed(gpu, done(db, dbshape, DataType::Float), &types, 1)?,
+            typed(gpu, done(dvv, dvshape, DataType::Float), &types, 2)?,
+        ])
     };
-    if flash::applies(gpu, g.bf16_products, k, dv) {
+    if flash {
         let call = g.flash_call(gpu, (a, b, bias, v), zero)?;
         let delta = alloc(gpu, DataType::Float, products * m)?;
         let ins = (dptr(gpu, y)?, dptr(gpu, lse)?, dptr(gpu, dy)?);
         let s = &gpu.stream;
         call.backward(gpu, ins, addr(&delta, s), (addr(&da, s), addr(&db, s), addr(&dvv, s)))?;
-        return Ok(outputs(da, db, dvv));
+        return outputs(da, db, dvv);
     }
     let rows = block_rows(products, m, n, SCRATCH_BYTES, rows_cap());
     let s = alloc(gpu, DataType::Float, products * rows * n)?;
@@ -315,7 +367,7 @@ pub fn softmax_attention_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) ->
         run_gemm(gpu, g.gemm(k, n, r, (true, false), (m * k, r * n, k * n), beta), at(ap, r0 * k), dpp, dbp)?;
         run_gemm(gpu, g.gemm(n, dv, r, (true, false), (r * n, m * dv, n * dv), beta), sp, at(dyp, r0 * dv), dvp)?;
     }
-    Ok(outputs(da, db, dvv))
+    outputs(da, db, dvv)
 }
 
 #[cfg(test)]

@@ -323,8 +323,14 @@ pub fn cast(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         let code = c.int("to", 0) as i32;
         DataType::from_code(code).ok_or_else(|| KernelError::Invalid(format!("unknown element type code {code}")))?
     };
+    Ok(vec![convert(gpu, x, to)?])
+}
+
+/// `x` as `to` (a view of `x` when it has that type already): what `Cast` computes, for the
+/// ops that take operands of another type.
+pub(super) fn convert(gpu: &Gpu, x: &CudaValue, to: DataType) -> DevResult<CudaValue> {
     if to == x.dtype() {
-        return Ok(vec![x.reshaped(x.shape().to_vec())?]);
+        return x.reshaped(x.shape().to_vec());
     }
     let Some(name) = cast_kernel(x.dtype(), to) else {
         return host(format!("a cast from {} to {to}", x.dtype()));
@@ -335,7 +341,7 @@ pub fn cast(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResult<Vec<Cud
         let (xp, yp) = (dptr(gpu, x)?, addr(&y, &gpu.stream));
         launch!(gpu, &name, grid(n as usize), &xp, &yp, &n)?;
     }
-    Ok(vec![done(y, shape, to)])
+    Ok(done(y, shape, to))
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ fn grid(products: usize, rows: usize) -> LaunchConfig {
 pub type Bias = (u64, Layout, i64, i64);
 
 /// The operands' addresses and dims shared by every launch: `a [P, M, D]`, `b [P, D, N]`,
-/// `v [P, N, D]`.
+/// `v [P, N, D]` (and the backward's `dy [P, M, D]`), all f32 or all bf16 (`bf16`: read as
+/// stored).
 pub struct Call {
     pub a: u64,
     pub b: u64,
@@ -54,11 +55,12 @@ pub struct Call {
     pub n: usize,
     pub d: usize,
     pub masked_rows_zero: i32,
+    pub bf16: bool,
 }
 
 impl Call {
     fn name(&self, kernel: &str) -> String {
-        format!("flash_attn_{kernel}_d{}", self.d)
+        format!("flash_attn_{kernel}_d{}{}", self.d, if self.bf16 { "_bf16" } else { "" })
     }
 
     /// `y` and `lse` (device addresses of `[P, M, D]` and `[P, M]` f32 buffers).
@@ -105,7 +107,8 @@ impl Call {
             block_dim: (32 * warps_per_block as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(gpu, "attn_row_dot_f32", dot, &dy, &y, &delta, &rows, &d)?;
+        let row_dot = if self.bf16 { "attn_row_dot_bf16" } else { "attn_row_dot_f32" };
+        launch!(gpu, row_dot, dot, &dy, &y, &delta, &rows, &d)?;
         let zero = self.masked_rows_zero;
         let name = self.name("bwd_da");
         launch!(
@@ -161,12 +164,16 @@ mod tests {
     fn every_flash_kernel_is_an_entry_point() {
         for d in HEAD_SIZES {
             for k in ["fwd", "bwd_da", "bwd_dbv"] {
-                let name = format!("flash_attn_{k}_d{d}");
-                assert!(crate::cuda::ENTRY_POINTS.contains(&name.as_str()), "{name}");
-                assert!(crate::cuda::KERNEL_SOURCE.contains(&format!("({name}, {d})")), "{name} instantiated for {d}");
+                for (suffix, t) in [("", "float"), ("_bf16", "bf16_t")] {
+                    let name = format!("flash_attn_{k}_d{d}{suffix}");
+                    assert!(crate::cuda::ENTRY_POINTS.contains(&name.as_str()), "{name}");
+                    let instance = format!("({name}, {d}, {t})");
+                    assert!(crate::cuda::KERNEL_SOURCE.contains(&instance), "{name} instantiated for {d} and {t}");
+                }
             }
         }
         assert!(crate::cuda::ENTRY_POINTS.contains(&"attn_row_dot_f32"));
+        assert!(crate::cuda::ENTRY_POINTS.contains(&"attn_row_dot_bf16"));
     }
 
     #[test]

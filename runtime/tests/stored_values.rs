@@ -1,6 +1,7 @@
-//! The plan's loss fusion (`fuse::loss`): bf16 logits read as stored by the loss and its
-//! gradient, the gradient written in bf16, with the same values, bit for bit, as the
-//! node-by-node plan's `Cast(to=f32)` → loss → gradient → `Cast(to=bf16)`.
+//! The plan's stored-value fusion (`fuse::stored`) on the loss: bf16 logits read as stored by
+//! the loss and its gradient, the gradient written in bf16, with the same values, bit for bit,
+//! as the node-by-node plan's `Cast(to=f32)` → loss → gradient → `Cast(to=bf16)`. (Attention's
+//! operands, on a whole training graph: `tests/plan_fusions.rs`.)
 
 use std::collections::HashMap;
 
