@@ -222,14 +222,7 @@ fn output_types(c: &OpCtx, outputs: usize) -> KResult<Option<Vec<DataType>>> {
     if codes.len() != outputs {
         kbail!("attribute to must give {outputs} types, got {codes:?}");
     }
-    codes
-        .iter()
-        .map(|&code| match i32::try_from(code).ok().and_then(DataType::from_code) {
-            Some(d @ (DataType::Float | DataType::Double | DataType::Float16 | DataType::BFloat16)) => Ok(d),
-            _ => kbail!("attribute to holds {code}, not the code of a float type"),
-        })
-        .collect::<KResult<Vec<_>>>()
-        .map(Some)
+    codes.iter().map(|&code| super::util::float_type(code)).collect::<KResult<Vec<_>>>().map(Some)
 }
 
 /// Runs `kernel` with operands of mixed types, or with output types the `to` attribute fixes:

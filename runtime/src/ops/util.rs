@@ -122,6 +122,16 @@ pub(crate) unsafe fn new_filled_chunks<T: Send>(
     out
 }
 
+/// The float type a `Cast`-style `to` code names (what the ops that write a chosen output type
+/// accept), refusing other codes.
+pub fn float_type(code: i64) -> KResult<adaptc_ir::DataType> {
+    use adaptc_ir::DataType;
+    match i32::try_from(code).ok().and_then(DataType::from_code) {
+        Some(d @ (DataType::Float | DataType::Double | DataType::Float16 | DataType::BFloat16)) => Ok(d),
+        _ => kbail!("attribute to holds {code}, not the code of a float type"),
+    }
+}
+
 /// Normalises a possibly negative axis against `rank`.
 pub fn axis(a: i64, rank: usize) -> KResult<usize> {
     let r = rank as i64;

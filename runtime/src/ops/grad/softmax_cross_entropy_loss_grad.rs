@@ -158,10 +158,7 @@ pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Ten
     }
     let out = match c.node.attr("to").and_then(|a| a.as_int()) {
         None => scores.dtype(),
-        Some(code) => match i32::try_from(code).ok().and_then(DataType::from_code) {
-            Some(d @ (DataType::Float | DataType::Double | DataType::Float16 | DataType::BFloat16)) => d,
-            _ => kbail!("`to` must be the code of a float type, got {code}"),
-        },
+        Some(code) => crate::ops::util::float_type(code)?,
     };
     // f64 throughout (the finite-difference tests), else f32 with the scores as a
     // `Cast(to=f32)` gives them (the plan's loss fusion reads bf16 logits as stored).
