@@ -15,7 +15,7 @@ const CLASSES: usize = 40;
 /// `[6, C]` (or, with `flatten` false, `[6, C]` logits read directly, as a classifier's), the
 /// mean loss with ignored labels, its gradient, viewed back and rounded to bf16. With
 /// `widened_is_output`, the f32 logits are a graph output too, which rules the fusion out.
-fn loss_graph(flatten: bool, widened_is_output: bool) -> Model {
+fn loss_graph(flatten: bool, widened_is_output: bool, narrow: DataType) -> Model {
     let mut g = Graph::new("loss");
     let dims: Vec<Dim> = if flatten { vec![2, 3, CLASSES] } else { vec![6, CLASSES] }
         .into_iter()
@@ -25,7 +25,7 @@ fn loss_graph(flatten: bool, widened_is_output: bool) -> Model {
     g.inputs.push(ValueInfo::tensor("labels", DataType::Int64, vec![Dim::Known(6)]));
     g.inputs.push(ValueInfo::tensor("dloss", DataType::Float, vec![]));
     g.outputs.push(ValueInfo::tensor("loss", DataType::Float, vec![]));
-    g.outputs.push(ValueInfo::tensor("dlogits", DataType::BFloat16, dims));
+    g.outputs.push(ValueInfo::tensor("dlogits", narrow, dims));
     g.outputs.push(ValueInfo::tensor("dims", DataType::Int64, vec![Dim::Known(if flatten { 3 } else { 2 })]));
     if widened_is_output {
         g.outputs.push(ValueInfo::tensor("wide", DataType::Float, vec![]));
@@ -55,8 +55,7 @@ fn loss_graph(flatten: bool, widened_is_output: bool) -> Model {
     } else {
         "g"
     };
-    g.add_node(node(OpKey::onnx("Cast"), &[g_shaped], &["dlogits"], "narrow").with_attr(to(DataType::BFloat16)))
-        .unwrap();
+    g.add_node(node(OpKey::onnx("Cast"), &[g_shaped], &["dlogits"], "narrow").with_attr(to(narrow))).unwrap();
     Model::new(g, 21)
 }
 
@@ -81,7 +80,7 @@ fn run(model: &Model, unfused: bool, flatten: bool) -> (Vec<String>, HashMap<Str
 #[test]
 fn the_loss_reads_bf16_logits_as_stored_and_writes_a_bf16_gradient() {
     for flatten in [true, false] {
-        let model = loss_graph(flatten, false);
+        let model = loss_graph(flatten, false, DataType::BFloat16);
         let (ops, fused) = run(&model, false, flatten);
         let (reference_ops, reference) = run(&model, true, flatten);
         assert!(!ops.iter().any(|o| o == "Cast"), "flatten {flatten}: {ops:?}");
@@ -105,9 +104,14 @@ fn the_loss_reads_bf16_logits_as_stored_and_writes_a_bf16_gradient() {
 
 #[test]
 fn the_fusion_leaves_widened_logits_that_something_else_reads() {
-    let model = loss_graph(true, true);
+    let model = loss_graph(true, true, DataType::BFloat16);
     let (ops, _) = run(&model, false, true);
     // The forward Cast stays (its value is a graph output); the gradient's narrowing still folds.
     assert_eq!(ops.iter().filter(|o| *o == "Cast").count(), 1, "{ops:?}");
     assert!(ops.iter().any(|o| o == "SoftmaxCrossEntropyLoss"), "{ops:?}");
+    // A narrowing to f16 stays a Cast (only bf16 folds: a half output cast to another half
+    // type would round twice); the forward still reads the bf16 logits as stored.
+    let (ops, _) = run(&loss_graph(true, false, DataType::Float16), false, true);
+    assert_eq!(ops.iter().filter(|o| *o == "Cast").count(), 1, "{ops:?}");
+    assert!(ops.iter().any(|o| o == "ai.adaptc::SoftmaxCrossEntropyLoss"), "{ops:?}");
 }

@@ -17,9 +17,9 @@
 //!
 //! Forward: a `Cast(to=f32)` whose value only such readers read (at the slots they widen
 //! themselves, directly or through layout ops, or for its shape) is dropped, and its readers
-//! read the Cast's input. Backward: an output that only a `Cast` to a half type reads
-//! (directly or through one layout op) is written in that type by the op (its `to`
-//! attribute), and the Cast is dropped. Both are exact: the kernels widen operands as the Cast
+//! read the Cast's input. Backward: an output that only a `Cast(to=bf16)` reads (directly or
+//! through one layout op) is written in bf16 by the op (its `to` attribute), and the Cast is
+//! dropped. Both are exact: the kernels widen operands as the Cast
 //! did (bf16 → f32 is exact, and commutes with moving elements) and round an output once, as
 //! the Cast after them did.
 
@@ -40,7 +40,7 @@ const READERS: &[(&str, &str, &[usize])] = &[
     (ADAPTC_DOMAIN, "SoftmaxAttentionGrad", &[0, 1, 3, 6]),
 ];
 
-/// An op that can write its outputs in a half type (`to`: one code, or one per output).
+/// An op that can write its outputs in bf16 (`to`: one code, or one per output).
 const WRITERS: &[(&str, bool)] = &[("SoftmaxCrossEntropyLossGrad", false), ("SoftmaxAttentionGrad", true)];
 
 /// Adds the fusions of `graph`'s stored values to `f`.
@@ -116,8 +116,10 @@ fn sole_reader(graph: &Graph, value: &str) -> Option<NodeId> {
     }
 }
 
-/// A half-type `Cast` reading output `k` of the writer (directly or through one layout op),
-/// the only reader on that path: (the cast, the layout op if any, the half type's code).
+/// A `Cast(to=bf16)` reading output `k` of the writer (directly or through one layout op), the
+/// only reader on that path: (the cast, the layout op if any, bf16's code). bf16 only: the
+/// writers compute half-type outputs in f32 and round once, so a cast from a half output to
+/// another half type (two roundings) would not give the same bits.
 fn narrowing_of(graph: &Graph, value: &str) -> Option<(NodeId, Option<NodeId>, i64)> {
     let sole = sole_reader(graph, value)?;
     let (layout, cast) = if is_layout(graph.node(sole)) {
@@ -127,8 +129,8 @@ fn narrowing_of(graph: &Graph, value: &str) -> Option<(NodeId, Option<NodeId>, i
     };
     let node = graph.node(cast);
     let to = node.attr_int("to", 0);
-    let half = [DataType::BFloat16, DataType::Float16].iter().any(|d| i64::from(d.code()) == to);
-    (node.op().is("Cast") && half && node.outputs().len() == 1).then_some((cast, layout, to))
+    let bf16 = to == i64::from(DataType::BFloat16.code());
+    (node.op().is("Cast") && bf16 && node.outputs().len() == 1).then_some((cast, layout, to))
 }
 
 /// Backward: the writer's outputs that only a half-type `Cast` reads are written in that type.

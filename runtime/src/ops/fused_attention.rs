@@ -18,8 +18,8 @@
 //! types run in f32 ([`in_f32`]).
 //!
 //! Operands may also mix types (the plan's [`crate::fuse::stored`] hands the ops bf16 values as
-//! stored where the graph widened them for the op): every half-type operand is then widened to
-//! f32, as a `Cast(to=f32)` would, and the outputs take the types of the `to` attribute (one
+//! stored where the graph widened them for the op): every operand is then converted to f32,
+//! as the dropped `Cast(to=f32)` would, and the outputs take the types of the `to` attribute (one
 //! `Cast` code per output: the forward's `y`, the gradient's `da`, `db`, `dv`; the forward's
 //! `lse` is f32). Without `to`, the outputs have the operands' one type.
 //!
@@ -226,8 +226,9 @@ fn output_types(c: &OpCtx, outputs: usize) -> KResult<Option<Vec<DataType>>> {
 }
 
 /// Runs `kernel` with operands of mixed types, or with output types the `to` attribute fixes:
-/// half-type operands widened to f32, the first outputs cast to `to`'s types, the others (the
-/// forward's `lse`) left f32. `None` when neither applies (the kernel's own path).
+/// half-type operands (and, when the types are mixed, every operand) converted to f32, the
+/// first outputs cast to `to`'s types, the others (the forward's `lse`) left as computed.
+/// `None` when neither applies (the kernel's own path).
 fn with_types(c: &OpCtx, i: &Inputs, kernel: KernelFn, typed: usize) -> Option<KResult<Vec<Tensor>>> {
     let run = || -> KResult<Option<Vec<Tensor>>> {
         let types = output_types(c, typed)?;
@@ -239,9 +240,12 @@ fn with_types(c: &OpCtx, i: &Inputs, kernel: KernelFn, typed: usize) -> Option<K
         let wide: Vec<Option<Tensor>> =
             i.0.iter()
                 .map(|t| {
+                    // Half types widen; with mixed types every operand becomes f32, as the
+                    // `Cast(to=f32)` the plan dropped before it gave it.
                     t.map(|t| match t.dtype() {
-                        DataType::Float16 | DataType::BFloat16 => super::cast::cast_to(t, DataType::Float),
-                        _ => Ok(t.clone()),
+                        DataType::Float => Ok(t.clone()),
+                        DataType::Double if !mixed => Ok(t.clone()),
+                        _ => super::cast::cast_to(t, DataType::Float),
                     })
                     .transpose()
                 })
