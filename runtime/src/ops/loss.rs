@@ -63,7 +63,7 @@ fn reduce_targets(
 }
 
 /// `[N, C, d…]` → `(N, C, d…)` as (n, classes, inner) and the targets' shape `[N, d…]`.
-fn class_layout(scores: &Tensor, what: &str) -> KResult<(usize, usize, usize, Vec<usize>)> {
+pub(crate) fn class_layout(scores: &Tensor, what: &str) -> KResult<(usize, usize, usize, Vec<usize>)> {
     if scores.rank() < 2 {
         kbail!("{what} must be [N, C, …], got {:?}", scores.shape());
     }

@@ -124,13 +124,7 @@ fn go<T: Real>(x: &[T], t: &Targets<T>, ch: usize, inner: usize) -> Vec<T> {
 pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let (dloss, scores, labels) = (i.req(0)?, i.req(1)?, i.req(2)?);
     let weights = i.opt(3);
-    if scores.rank() < 2 {
-        kbail!("scores must be [N, C, …], got {:?}", scores.shape());
-    }
-    let (n, ch) = (scores.shape()[0], scores.shape()[1]);
-    let inner: usize = scores.shape()[2..].iter().product();
-    let mut tshape = vec![n];
-    tshape.extend(&scores.shape()[2..]);
+    let (_, ch, inner, tshape) = crate::ops::loss::class_layout(scores, "scores")?;
     if labels.shape() != tshape.as_slice() {
         kbail!("labels have shape {:?}, scores {:?} need {tshape:?}", labels.shape(), scores.shape());
     }
