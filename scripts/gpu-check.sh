@@ -10,8 +10,9 @@
 #      FFN, HEADS, KV, VOCAB, B, S; small defaults so the whole check stays under 8 minutes),
 #      adaptc with --autocast bf16-activations (bf16 products and activations stored in bf16, as
 #      PEFT's bf16 model; AUTOCAST=bf16: f32 activations; AUTOCAST=none: fp32) and fused
-#      attention (its default); CHAIN_AB=1 adds a run with the chain interpreter instead of
-#      each chain program's own kernel.
+#      attention (its default); GRAPHS_AB=1 (default) adds a run with --cuda-graphs (each step
+#      replayed as one CUDA graph), CHAIN_AB=1 one with the chain interpreter instead of each
+#      chain program's own kernel.
 # Logs go to $OUT (when set) or .gpu/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,15 +86,15 @@ PY
     timeout 150 "$G/bin/adaptc" train "$G/work/llama/model.onnx" --data "$G/work/bench.jsonl" --task causal-lm \
         -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps "$STEPS" --batch-size "$B" --lr 1e-4 \
         --device cuda "${precision[@]}" --out "$G/work/run-bench" > "$OUT/bench-adaptc.log" 2>&1 || echo "adaptc bench failed (see bench-adaptc.log)"
-    # CHAIN_AB=1: the same run with the chain interpreter instead of each program's own
-    # kernel (ADAPTC_CUDA_CHAIN=interpret), to measure what specialising them gives.
-    interp=""
-    if [ "${CHAIN_AB:-0}" = 1 ]; then
-        rm -rf "$G/work/run-bench-interp"
-        ADAPTC_CUDA_CHAIN=interpret timeout 150 "$G/bin/adaptc" train "$G/work/llama/model.onnx" --data "$G/work/bench.jsonl" \
+    # A second adaptc run with a variant of the settings, its median step time in seconds.
+    variant() {
+        local name=$1; shift
+        rm -rf "$G/work/run-bench-$name"
+        env "$@" timeout 150 "$G/bin/adaptc" train "$G/work/llama/model.onnx" --data "$G/work/bench.jsonl" \
             --task causal-lm -p "insert-lora{rank=16 alpha=32 targets=all-linear}" --steps "$STEPS" --batch-size "$B" \
-            --lr 1e-4 --device cuda "${precision[@]}" --out "$G/work/run-bench-interp" > "$OUT/bench-adaptc-interp.log" 2>&1
-        interp=$(python3 - "$G/work/run-bench-interp/metrics.jsonl" <<'PY'
+            --lr 1e-4 --device cuda "${precision[@]}" ${VARIANT_FLAGS:-} --out "$G/work/run-bench-$name" \
+            > "$OUT/bench-adaptc-$name.log" 2>&1
+        python3 - "$G/work/run-bench-$name/metrics.jsonl" <<'PY'
 import json, statistics, sys
 try:
     t = [r["step_time_s"] for r in map(json.loads, open(sys.argv[1])) if "step_time_s" in r and "eval_loss" not in r]
@@ -101,8 +102,15 @@ try:
 except OSError:
     pass
 PY
-)
-    fi
+    }
+    # CHAIN_AB=1: the same run with the chain interpreter instead of each program's own
+    # kernel (ADAPTC_CUDA_CHAIN=interpret), to measure what specialising them gives.
+    interp=""
+    [ "${CHAIN_AB:-0}" = 1 ] && interp=$(variant interp ADAPTC_CUDA_CHAIN=interpret)
+    # GRAPHS_AB=1 (default): the same run with --cuda-graphs (steps 3.. replay one CUDA graph;
+    # the median skips the two warm-up steps and the capture).
+    graphs=""
+    [ "${GRAPHS_AB:-1}" = 1 ] && graphs=$(VARIANT_FLAGS=--cuda-graphs variant graphs)
     peft=""
     if [ -f "$G/anchors/peft_gpu_baseline.py" ]; then
         peft=$(timeout 150 python3 "$G/anchors/peft_gpu_baseline.py" 2>&1 | tee "$OUT/bench-peft.log" | grep '^peft-gpu' | tail -1)
@@ -151,3 +159,6 @@ echo "loss curve : $curve"
 echo "benchmark  : D=$D LAYERS=$LAYERS FFN=$FFN B=$B S=$S: $bench"
 echo "last step  : $(grep -h '^last step:' "$OUT/bench-adaptc.log" 2>/dev/null | tail -1 | cut -c 12-)"
 [ "${CHAIN_AB:-0}" = 1 ] && echo "chains interpreted (ADAPTC_CUDA_CHAIN=interpret): step ${interp:-failed} s"
+if [ "${GRAPHS_AB:-1}" = 1 ]; then
+    echo "with --cuda-graphs: step ${graphs:-failed} s; $(grep -h '^last step:' "$OUT/bench-adaptc-graphs.log" 2>/dev/null | tail -1 | grep -o 'CUDA graph: .*' || echo 'no report (see bench-adaptc-graphs.log)')"
+fi

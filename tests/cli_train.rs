@@ -218,6 +218,13 @@ fn refusals_name_the_option() {
     ]);
     assert!(!o.status.success(), "{}", stderr(&o));
     assert!(!Path::new(&out).join("metrics.jsonl").exists());
+    // CUDA graphs replay steps on a GPU: on the CPU the flag is a mistake, not a no-op.
+    let mut args = train_args(Path::new(&out), "1");
+    args.push("--cuda-graphs".into());
+    let o = run(&args);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--cuda-graphs") && stderr(&o).contains("--device cuda"), "{}", stderr(&o));
+    assert!(!Path::new(&out).join("metrics.jsonl").exists());
 }
 
 /// `--checkpoint-activations`: the same losses step for step, with a lower activation peak.

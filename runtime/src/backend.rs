@@ -91,6 +91,9 @@ pub struct Placement {
     pub upload_bytes: usize,
     pub downloads: usize,
     pub download_bytes: usize,
+    /// What CUDA graphs did in the run (`SessionOptions::cuda_graphs`): warming up, captured,
+    /// replayed, or why they are off.
+    pub graph: Option<String>,
 }
 
 impl std::fmt::Display for Placement {
@@ -109,6 +112,9 @@ impl std::fmt::Display for Placement {
         if !self.host.is_empty() {
             let host: Vec<String> = self.host.iter().map(|(op, (n, why))| format!("{op}×{n} ({why})")).collect();
             write!(f, "; on the host: {}", host.join(", "))?;
+        }
+        if let Some(g) = &self.graph {
+            write!(f, "; CUDA graph: {g}")?;
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod plan;
 pub mod profile;
 pub mod registry;
+pub mod replay;
 pub mod session;
 pub mod tensor;
 

@@ -27,8 +27,9 @@ Examples:
       --steps 200 --batch-size 8 --lr 3e-4 --out runs/lm
   # Continue a run that was stopped (Ctrl-C, kill, crash) from its last checkpoint:
   adaptc train ... --out runs/sst --resume
-  # On an NVIDIA GPU, in mixed precision (bf16 products, f32 adapters and optimizer state):
-  adaptc train llama.onnx ... --device cuda --autocast bf16
+  # On an NVIDIA GPU, in mixed precision (bf16 products, f32 adapters and optimizer state),
+  # each step replayed as one CUDA graph:
+  adaptc train llama.onnx ... --device cuda --autocast bf16 --cuda-graphs
   # Less memory for long sequences: recompute each block's activations in the backward pass
   # (attention is already fused by default, so its scores are never stored):
   adaptc train llama.onnx ... --checkpoint-activations
@@ -147,6 +148,12 @@ pub struct Args {
     /// default: same results up to float rounding, far less memory at long sequences).
     #[arg(long)]
     no_fuse_attention: bool,
+    /// With --device cuda: capture a training step into a CUDA graph after two warm-up steps
+    /// and replay it for every later step of the same batch shape, so the host launches one
+    /// graph per step instead of one kernel per instruction. A step that cannot be captured
+    /// runs as usual, and the run report says why.
+    #[arg(long)]
+    cuda_graphs: bool,
 }
 
 /// The precision `--autocast` runs the products in.
@@ -160,6 +167,9 @@ pub enum AutocastArg {
 
 pub fn run(args: Args) -> Result<()> {
     adaptc_runtime::check_device(args.device.device())?;
+    if args.cuda_graphs && args.device.device() != adaptc_runtime::Device::Cuda {
+        bail!("--cuda-graphs replays training steps on a GPU: it needs --device cuda");
+    }
     let objective = match (args.task, args.labels) {
         (TaskArg::Classification, Some(n)) if n >= 2 => Objective::Classification { labels: n },
         (TaskArg::Classification, Some(n)) => bail!("--labels {n}: a classification task needs at least 2 labels"),
@@ -249,6 +259,7 @@ pub fn run(args: Args) -> Result<()> {
         autocast: args.autocast.is_some(),
         bf16_activations: args.autocast == Some(AutocastArg::Bf16Activations),
         fuse_attention: !args.no_fuse_attention,
+        cuda_graphs: args.cuda_graphs,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 

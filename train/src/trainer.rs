@@ -74,6 +74,9 @@ pub struct TrainConfig {
     /// Fuse each attention core into one op that never stores the scores (`fuse-attention`):
     /// same results up to float rounding, much less memory at long sequences.
     pub fuse_attention: bool,
+    /// On CUDA, capture a training step into a CUDA graph and replay it (one launch per step;
+    /// `SessionOptions::cuda_graphs`). Not part of the fingerprint: same kernels, same results.
+    pub cuda_graphs: bool,
 }
 
 impl TrainConfig {
@@ -190,10 +193,11 @@ pub fn train(
         adaptc_passes::autodiff::checkpoint::CheckpointActivations.run(&mut training, &mut PassContext::default())?;
     }
     let mut params = initial_params(adapted, &trainable)?;
-    let options = SessionOptions { device: cfg.device, ..Default::default() };
+    let options = SessionOptions { device: cfg.device, cuda_graphs: cfg.cuda_graphs, ..Default::default() };
     let stepper = Stepper::new(training, options.clone(), &params, cfg.grad_accum, cfg.max_grad_norm)?;
     let eval_session = match eval {
-        Some(_) => Some(Session::new(&evaluation, options)?),
+        // Evaluations run rarely, each batch shape once or twice: not worth a capture.
+        Some(_) => Some(Session::new(&evaluation, SessionOptions { cuda_graphs: false, ..options })?),
         None => None,
     };
 

@@ -74,6 +74,11 @@ impl CudaBackend {
         Ok(CudaBackend { gpu: Gpu::shared(ordinal)?, host_elements })
     }
 
+    /// The device, for what runs whole runs rather than instructions (CUDA graphs).
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
     fn backend_error(&self, reason: String) -> RuntimeError {
         RuntimeError::Backend { backend: self.gpu.name.clone(), reason }
     }

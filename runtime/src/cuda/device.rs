@@ -60,6 +60,7 @@ pub const ENTRY_POINTS: &[&str] = &[
     "fill_rows_f32",
     "fill_rows_bf16",
     "fill_f32",
+    "copy_unless_flagged",
     "scatter_add_f32",
     "reduce_f32",
     "colsum_f32",
@@ -145,6 +146,8 @@ fn keep_pool_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    /// A second stream, never captured: allocations that must outlive a CUDA graph's capture.
+    pub(super) side: Arc<CudaStream>,
     pub blas: CudaBlas,
     pub name: String,
     /// The compute capability's major number (bf16 tensor cores from 8).
@@ -159,7 +162,15 @@ pub struct Gpu {
     counters: Mutex<Placement>,
     /// Index maps of IndexMapGrad instructions, uploaded once per node and shapes.
     pub index_maps: Mutex<HashMap<String, Arc<CudaSlice<u8>>>>,
+    /// While a run is captured into a CUDA graph: the uploads made meanwhile, which the graph
+    /// reads at every replay (`None` when not capturing).
+    pub(super) capture: Mutex<Option<Vec<Arc<CudaSlice<u8>>>>>,
+    /// cuBLAS's workspace: set explicitly, so cuBLAS never allocates while a run is captured.
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// Bytes of cuBLAS's workspace (what NVIDIA recommends from Hopper on).
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 use crate::backend::Placement;
 
@@ -205,12 +216,27 @@ impl Gpu {
             let f = module.load_function(name).map_err(|e| err(format!("kernel `{name}`: {e}")))?;
             functions.insert(name, f);
         }
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream, which cannot be captured.
+        let stream = ctx.new_stream().map_err(|e| err(format!("cannot create a stream: {e}")))?;
+        let side = ctx.new_stream().map_err(|e| err(format!("cannot create a stream: {e}")))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err(format!("cuBLAS: {e:?}")))?;
+        let blas_workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(|e| err(format!("alloc: {e}")))?;
+        {
+            use cudarc::driver::DevicePtr;
+            let (ptr, _) = blas_workspace.device_ptr(&stream);
+            // SAFETY: the handle is live and bound to `stream`; the workspace outlives it (both
+            // are fields of `Gpu`, the handle dropped first) and is only used on that stream.
+            let status =
+                unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut _, BLAS_WORKSPACE) };
+            if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(err(format!("cuBLAS: cannot set its workspace ({status:?})")));
+            }
+        }
         let error_flag = stream.alloc_zeros::<i64>(1).map_err(|e| err(format!("alloc: {e}")))?;
         Ok(Gpu {
             ctx,
             stream,
+            side,
             blas,
             name: format!("cuda:{ordinal} ({name}, {arch})"),
             compute_major: major,
@@ -220,6 +246,8 @@ impl Gpu {
             error_flag: Mutex::new(error_flag),
             counters: Mutex::new(Placement::default()),
             index_maps: Mutex::new(HashMap::new()),
+            capture: Mutex::new(None),
+            _blas_workspace: blas_workspace,
         })
     }
 

@@ -212,6 +212,15 @@ extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
     GRID_LOOP(i, n) { y[i] = v; }
 }
 
+// Copies `n` bytes from `src` to `dst` unless a kernel of the run has set the error flag: how a
+// CUDA graph hands a step's new state back to the state's buffers, so that a step that failed
+// (a label out of range) leaves the state as it was, as an eager run does.
+extern "C" __global__ void copy_unless_flagged(const unsigned char* src, unsigned char* dst, i64 n,
+                                               const i64* err) {
+    if (*err != 0) return;
+    GRID_LOOP(i, n) { dst[i] = src[i]; }
+}
+
 // ---------------------------------------------------------------- elementwise chains
 
 // The chain interpreter: any program of `ChainArgs` (prelude.cuh), read from the arguments

@@ -22,6 +22,15 @@ pub enum DevError {
     Device(String),
 }
 
+impl std::fmt::Display for DevError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DevError::Host(r) | DevError::Device(r) => f.write_str(r),
+            DevError::Kernel(k) => write!(f, "{k}"),
+        }
+    }
+}
+
 impl From<KernelError> for DevError {
     fn from(e: KernelError) -> Self {
         DevError::Kernel(e)

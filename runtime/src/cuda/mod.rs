@@ -19,13 +19,18 @@
 mod backend;
 mod compile;
 mod device;
+mod graph;
 mod launch;
 mod ops;
 mod value;
 
 pub use backend::CudaBackend;
 pub use compile::{compile, compile_kernels, nvrtc_available, Contraction, KERNEL_SOURCE, PRELUDE};
+pub(crate) use device::Gpu;
 pub use device::{probe, ENTRY_POINTS};
+pub(crate) use graph::StepGraph;
+pub(crate) use launch::{addr as address, DevError};
 pub use ops::chain::specialised_source;
 pub use ops::covered_ops;
 pub use value::CudaValue;
+pub(crate) use value::DeviceMem;

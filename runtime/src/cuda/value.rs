@@ -101,6 +101,12 @@ impl CudaValue {
             return Ok(t);
         }
         let mem = self.device.get().ok_or_else(|| DevError::Device("a value with no storage".into()))?;
+        if gpu.capturing() {
+            // A replay would repeat whatever the host computed from it now.
+            return Err(DevError::Device(
+                "it reads a device value on the host, which a CUDA graph cannot capture".into(),
+            ));
+        }
         let bytes = gpu.stream.clone_dtoh(mem.as_ref())?;
         let len = self.byte_size().min(bytes.len());
         let storage = storage_from_le_bytes(self.dtype, &bytes[..len])
@@ -119,11 +125,21 @@ impl CudaValue {
         if device_elem_bytes(self.dtype).is_none() || matches!(t.data(), Storage::Str(_)) {
             return Err(DevError::Host(format!("{} tensors stay on the host", self.dtype)));
         }
-        let bytes = t.to_le_bytes();
-        // A zero-byte allocation is refused by the driver: empty tensors get one byte.
-        let mem = if bytes.is_empty() { gpu.stream.alloc_zeros::<u8>(1)? } else { gpu.stream.clone_htod(&bytes)? };
-        gpu.count_upload(bytes.len());
-        Ok(self.device.get_or_init(|| Arc::new(mem)))
+        let mem = gpu.upload_bytes(&t.to_le_bytes())?;
+        Ok(self.device.get_or_init(|| mem))
+    }
+
+    /// The value on the device and nowhere else (uploaded first if need be): what a captured
+    /// run reads, so that no host instruction can read it without the capture noticing, and
+    /// no host copy outlives a replay that changes the device memory.
+    pub fn device_only(&self, gpu: &Gpu) -> DevResult<CudaValue> {
+        let mem = self.device(gpu)?.clone();
+        Ok(CudaValue::from_device(self.shape.clone(), self.dtype, mem))
+    }
+
+    /// The device memory if there is some (never uploads).
+    pub fn device_if_present(&self) -> Option<&DeviceMem> {
+        self.device.get()
     }
 }
 

@@ -1223,6 +1223,15 @@ void test_fill() {
     set_current("fill_f32");
     launch(fill_f32, dim3(2), B256, z.data(), -3.25f, (i64)700);
     check_close("fill_f32", z, vector<double>(700, -3.25), 0, 0);
+    // The guarded copy: every byte with the flag clear (a partial last block), none with it set.
+    vector<unsigned char> src(1000), dst(1000, 9), none(1000, 9);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = (unsigned char)(i * 7 + 1);
+    i64 clear = 0, set = 2;
+    set_current("copy_unless_flagged");
+    launch(copy_unless_flagged, dim3(3), B256, src.data(), dst.data(), (i64)1000, &clear);
+    check_equal("copy_unless_flagged with no error flagged", dst, src);
+    launch(copy_unless_flagged, dim3(3), B256, src.data(), none.data(), (i64)1000, &set);
+    check_equal("copy_unless_flagged after an error", none, vector<unsigned char>(1000, 9));
 }
 
 // ---------------------------------------------------------------- reductions

@@ -413,10 +413,7 @@ pub fn index_map_grad(gpu: &Gpu, c: &OpCtx, i: &[Option<&CudaValue>]) -> DevResu
                 )?;
                 let bytes: Vec<u8> =
                     src.iter().flat_map(|&s| (s.clamp(0, i32::MAX as i64) as i32).to_le_bytes()).collect();
-                let mem =
-                    if bytes.is_empty() { gpu.stream.alloc_zeros::<u8>(1)? } else { gpu.stream.clone_htod(&bytes)? };
-                gpu.count_upload(bytes.len());
-                let mem = std::sync::Arc::new(mem);
+                let mem = gpu.upload_bytes(&bytes)?;
                 maps.insert(key, mem.clone());
                 mem
             }

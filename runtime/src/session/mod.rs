@@ -25,6 +25,9 @@ use crate::profile::Profile;
 use crate::registry::Registry;
 use crate::tensor::Tensor;
 
+#[cfg(feature = "cuda")]
+mod graphed;
+
 /// Where to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
@@ -39,6 +42,10 @@ pub struct SessionOptions {
     /// Run every node as its own instruction, without the plan-time fusions (to compare
     /// numerics or profiles with the fused plan; `ADAPTC_NO_FUSE=1` does the same).
     pub unfused: bool,
+    /// On CUDA, capture a run into a CUDA graph and replay it for the runs after that have
+    /// inputs of the same shapes (`graphed.rs`): one launch per run instead of one per
+    /// instruction. Ignored on the CPU.
+    pub cuda_graphs: bool,
 }
 
 /// Checks that `device` can be used here, before any work is done for it: the CUDA backend
@@ -82,7 +89,7 @@ struct Binding {
 enum Engine {
     Cpu(Runner<CpuBackend>),
     #[cfg(feature = "cuda")]
-    Cuda(Runner<crate::cuda::CudaBackend>),
+    Cuda(Runner<crate::cuda::CudaBackend>, Option<Box<Mutex<graphed::Replays>>>),
 }
 
 /// What a run did besides its outputs.
@@ -102,7 +109,11 @@ impl Session {
         let engine = match options.device {
             Device::Cpu => Engine::Cpu(Runner::new(CpuBackend, &plan)?),
             #[cfg(feature = "cuda")]
-            Device::Cuda => Engine::Cuda(Runner::new(crate::cuda::CudaBackend::open(0)?, &plan)?),
+            Device::Cuda => {
+                let runner = Runner::new(crate::cuda::CudaBackend::open(0)?, &plan)?;
+                let replays = options.cuda_graphs.then(|| Box::new(Mutex::new(graphed::replays())));
+                Engine::Cuda(runner, replays)
+            }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => return Err(not_built()),
         };
@@ -141,7 +152,10 @@ impl Session {
         match &self.engine {
             Engine::Cpu(r) => r.carried().clear(),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(r) => r.carried().clear(),
+            Engine::Cuda(r, replays) => {
+                r.carried().clear();
+                graphed::forget(replays.as_deref());
+            }
         }
         Ok(())
     }
@@ -153,7 +167,11 @@ impl Session {
         match &self.engine {
             Engine::Cpu(r) => r.set_carried(input, value),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(r) => r.set_carried(input, value),
+            Engine::Cuda(r, replays) => {
+                // A capture reads the state's buffers, which this replaces.
+                graphed::forget(replays.as_deref());
+                r.set_carried(input, value)
+            }
         }
     }
 
@@ -163,7 +181,7 @@ impl Session {
         let found = match &self.engine {
             Engine::Cpu(r) => r.get_carried(input)?,
             #[cfg(feature = "cuda")]
-            Engine::Cuda(r) => r.get_carried(input)?,
+            Engine::Cuda(r, _) => r.get_carried(input)?,
         };
         match (found, &self.plan.inputs[input].default) {
             (Some(t), _) => Ok(t),
@@ -185,7 +203,7 @@ impl Session {
         match &self.engine {
             Engine::Cpu(r) => r.backend.name().to_string(),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(r) => r.backend.name().to_string(),
+            Engine::Cuda(r, _) => r.backend.name().to_string(),
         }
     }
 
@@ -246,7 +264,9 @@ impl Session {
         match &self.engine {
             Engine::Cpu(r) => r.run(&self.plan, inputs, &self.bindings),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(r) => r.run(&self.plan, inputs, &self.bindings),
+            Engine::Cuda(r, Some(replays)) => r.run_replayed(&self.plan, inputs, &self.bindings, replays),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(r, None) => r.run(&self.plan, inputs, &self.bindings),
         }
     }
 }
@@ -285,40 +305,68 @@ impl<B: Backend> Runner<B> {
     fn run(
         &self,
         plan: &ExecPlan,
-        mut inputs: HashMap<String, Tensor>,
+        inputs: HashMap<String, Tensor>,
         bindings: &[Binding],
+    ) -> Result<(Vec<(String, Tensor)>, RunStats)> {
+        let carried_in = self.carried().clone();
+        let feeds = resolve_feeds(plan, inputs, &carried_in)?;
+        self.run_fed(plan, feeds, &carried_in, bindings, &mut |t| self.backend.upload(&t))
+    }
+
+    /// A run instruction by instruction: `feed` turns each fed tensor into the backend's
+    /// buffer, `carried_in` holds the state buffers.
+    fn run_fed(
+        &self,
+        plan: &ExecPlan,
+        feeds: Vec<(usize, Tensor)>,
+        carried_in: &HashMap<usize, B::Buffer>,
+        bindings: &[Binding],
+        feed: &mut dyn FnMut(Tensor) -> Result<B::Buffer>,
     ) -> Result<(Vec<(String, Tensor)>, RunStats)> {
         let be = &self.backend;
         be.begin_run();
+        let mut fed = Vec::with_capacity(feeds.len());
+        for (index, t) in feeds {
+            fed.push((index, feed(t)?));
+        }
+        let (mut slots, mut usage) = self.bind(plan, &fed, carried_in);
+        let profile = self.execute(plan, &mut slots, &mut usage)?;
+        be.end_run()?;
+        let (returned, carried_out) = collect_outputs::<B>(plan, &slots, bindings)?;
+        let mut out = Vec::with_capacity(returned.len());
+        for (index, buf) in returned {
+            out.push((plan.outputs[index].0.clone(), be.download(&buf)?));
+        }
+        // Only a run that finished replaces the state, so a failed step leaves it as it was.
+        self.carried().extend(carried_out);
+        Ok((out, RunStats { peak_bytes: usage.peak, profile, placement: be.report() }))
+    }
+
+    /// The run's buffers before its first instruction: constants, carried state, fed inputs.
+    fn bind(
+        &self,
+        plan: &ExecPlan,
+        fed: &[(usize, B::Buffer)],
+        carried_in: &HashMap<usize, B::Buffer>,
+    ) -> (Vec<Option<B::Buffer>>, Usage) {
+        let be = &self.backend;
         let mut slots: Vec<Option<B::Buffer>> = vec![None; plan.num_buffers];
         for (b, buf) in &self.constants {
             slots[*b] = Some(buf.clone());
         }
         let mut usage = Usage::default();
-        let carried_in = self.carried().clone();
-        for (index, pi) in plan.inputs.iter().enumerate() {
-            if let Some(buf) = carried_in.get(&index) {
-                usage.alloc(be.storage_key(buf), be.byte_size(buf));
-                slots[pi.buf] = Some(buf.clone());
-                continue;
-            }
-            let t = match inputs.remove(&pi.info.name) {
-                Some(t) => t,
-                None => match &pi.default {
-                    Some(d) => d.clone(),
-                    None => {
-                        return Err(RuntimeError::Input {
-                            name: pi.info.name.clone(),
-                            reason: "is required but was not given".into(),
-                        })
-                    }
-                },
-            };
-            check_input(&pi.info, &t)?;
-            let buf = be.upload(&t)?;
-            usage.alloc(be.storage_key(&buf), be.byte_size(&buf));
-            slots[pi.buf] = Some(buf);
+        let state = carried_in.iter().map(|(i, b)| (*i, b));
+        for (index, buf) in state.chain(fed.iter().map(|(i, b)| (*i, b))) {
+            usage.alloc(be.storage_key(buf), be.byte_size(buf));
+            slots[plan.inputs[index].buf] = Some(buf.clone());
         }
+        (slots, usage)
+    }
+
+    /// Runs every instruction in order, each buffer freed after its last reader; the profile
+    /// when `ADAPTC_PROFILE` asks for one.
+    fn execute(&self, plan: &ExecPlan, slots: &mut [Option<B::Buffer>], usage: &mut Usage) -> Result<Option<Profile>> {
+        let be = &self.backend;
         let mut profile = crate::profile::enabled().then(Profile::default);
         let mut peak_watch = (profile.is_some() && crate::profile::memory()).then(|| PeakWatch::new(plan));
         for (i, ins) in plan.instructions.iter().enumerate() {
@@ -329,7 +377,7 @@ impl<B: Backend> Runner<B> {
                 be.synchronize()?;
                 let took = t.elapsed();
                 let bytes = operand_bytes(be, ins, &args, &outs);
-                p.record(&ins.node.op().to_string(), || describe(be, ins, &slots), took, bytes);
+                p.record(&ins.node.op().to_string(), || describe(be, ins, slots), took, bytes);
             }
             for (slot, out) in ins.outputs.iter().zip(outs) {
                 if let (Some(b), Some(o)) = (slot, out) {
@@ -338,7 +386,7 @@ impl<B: Backend> Runner<B> {
                 }
             }
             if let Some(w) = peak_watch.as_mut() {
-                w.observe(be, &usage, i, &slots);
+                w.observe(be, usage, i, slots);
             }
             for &b in &plan.memory.frees[i] {
                 if let Some(buf) = slots[b].take() {
@@ -349,22 +397,60 @@ impl<B: Backend> Runner<B> {
         if let (Some(p), Some(w)) = (profile.as_mut(), peak_watch) {
             p.peak = w.result(plan);
         }
-        be.end_run()?;
-        let mut out = Vec::with_capacity(plan.outputs.len());
-        let mut carried_out = Vec::with_capacity(bindings.len());
-        for (index, (name, b)) in plan.outputs.iter().enumerate() {
-            let Some(buf) = slots[*b].as_ref() else {
-                return Err(RuntimeError::Lowering(format!("graph output `{name}` was not produced")));
-            };
-            match bindings.iter().find(|bd| bd.output == index) {
-                Some(bd) => carried_out.push((bd.input, buf.clone())),
-                None => out.push((name.clone(), be.download(buf)?)),
-            }
-        }
-        // Only a run that finished replaces the state, so a failed step leaves it as it was.
-        self.carried().extend(carried_out);
-        Ok((out, RunStats { peak_bytes: usage.peak, profile, placement: be.report() }))
+        Ok(profile)
     }
+}
+
+/// Every plan input that is not carried state, with its tensor: the one given, else its
+/// default (initializer); each checked against its declared type.
+fn resolve_feeds<T>(
+    plan: &ExecPlan,
+    mut inputs: HashMap<String, Tensor>,
+    carried_in: &HashMap<usize, T>,
+) -> Result<Vec<(usize, Tensor)>> {
+    let mut feeds = Vec::with_capacity(plan.inputs.len());
+    for (index, pi) in plan.inputs.iter().enumerate() {
+        if carried_in.contains_key(&index) {
+            continue;
+        }
+        let t = match inputs.remove(&pi.info.name) {
+            Some(t) => t,
+            None => match &pi.default {
+                Some(d) => d.clone(),
+                None => {
+                    return Err(RuntimeError::Input {
+                        name: pi.info.name.clone(),
+                        reason: "is required but was not given".into(),
+                    })
+                }
+            },
+        };
+        check_input(&pi.info, &t)?;
+        feeds.push((index, t));
+    }
+    Ok(feeds)
+}
+
+/// Outputs an executed run returns: (plan output index, buffer) in output order, and the
+/// (plan input index, buffer) pairs the bindings carry to the next run.
+#[allow(clippy::type_complexity)]
+fn collect_outputs<B: Backend>(
+    plan: &ExecPlan,
+    slots: &[Option<B::Buffer>],
+    bindings: &[Binding],
+) -> Result<(Vec<(usize, B::Buffer)>, Vec<(usize, B::Buffer)>)> {
+    let mut returned = Vec::with_capacity(plan.outputs.len());
+    let mut carried = Vec::with_capacity(bindings.len());
+    for (index, (name, b)) in plan.outputs.iter().enumerate() {
+        let Some(buf) = slots[*b].as_ref() else {
+            return Err(RuntimeError::Lowering(format!("graph output `{name}` was not produced")));
+        };
+        match bindings.iter().find(|bd| bd.output == index) {
+            Some(bd) => carried.push((bd.input, buf.clone())),
+            None => returned.push((index, buf.clone())),
+        }
+    }
+    Ok((returned, carried))
 }
 
 /// Which buffers were live when a run's live bytes peaked (`ADAPTC_PROFILE=memory`).
