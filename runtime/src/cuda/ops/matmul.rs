@@ -107,6 +107,52 @@ impl Gemm {
     }
 }
 
+/// The arguments of `cublasGemmStridedBatchedEx` for a row-major [`Gemm`]: cuBLAS computes
+/// the column-major `C' = op(first)·op(second)`, and a row-major `C = op(A)·op(B)` stored as
+/// is reads as `Cᵀ = op(B)ᵀ·op(A)ᵀ` column-major, so B comes first, the dims swap (`rows` =
+/// n, `cols` = m) and each operand keeps its own transpose flag. Kept apart from the call so
+/// the mapping is tested without a GPU against cuBLAS's documented semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ColumnMajor {
+    /// Whether the first operand (B) and the second (A) are read transposed.
+    pub trans_first: bool,
+    pub trans_second: bool,
+    pub rows: i32,
+    pub cols: i32,
+    pub inner: i32,
+    pub ld_first: i32,
+    pub ld_second: i32,
+    pub ld_c: i32,
+    pub stride_first: i64,
+    pub stride_second: i64,
+    pub stride_c: i64,
+    pub batch: i32,
+}
+
+impl ColumnMajor {
+    /// `None` when a dim exceeds cuBLAS's 32-bit range.
+    pub(super) fn of(g: &Gemm) -> Option<ColumnMajor> {
+        let dim = |v: usize| i32::try_from(v).ok();
+        let (m, n, k) = (dim(g.m)?, dim(g.n)?, dim(g.k)?);
+        Some(ColumnMajor {
+            trans_first: g.tb,
+            trans_second: g.ta,
+            rows: n,
+            cols: m,
+            inner: k,
+            // A stored row is a column here: its length is the leading dim. cuBLAS wants
+            // leading dims ≥ 1 even when k = 0 (then C = beta·C).
+            ld_first: (if g.tb { k } else { n }).max(1),
+            ld_second: (if g.ta { m } else { k }).max(1),
+            ld_c: n.max(1),
+            stride_first: g.stride_b as i64,
+            stride_second: g.stride_a as i64,
+            stride_c: g.stride_c as i64,
+            batch: dim(g.batch)?,
+        })
+    }
+}
+
 /// Runs `g` on device addresses `a`, `b`, `c` (byte addresses of the first elements).
 pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
@@ -115,14 +161,10 @@ pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<
     if g.k == 0 {
         return host("an empty inner dimension");
     }
-    let dim =
-        |v: usize| i32::try_from(v).map_err(|_| DevError::Host(format!("a GEMM dim of {v} (cuBLAS takes 32-bit)")));
-    let (m, n, k) = (dim(g.m)?, dim(g.n)?, dim(g.k)?);
+    let Some(cm) = ColumnMajor::of(&g) else {
+        return host(format!("a GEMM of {}×{}×{} in {} batches (cuBLAS takes 32-bit dims)", g.m, g.n, g.k, g.batch));
+    };
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-    // Column-major view: first operand B (ld = its stored row length), second A.
-    // cuBLAS wants leading dims ≥ 1 even when k = 0 (then C = beta·C).
-    let ldb = (if g.tb { k } else { n }).max(1);
-    let lda = (if g.ta { m } else { k }).max(1);
     let (alpha, beta) = (g.alpha, g.beta);
     let t = g.elem.cuda();
     let fast = g.bf16_operands && g.elem == Elem::F32;
@@ -134,26 +176,26 @@ pub(super) fn run_gemm(gpu: &Gpu, g: Gemm, a: u64, b: u64, c: u64) -> DevResult<
     let r = unsafe {
         cudarc::cublas::result::gemm_strided_batched_ex(
             *gpu.blas.handle(),
-            op(g.tb),
-            op(g.ta),
-            n,
-            m,
-            k,
+            op(cm.trans_first),
+            op(cm.trans_second),
+            cm.rows,
+            cm.cols,
+            cm.inner,
             (&alpha as *const f32).cast(),
             b as *const std::ffi::c_void,
             t,
-            ldb,
-            g.stride_b as i64,
+            cm.ld_first,
+            cm.stride_first,
             a as *const std::ffi::c_void,
             t,
-            lda,
-            g.stride_a as i64,
+            cm.ld_second,
+            cm.stride_second,
             (&beta as *const f32).cast(),
             c as *mut std::ffi::c_void,
             t,
-            n,
-            g.stride_c as i64,
-            dim(g.batch)?,
+            cm.ld_c,
+            cm.stride_c,
+            cm.batch,
             compute,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
@@ -386,6 +428,112 @@ mod tests {
         }
         assert_eq!((Elem::BF16.dtype(), Elem::BF16.fill_rows()), (DataType::BFloat16, "fill_rows_bf16"));
         assert!(crate::cuda::ENTRY_POINTS.contains(&Elem::BF16.fill_rows()));
+    }
+
+    /// cuBLAS's `gemm_strided_batched` as its documentation defines it, column-major:
+    /// `C[b][i + j·ldc] = alpha·Σ_l op(A)[i, l]·op(B)[l, j] + beta·C`, where
+    /// `op(X)[i, l]` is `X[i + l·ldx]`, or `X[l + i·ldx]` transposed.
+    fn cublas_reference(cm: &ColumnMajor, a: &[f64], b: &[f64], c: &mut [f64], alpha: f64, beta: f64) {
+        let (m, n, k) = (cm.rows as usize, cm.cols as usize, cm.inner as usize);
+        let at = |x: &[f64], base: usize, ld: usize, t: bool, i: usize, l: usize| {
+            if t {
+                x[base + l + i * ld]
+            } else {
+                x[base + i + l * ld]
+            }
+        };
+        for batch in 0..cm.batch as usize {
+            let (ba, bb, bc) =
+                (batch * cm.stride_first as usize, batch * cm.stride_second as usize, batch * cm.stride_c as usize);
+            for j in 0..n {
+                for i in 0..m {
+                    let mut sum = 0.0;
+                    for l in 0..k {
+                        let x = at(a, ba, cm.ld_first as usize, cm.trans_first, i, l);
+                        sum += x * at(b, bb, cm.ld_second as usize, cm.trans_second, l, j);
+                    }
+                    let slot = &mut c[bc + i + j * cm.ld_c as usize];
+                    *slot = alpha * sum + beta * *slot;
+                }
+            }
+        }
+    }
+
+    /// The row-major product the [`Gemm`] describes, computed directly: `C[b] = alpha·op(A[b])
+    /// ·op(B[b]) + beta·C[b]`.
+    fn row_major(g: &Gemm, a: &[f64], b: &[f64], c: &mut [f64]) {
+        for batch in 0..g.batch {
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let mut sum = 0.0;
+                    for l in 0..g.k {
+                        let x = if g.ta {
+                            a[batch * g.stride_a + l * g.m + i]
+                        } else {
+                            a[batch * g.stride_a + i * g.k + l]
+                        };
+                        let y = if g.tb {
+                            b[batch * g.stride_b + j * g.k + l]
+                        } else {
+                            b[batch * g.stride_b + l * g.n + j]
+                        };
+                        sum += x * y;
+                    }
+                    let slot = &mut c[batch * g.stride_c + i * g.n + j];
+                    *slot = f64::from(g.alpha) * sum + f64::from(g.beta) * *slot;
+                }
+            }
+        }
+    }
+
+    /// Every transpose combination, batched with and without a shared operand, with beta, and
+    /// row blocks of a taller result (`stride_c` beyond m·n): the arguments `run_gemm` hands
+    /// cuBLAS compute the row-major product.
+    #[test]
+    fn column_major_arguments_compute_the_row_major_product() {
+        let mut seed = 7u64;
+        let mut rand = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) % 19) as f64 - 9.0
+                })
+                .collect()
+        };
+        let (m, n, k) = (5, 3, 4);
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (batch, share_a, share_b, stride_c, beta) in [
+                (1, false, false, 0, 0.0),
+                (3, false, false, m * n, 0.0),
+                (3, true, false, m * n, 1.0),
+                (2, false, true, m * n + 6, 0.5),
+            ] {
+                let g = Gemm {
+                    elem: Elem::F32,
+                    m,
+                    n,
+                    k,
+                    ta,
+                    tb,
+                    batch,
+                    stride_a: if share_a { 0 } else { m * k },
+                    stride_b: if share_b { 0 } else { k * n },
+                    stride_c,
+                    alpha: 1.5,
+                    beta,
+                    bf16_operands: false,
+                };
+                let (a, b) = (rand(batch * m * k), rand(batch * k * n));
+                let c0 = rand(batch.max(1) * (stride_c.max(m * n)) + m * n);
+                let (mut want, mut got) = (c0.clone(), c0);
+                row_major(&g, &a, &b, &mut want);
+                let cm = ColumnMajor::of(&g).unwrap();
+                cublas_reference(&cm, &b, &a, &mut got, f64::from(g.alpha), f64::from(g.beta));
+                assert_eq!(got, want, "ta {ta} tb {tb} batch {batch} shared {share_a}/{share_b} stride_c {stride_c}");
+            }
+        }
+        let huge = Gemm::single(Elem::F32, [1 << 31, 2, 2], (false, false), 1.0, 0.0);
+        assert!(ColumnMajor::of(&huge).is_none());
     }
 
     #[test]
