@@ -761,6 +761,32 @@ fn index_map_grad_by_hand() {
     assert_eq!((r.shape(), f64s(&r)), (&[2usize, 3][..], (0..6).map(f64::from).collect()));
 }
 
+/// Float forward inputs given by their shape (`fwd_shapes`, as autodiff emits them: the other
+/// operands of a Concat, Pad's constant) give the gradient their values give.
+#[test]
+fn index_map_grad_takes_float_inputs_by_shape() {
+    let mut rng = Rng(16);
+    let (a, b, c) = (rand64(&mut rng, &[2, 3]), rand64(&mut rng, &[2, 1]), rand64(&mut rng, &[2, 4]));
+    let dy = rand64(&mut rng, &[2, 8]);
+    let by_value = index_map_grad("Concat", &[int("axis", 1)], &some(&[&a, &b, &c]), 1, 0, &dy).unwrap();
+    let (sa, sc) = (shape_t(a.shape()), shape_t(c.shape()));
+    let shapes = [int("axis", 1), ints("fwd_shapes", &[0, 2])];
+    let by_shape = index_map_grad("Concat", &shapes, &some(&[&sa, &b, &sc]), 1, 0, &dy).unwrap();
+    assert_eq!(f64s(&by_shape), f64s(&by_value));
+    assert_eq!(f64s(&by_value), (0..2).map(|r| f64s(&dy)[r * 8 + 3]).collect::<Vec<_>>());
+    // Pad's constant (a scalar: shape []) only marks padding.
+    let m = rand64(&mut rng, &[3, 4]);
+    let (pads, value) = (i64t(&[4], vec![1, 2, 2, 1]), t64(&[], vec![0.7]));
+    let dy = rand64(&mut rng, &[6, 7]);
+    let by_value = index_map_grad("Pad", &[], &some(&[&m, &pads, &value]), 0, 0, &dy).unwrap();
+    let scalar = shape_t(&[]);
+    let by_shape = index_map_grad("Pad", &[ints("fwd_shapes", &[2])], &some(&[&m, &pads, &scalar]), 0, 0, &dy).unwrap();
+    assert_eq!(f64s(&by_shape), f64s(&by_value));
+    // A value where a shape is announced is an error, not a guess.
+    let bad = index_map_grad("Concat", &shapes, &some(&[&a, &b, &c]), 1, 0, &rand64(&mut rng, &[2, 8]));
+    assert!(bad.is_err());
+}
+
 #[test]
 fn index_map_grad_matches_data_movement_finite_differences() {
     let mut rng = Rng(15);

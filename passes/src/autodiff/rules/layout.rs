@@ -83,7 +83,10 @@ fn expand(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
 }
 
 /// `IndexMapGrad(dy, Shape(x), forward inputs with x's slot left empty)` for each wanted slot
-/// and each output that has a gradient (Split's outputs add up).
+/// and each output that has a gradient (Split's outputs add up). The other float inputs (the
+/// other operands of a Concat, Pad's constant) matter to the index map only by their shape, so
+/// they are passed as `Shape(v)` (attribute `fwd_shapes`): the backward then keeps no forward
+/// value alive for its shape alone, and the plan need not even write one that it can fuse away.
 fn index_map(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError> {
     let n = cx.node.inputs().len();
     let mut grads: Grads = Vec::with_capacity(n);
@@ -94,13 +97,23 @@ fn index_map(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError
         }
         let x = cx.input(slot)?;
         let shape = cx.em.shape_of(&x)?;
+        let mut forward = Vec::with_capacity(n);
+        let mut by_shape = Vec::new();
+        for (i, v) in cx.node.inputs().iter().enumerate() {
+            if i == slot || v.is_empty() {
+                forward.push(String::new());
+            } else if cx.em.elem_type(v).is_some_and(|t| t.is_float()) {
+                forward.push(cx.em.shape_of(v)?);
+                by_shape.push(i as i64);
+            } else {
+                forward.push(v.clone());
+            }
+        }
         let mut parts = Vec::new();
         for (k, dy) in dys.iter().enumerate() {
             let Some(dy) = dy else { continue };
             let mut inputs: Vec<String> = vec![dy.clone(), shape.clone()];
-            inputs.extend(
-                cx.node.inputs().iter().enumerate().map(|(i, v)| if i == slot { String::new() } else { v.clone() }),
-            );
+            inputs.extend(forward.iter().cloned());
             let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
             let mut attrs = vec![
                 Attribute::string("op", cx.node.op().op_type.as_bytes().to_vec()),
@@ -108,6 +121,9 @@ fn index_map(cx: &mut RuleCx, dys: &[Option<String>]) -> Result<Grads, PassError
                 Attribute::int("output", k as i64),
                 Attribute::int("fwd_opset", cx.opset),
             ];
+            if !by_shape.is_empty() {
+                attrs.push(Attribute::ints("fwd_shapes", by_shape.clone()));
+            }
             attrs.extend(cx.node.attrs().iter().cloned());
             parts.push(cx.em.grad_op("IndexMapGrad", &refs, attrs, &x)?);
         }

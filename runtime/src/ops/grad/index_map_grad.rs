@@ -7,7 +7,8 @@
 //! (the forward node's opset), optional `fwd_outputs` (the forward node's output count; Split
 //! without sizes needs it, and infers it from `dy` when absent), and the forward node's own
 //! attributes copied verbatim. The inputs after `x_shape` are the forward node's, the
-//! differentiated one omitted.
+//! differentiated one omitted; optional `fwd_shapes` lists the forward inputs given by their
+//! shape (int64 dims) instead of their value — float inputs, which matter only by shape.
 //!
 //! The forward kernel runs on an index map: the differentiated input is replaced by the int64
 //! tensor `1, 2, …, numel` of shape `x_shape`, every other float input by int64 zeros of its
@@ -30,7 +31,7 @@ use crate::registry::Registry;
 use crate::tensor::{Elem, Storage, Tensor};
 
 /// This op's own attributes, not handed to the forward kernel.
-const OWN_ATTRS: &[&str] = &["op", "input", "output", "fwd_opset", "fwd_outputs"];
+const OWN_ATTRS: &[&str] = &["op", "input", "output", "fwd_opset", "fwd_outputs", "fwd_shapes"];
 
 /// Ops whose output is their first input's elements in the same order.
 const RESHAPES: &[&str] = &["Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"];
@@ -100,10 +101,15 @@ pub(crate) fn source_map(
     let n = checked_numel(x_shape)?;
     let Ok(n64) = i64::try_from(n) else { kbail!("x_shape {x_shape:?} is too large") };
     let iota = Tensor::from_parts(x_shape.to_vec(), Storage::I64((1..=n64).collect()));
+    let by_shape = c.node.attr("fwd_shapes").and_then(Attribute::as_ints).unwrap_or_default();
     let mut owned: Vec<Option<Tensor>> = Vec::with_capacity(fwd.len().max(input + 1));
     for (k, t) in fwd.iter().enumerate() {
         owned.push(match t {
             _ if k == input => None,
+            Some(t) if by_shape.contains(&(k as i64)) => {
+                let shape = shape_input(t, "a forward input given by its shape")?;
+                Some(Tensor::from_parts(shape.clone(), Storage::I64(vec![0; checked_numel(&shape)?])))
+            }
             Some(t)
                 if matches!(t.dtype(), DataType::Float | DataType::Double | DataType::Float16 | DataType::BFloat16) =>
             {
