@@ -83,6 +83,14 @@ fn a_bf16_llama_step_is_the_same_fused_and_node_by_node() {
         }
     }
     assert_eq!(attention, 8, "four layers' attention and gradients");
+    // Grouped-query attention's repeated keys and values are repeated in bf16, as stored.
+    let expands: Vec<&adaptc_runtime::plan::Instruction> =
+        fused.plan().instructions.iter().filter(|i| i.node.op().is("Expand")).collect();
+    assert!(!expands.is_empty());
+    for ins in expands {
+        let x = ins.inputs[0].expect("an operand");
+        assert_ne!(made_by.get(&x).map(String::as_str), Some("Cast"), "{} repeats a widened value", ins.node.label());
+    }
 
     let (a, b) = (fused.run(feeds.clone()).unwrap(), plain.run(feeds).unwrap());
     assert_eq!(a.len(), b.len());

@@ -115,3 +115,60 @@ fn the_fusion_leaves_widened_logits_that_something_else_reads() {
     assert_eq!(ops.iter().filter(|o| *o == "Cast").count(), 1, "{ops:?}");
     assert!(ops.iter().any(|o| o == "ai.adaptc::SoftmaxCrossEntropyLoss"), "{ops:?}");
 }
+
+/// `kv [1, 2, 1, 3, 4]` (bf16) widened, `Expand`ed to 4 copies per group and rounded back
+/// (grouped-query attention's keys), then a `Transpose` between a widening and a rounding; the
+/// widened value's and the repeated value's shapes read too. With `narrow` another type than
+/// the stored one, the casts must stay.
+fn repeat_graph(narrow: DataType) -> Model {
+    let mut g = Graph::new("repeat");
+    let known = |d: &[i64]| d.iter().map(|&n| Dim::Known(n)).collect::<Vec<_>>();
+    g.inputs.push(ValueInfo::tensor("kv", DataType::BFloat16, known(&[1, 2, 1, 3, 4])));
+    g.inputs.push(ValueInfo::tensor("to", DataType::Int64, known(&[5])));
+    g.outputs.push(ValueInfo::tensor("t", narrow, known(&[1, 2, 4, 4, 3])));
+    g.outputs.push(ValueInfo::tensor("dims", DataType::Int64, known(&[5])));
+    g.outputs.push(ValueInfo::tensor("wide_dims", DataType::Int64, known(&[5])));
+    let node = |op: &str, i: &[&str], o: &str| {
+        Node::new(OpKey::onnx(op), i.iter().map(|s| s.to_string()).collect(), vec![o.to_string()]).named(o)
+    };
+    let to = |d: DataType| Attribute::int("to", i64::from(d.code()));
+    g.add_node(node("Cast", &["kv"], "wide").with_attr(to(DataType::Float))).unwrap();
+    g.add_node(node("Shape", &["wide"], "wide_dims")).unwrap();
+    g.add_node(node("Expand", &["wide", "to"], "rep")).unwrap();
+    g.add_node(node("Shape", &["rep"], "dims")).unwrap();
+    g.add_node(node("Cast", &["rep"], "rep16").with_attr(to(narrow))).unwrap();
+    g.add_node(node("Cast", &["rep16"], "rep32").with_attr(to(DataType::Float))).unwrap();
+    g.add_node(node("Transpose", &["rep32"], "tr").with_attr(Attribute::ints("perm", vec![0, 1, 2, 4, 3]))).unwrap();
+    g.add_node(node("Cast", &["tr"], "t").with_attr(to(narrow))).unwrap();
+    Model::new(g, 21)
+}
+
+#[test]
+fn layout_ops_between_a_widening_and_a_rounding_move_the_stored_elements() {
+    let kv: Vec<bf16> = (0..24).map(|k| bf16::from_f32((k as f32 - 11.5) * 0.37)).collect();
+    let feeds = HashMap::from([
+        ("kv".to_string(), Tensor::from_vec(vec![1, 2, 1, 3, 4], kv).unwrap()),
+        ("to".to_string(), Tensor::from_vec(vec![5], vec![1i64, 2, 4, 3, 4]).unwrap()),
+    ]);
+    let run = |model: &Model, unfused: bool| {
+        let s = Session::new(model, SessionOptions { unfused, ..Default::default() }).unwrap();
+        let ops: Vec<String> = s.plan().instructions.iter().map(|i| i.node.op().to_string()).collect();
+        let out: HashMap<String, Tensor> = s.run(feeds.clone()).unwrap().into_iter().collect();
+        (ops, out)
+    };
+    let model = repeat_graph(DataType::BFloat16);
+    let ((ops, fused), (plain_ops, plain)) = (run(&model, false), run(&model, true));
+    assert!(!ops.iter().any(|o| o == "Cast"), "{ops:?}");
+    assert_eq!(plain_ops.iter().filter(|o| *o == "Cast").count(), 4, "{plain_ops:?}");
+    for name in ["t", "dims", "wide_dims"] {
+        assert_eq!(fused[name].dtype(), plain[name].dtype(), "{name}");
+        assert_eq!(fused[name].to_le_bytes(), plain[name].to_le_bytes(), "{name}");
+    }
+    assert_eq!(fused["t"].shape(), &[1, 2, 4, 4, 3]);
+    // bf16 stored, rounded to f16: the Expand's casts are arithmetic, not a round trip, and
+    // stay; the Transpose's value is then stored in f16 and rounded to f16, which folds.
+    let model = repeat_graph(DataType::Float16);
+    let ((ops, fused), (_, plain)) = (run(&model, false), run(&model, true));
+    assert_eq!(ops, ["Cast", "Shape", "Expand", "Shape", "Cast", "Transpose"]);
+    assert_eq!(fused["t"].to_le_bytes(), plain["t"].to_le_bytes());
+}

@@ -15,13 +15,18 @@
 //!   gradient (which also reads the output gradient, widened then transposed), and the three
 //!   gradients rounded to bf16.
 //!
+//! And a layout op between a widening and a rounding to the same type (`Cast(to=f32)` →
+//! Expand → `Cast(to=bf16)`: the keys and values that grouped-query attention repeats for each
+//! query head) moves the stored elements themselves, so neither cast runs and the repeated
+//! values are written at half the width.
+//!
 //! Forward: a `Cast(to=f32)` whose value only such readers read (at the slots they widen
 //! themselves, directly or through layout ops, or for its shape) is dropped, and its readers
 //! read the Cast's input. Backward: an output that only a `Cast(to=bf16)` reads (directly or
 //! through one layout op) is written in bf16 by the op (its `to` attribute), and the Cast is
-//! dropped. Both are exact: the kernels widen operands as the Cast
+//! dropped. All are exact: the kernels widen operands as the Cast
 //! did (bf16 → f32 is exact, and commutes with moving elements) and round an output once, as
-//! the Cast after them did.
+//! the Cast after them did; a widened bf16 value rounds back to itself.
 
 use adaptc_ir::{Attribute, DataType, Graph, Node, NodeId, OpKey};
 
@@ -59,6 +64,101 @@ pub fn find(graph: &Graph, f: &mut Fusions) {
             operands_as_stored(graph, id, f);
         }
     }
+    for id in graph.node_ids() {
+        if MOVERS.iter().any(|op| graph.node(id).op().is(op)) {
+            moved_as_stored(graph, id, f);
+        }
+    }
+}
+
+/// Layout ops that may move stored elements between a widening and a rounding: one data
+/// input (slot 0), the others parameters, one output.
+const MOVERS: &[&str] = &["Expand", "Slice", "Transpose", "Tile"];
+
+/// The element type `value` is stored in when a `Cast` makes it, directly or through layout
+/// ops (which keep the type), or it is a graph input or initializer.
+fn stored_type(graph: &Graph, value: &str, depth: usize) -> Option<i64> {
+    if let Some(t) = graph.initializer(value) {
+        return Some(i64::from(t.dtype().code()));
+    }
+    if let Some(input) = graph.inputs.iter().find(|i| i.name == value) {
+        return input.ty.as_ref().and_then(|t| t.dtype()).map(|d| i64::from(d.code()));
+    }
+    let (id, _) = graph.producer(value)?;
+    let node = graph.node(id);
+    if node.op().is("Cast") {
+        return node.attr("to").and_then(Attribute::as_int);
+    }
+    if depth < 4 && (is_layout(node) || MOVERS.iter().any(|op| node.op().is(op))) {
+        return stored_type(graph, node.input(0)?, depth + 1);
+    }
+    None
+}
+
+/// The readers of `value` when they are one node (by slot 0) besides `Shape`/`Size` readers
+/// and it is no graph output: (that node, the dims readers).
+fn one_reader_and_dims(graph: &Graph, value: &str) -> Option<(NodeId, Vec<NodeId>)> {
+    if graph.is_graph_output(value) {
+        return None;
+    }
+    let (mut main, mut dims) = (None, Vec::new());
+    for u in graph.uses(value) {
+        match u.slot {
+            Some(_) if reads_only_dims(graph.node(u.node)) => dims.push(u.node),
+            Some(0) if main.is_none() => main = Some(u.node),
+            _ => return None,
+        }
+    }
+    Some((main?, dims))
+}
+
+/// `w = Cast(x, to=f32)`, `y = L(w, …)`, `z = Cast(y, to=T)` with `x` stored as `T`: `L`
+/// moves `x`'s elements into `z` directly. The dims readers of `w` and `y` read `x` and `z`
+/// (same shapes).
+fn moved_as_stored(graph: &Graph, id: NodeId, f: &mut Fusions) {
+    let mover = graph.node(id);
+    let (Some(w), Some(y)) = (mover.input(0), mover.output(0)) else { return };
+    if mover.outputs().len() != 1 {
+        return;
+    }
+    let Some((widen_id, _)) = graph.producer(w) else { return };
+    let widen = graph.node(widen_id);
+    if !widen.op().is("Cast") || widen.attr_int("to", 0) != i64::from(DataType::Float.code()) {
+        return;
+    }
+    let Some(x) = widen.input(0) else { return };
+    let Some((reader, w_dims)) = one_reader_and_dims(graph, w) else { return };
+    let Some((narrow_id, y_dims)) = one_reader_and_dims(graph, y) else { return };
+    let narrow = graph.node(narrow_id);
+    let Some(z) = narrow.output(0) else { return };
+    let to = narrow.attr_int("to", 0);
+    let half = [DataType::BFloat16, DataType::Float16].iter().any(|d| i64::from(d.code()) == to);
+    if reader != id || !narrow.op().is("Cast") || !half || stored_type(graph, x, 0) != Some(to) {
+        return;
+    }
+    let Some(kernel) = kernel_of(mover) else { return };
+    let dims: Vec<NodeId> = w_dims.iter().chain(&y_dims).copied().collect();
+    if !f.claim(&[&[widen_id, id, narrow_id][..], &dims].concat()) {
+        return;
+    }
+    let moved =
+        rebuilt(mover, mover.op().clone(), |v| if v == w { x.to_string() } else { v.to_string() }, |_| z.to_string());
+    f.replace.insert(id, (moved, kernel));
+    for (dims_of, from, to) in [(&w_dims, w, x), (&y_dims, y, z)] {
+        for &d in dims_of {
+            let node = graph.node(d);
+            let Some(k) = kernel_of(node) else { continue };
+            let repointed = rebuilt(
+                node,
+                node.op().clone(),
+                |v| if v == from { to.to_string() } else { v.to_string() },
+                |v| v.to_string(),
+            );
+            f.replace.insert(d, (repointed, k));
+        }
+    }
+    f.absorbed.insert(widen_id);
+    f.absorbed.insert(narrow_id);
 }
 
 fn is_layout(node: &Node) -> bool {
