@@ -49,8 +49,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use adaptc_ir::onnx;
+
+#[path = "support/training_plans.rs"]
+mod training_plans;
 use adaptc_passes::{PassManager, Registry};
 use adaptc_runtime::{Device, Placement, Session, SessionOptions, Storage, Tensor};
+use training_plans::TRAINING_PLANS;
 
 type CaseResult = Result<Option<String>, String>;
 type GpuCase = (&'static str, fn(&mut Coverage) -> CaseResult);
@@ -178,21 +182,10 @@ fn nvrtc_compiles_chains() -> CaseResult {
     if !adaptc_runtime::cuda::nvrtc_available() {
         return Ok(Some("libnvrtc.so.13 not found".into()));
     }
-    let plans = [
-        (
-            "tests/fixtures/models/llama4/model.onnx",
-            "insert-lora{rank=8 alpha=16 targets=all-linear},fuse-attention,autocast{dtype=bf16 activations=bf16},\
-             build-training-graph{loss=causal-lm},append-adamw{max_norm=1.0}",
-        ),
-        (
-            "tests/fixtures/models/bert6.onnx",
-            "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value},\
-             fuse-attention,build-training-graph{loss=cross-entropy},append-adamw{max_norm=1.0}",
-        ),
-    ];
     let mut sources = BTreeMap::new();
-    for (path, pipeline) in plans {
-        let model = adapted(path, pipeline)?;
+    for (fixture, pipeline) in TRAINING_PLANS {
+        let path = format!("tests/fixtures/models/{fixture}");
+        let model = adapted(&path, pipeline)?;
         let plan = adaptc_runtime::plan::lower(&model, adaptc_runtime::registry::Registry::cpu(), true)
             .map_err(|e| e.to_string())?;
         for ins in plan.instructions.iter().filter(|i| i.node.op().op_type == "ElementwiseChain") {

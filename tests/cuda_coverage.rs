@@ -16,7 +16,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use adaptc_ir::Model;
+
+#[path = "support/training_plans.rs"]
+mod training_plans;
 use adaptc_passes::{PassManager, Registry};
+use training_plans::TRAINING_PLANS;
 
 /// Ops that only ever see shapes and small index vectors in these graphs.
 const SHAPE_ARITHMETIC: &[&str] = &["Shape", "Size", "Constant", "ConstantOfShape", "Range"];
@@ -133,18 +137,7 @@ fn host_reads_of_step_data(model: &Model) -> Vec<String> {
 
 #[test]
 fn llama_and_bert_training_steps_can_be_captured_as_cuda_graphs() {
-    for (fixture, pipeline) in [
-        (
-            "llama4/model.onnx",
-            "insert-lora{rank=8 alpha=16 targets=all-linear},fuse-attention,autocast{dtype=bf16 activations=bf16},\
-             build-training-graph{loss=causal-lm},append-adamw{max_norm=1.0}",
-        ),
-        (
-            "bert6.onnx",
-            "add-head{kind=classification labels=3},insert-lora{rank=8 alpha=16 targets=query,value},\
-             fuse-attention,build-training-graph{loss=cross-entropy},append-adamw{max_norm=1.0}",
-        ),
-    ] {
+    for (fixture, pipeline) in TRAINING_PLANS {
         let model = training_graph(fixture, pipeline);
         let reads = host_reads_of_step_data(&model);
         assert!(reads.is_empty(), "{fixture}: host reads of the step's data: {reads:?}");
