@@ -137,25 +137,24 @@ fn moved_as_stored(graph: &Graph, id: NodeId, f: &mut Fusions) {
         return;
     }
     let Some(kernel) = kernel_of(mover) else { return };
-    let dims: Vec<NodeId> = w_dims.iter().chain(&y_dims).copied().collect();
+    let mut repointed = Vec::with_capacity(w_dims.len() + y_dims.len());
+    for (dims_of, from, to) in [(&w_dims, w, x), (&y_dims, y, z)] {
+        for &d in dims_of {
+            let node = graph.node(d);
+            let Some(k) = kernel_of(node) else { return };
+            let swap = |v: &str| if v == from { to.to_string() } else { v.to_string() };
+            repointed.push((d, rebuilt(node, node.op().clone(), swap, |v| v.to_string()), k));
+        }
+    }
+    let dims: Vec<NodeId> = repointed.iter().map(|(d, _, _)| *d).collect();
     if !f.claim(&[&[widen_id, id, narrow_id][..], &dims].concat()) {
         return;
     }
     let moved =
         rebuilt(mover, mover.op().clone(), |v| if v == w { x.to_string() } else { v.to_string() }, |_| z.to_string());
     f.replace.insert(id, (moved, kernel));
-    for (dims_of, from, to) in [(&w_dims, w, x), (&y_dims, y, z)] {
-        for &d in dims_of {
-            let node = graph.node(d);
-            let Some(k) = kernel_of(node) else { continue };
-            let repointed = rebuilt(
-                node,
-                node.op().clone(),
-                |v| if v == from { to.to_string() } else { v.to_string() },
-                |v| v.to_string(),
-            );
-            f.replace.insert(d, (repointed, k));
-        }
+    for (d, node, k) in repointed {
+        f.replace.insert(d, (node, k));
     }
     f.absorbed.insert(widen_id);
     f.absorbed.insert(narrow_id);
