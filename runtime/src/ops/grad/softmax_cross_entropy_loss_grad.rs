@@ -22,7 +22,8 @@ use crate::error::{kbail, unsupported, KResult};
 use crate::ops::cast::cast_to;
 use crate::ops::util::{ints, PAR_THRESHOLD};
 use crate::ops::{Inputs, OpCtx};
-use crate::tensor::{Elem, Tensor};
+use crate::tensor::{Elem, Storage, Tensor};
+use half::bf16;
 
 /// One contiguous row of class scores: `out = softmax(x)·coef`, `out[label] −= coef`.
 fn row<T: Real>(x: &[T], out: &mut [T], label: usize, coef: T) {
@@ -121,6 +122,41 @@ fn go<T: Real>(x: &[T], t: &Targets<T>, ch: usize, inner: usize) -> Vec<T> {
     out
 }
 
+/// bf16 scores in rows (a language-model head's logits, read as stored) with a bf16 or f32
+/// gradient: each row widened into a buffer of its thread's, its gradient computed in f32 as
+/// [`go`] does and rounded into place, so neither an f32 copy of the scores nor an f32
+/// gradient is ever whole (two `[B·S, 32000]` f32 tensors at the benchmark shape). `None` for
+/// other types; the bits are [`go`]'s on the widened scores, rounded once.
+fn go_bf16_rows(x: &[bf16], t: &Targets<f32>, ch: usize, out: DataType) -> Option<Storage> {
+    fn rows<O: Copy + Default + Send + Sync>(
+        x: &[bf16],
+        t: &Targets<f32>,
+        ch: usize,
+        round: impl Fn(f32) -> O + Sync,
+    ) -> Vec<O> {
+        let mut out = vec![O::default(); x.len()];
+        let rows = out.par_chunks_mut(ch).zip(x.par_chunks(ch)).zip(t.label.par_iter().zip(t.coef.par_iter()));
+        rows.for_each_init(
+            || (Vec::with_capacity(ch), vec![0f32; ch]),
+            |(wide, grad), ((o, v), (&l, &c))| {
+                wide.clear();
+                wide.extend(v.iter().map(|b| b.to_f32()));
+                row(wide, grad, l, c);
+                o.iter_mut().zip(grad.iter()).for_each(|(o, &g)| *o = round(g));
+            },
+        );
+        out
+    }
+    if x.is_empty() || ch == 0 {
+        return None;
+    }
+    match out {
+        DataType::BFloat16 => Some(Storage::BF16(rows(x, t, ch, bf16::from_f32))),
+        DataType::Float => Some(Storage::F32(rows(x, t, ch, |g| g))),
+        _ => None,
+    }
+}
+
 pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Tensor>> {
     let (dloss, scores, labels) = (i.req(0)?, i.req(1)?, i.req(2)?);
     let weights = i.opt(3);
@@ -154,13 +190,22 @@ pub fn softmax_cross_entropy_loss_grad(c: &OpCtx, i: &Inputs) -> KResult<Vec<Ten
         None => scores.dtype(),
         Some(code) => crate::ops::util::float_type(code)?,
     };
+    let ignore = c.node.attr("ignore_index").and_then(|a| a.as_int());
+    if let (Storage::BF16(x), 1) = (scores.data(), inner) {
+        let (dloss, weights) =
+            (cast_to(dloss, DataType::Float)?, weights.map(|w| cast_to(w, DataType::Float)).transpose()?);
+        let w = weights.as_ref().and_then(|w| w.as_slice::<f32>());
+        let t = targets(&ints(labels)?, ch, ignore, w, dloss.as_slice::<f32>().unwrap_or(&[]), &reduction)?;
+        if let Some(data) = go_bf16_rows(x, &t, ch, out) {
+            return Ok(vec![Tensor::from_parts(scores.shape().to_vec(), data)]);
+        }
+    }
     // f64 throughout (the finite-difference tests), else f32 with the scores as a
     // `Cast(to=f32)` gives them (the plan's loss fusion reads bf16 logits as stored).
     let keep_f64 = scores.dtype() == DataType::Double && dloss.dtype() == DataType::Double;
     let scores = crate::ops::loss::widened(scores, keep_f64)?;
     let compute = scores.dtype();
     let (dloss, weights) = (cast_to(dloss, compute)?, weights.map(|w| cast_to(w, compute)).transpose()?);
-    let ignore = c.node.attr("ignore_index").and_then(|a| a.as_int());
     let labels = ints(labels)?;
     let data = with_real!(scores.data(), x => {
         let w = weights.as_ref().map(|w| Elem::slice(w.data()).unwrap_or(&[]));
