@@ -83,6 +83,18 @@ fn a_bf16_llama_step_is_the_same_fused_and_node_by_node() {
         }
     }
     assert_eq!(attention, 8, "four layers' attention and gradients");
+    // Attention's f32 output is rounded before it is transposed back for the output projection.
+    let outputs: Vec<usize> = fused
+        .plan()
+        .instructions
+        .iter()
+        .filter(|i| i.node.op().op_type == "SoftmaxAttention")
+        .filter_map(|i| i.outputs[0])
+        .collect();
+    for ins in fused.plan().instructions.iter().filter(|i| i.node.op().is("Transpose")) {
+        let reads_attention = ins.inputs.iter().flatten().any(|b| outputs.contains(b));
+        assert!(!reads_attention, "{} transposes attention's f32 output", ins.node.label());
+    }
     // Grouped-query attention's repeated keys and values are repeated in bf16, as stored.
     let expands: Vec<&adaptc_runtime::plan::Instruction> =
         fused.plan().instructions.iter().filter(|i| i.node.op().is("Expand")).collect();

@@ -172,3 +172,43 @@ fn layout_ops_between_a_widening_and_a_rounding_move_the_stored_elements() {
     assert_eq!(ops, ["Cast", "Shape", "Expand", "Shape", "Cast", "Transpose"]);
     assert_eq!(fused["t"].to_le_bytes(), plain["t"].to_le_bytes());
 }
+
+/// `x` (f32) transposed, then rounded to bf16: the rounding runs first and the transpose moves
+/// bf16 elements, same bits. With a `Shape` of the transposed value (which could run before
+/// the rounding's place) the order stays.
+#[test]
+fn a_layout_op_only_a_rounding_reads_runs_after_it() {
+    let graph = |dims_reader: bool| {
+        let mut g = Graph::new("round");
+        let known = |d: &[i64]| d.iter().map(|&n| Dim::Known(n)).collect::<Vec<_>>();
+        g.inputs.push(ValueInfo::tensor("x", DataType::Float, known(&[2, 3, 5])));
+        g.outputs.push(ValueInfo::tensor("z", DataType::BFloat16, known(&[5, 2, 3])));
+        let node = |op: &str, i: &str, o: &str| Node::new(OpKey::onnx(op), vec![i.into()], vec![o.into()]).named(o);
+        g.add_node(node("Transpose", "x", "y").with_attr(Attribute::ints("perm", vec![2, 0, 1]))).unwrap();
+        let to = Attribute::int("to", i64::from(DataType::BFloat16.code()));
+        g.add_node(node("Cast", "y", "z").with_attr(to)).unwrap();
+        if dims_reader {
+            g.outputs.push(ValueInfo::tensor("dims", DataType::Int64, known(&[3])));
+            g.add_node(node("Shape", "y", "dims")).unwrap();
+        }
+        Model::new(g, 21)
+    };
+    let x: Vec<f32> = (0..30).map(|k| (k as f32 - 14.5) * 0.123_457).collect();
+    let feeds = HashMap::from([("x".to_string(), Tensor::from_vec(vec![2, 3, 5], x).unwrap())]);
+    for dims_reader in [false, true] {
+        let model = graph(dims_reader);
+        let run = |unfused: bool| {
+            let s = Session::new(&model, SessionOptions { unfused, ..Default::default() }).unwrap();
+            let ops: Vec<String> = s.plan().instructions.iter().map(|i| i.node.op().to_string()).collect();
+            (ops, s.run(feeds.clone()).unwrap())
+        };
+        let ((ops, fused), (_, plain)) = (run(false), run(true));
+        let want: &[&str] = if dims_reader { &["Transpose", "Cast"] } else { &["Cast", "Transpose"] };
+        let got: Vec<&str> = ops.iter().map(String::as_str).filter(|o| *o != "Shape").collect();
+        assert_eq!(got, want, "dims reader {dims_reader}");
+        for ((name, a), (_, b)) in fused.iter().zip(&plain) {
+            assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
+            assert_eq!(a.to_le_bytes(), b.to_le_bytes(), "{name}");
+        }
+    }
+}

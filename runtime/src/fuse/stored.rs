@@ -18,7 +18,8 @@
 //! And a layout op between a widening and a rounding to the same type (`Cast(to=f32)` →
 //! Expand → `Cast(to=bf16)`: the keys and values that grouped-query attention repeats for each
 //! query head) moves the stored elements themselves, so neither cast runs and the repeated
-//! values are written at half the width.
+//! values are written at half the width; a layout op only a rounding reads (attention's f32
+//! output transposed, then rounded) runs after it, on the rounded elements.
 //!
 //! Forward: a `Cast(to=f32)` whose value only such readers read (at the slots they widen
 //! themselves, directly or through layout ops, or for its shape) is dropped, and its readers
@@ -69,6 +70,49 @@ pub fn find(graph: &Graph, f: &mut Fusions) {
             moved_as_stored(graph, id, f);
         }
     }
+    for id in graph.node_ids() {
+        if NARROW_FIRST.iter().any(|op| graph.node(id).op().is(op)) {
+            narrowed_first(graph, id, f);
+        }
+    }
+}
+
+/// Layout ops that write as many elements as they read, or more: after a rounding they move
+/// fewer bytes.
+const NARROW_FIRST: &[&str] = &["Transpose", "Expand", "Tile"];
+
+/// `y = L(v, …)` read only by `z = Cast(y, to=half)`: the Cast runs first,
+/// in L's place, into a new value, and L moves the rounded elements into `z`, in the Cast's
+/// place (fused attention's f32 output, transposed back to `[b, s, h, d]` and rounded for
+/// the output projection). Exact: rounding commutes with moving elements.
+fn narrowed_first(graph: &Graph, id: NodeId, f: &mut Fusions) {
+    let mover = graph.node(id);
+    let (Some(v), Some(y)) = (mover.input(0), mover.output(0)) else { return };
+    if mover.outputs().len() != 1 {
+        return;
+    }
+    // With a dims reader of `y` (which may run before the Cast's place), leave it.
+    let Some((narrow_id, y_dims)) = one_reader_and_dims(graph, y) else { return };
+    let narrow = graph.node(narrow_id);
+    let Some(z) = narrow.output(0) else { return };
+    let to = narrow.attr_int("to", 0);
+    let half = [DataType::BFloat16, DataType::Float16].iter().any(|d| i64::from(d.code()) == to);
+    if !narrow.op().is("Cast") || narrow.inputs().len() != 1 || !half || !y_dims.is_empty() {
+        return;
+    }
+    let rounded = format!("{z}/rounded");
+    if graph.producer(&rounded).is_some() || graph.initializer(&rounded).is_some() {
+        return;
+    }
+    let (Some(cast_kernel), Some(move_kernel)) = (kernel_of(narrow), kernel_of(mover)) else { return };
+    if !f.claim(&[id, narrow_id]) {
+        return;
+    }
+    let cast = rebuilt(narrow, narrow.op().clone(), |_| v.to_string(), |_| rounded.clone());
+    let moved =
+        rebuilt(mover, mover.op().clone(), |x| if x == v { rounded.clone() } else { x.to_string() }, |_| z.to_string());
+    f.replace.insert(id, (cast, cast_kernel));
+    f.replace.insert(narrow_id, (moved, move_kernel));
 }
 
 /// Layout ops that may move stored elements between a widening and a rounding: one data
