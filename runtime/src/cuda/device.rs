@@ -123,23 +123,33 @@ pub fn probe() -> Result<usize, RuntimeError> {
 /// the same sizes reuse them without a driver call, as PyTorch's caching allocator does.
 fn keep_pool_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
     use cudarc::driver::sys;
-    if !ctx.has_async_alloc() {
-        return Ok(());
-    }
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let Some(pool) = default_pool(ctx)? else { return Ok(()) };
     let mut threshold = u64::MAX;
-    // SAFETY: `ctx` is current on this thread (`CudaContext::new` binds it); the pool handle is
-    // written by the driver before it is read, and the attribute takes a pointer to a u64.
+    // SAFETY: a live pool handle; the attribute takes a pointer to a u64.
     unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
         sys::cuMemPoolSetAttribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut threshold as *mut u64).cast(),
         )
-        .result()?;
+        .result()
     }
-    Ok(())
+}
+
+/// The device's default memory pool, the one stream-ordered allocations come from (`None`
+/// where the device has no such allocator).
+pub(super) fn default_pool(
+    ctx: &CudaContext,
+) -> Result<Option<cudarc::driver::sys::CUmemoryPool>, cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `ctx` is current on this thread (the callers bind it); the handle is written by
+    // the driver before it is read.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()? };
+    Ok(Some(pool))
 }
 
 /// One opened device.

@@ -132,19 +132,19 @@ impl Gpu {
         Ok(mem)
     }
 
-    /// Copies `src`'s bytes into `dst` on the stream (recorded as a graph node while capturing).
-    pub fn copy_device(&self, src: &CudaSlice<u8>, dst: &CudaSlice<u8>, bytes: usize) -> DevResult<()> {
-        if bytes == 0 {
-            return Ok(());
-        }
+    /// The addresses of a `bytes`-byte copy from `src` to `dst`; `None` when there is nothing
+    /// to copy (no bytes, or the same buffer).
+    fn copy_addresses(&self, src: &CudaSlice<u8>, dst: &CudaSlice<u8>, bytes: usize) -> DevResult<Option<(u64, u64)>> {
         if src.len() < bytes || dst.len() < bytes {
             return Err(DevError::Device(format!("a {bytes}-byte copy between smaller buffers")));
         }
-        let (s, _g1) = src.device_ptr(&self.stream);
-        let (d, _g2) = dst.device_ptr(&self.stream);
-        if s == d {
-            return Ok(());
-        }
+        let (s, d) = (addr(src, &self.stream), addr(dst, &self.stream));
+        Ok((bytes > 0 && s != d).then_some((s, d)))
+    }
+
+    /// Copies `src`'s bytes into `dst` on the stream (recorded as a graph node while capturing).
+    pub fn copy_device(&self, src: &CudaSlice<u8>, dst: &CudaSlice<u8>, bytes: usize) -> DevResult<()> {
+        let Some((s, d)) = self.copy_addresses(src, dst, bytes)? else { return Ok(()) };
         // SAFETY: both buffers hold `bytes` bytes and live until the copy is done (the caller
         // keeps them; stream order keeps later frees after it).
         unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, bytes, self.stream.cu_stream()) }?;
@@ -156,16 +156,7 @@ impl Gpu {
     /// step succeeded, so a failed replay leaves the state as it was, as a failed eager run
     /// does.
     pub fn copy_unless_flagged(&self, src: &CudaSlice<u8>, dst: &CudaSlice<u8>, bytes: usize) -> DevResult<()> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        if src.len() < bytes || dst.len() < bytes {
-            return Err(DevError::Device(format!("a {bytes}-byte copy between smaller buffers")));
-        }
-        let (s, d) = (addr(src, &self.stream), addr(dst, &self.stream));
-        if s == d {
-            return Ok(());
-        }
+        let Some((s, d)) = self.copy_addresses(src, dst, bytes)? else { return Ok(()) };
         let flag = self.error_flag.lock().unwrap_or_else(|p| p.into_inner());
         let f = addr(&*flag, &self.stream);
         let n = bytes as i64;
@@ -192,16 +183,9 @@ impl Gpu {
     /// Hands the default pool's cached memory back to the driver (after a capture, the graph
     /// has memory of its own and the eager runs' cache would only double the footprint).
     pub fn trim_pool(&self) {
-        use cudarc::driver::sys;
-        if !self.ctx.has_async_alloc() {
-            return;
-        }
-        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-        // SAFETY: the pool handle is written by the driver before it is read.
-        unsafe {
-            if sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()).result().is_ok() {
-                let _ = cudarc::driver::result::mem_pool::trim_to(pool, 0);
-            }
+        if let Ok(Some(pool)) = super::device::default_pool(&self.ctx) {
+            // SAFETY: the device's default pool, which lives as long as the context.
+            let _ = unsafe { cudarc::driver::result::mem_pool::trim_to(pool, 0) };
         }
     }
 }
